@@ -1,0 +1,61 @@
+"""The contract every RTP payload format module in ``gateway.codecs`` implements.
+
+A *frame* is one access unit as the demuxer hands it over (an Annex-B H.264/H.265 access
+unit, one raw AAC frame, a block of G.711 samples). A packetizer turns a frame into RTP
+*payloads* (no RTP header: the media layer adds sequence numbers and timestamps once per
+stream, so the bytes can be shared by every client). A depacketizer does the reverse and is
+used by tests and benchmark readers.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+# Largest RTP payload we emit: 1500-byte Ethernet MTU minus IPv4/UDP/RTP headers and room
+# for tunnelling overhead. TCP-interleaved clients get the same packets, built once.
+DEFAULT_MAX_PAYLOAD = 1400
+
+
+@dataclass(frozen=True)
+class CodecParams:
+    """What the SDP and the ONVIF encoder configuration need to know about a track."""
+
+    name: str  # "H264", "H265", "AAC", "PCMU", "PCMA"
+    media: str  # "video" | "audio"
+    clock_rate: int
+    channels: int = 1
+    width: int = 0
+    height: int = 0
+    # H.264: SPS, PPS; H.265: VPS, SPS, PPS (raw NAL units, no start codes).
+    parameter_sets: tuple[bytes, ...] = ()
+    # AAC: AudioSpecificConfig.
+    config: bytes = b""
+    profile: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Packetizer(ABC):
+    """Frame -> RTP payloads. Stateful only where the format needs it (parameter sets)."""
+
+    params: CodecParams
+    payload_type: int
+
+    @abstractmethod
+    def packetize(self, frame: bytes, keyframe: bool) -> list[bytes]:
+        """RTP payloads for one frame, in order; the last one carries the marker bit."""
+
+    @abstractmethod
+    def sdp_attributes(self) -> list[str]:
+        """``a=rtpmap`` and ``a=fmtp`` lines (without ``a=`` control) for this track."""
+
+
+class Depacketizer(ABC):
+    """RTP payloads -> frames; tolerant of loss, strict about malformed payloads."""
+
+    @abstractmethod
+    def push(self, payload: bytes, marker: bool, timestamp: int) -> list[bytes]:
+        """Feed one RTP payload; return frames completed by it (usually zero or one).
+
+        Malformed payloads raise ``ValueError`` with a precise message; nothing else escapes.
+        """

@@ -1,0 +1,574 @@
+"""Gateway configuration: TOML, validated completely before anything starts.
+
+Every problem is reported as a :class:`ConfigError` naming the file, the key
+(dotted, with array indices such as ``camera[2].password``) and what is wrong.
+All problems in a file are collected, so an integrator fixes them in one pass.
+Secrets are wrapped in :class:`Secret`, whose ``repr``/``str`` never reveal them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+VENDORS = ("hikvision", "dahua", "generic")
+CAMERA_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+
+
+class ConfigError(Exception):
+    """One or more configuration problems; ``problems`` holds ``(key, message)`` pairs."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {key}: {msg}" if key else f"{source}: {msg}" for key, msg in problems]
+        super().__init__("\n".join(lines))
+
+
+class Secret:
+    """A credential that never shows itself in logs, reprs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    bind: str = "127.0.0.1"
+    rtsp_port: int = 8554
+    onvif_base_port: int = 8000
+    # Seconds a VMS RTSP session may stay silent before it is reaped (advertised in Session:).
+    session_timeout: int = 60
+    # Worker processes, each owning a shard of the cameras (see gateway.media.workers).
+    workers: int = 1
+    # Per-client send budget: bytes queued in the socket before the client skips to the next
+    # keyframe, and seconds of continuous backlog before it is disconnected.
+    client_send_budget: int = 4 * 1024 * 1024
+    client_stall_timeout: float = 10.0
+    nvr_mode: bool = False
+
+
+@dataclass(frozen=True)
+class VmsConfig:
+    username: str
+    password: Secret
+    allow_basic: bool = False
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    name: str
+    vendor: str
+    host: str
+    username: str
+    password: Secret
+    rtsp_port: int = 554
+    http_port: int = 80
+    channel: int = 1
+    main_url: str | None = None
+    sub_url: str | None = None
+    substream: bool = True
+    on_demand: bool = False
+    transport: str = "tcp"
+    onvif_port: int | None = None
+    ptz: str = "enabled"  # enabled | no-presets | disabled
+    enabled: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def stream_names(self) -> list[str]:
+        return ["main", "sub"] if self.substream else ["main"]
+
+    def upstream_url(self, stream: str, *, with_credentials: bool) -> str:
+        """The camera's RTSP URL for ``stream`` ("main" or "sub").
+
+        Credentials are only embedded when handing the URL to FFmpeg; anything that may be
+        logged or shown uses ``with_credentials=False``.
+        """
+        override = self.main_url if stream == "main" else self.sub_url
+        if override:
+            url = override
+        else:
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            base = f"rtsp://{host}:{self.rtsp_port}"
+            if self.vendor == "hikvision":
+                url = f"{base}/Streaming/Channels/{self.channel}0{1 if stream == 'main' else 2}"
+            elif self.vendor == "dahua":
+                subtype = 0 if stream == "main" else 1
+                url = f"{base}/cam/realmonitor?channel={self.channel}&subtype={subtype}"
+            else:  # generic without URL: validated away in load()
+                url = f"{base}/"
+        if with_credentials and self.username:
+            user = quote(self.username, safe="")
+            pw = quote(self.password.reveal(), safe="")
+            scheme, rest = url.split("://", 1)
+            if "@" not in rest.split("/", 1)[0]:
+                url = f"{scheme}://{user}:{pw}@{rest}"
+        return url
+
+
+@dataclass(frozen=True)
+class CameraNetworkConfig:
+    interface: str
+    address: str
+    subnets: tuple[str, ...]
+    dns_sinkhole: bool = True
+    ntp_server: bool = True
+    allow: tuple[str, ...] = ()
+    dns_local: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    username: str
+    password: Secret
+    bind: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    json: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    server: ServerConfig
+    vms: VmsConfig
+    cameras: tuple[CameraConfig, ...]
+    admin: AdminConfig | None = None
+    camera_network: CameraNetworkConfig | None = None
+    log: LogConfig = field(default_factory=LogConfig)
+    state_dir: str = "/var/lib/onvif-gateway"
+    # Raw tables of sections owned by subsystems that validate them themselves
+    # (policy, onvif); each subsystem calls its own parser on these.
+    sections: dict[str, Any] = field(default_factory=dict)
+
+    def camera(self, name: str) -> CameraConfig:
+        for cam in self.cameras:
+            if cam.name == name:
+                return cam
+        raise KeyError(name)
+
+
+# --------------------------------------------------------------------------- loading
+
+T = TypeVar("T")
+
+
+class _Reader:
+    """Typed access to one TOML table that records problems instead of raising."""
+
+    def __init__(
+        self, table: dict[str, Any], prefix: str, problems: list[tuple[str, str]], base_dir: Path
+    ) -> None:
+        self.table = table
+        self.prefix = prefix
+        self.problems = problems
+        self.base_dir = base_dir
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def error(self, name: str, message: str) -> None:
+        self.problems.append((self.key(name), message))
+
+    def get(
+        self,
+        name: str,
+        kind: type[T] | tuple[type, ...],
+        default: Any = ...,
+        check: Callable[[Any], str | None] | None = None,
+    ) -> Any:
+        self.used.add(name)
+        if name not in self.table:
+            if default is ...:
+                self.error(name, "is required")
+                return None
+            return default
+        value = self.table[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        # TOML booleans are ints in Python; never accept one for the other.
+        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+        if int in kinds and float in kinds and isinstance(value, bool):
+            ok = False
+        if not ok:
+            names = " or ".join(k.__name__ for k in kinds)
+            self.error(name, f"must be {_article(names)}, not {type(value).__name__} {value!r}")
+            return None if default is ... else default
+        if check is not None:
+            message = check(value)
+            if message:
+                self.error(name, message)
+                return None if default is ... else default
+        return value
+
+    def secret(self, name: str, required: bool = True) -> Secret | None:
+        """``name``, ``name_env`` or ``name_file``: exactly one must be given."""
+        options = [n for n in (name, f"{name}_env", f"{name}_file") if n in self.table]
+        self.used.update({name, f"{name}_env", f"{name}_file"})
+        if not options:
+            if required:
+                self.error(name, f"is required (or {name}_env / {name}_file)")
+            return None
+        if len(options) > 1:
+            self.error(name, f"give only one of {', '.join(options)}")
+            return None
+        opt = options[0]
+        raw = self.table[opt]
+        if not isinstance(raw, str) or not raw:
+            self.error(opt, "must be a non-empty string")
+            return None
+        if opt == name:
+            return Secret(raw)
+        if opt.endswith("_env"):
+            value = os.environ.get(raw)
+            if value is None:
+                self.error(opt, f"environment variable {raw} is not set")
+                return None
+            if not value:
+                self.error(opt, f"environment variable {raw} is empty")
+                return None
+            return Secret(value)
+        path = Path(raw)
+        if not path.is_absolute():
+            path = self.base_dir / path
+        try:
+            value = path.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            self.error(opt, f"cannot read {path}: {exc.strerror or exc}")
+            return None
+        if not value:
+            self.error(opt, f"{path} is empty")
+            return None
+        return Secret(value)
+
+    def finish(self) -> None:
+        for name in sorted(set(self.table) - self.used):
+            self.error(name, "unknown key (check the spelling)")
+
+
+def _article(names: str) -> str:
+    return ("an " if names[:1] in "aeiou" else "a ") + names
+
+
+def _port(value: int) -> str | None:
+    return None if 1 <= value <= 65535 else "must be a port number between 1 and 65535"
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than zero"
+
+
+def _ip(value: str) -> str | None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return f"{value!r} is not an IP address"
+    return None
+
+
+def _host(value: str) -> str | None:
+    if not value or any(c.isspace() for c in value) or "/" in value or "@" in value:
+        return f"{value!r} is not a host name or address"
+    return None
+
+
+def _rtsp_url(value: str) -> str | None:
+    if not re.match(r"^rtsps?://[^/\s]+(/\S*)?$", value):
+        return f"{value!r} is not an rtsp:// URL"
+    return None
+
+
+def _table(reader: _Reader, name: str, required: bool) -> dict[str, Any] | None:
+    reader.used.add(name)
+    value = reader.table.get(name)
+    if value is None:
+        if required:
+            reader.error(name, "section is required")
+        return None
+    if not isinstance(value, dict):
+        reader.error(name, "must be a table ([" + name + "])")
+        return None
+    return value
+
+
+# Sections other subsystems validate; load() keeps them raw in Config.sections.
+DELEGATED_SECTIONS: set[str] = {"policy", "onvif", "telemetry", "firmware", "sim"}
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a configuration file, or raise :class:`ConfigError`."""
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(source, [("", f"cannot read file: {exc.strerror or exc}")]) from None
+    return loads(
+        raw.decode("utf-8", errors="replace"), source=source, base_dir=Path(path).resolve().parent
+    )
+
+
+def loads(text: str, *, source: str = "<config>", base_dir: Path | None = None) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [("", f"not valid TOML: {exc}")]) from None
+    problems: list[tuple[str, str]] = []
+    base = base_dir or Path.cwd()
+    top = _Reader(data, "", problems, base)
+
+    server_t = _table(top, "server", False) or {}
+    sr = _Reader(server_t, "server", problems, base)
+    server = ServerConfig(
+        bind=sr.get("bind", str, "127.0.0.1", _ip),
+        rtsp_port=sr.get("rtsp_port", int, 8554, _port),
+        onvif_base_port=sr.get("onvif_base_port", int, 8000, _port),
+        session_timeout=sr.get("session_timeout", int, 60, _positive),
+        workers=sr.get("workers", int, 1, lambda v: None if 1 <= v <= 64 else "must be 1..64"),
+        client_send_budget=sr.get(
+            "client_send_budget",
+            int,
+            4 * 1024 * 1024,
+            lambda v: None if v >= 65536 else "must be at least 65536",
+        ),
+        client_stall_timeout=float(sr.get("client_stall_timeout", (int, float), 10.0, _positive)),
+        nvr_mode=sr.get("nvr_mode", bool, False),
+    )
+    sr.finish()
+
+    vms_t = _table(top, "vms", True) or {}
+    vr = _Reader(vms_t, "vms", problems, base)
+    vms = VmsConfig(
+        username=vr.get("username", str, ..., lambda v: None if v else "must not be empty"),
+        password=vr.secret("password") or Secret(""),
+        allow_basic=vr.get("allow_basic", bool, False),
+    )
+    vr.finish()
+
+    cameras: list[CameraConfig] = []
+    top.used.add("camera")
+    cam_list = data.get("camera", [])
+    if not isinstance(cam_list, list):
+        top.error("camera", "must be an array of tables ([[camera]])")
+        cam_list = []
+    seen_names: set[str] = set()
+    for i, cam_t in enumerate(cam_list):
+        if not isinstance(cam_t, dict):
+            top.error(f"camera[{i}]", "must be a table")
+            continue
+        cameras_reader = _Reader(cam_t, f"camera[{i}]", problems, base)
+        cam = _camera(cameras_reader)
+        cameras_reader.finish()
+        if cam is None:
+            continue
+        if cam.name in seen_names:
+            cameras_reader.error("name", f"duplicate camera name {cam.name!r}")
+        seen_names.add(cam.name)
+        cameras.append(cam)
+
+    admin = None
+    admin_t = _table(top, "admin", False)
+    if admin_t is not None:
+        ar = _Reader(admin_t, "admin", problems, base)
+        admin = AdminConfig(
+            username=ar.get("username", str, ..., lambda v: None if v else "must not be empty"),
+            password=ar.secret("password") or Secret(""),
+            bind=ar.get("bind", str, "127.0.0.1", _ip),
+            port=ar.get("port", int, 8080, _port),
+        )
+        ar.finish()
+
+    camera_network = None
+    cn_t = _table(top, "camera_network", False)
+    if cn_t is not None:
+        cr = _Reader(cn_t, "camera_network", problems, base)
+        camera_network = _camera_network(cr)
+        cr.finish()
+
+    log_t = _table(top, "log", False) or {}
+    lr = _Reader(log_t, "log", problems, base)
+    log = LogConfig(
+        level=lr.get(
+            "level",
+            str,
+            "info",
+            lambda v: (
+                None
+                if v in ("debug", "info", "warning", "error")
+                else "must be debug, info, warning or error"
+            ),
+        ),
+        json=lr.get("json", bool, False),
+    )
+    lr.finish()
+
+    state_dir = top.get("state_dir", str, "/var/lib/onvif-gateway")
+    sections = {}
+    for name in DELEGATED_SECTIONS:
+        if name in data:
+            top.used.add(name)
+            sections[name] = data[name]
+    top.finish()
+
+    ports: dict[int, str] = {}
+    _claim(ports, server.rtsp_port, "server.rtsp_port", problems)
+    if admin is not None:
+        _claim(ports, admin.port, "admin.port", problems)
+    for i, cam in enumerate(cameras):
+        port = cam.onvif_port or (server.onvif_base_port + i)
+        _claim(ports, port, f"camera[{i}].onvif_port", problems)
+
+    if problems:
+        raise ConfigError(source, problems)
+    return Config(
+        source=source,
+        server=server,
+        vms=vms,
+        cameras=tuple(cameras),
+        admin=admin,
+        camera_network=camera_network,
+        log=log,
+        state_dir=state_dir,
+        sections=sections,
+    )
+
+
+def _claim(ports: dict[int, str], port: int, key: str, problems: list[tuple[str, str]]) -> None:
+    if port in ports:
+        problems.append((key, f"port {port} is already used by {ports[port]}"))
+    else:
+        ports[port] = key
+
+
+def _camera(r: _Reader) -> CameraConfig | None:
+    name = r.get(
+        "name",
+        str,
+        ...,
+        lambda v: (
+            None
+            if CAMERA_NAME_RE.match(v)
+            else "must be 1-63 letters, digits, '-' or '_' (it becomes the stream path)"
+        ),
+    )
+    vendor = r.get(
+        "vendor",
+        str,
+        "generic",
+        lambda v: None if v in VENDORS else f"must be one of {', '.join(VENDORS)}",
+    )
+    host = r.get("host", str, ..., _host)
+    main_url = r.get("main_url", str, None, _rtsp_url)
+    sub_url = r.get("sub_url", str, None, _rtsp_url)
+    if vendor == "generic" and "main_url" not in r.table:
+        r.error("main_url", "is required for vendor 'generic' (no URL template to apply)")
+    substream = r.get("substream", bool, True)
+    if vendor == "generic" and substream and "sub_url" not in r.table and "main_url" in r.table:
+        substream = False  # a generic camera has a sub stream only if its URL is given
+    transport = r.get(
+        "transport", str, "tcp", lambda v: None if v in ("tcp", "udp") else "must be 'tcp' or 'udp'"
+    )
+    cam = CameraConfig(
+        name=name or "",
+        vendor=vendor,
+        host=host or "",
+        username=r.get("username", str, ""),
+        password=r.secret("password", required="username" in r.table) or Secret(""),
+        rtsp_port=r.get("rtsp_port", int, 554, _port),
+        http_port=r.get("http_port", int, 80, _port),
+        channel=r.get("channel", int, 1, lambda v: None if 1 <= v <= 256 else "must be 1..256"),
+        main_url=main_url,
+        sub_url=sub_url,
+        substream=substream,
+        on_demand=r.get("on_demand", bool, False),
+        transport=transport,
+        onvif_port=r.get("onvif_port", int, None, _port),
+        ptz=r.get(
+            "ptz",
+            str,
+            "enabled",
+            lambda v: (
+                None
+                if v in ("enabled", "no-presets", "disabled")
+                else "must be enabled, no-presets or disabled"
+            ),
+        ),
+        enabled=r.get("enabled", bool, True),
+        extra={
+            k: r.table[k]
+            for k in ("model", "firmware", "serial", "location", "mac")
+            if k in r.table
+        },
+    )
+    for k in ("model", "firmware", "serial", "location", "mac"):
+        r.get(k, str, None)
+    return cam if name else None
+
+
+def _camera_network(r: _Reader) -> CameraNetworkConfig:
+    subnets = r.get("subnets", list, ...)
+    nets: list[str] = []
+    for j, s in enumerate(subnets or []):
+        try:
+            nets.append(str(ipaddress.ip_network(s, strict=False)))
+        except (ValueError, TypeError):
+            r.error(f"subnets[{j}]", f"{s!r} is not a network such as 192.168.50.0/24")
+    allow = r.get("allow", list, [])
+    allowed: list[str] = []
+    for j, s in enumerate(allow or []):
+        try:
+            allowed.append(str(ipaddress.ip_network(s, strict=False)))
+        except (ValueError, TypeError):
+            r.error(f"allow[{j}]", f"{s!r} is not an address or network")
+    local = r.get("dns_local", dict, {})
+    for k, v in (local or {}).items():
+        if not isinstance(v, str) or _ip(v):
+            r.error(f"dns_local.{k}", "must map a name to an IP address string")
+    return CameraNetworkConfig(
+        interface=r.get("interface", str, ...) or "",
+        address=r.get("address", str, ..., _ip) or "",
+        subnets=tuple(nets),
+        dns_sinkhole=r.get("dns_sinkhole", bool, True),
+        ntp_server=r.get("ntp_server", bool, True),
+        allow=tuple(allowed),
+        dns_local=dict(local or {}),
+    )
+
+
+def iter_secrets(config: Config) -> Iterator[str]:
+    """Every secret value in the config, for log redaction."""
+    yield config.vms.password.reveal()
+    if config.admin is not None:
+        yield config.admin.password.reveal()
+    for cam in config.cameras:
+        if cam.password:
+            yield cam.password.reveal()

@@ -1,0 +1,114 @@
+"""SQLite persistence shared by the subsystems (inventory, findings, audit log, egress).
+
+One database file in the state directory, WAL mode so readers never block the writer and a
+kill at any moment leaves a consistent file. Each subsystem owns a *component* with its own
+ordered list of migrations; ``migrate`` applies the ones not yet recorded, each in its own
+transaction together with its version bump.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+DB_NAME = "gateway.sqlite3"
+
+
+class Store:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        # One connection guarded by a lock: callers are the event loop and the odd worker
+        # thread; statements are short.
+        self._conn = sqlite3.connect(
+            str(path), isolation_level=None, check_same_thread=False, timeout=10.0
+        )
+        self._conn.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version ("
+            " component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+        )
+
+    @classmethod
+    def in_state_dir(cls, state_dir: str | Path) -> Store:
+        return cls(Path(state_dir) / DB_NAME)
+
+    def migrate(self, component: str, migrations: Sequence[str]) -> int:
+        """Apply ``migrations[v:]`` for ``component``; returns the resulting version."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT version FROM schema_version WHERE component = ?", (component,)
+            ).fetchone()
+            current = row[0] if row else 0
+            for version, script in enumerate(migrations[current:], start=current + 1):
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in _split(script):
+                        self._conn.execute(statement)
+                    self._conn.execute(
+                        "INSERT INTO schema_version(component, version) VALUES (?, ?)"
+                        " ON CONFLICT(component) DO UPDATE SET version = excluded.version",
+                        (component, version),
+                    )
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+            return max(current, len(migrations))
+
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
+        """Run one statement in its own transaction; returns lastrowid."""
+        with self._lock:
+            cur = self._conn.execute(sql, params)
+            return cur.lastrowid or 0
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(sql, rows)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def transaction(self) -> _Transaction:
+        return _Transaction(self)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class _Transaction:
+    """``with store.transaction() as conn:`` - several statements, all or nothing."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.store._lock.acquire()
+        self.store._conn.execute("BEGIN IMMEDIATE")
+        return self.store._conn
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            self.store._conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self.store._lock.release()
+
+
+def _split(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
