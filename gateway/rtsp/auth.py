@@ -322,6 +322,9 @@ class DigestClient:
         problems: list[str] = []
         for header in challenges:
             scheme, rest = split_scheme(header)
+            if scheme not in ("digest", "basic"):
+                problems.append(f"unsupported scheme {scheme[:20]!r}")
+                continue
             try:
                 params = parse_auth_params(rest)
             except ValueError as exc:
