@@ -1,0 +1,566 @@
+"""Fan-out hub: one upstream per camera stream, any number of clients.
+
+The hub owns the RTP identity of a stream (SSRC, sequence numbers, timestamps per track), so
+clients see one continuous RTP stream across upstream reconnects. Each incoming frame is
+packetized once, stamped once and laid out once as a TCP-interleaved blob; every client gets
+the same bytes with one ``write`` per frame (UDP clients get slices of the same blob).
+
+A GOP cache (frames since the last video keyframe) lets a new client start decoding at once.
+Clients have a send budget: a client whose socket backlog exceeds it skips to the next
+keyframe, and one backlogged for too long is disconnected, so a stalled client costs at most
+its budget and never delays the others.
+
+Everything here runs on the event loop thread; ingest threads hand frames over through
+:class:`FrameInbox`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import struct
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.codecs import packetizer_for
+from gateway.codecs.base import CodecParams, Packetizer
+
+log = logging.getLogger("gateway.media")
+
+_RTP_HEADER = struct.Struct("!cBHBBHII")  # '$', channel, length | V/P/X/CC, M/PT, seq, ts, ssrc
+_RTCP_PREFIX = struct.Struct("!cBH")
+
+# Cap on the bytes a GOP cache may hold; a camera with a very long GOP falls back to making
+# new clients wait for the next keyframe rather than holding unbounded memory.
+DEFAULT_GOP_CACHE_BYTES = 12 * 1024 * 1024
+SR_INTERVAL = 5.0
+
+
+@dataclass
+class Track:
+    """One RTP stream of a hub, with the state that must survive upstream reconnects."""
+
+    index: int
+    params: CodecParams
+    packetizer: Packetizer
+    payload_type: int
+    ssrc: int
+    seq: int
+    # Outgoing timestamp = source timestamp + offset (mod 2^32); the offset is re-based
+    # at the first frame of every upstream session so the outgoing clock runs on.
+    ts_offset: int = 0
+    rebase: bool = True
+    last_ts: int | None = None
+    last_wallclock: float = 0.0
+    packet_count: int = 0
+    octet_count: int = 0
+
+    @property
+    def clock_rate(self) -> int:
+        return self.params.clock_rate
+
+    @property
+    def is_video(self) -> bool:
+        return self.params.media == "video"
+
+
+class Frame:
+    """One access unit as RTP, laid out for the default interleaved channel (2 x track)."""
+
+    __slots__ = (
+        "_by_channel",
+        "_udp",
+        "arrival",
+        "blob",
+        "first_seq",
+        "keyframe",
+        "lengths",
+        "size",
+        "timestamp",
+        "track",
+    )
+
+    def __init__(
+        self,
+        track: int,
+        keyframe: bool,
+        timestamp: int,
+        first_seq: int,
+        blob: bytes,
+        lengths: list[int],
+        arrival: float,
+    ) -> None:
+        self.track = track
+        self.keyframe = keyframe
+        self.timestamp = timestamp
+        self.first_seq = first_seq
+        self.blob = blob
+        self.lengths = lengths
+        self.size = len(blob)
+        self.arrival = arrival
+        self._udp: list[memoryview] | None = None
+        self._by_channel: dict[int, bytes] | None = None
+
+    def interleaved(self, channel: int) -> bytes:
+        """The frame framed for ``channel``; built at most once per channel layout."""
+        if channel == self.track * 2:
+            return self.blob
+        if self._by_channel is None:
+            self._by_channel = {}
+        blob = self._by_channel.get(channel)
+        if blob is None:
+            out = bytearray(self.blob)
+            pos = 0
+            for length in self.lengths:
+                out[pos + 1] = channel
+                pos += 4 + length
+            blob = self._by_channel[channel] = bytes(out)
+        return blob
+
+    def packets(self) -> list[memoryview]:
+        """RTP packets without interleaving prefixes, for UDP (zero-copy slices)."""
+        if self._udp is None:
+            view = memoryview(self.blob)
+            out = []
+            pos = 0
+            for length in self.lengths:
+                out.append(view[pos + 4 : pos + 4 + length])
+                pos += 4 + length
+            self._udp = out
+        return self._udp
+
+
+class Subscriber(Protocol):
+    """What the hub needs of a client session (implemented by the RTSP server)."""
+
+    def deliver(self, frame: Frame, now: float) -> None: ...
+
+    def deliver_rtcp(self, track: int, packet: bytes) -> None: ...
+
+    def close_for(self, reason: str) -> None: ...
+
+
+@dataclass
+class StreamStats:
+    frames_in: int = 0
+    bytes_in: int = 0
+    frames_out: int = 0
+    bytes_out: int = 0
+    dropped_frames: int = 0  # frames skipped for slow clients
+    slow_disconnects: int = 0
+    reconnects: int = 0
+    keyframes: int = 0
+    last_keyframe_ts: float = 0.0
+    gop_frames: int = 0  # frames between the last two keyframes
+    gop_seconds: float = 0.0
+
+
+class UpstreamControl(Protocol):
+    """The hub's handle on whatever feeds it (ingest thread, simulator clip player)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def restart(self) -> None: ...
+
+
+class StreamHub:
+    """The single upstream of one camera stream and everything subscribed to it."""
+
+    def __init__(
+        self,
+        key: str,
+        *,
+        on_demand: bool = False,
+        linger: float = 10.0,
+        gop_cache_bytes: int = DEFAULT_GOP_CACHE_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.key = key
+        self.on_demand = on_demand
+        self.linger = linger
+        self.gop_cache_bytes = gop_cache_bytes
+        self.clock = clock
+        self.tracks: list[Track] = []
+        self.subscribers: list[Subscriber] = []
+        self.gop: list[Frame] = []
+        self._gop_bytes = 0
+        self.stats = StreamStats()
+        self.state = "idle"  # idle | connecting | live | down
+        self.last_error = ""
+        self.upstream: UpstreamControl | None = None
+        self.upstream_sessions = 0
+        self._ready = asyncio.Event()
+        self._linger_handle: asyncio.TimerHandle | None = None
+        self._last_sr = 0.0
+        self._bitrate_window: collections.deque[tuple[float, int]] = collections.deque()
+        self._bitrate_bytes = 0
+        self.fps = 0.0
+        self._video_times: collections.deque[float] = collections.deque(maxlen=50)
+        self.listeners: list[Callable[[str, StreamHub], None]] = []
+
+    # ------------------------------------------------------------------ upstream side
+
+    def attach_upstream(self, upstream: UpstreamControl) -> None:
+        self.upstream = upstream
+        if not self.on_demand:
+            self._start_upstream()
+
+    def _start_upstream(self) -> None:
+        if self.upstream is not None and self.state in ("idle",):
+            self.state = "connecting"
+            self.upstream.start()
+
+    def _stop_upstream(self) -> None:
+        if self.upstream is not None and self.state != "idle":
+            self.upstream.stop()
+            self.state = "idle"
+            self._ready.clear()
+            self._clear_gop()
+
+    def upstream_opened(self, params: Sequence[CodecParams]) -> None:
+        """A new upstream session is up with these tracks (first video, then audio)."""
+        self.upstream_sessions += 1
+        if self.tracks:
+            old = [(t.params.name, t.params.media) for t in self.tracks]
+            new = [(p.name, p.media) for p in params]
+            if old != new:
+                # Clients negotiated the old SDP; they cannot follow a codec change, so
+                # they are closed and reconnect to get the new description.
+                log.warning(
+                    "codec changed, closing clients to renegotiate",
+                    extra={"stream": self.key, "old": old, "new": new},
+                )
+                for sub in list(self.subscribers):
+                    sub.close_for("codec changed upstream")
+                self.subscribers.clear()
+                self.tracks = []
+        if not self.tracks:
+            self.tracks = [self._new_track(i, p) for i, p in enumerate(params)]
+        else:
+            for track, p in zip(self.tracks, params, strict=True):
+                if p != track.params:
+                    track.params = p
+                    track.packetizer = packetizer_for(p, track.payload_type)
+                track.rebase = True
+            self.stats.reconnects += 1
+        self._clear_gop()
+        self.state = "live"
+        self.last_error = ""
+        self._ready.set()
+        self._notify("up")
+
+    def upstream_failed(self, error: str) -> None:
+        """The upstream session ended or could not open; the feeder retries on its own."""
+        was_live = self.state == "live"
+        if self.state != "idle":
+            self.state = "down"
+        self.last_error = error
+        self._clear_gop()
+        if was_live:
+            self._notify("down")
+
+    def _new_track(self, index: int, params: CodecParams) -> Track:
+        packetizer = packetizer_for(params)
+        return Track(
+            index=index,
+            params=params,
+            packetizer=packetizer,
+            payload_type=packetizer.payload_type,
+            ssrc=random.getrandbits(32),
+            seq=random.getrandbits(16),
+        )
+
+    def push(
+        self, track_index: int, timestamp: int, keyframe: bool, data: bytes, arrival: float
+    ) -> None:
+        """One access unit from upstream; ``timestamp`` in the track's clock units."""
+        track = self.tracks[track_index]
+        payloads = track.packetizer.packetize(data, keyframe)
+        self.push_payloads(track_index, timestamp, keyframe, payloads, arrival)
+
+    def push_payloads(
+        self,
+        track_index: int,
+        timestamp: int,
+        keyframe: bool,
+        payloads: Sequence[bytes],
+        arrival: float,
+    ) -> None:
+        """One access unit, already packetized (the simulator caches payloads per clip)."""
+        if not payloads:
+            return
+        track = self.tracks[track_index]
+        if track.rebase:
+            if track.last_ts is None:
+                track.ts_offset = -timestamp
+            else:
+                # Continue the outgoing clock by the wall-clock gap since the last frame.
+                gap = max(arrival - track.last_wallclock, 0.0)
+                step = int(gap * track.clock_rate) or 1
+                track.ts_offset = track.last_ts + step - timestamp
+            track.rebase = False
+        ts = (timestamp + track.ts_offset) & 0xFFFFFFFF
+        track.last_ts = ts
+        track.last_wallclock = arrival
+        frame = self._stamp(track, ts, keyframe, payloads, arrival)
+
+        stats = self.stats
+        stats.frames_in += 1
+        stats.bytes_in += frame.size
+        is_video = track.is_video
+        if is_video:
+            self._video_times.append(arrival)
+            if keyframe:
+                self._on_keyframe(arrival)
+        self._account_bitrate(arrival, frame.size)
+        self._cache(frame, is_video)
+
+        now = arrival
+        for sub in self.subscribers:
+            sub.deliver(frame, now)
+        if now - self._last_sr >= SR_INTERVAL:
+            self._send_sender_reports(now)
+
+    def _stamp(
+        self, track: Track, ts: int, keyframe: bool, payloads: Sequence[bytes], arrival: float
+    ) -> Frame:
+        pack = _RTP_HEADER.pack
+        channel = track.index * 2
+        pt = track.payload_type
+        ssrc = track.ssrc
+        seq = first_seq = track.seq
+        parts: list[bytes] = []
+        lengths: list[int] = []
+        last = len(payloads) - 1
+        for i, payload in enumerate(payloads):
+            length = len(payload) + 12
+            parts.append(
+                pack(b"$", channel, length, 0x80, pt | 0x80 if i == last else pt, seq, ts, ssrc)
+            )
+            parts.append(payload)
+            lengths.append(length)
+            seq = (seq + 1) & 0xFFFF
+        track.seq = seq
+        track.packet_count += len(lengths)
+        blob = b"".join(parts)
+        track.octet_count += len(blob) - 16 * len(lengths)
+        return Frame(track.index, keyframe, ts, first_seq, blob, lengths, arrival)
+
+    def _on_keyframe(self, now: float) -> None:
+        stats = self.stats
+        if stats.last_keyframe_ts:
+            stats.gop_seconds = now - stats.last_keyframe_ts
+            stats.gop_frames = sum(1 for t in self._video_times if t >= stats.last_keyframe_ts)
+        stats.last_keyframe_ts = now
+        stats.keyframes += 1
+        if len(self._video_times) >= 2:
+            span = self._video_times[-1] - self._video_times[0]
+            if span > 0:
+                self.fps = (len(self._video_times) - 1) / span
+
+    def _account_bitrate(self, now: float, size: int) -> None:
+        window = self._bitrate_window
+        window.append((now, size))
+        self._bitrate_bytes += size
+        while window and now - window[0][0] > 5.0:
+            self._bitrate_bytes -= window.popleft()[1]
+
+    @property
+    def bitrate(self) -> float:
+        """Bits per second over the last few seconds of ingest (RTP payload and headers)."""
+        window = self._bitrate_window
+        if len(window) < 2:
+            return 0.0
+        span = window[-1][0] - window[0][0]
+        return self._bitrate_bytes * 8 / span if span > 0 else 0.0
+
+    def _cache(self, frame: Frame, is_video: bool) -> None:
+        if is_video and frame.keyframe:
+            self.gop = [frame]
+            self._gop_bytes = frame.size
+            return
+        if not self.gop:
+            return  # nothing decodable to start from until the next keyframe
+        if self._gop_bytes + frame.size > self.gop_cache_bytes:
+            self._clear_gop()
+            return
+        self.gop.append(frame)
+        self._gop_bytes += frame.size
+
+    def _clear_gop(self) -> None:
+        self.gop = []
+        self._gop_bytes = 0
+
+    def _send_sender_reports(self, now: float) -> None:
+        self._last_sr = now
+        wall = time.time()
+        ntp_sec = int(wall) + 2208988800
+        ntp_frac = int((wall % 1) * (1 << 32)) & 0xFFFFFFFF
+        for track in self.tracks:
+            if track.last_ts is None:
+                continue
+            rtp_now = track.last_ts + int((now - track.last_wallclock) * track.clock_rate)
+            packet = struct.pack(
+                "!BBHIIIIII",
+                0x80,
+                200,
+                6,
+                track.ssrc,
+                ntp_sec & 0xFFFFFFFF,
+                ntp_frac,
+                rtp_now & 0xFFFFFFFF,
+                track.packet_count & 0xFFFFFFFF,
+                track.octet_count & 0xFFFFFFFF,
+            )
+            for sub in self.subscribers:
+                sub.deliver_rtcp(track.index, packet)
+
+    # ------------------------------------------------------------------ client side
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait until the stream's tracks are known (first upstream session opened)."""
+        if self.tracks:
+            return True
+        self._cancel_linger()
+        self._start_upstream()
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except TimeoutError:
+            return bool(self.tracks)
+        return True
+
+    def subscribe(self, sub: Subscriber) -> list[Frame]:
+        """Add a client; returns the cached GOP it should be sent first."""
+        self._cancel_linger()
+        self._start_upstream()
+        self.subscribers.append(sub)
+        self._notify("client")
+        return list(self.gop)
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        try:
+            self.subscribers.remove(sub)
+        except ValueError:
+            return
+        self._notify("client")
+        if self.on_demand and not self.subscribers:
+            self._schedule_linger()
+
+    def _schedule_linger(self) -> None:
+        self._cancel_linger()
+        loop = asyncio.get_running_loop()
+        self._linger_handle = loop.call_later(self.linger, self._linger_expired)
+
+    def _cancel_linger(self) -> None:
+        if self._linger_handle is not None:
+            self._linger_handle.cancel()
+            self._linger_handle = None
+
+    def _linger_expired(self) -> None:
+        self._linger_handle = None
+        if not self.subscribers:
+            log.info("on-demand stream idle, closing upstream", extra={"stream": self.key})
+            self._stop_upstream()
+
+    def rtp_info(self, gop: Sequence[Frame]) -> list[tuple[int, int]]:
+        """(seq, rtptime) of the first packet each track's client will receive."""
+        out = []
+        for track in self.tracks:
+            first = next((f for f in gop if f.track == track.index), None)
+            if first is not None:
+                out.append((first.first_seq, first.timestamp))
+            else:
+                out.append((track.seq, (track.last_ts or 0) & 0xFFFFFFFF))
+        return out
+
+    def restart_upstream(self) -> None:
+        """Reconnect the camera (SystemReboot, admin action); clients stay connected."""
+        if self.upstream is not None and self.state != "idle":
+            self.upstream.restart()
+
+    def close(self) -> None:
+        self._cancel_linger()
+        for sub in list(self.subscribers):
+            sub.close_for("gateway shutting down")
+        self.subscribers.clear()
+        if self.upstream is not None:
+            self.upstream.stop()
+        self.state = "idle"
+
+    def _notify(self, event: str) -> None:
+        for listener in self.listeners:
+            try:
+                listener(event, self)
+            except Exception:  # a broken listener must not break the stream
+                log.exception("stream listener failed", extra={"stream": self.key})
+
+    def keyframe_access_unit(self) -> tuple[CodecParams, bytes] | None:
+        """The latest video keyframe's access unit, for snapshots (depacketized lazily)."""
+        if not self.gop or not self.tracks:
+            return None
+        first = self.gop[0]
+        track = self.tracks[first.track]
+        from gateway.codecs import depacketizer_for
+
+        depack = depacketizer_for(track.params)
+        units: list[bytes] = []
+        packets = first.packets()
+        for i, pkt in enumerate(packets):
+            data = bytes(pkt)
+            units.extend(depack.push(data[12:], i == len(packets) - 1, first.timestamp))
+        if not units:
+            return None
+        return track.params, units[-1]
+
+
+class FrameInbox:
+    """Thread-to-loop hand-off: one wake-up per burst, no future or coroutine per packet.
+
+    The ingest thread appends items and schedules ``drain`` on the loop only when the
+    inbox was idle; the loop drains everything queued so far in one callback.
+    """
+
+    __slots__ = ("_deque", "_handler", "_loop", "_scheduled", "max_items", "overflows")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        handler: Callable[[tuple[object, ...]], None],
+        max_items: int = 2048,
+    ) -> None:
+        self._loop = loop
+        self._handler = handler
+        self._deque: collections.deque[tuple[object, ...]] = collections.deque()
+        self._scheduled = False
+        self.max_items = max_items
+        self.overflows = 0
+
+    def put(self, item: tuple[object, ...]) -> bool:
+        """Called from the ingest thread; False if the loop has fallen far behind."""
+        if len(self._deque) >= self.max_items:
+            self.overflows += 1
+            return False
+        self._deque.append(item)
+        if not self._scheduled:
+            self._scheduled = True
+            try:
+                self._loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # loop closed during shutdown
+                return False
+        return True
+
+    def _drain(self) -> None:
+        self._scheduled = False
+        pop = self._deque.popleft
+        handler = self._handler
+        while self._deque:
+            try:
+                handler(pop())
+            except Exception:
+                log.exception("frame handler failed")

@@ -1,0 +1,268 @@
+"""PyAV ingest: one reader thread per camera stream, feeding its hub through a FrameInbox.
+
+PyAV's demux releases the GIL while FFmpeg waits on the socket, so a thread per upstream is
+cheap. The thread never touches asyncio objects; it hands tuples to the loop through
+:class:`~gateway.media.hub.FrameInbox` (one wake-up per burst).
+
+Timeouts: FFmpeg's ``timeout`` RTSP option (microseconds) is the socket I/O timeout in the
+FFmpeg bundled with PyAV >= 12 (FFmpeg >= 5; ``stimeout`` is gone and ``rw_timeout`` does not
+apply to the RTSP handshake). PyAV's own ``timeout=`` argument installs an interrupt
+callback that takes the GIL on every poll, which degrades many-stream ingest, so it is not
+used; ``stop()`` interrupts a blocked read by closing the container from the loop side is
+not safe either, so stop is observed between packets and bounded by the I/O timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+
+from gateway.codecs import SUPPORTED, h264, h265
+from gateway.codecs.base import CodecParams
+from gateway.media.hub import FrameInbox, StreamHub
+
+log = logging.getLogger("gateway.ingest")
+
+_VIDEO_NAMES = {"h264": "H264", "hevc": "H265"}
+_AUDIO_NAMES = {"pcm_mulaw": "PCMU", "pcm_alaw": "PCMA", "aac": "AAC"}
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    transport: str = "tcp"
+    io_timeout: float = 5.0
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+
+
+def codec_params_from_stream(stream: av.stream.Stream) -> CodecParams | None:
+    """CodecParams for a PyAV stream, or None when we cannot relay its codec."""
+    ctx = stream.codec_context
+    name = ctx.name
+    if stream.type == "video" and name in _VIDEO_NAMES:
+        codec = _VIDEO_NAMES[name]
+        extradata = bytes(ctx.extradata or b"")
+        parse = (
+            h264.parameter_sets_from_extradata
+            if codec == "H264"
+            else (h265.parameter_sets_from_extradata)
+        )
+        try:
+            psets = tuple(parse(extradata)) if extradata else ()
+        except ValueError:
+            psets = ()  # odd extradata: parameter sets still arrive in band
+        profile = ctx.profile or ""
+        return CodecParams(
+            name=codec,
+            media="video",
+            clock_rate=90000,
+            width=ctx.width or 0,
+            height=ctx.height or 0,
+            parameter_sets=psets,
+            profile=str(profile),
+        )
+    if stream.type == "audio" and name in _AUDIO_NAMES:
+        codec = _AUDIO_NAMES[name]
+        rate = ctx.sample_rate or 8000
+        channels = ctx.channels if hasattr(ctx, "channels") else 1
+        with contextlib.suppress(AttributeError):
+            channels = ctx.layout.nb_channels
+        config = bytes(ctx.extradata or b"") if codec == "AAC" else b""
+        if codec == "AAC" and not config:
+            return None  # cannot describe AAC without its AudioSpecificConfig
+        return CodecParams(
+            name=codec, media="audio", clock_rate=rate, channels=channels or 1, config=config
+        )
+    return None
+
+
+class PyAVIngest:
+    """Feeds a :class:`StreamHub` from an RTSP URL, reconnecting with backoff and jitter."""
+
+    def __init__(
+        self,
+        hub: StreamHub,
+        url: str,
+        *,
+        display_url: str,
+        options: IngestOptions | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.hub = hub
+        self._url = url  # may embed credentials: never logged
+        self.display_url = display_url
+        self.options = options or IngestOptions()
+        self.loop = loop or asyncio.get_running_loop()
+        self.inbox = FrameInbox(self.loop, self._on_item)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._restart = threading.Event()
+        self._generation = 0
+        self.connects = 0
+
+    # -- UpstreamControl
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._generation += 1
+        self._thread = threading.Thread(
+            target=self._run, args=(self._generation,), name=f"ingest:{self.hub.key}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._generation += 1
+
+    def restart(self) -> None:
+        self._restart.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # -- thread side
+
+    def _av_options(self) -> dict[str, str]:
+        return {
+            "rtsp_transport": self.options.transport,
+            "timeout": str(int(self.options.io_timeout * 1_000_000)),
+            # Hand packets over as they arrive: no reordering buffer on TCP.
+            "reorder_queue_size": "0" if self.options.transport == "tcp" else "64",
+            "max_delay": "500000",
+            "fflags": "nobuffer",
+            "analyzeduration": "1000000",
+            "probesize": "5000000",
+            "allowed_media_types": "video+audio",
+        }
+
+    def _run(self, generation: int) -> None:
+        backoff = self.options.backoff_initial
+        while not self._stop.is_set() and generation == self._generation:
+            started = time.monotonic()
+            error = self._session(generation)
+            if self._stop.is_set() or generation != self._generation:
+                break
+            if time.monotonic() - started > 30:
+                backoff = self.options.backoff_initial  # it was up for a while: retry soon
+            self.inbox.put(("failed", error))
+            delay = backoff * (0.5 + random.random())  # jitter spreads a site-wide outage
+            backoff = min(backoff * 2, self.options.backoff_max)
+            if self._stop.wait(delay):
+                break
+
+    def _session(self, generation: int) -> str:
+        self._restart.clear()
+        try:
+            container = av.open(self._url, options=self._av_options(), timeout=None)
+        except av.error.FFmpegError as exc:
+            return _describe_error(exc)
+        except Exception as exc:  # PyAV raises a few non-FFmpeg errors on odd input
+            return f"{type(exc).__name__}: {exc}"
+        try:
+            video = next(
+                (s for s in container.streams.video if s.codec_context.name in _VIDEO_NAMES), None
+            )
+            if video is None:
+                return "no H.264/H.265 video track in the camera's stream"
+            selected = [video]
+            params = [codec_params_from_stream(video)]
+            audio = next(
+                (s for s in container.streams.audio if codec_params_from_stream(s) is not None),
+                None,
+            )
+            if audio is not None:
+                selected.append(audio)
+                params.append(codec_params_from_stream(audio))
+            if not all(p is not None and p.name in SUPPORTED for p in params):
+                return "unsupported codec"
+            index_of = {s.index: i for i, s in enumerate(selected)}
+            scale = {
+                s.index: (s.time_base or Fraction(1, 90000)) * p.clock_rate
+                for s, p in zip(selected, params, strict=True)
+                if p is not None
+            }
+            self.connects += 1
+            self.inbox.put(("opened", tuple(params)))
+            resync = False
+            last_pts: dict[int, int] = {}
+            for packet in container.demux(selected):
+                if self._stop.is_set() or generation != self._generation:
+                    return "stopped"
+                if self._restart.is_set():
+                    return "reconnect requested"
+                if packet.size == 0:
+                    continue  # end-of-stream flush packet
+                sidx = packet.stream_index
+                pts = packet.pts if packet.pts is not None else packet.dts
+                if pts is None:
+                    pts = last_pts.get(sidx, 0)
+                ts = int(pts * scale[sidx])
+                last_pts[sidx] = pts
+                keyframe = packet.is_keyframe
+                if resync:
+                    if not (keyframe and sidx == video.index):
+                        continue
+                    resync = False
+                item = ("frame", index_of[sidx], ts, keyframe, bytes(packet), time.monotonic())
+                if not self.inbox.put(item):
+                    resync = True  # the loop fell behind: restart cleanly at a keyframe
+            return "camera ended the stream"
+        except av.error.FFmpegError as exc:
+            return _describe_error(exc)
+        except Exception as exc:
+            log.exception("ingest failed", extra={"stream": self.hub.key})
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            with contextlib.suppress(Exception):
+                container.close()
+
+    # -- loop side
+
+    def _on_item(self, item: tuple[object, ...]) -> None:
+        kind = item[0]
+        hub = self.hub
+        if kind == "frame":
+            _, track, ts, keyframe, data, arrival = item
+            if hub.state == "live":
+                hub.push(track, ts, keyframe, data, arrival)  # type: ignore[arg-type]
+        elif kind == "opened":
+            log.info("camera stream up", extra={"stream": hub.key, "url": self.display_url})
+            hub.upstream_opened(item[1])  # type: ignore[arg-type]
+        elif kind == "failed":
+            error = str(item[1])
+            if hub.state == "live":
+                log.warning("camera stream down", extra={"stream": hub.key, "reason": error})
+            else:
+                log.warning(
+                    "camera stream unavailable",
+                    extra={"stream": hub.key, "reason": error, "ratelimit": True},
+                )
+            hub.upstream_failed(error)
+
+
+def _describe_error(exc: Exception) -> str:
+    text = str(exc)
+    # FFmpeg errors quote the URL, which may carry credentials.
+    if "'" in text:
+        text = text.split(": '", 1)[0]
+    lowered = text.lower()
+    if "401" in text or "unauthorized" in lowered:
+        return "camera refused the credentials (401)"
+    if "404" in text or "not found" in lowered:
+        return "camera has no such stream (404)"
+    if "connection refused" in lowered:
+        return "connection refused"
+    if "timed out" in lowered or "invalid data" in lowered or "etimedout" in lowered:
+        return f"no answer or no valid stream within the I/O timeout ({text})"
+    return text

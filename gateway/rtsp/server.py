@@ -1,0 +1,725 @@
+"""Asyncio RTSP server: a thin layer over the sans-IO parser, the auth core and the hubs.
+
+One :class:`RtspConnection` (an ``asyncio.Protocol``) per TCP connection; one
+:class:`ServerSession` per RTSP session, which is the hub subscriber the fan-out writes to.
+UDP clients share one RTP and one RTCP socket of the server; they are told those ports
+in ``server_port`` and distinguished by their own addresses.
+
+Sessions end with TEARDOWN, with their control connection, or (UDP) after
+``session_timeout`` seconds without a request or an RTCP report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway.media.hub import Frame, StreamHub
+from gateway.rtsp.auth import DigestAuthenticator
+from gateway.rtsp.message import (
+    NEED_DATA,
+    InterleavedFrame,
+    RtpInfo,
+    RtspConnectionParser,
+    RtspProtocolError,
+    RtspRequest,
+    RtspResponse,
+    SessionHeader,
+    format_rtp_info,
+    request_path,
+)
+from gateway.rtsp.transport import TransportSpec, parse_transport_header
+
+log = logging.getLogger("gateway.rtsp")
+
+ALLOWED_METHODS = (
+    "OPTIONS",
+    "DESCRIBE",
+    "SETUP",
+    "PLAY",
+    "PAUSE",
+    "TEARDOWN",
+    "GET_PARAMETER",
+    "SET_PARAMETER",
+)
+_TRACK_RE = re.compile(r"^(?P<base>.*?)/?trackID=(?P<track>\d{1,3})$")
+MAX_SESSIONS_PER_CONNECTION = 16
+MAX_CONNECTIONS = 4096
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    session_timeout: int = 60
+    send_budget: int = 4 * 1024 * 1024
+    stall_timeout: float = 10.0
+    describe_timeout: float = 10.0
+
+
+class ServerSession:
+    """One client's RTSP session on one stream; the hub calls ``deliver`` per frame."""
+
+    __slots__ = (
+        "budget",
+        "bytes_sent",
+        "channels",
+        "conn",
+        "dropped",
+        "frames_sent",
+        "hub",
+        "id",
+        "last_activity",
+        "over_since",
+        "playing",
+        "server",
+        "stall_timeout",
+        "started",
+        "tcp",
+        "udp_targets",
+        "video_track",
+        "waiting_keyframe",
+    )
+
+    def __init__(self, server: RtspServer, conn: RtspConnection, hub: StreamHub, tcp: bool) -> None:
+        self.server = server
+        self.conn = conn
+        self.hub = hub
+        self.id = secrets.token_hex(8)
+        self.tcp = tcp
+        self.channels: dict[int, int] = {}  # track -> interleaved RTP channel
+        self.udp_targets: dict[int, tuple[tuple[str, int], tuple[str, int]]] = {}
+        self.playing = False
+        self.waiting_keyframe = True
+        self.over_since: float | None = None
+        self.budget = server.limits.send_budget
+        self.stall_timeout = server.limits.stall_timeout
+        self.last_activity = server.clock()
+        self.started = self.last_activity
+        self.frames_sent = 0
+        self.bytes_sent = 0
+        self.dropped = 0
+        self.video_track = 0
+
+    # -- Subscriber
+
+    def deliver(self, frame: Frame, now: float) -> None:
+        if not self.playing:
+            return
+        track = frame.track
+        if self.waiting_keyframe:
+            if not (frame.keyframe and track == self.video_track):
+                return
+            self.waiting_keyframe = False
+        if self.tcp:
+            channel = self.channels.get(track)
+            if channel is None:
+                return
+            transport = self.conn.transport
+            if transport is None:
+                return
+            if transport.get_write_buffer_size() > self.budget:
+                self._skip(now)
+                return
+            self.over_since = None
+            data = frame.interleaved(channel)
+            transport.write(data)
+            self.bytes_sent += len(data)
+        else:
+            target = self.udp_targets.get(track)
+            udp = self.server.udp_rtp
+            if target is None or udp is None:
+                return
+            if udp.get_write_buffer_size() > self.budget:
+                self._skip(now)
+                return
+            self.over_since = None
+            sendto = udp.sendto
+            addr = target[0]
+            for packet in frame.packets():
+                sendto(packet, addr)
+            self.bytes_sent += frame.size
+        self.frames_sent += 1
+
+    def _skip(self, now: float) -> None:
+        # Over budget: drop until the next keyframe so the client resumes cleanly, and give
+        # up on a client that has not drained for stall_timeout.
+        self.dropped += 1
+        self.hub.stats.dropped_frames += 1
+        self.waiting_keyframe = True
+        if self.over_since is None:
+            self.over_since = now
+        elif now - self.over_since > self.stall_timeout:
+            self.hub.stats.slow_disconnects += 1
+            self.close_for(f"client stalled for more than {self.stall_timeout:g}s")
+
+    def deliver_rtcp(self, track: int, packet: bytes) -> None:
+        if not self.playing:
+            return
+        if self.tcp:
+            channel = self.channels.get(track)
+            transport = self.conn.transport
+            if channel is None or transport is None:
+                return
+            if transport.get_write_buffer_size() <= self.budget:
+                transport.write(
+                    b"$" + bytes((channel + 1,)) + len(packet).to_bytes(2, "big") + packet
+                )
+        else:
+            target = self.udp_targets.get(track)
+            if target is not None and self.server.udp_rtcp is not None:
+                self.server.udp_rtcp.sendto(packet, target[1])
+
+    def close_for(self, reason: str) -> None:
+        log.info(
+            "client session closed",
+            extra={
+                "stream": self.hub.key,
+                "session": self.id,
+                "peer": self.conn.peer_text,
+                "reason": reason,
+            },
+        )
+        self.server.end_session(self)
+        if self.tcp:
+            self.conn.close()
+
+    # -- control
+
+    def play(self) -> tuple[list[tuple[int, int]], list[Frame]] | None:
+        """Start delivery; returns (seq, rtptime) per track and the GOP to send first."""
+        if self.playing:
+            return None
+        gop = self.hub.subscribe(self)
+        self.playing = True
+        self.waiting_keyframe = not gop
+        return self.hub.rtp_info(gop), gop
+
+    def pause(self) -> None:
+        if self.playing:
+            self.playing = False
+            self.hub.unsubscribe(self)
+            self.waiting_keyframe = True
+
+
+class RtspServer:
+    """Serves hubs by path. ``resolve(path)`` maps a request path to a hub (or None)."""
+
+    def __init__(
+        self,
+        resolve: Callable[[str], StreamHub | None],
+        *,
+        authenticator: DigestAuthenticator | None = None,
+        server_name: str = "onvif-gateway",
+        limits: ServerLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.resolve = resolve
+        self.authenticator = authenticator
+        self.server_name = server_name
+        self.limits = limits or ServerLimits()
+        self.clock = clock
+        self.sessions: dict[str, ServerSession] = {}
+        self.connections: set[RtspConnection] = set()
+        self.udp_rtp: asyncio.DatagramTransport | None = None
+        self.udp_rtcp: asyncio.DatagramTransport | None = None
+        self.udp_ports: tuple[int, int] | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._reaper: asyncio.TimerHandle | None = None
+        self.host = ""
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: RtspConnection(self), host, port, reuse_address=True, backlog=1024
+        )
+        sock = self._server.sockets[0]
+        self.host, self.port = sock.getsockname()[:2]
+        self._schedule_reaper()
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.close()
+        for transport in (self.udp_rtp, self.udp_rtcp):
+            if transport is not None:
+                transport.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def ensure_udp(self) -> tuple[int, int]:
+        """Open the shared RTP/RTCP sockets (an even/odd port pair) on first UDP SETUP."""
+        if self.udp_ports is not None:
+            return self.udp_ports
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        for _ in range(50):
+            probe = socket.socket(family, socket.SOCK_DGRAM)
+            probe.bind((self.host, 0))
+            rtp_port = probe.getsockname()[1] & ~1
+            probe.close()
+            try:
+                rtp, _ = await loop.create_datagram_endpoint(
+                    lambda: _RtcpIn(self), local_addr=(self.host, rtp_port)
+                )
+            except OSError:
+                continue
+            try:
+                rtcp, _ = await loop.create_datagram_endpoint(
+                    lambda: _RtcpIn(self), local_addr=(self.host, rtp_port + 1)
+                )
+            except OSError:
+                rtp.close()
+                continue
+            self.udp_rtp, self.udp_rtcp = rtp, rtcp  # type: ignore[assignment]
+            self.udp_ports = (rtp_port, rtp_port + 1)
+            return self.udp_ports
+        raise OSError("no free UDP port pair for RTP/RTCP")
+
+    def end_session(self, session: ServerSession) -> None:
+        if self.sessions.pop(session.id, None) is None:
+            return
+        session.hub.unsubscribe(session)
+        session.playing = False
+        session.conn.sessions.discard(session.id)
+
+    def touch_udp(self, addr: tuple[str, int]) -> None:
+        now = self.clock()
+        for session in self.sessions.values():
+            if not session.tcp:
+                for rtp, rtcp in session.udp_targets.values():
+                    if addr in (rtp, rtcp):
+                        session.last_activity = now
+
+    def _schedule_reaper(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._reaper = loop.call_later(5.0, self._reap)
+
+    def _reap(self) -> None:
+        now = self.clock()
+        timeout = self.limits.session_timeout
+        for session in list(self.sessions.values()):
+            if not session.tcp and now - session.last_activity > timeout:
+                session.close_for("session timed out")
+        self._schedule_reaper()
+
+
+class _RtcpIn(asyncio.DatagramProtocol):
+    """Receiver reports from UDP clients keep their sessions alive."""
+
+    def __init__(self, server: RtspServer) -> None:
+        self.server = server
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.server.touch_udp(addr[:2])
+
+    def error_received(self, exc: Exception) -> None:  # ICMP port unreachable and such
+        log.debug("udp error", extra={"error": str(exc)})
+
+
+class RtspConnection(asyncio.Protocol):
+    """One control connection: parses requests, answers them in order, carries TCP media."""
+
+    def __init__(self, server: RtspServer) -> None:
+        self.server = server
+        self.parser = RtspConnectionParser("server")
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, int] = ("", 0)
+        self.local: tuple[str, int] = ("", 0)
+        self.sessions: set[str] = set()
+        self._queue: list[RtspRequest] = []
+        self._busy = False
+        self._closed = False
+
+    @property
+    def peer_text(self) -> str:
+        return f"{self.peer[0]}:{self.peer[1]}"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.peer = transport.get_extra_info("peername")[:2]
+        self.local = transport.get_extra_info("sockname")[:2]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if len(self.server.connections) >= MAX_CONNECTIONS:
+            self.transport.write(bytes(RtspResponse(503, headers={"CSeq": "0"})))
+            self.transport.close()
+            return
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self.server.connections.discard(self)
+        for sid in list(self.sessions):
+            session = self.server.sessions.get(sid)
+            if session is not None:
+                self.server.end_session(session)
+        self.transport = None
+
+    def close(self) -> None:
+        if self.transport is not None and not self._closed:
+            self._closed = True
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        parser = self.parser
+        parser.feed(data)
+        while True:
+            try:
+                event = parser.next_event()
+            except RtspProtocolError as exc:
+                self._reject(exc)
+                return
+            if event is NEED_DATA:
+                return
+            if isinstance(event, InterleavedFrame):
+                self._touch_by_channel(event.channel)
+            elif isinstance(event, RtspRequest):
+                if len(self._queue) >= 16:
+                    self._reject(RtspProtocolError(400, "too many pipelined requests"))
+                    return
+                self._queue.append(event)
+                if not self._busy:
+                    self._process_queue()
+            # Responses from a client are not expected; ignore them.
+
+    def _reject(self, exc: RtspProtocolError) -> None:
+        log.info("malformed RTSP input", extra={"peer": self.peer_text, "error": str(exc)})
+        if self.transport is not None:
+            self.transport.write(bytes(RtspResponse(exc.status, headers={"CSeq": "0"})))
+        self.close()
+
+    def _touch_by_channel(self, channel: int) -> None:
+        now = self.server.clock()
+        for sid in self.sessions:
+            session = self.server.sessions.get(sid)
+            if session is not None and channel - 1 in session.channels.values():
+                session.last_activity = now
+
+    def _process_queue(self) -> None:
+        while self._queue and not self._closed:
+            request = self._queue.pop(0)
+            handler = Handler(self, request)
+            result = handler.run()
+            if isinstance(result, asyncio.Future | asyncio.Task):
+                self._busy = True
+                result.add_done_callback(lambda _f: self._resume())
+                return
+        self._busy = False
+
+    def _resume(self) -> None:
+        self._busy = False
+        self._process_queue()
+
+    def send(self, response: RtspResponse) -> None:
+        response.headers.set("Server", self.server.server_name)
+        if self.transport is not None and not self._closed:
+            self.transport.write(bytes(response))
+
+
+class Handler:
+    """Answers one request; async only where it must wait (DESCRIBE of a cold stream)."""
+
+    def __init__(self, conn: RtspConnection, request: RtspRequest) -> None:
+        self.conn = conn
+        self.server = conn.server
+        self.request = request
+
+    def respond(
+        self, status: int, headers: dict[str, str] | None = None, body: bytes = b""
+    ) -> None:
+        self.conn.send(RtspResponse.for_request(self.request, status, headers, body))
+
+    def run(self) -> asyncio.Task[None] | None:
+        req = self.request
+        try:
+            if req.cseq is None:
+                self.respond(400, {"CSeq": "0"})
+                return None
+        except ValueError:
+            self.conn.send(RtspResponse(400, headers={"CSeq": "0"}))
+            return None
+        method = req.method
+        if method == "OPTIONS":
+            self.respond(200, {"Public": ", ".join(ALLOWED_METHODS)})
+            return None
+        if method not in ALLOWED_METHODS:
+            if method in ("ANNOUNCE", "RECORD", "REDIRECT"):
+                self.respond(405, {"Allow": ", ".join(ALLOWED_METHODS)})
+            else:
+                self.respond(501)
+            return None
+        if req.headers.get("Require"):
+            self.respond(551, {"Unsupported": req.headers.get("Require") or ""})
+            return None
+        if not self._authorized():
+            return None
+        if method == "DESCRIBE":
+            return asyncio.ensure_future(self.describe())
+        if method == "SETUP":
+            return asyncio.ensure_future(self.setup())
+        getattr(self, method.lower())()
+        return None
+
+    def _authorized(self) -> bool:
+        auth = self.server.authenticator
+        if auth is None:
+            return True
+        now = time.time()
+        header = self.request.headers.get("Authorization")
+        user = None
+        if header:
+            user = auth.verify(self.request.method, header, now, uri=self.request.uri)
+        if user is not None:
+            return True
+        if header:
+            log.warning(
+                "RTSP authentication failed", extra={"peer": self.conn.peer_text, "ratelimit": True}
+            )
+        response = RtspResponse.for_request(self.request, 401)
+        for value in auth.challenge(now):
+            response.headers.add("WWW-Authenticate", value)
+        self.conn.send(response)
+        return False
+
+    def _resolve(self) -> tuple[StreamHub | None, int | None, str]:
+        path = request_path(self.request.uri)
+        track: int | None = None
+        match = _TRACK_RE.match(path)
+        if match:
+            path, track = match.group("base") or "/", int(match.group("track"))
+        hub = self.server.resolve(path)
+        if hub is None and path.endswith("/") and len(path) > 1:
+            hub = self.server.resolve(path.rstrip("/"))
+        return hub, track, path
+
+    async def describe(self) -> None:
+        hub, _, _ = self._resolve()
+        if hub is None:
+            self.respond(404)
+            return
+        ready = await hub.wait_ready(self.server.limits.describe_timeout)
+        if not ready or not hub.tracks:
+            self.respond(503, {"Retry-After": "5"})
+            return
+        base = self.request.uri.rstrip("/") + "/"
+        if "://" not in base:
+            host = self.conn.local[0]
+            host = f"[{host}]" if ":" in host else host
+            base = f"rtsp://{host}:{self.conn.local[1]}{base}"
+        sdp = session_description(hub, self.conn.local[0])
+        self.respond(200, {"Content-Type": "application/sdp", "Content-Base": base}, sdp)
+
+    async def setup(self) -> None:
+        req = self.request
+        hub, track, _ = self._resolve()
+        if hub is None:
+            self.respond(404)
+            return
+        if not hub.tracks and not await hub.wait_ready(self.server.limits.describe_timeout):
+            self.respond(503, {"Retry-After": "5"})
+            return
+        if track is None:
+            track = 0 if len(hub.tracks) == 1 else None
+        if track is None or track >= len(hub.tracks):
+            self.respond(404)
+            return
+        try:
+            specs = parse_transport_header(req.headers.get("Transport") or "")
+        except ValueError:
+            self.respond(461)
+            return
+        spec = next((s for s in specs if not s.is_multicast and s.profile == "AVP"), None)
+        if spec is None:
+            self.respond(461)
+            return
+        session = self._session(required=False)
+        if session is False:
+            return
+        if session is None:
+            if len(self.conn.sessions) >= MAX_SESSIONS_PER_CONNECTION:
+                self.respond(453)
+                return
+            session = ServerSession(self.server, self.conn, hub, spec.is_tcp)
+            session.video_track = next((t.index for t in hub.tracks if t.is_video), 0)
+        elif session.hub is not hub:
+            self.respond(459)
+            return
+        elif session.tcp != spec.is_tcp:
+            self.respond(461)
+            return
+        if spec.is_tcp:
+            if spec.interleaved is not None:
+                channel = spec.interleaved[0]
+            else:
+                used = set(session.channels.values())
+                channel = next(c for c in range(0, 256, 2) if c not in used)
+            if channel > 254 or channel in {c for t, c in session.channels.items() if t != track}:
+                self.respond(461)
+                return
+            session.channels[track] = channel
+            reply = TransportSpec(
+                lower_transport="TCP",
+                multicast=False,
+                interleaved=(channel, channel + 1),
+                ssrc=hub.tracks[track].ssrc,
+            )
+        else:
+            if spec.client_port is None:
+                self.respond(461)
+                return
+            try:
+                rtp_port, rtcp_port = await self.server.ensure_udp()
+            except OSError:
+                self.respond(500)
+                return
+            peer_ip = self.conn.peer[0]
+            first, last = spec.client_port
+            session.udp_targets[track] = (
+                (peer_ip, first),
+                (peer_ip, last if last != first else first + 1),
+            )
+            reply = TransportSpec(
+                multicast=False,
+                client_port=spec.client_port,
+                server_port=(rtp_port, rtcp_port),
+                ssrc=hub.tracks[track].ssrc,
+            )
+        if session.id not in self.server.sessions:
+            self.server.sessions[session.id] = session
+            self.conn.sessions.add(session.id)
+            log.info(
+                "client session opened",
+                extra={
+                    "stream": hub.key,
+                    "session": session.id,
+                    "peer": self.conn.peer_text,
+                    "transport": "tcp" if session.tcp else "udp",
+                },
+            )
+        session.last_activity = self.server.clock()
+        self.respond(
+            200,
+            {
+                "Transport": str(reply),
+                "Session": str(SessionHeader(session.id, self.server.limits.session_timeout)),
+            },
+        )
+
+    def _session(self, required: bool = True) -> ServerSession | bool | None:
+        """The request's session; False when an error was already sent."""
+        value = self.request.headers.get("Session")
+        if value is None:
+            if required:
+                self.respond(454)
+                return False
+            return None
+        try:
+            sid = SessionHeader.parse(value).session_id
+        except ValueError:
+            self.respond(454)
+            return False
+        session = self.server.sessions.get(sid)
+        if session is None or (session.conn is not self.conn and session.tcp):
+            self.respond(454)
+            return False
+        session.last_activity = self.server.clock()
+        return session
+
+    def play(self) -> None:
+        session = self._session()
+        if not isinstance(session, ServerSession):
+            return
+        if not session.channels and not session.udp_targets:
+            self.respond(455)
+            return
+        result = session.play()
+        headers = {
+            "Session": str(SessionHeader(session.id, self.server.limits.session_timeout)),
+            "Range": "npt=now-",
+        }
+        gop: list[Frame] = []
+        if result is not None:
+            infos, gop = result
+            base = self.request.uri.rstrip("/")
+            base = _TRACK_RE.sub(lambda m: m.group("base"), base)
+            entries = [
+                RtpInfo(f"{base}/trackID={t}", seq, rtptime)
+                for t, (seq, rtptime) in enumerate(infos)
+                if t in session.channels or t in session.udp_targets
+            ]
+            headers["RTP-Info"] = format_rtp_info(entries)
+        self.respond(200, headers)
+        # The cached GOP goes out right behind the response, so the client decodes at once.
+        now = self.server.clock()
+        for frame in gop:
+            session.deliver(frame, now)
+
+    def pause(self) -> None:
+        session = self._session()
+        if not isinstance(session, ServerSession):
+            return
+        session.pause()
+        self.respond(200)
+
+    def teardown(self) -> None:
+        session = self._session()
+        if not isinstance(session, ServerSession):
+            return
+        self.server.end_session(session)
+        log.info(
+            "client session closed",
+            extra={"stream": session.hub.key, "session": session.id, "reason": "teardown"},
+        )
+        self.respond(200)
+
+    def get_parameter(self) -> None:
+        if self.request.headers.get("Session") is not None:
+            session = self._session()
+            if not isinstance(session, ServerSession):
+                return
+        self.respond(200)
+
+    def set_parameter(self) -> None:
+        if self.request.headers.get("Session") is not None:
+            session = self._session()
+            if not isinstance(session, ServerSession):
+                return
+        if self.request.body:
+            self.respond(451)
+            return
+        self.respond(200)
+
+
+def session_description(hub: StreamHub, local_addr: str) -> bytes:
+    """SDP for the hub's current tracks (RFC 4566/2326 section C)."""
+    family = "IP6" if ":" in local_addr else "IP4"
+    any_addr = "::" if family == "IP6" else "0.0.0.0"
+    session_id = abs(hash(hub.key)) % 10**10
+    lines = [
+        "v=0",
+        f"o=- {session_id} 1 IN {family} {local_addr}",
+        f"s={hub.key}",
+        f"c=IN {family} {any_addr}",
+        "t=0 0",
+        "a=tool:onvif-gateway",
+        "a=range:npt=now-",
+        "a=control:*",
+    ]
+    for track in hub.tracks:
+        lines.append(f"m={track.params.media} 0 RTP/AVP {track.payload_type}")
+        lines.extend(f"a={attr}" for attr in track.packetizer.sdp_attributes())
+        lines.append(f"a=control:trackID={track.index}")
+        lines.append("a=sendonly")
+    return ("\r\n".join(lines) + "\r\n").encode()

@@ -1,0 +1,191 @@
+"""The running gateway: hubs and ingest per camera stream, the RTSP server, and the services
+other subsystems add (ONVIF devices, admin API, policy loop, egress services).
+
+``Gateway.reload(config)`` applies a new configuration without touching streams whose camera
+configuration did not change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway import log as gwlog
+from gateway.config import CameraConfig, Config, iter_secrets
+from gateway.media.hub import StreamHub
+from gateway.media.ingest import IngestOptions, PyAVIngest
+from gateway.rtsp.auth import DigestAuthenticator
+from gateway.rtsp.server import RtspServer, ServerLimits
+
+log = logging.getLogger("gateway")
+
+
+@dataclass
+class CameraRuntime:
+    config: CameraConfig
+    index: int
+    hubs: dict[str, StreamHub] = field(default_factory=dict)
+    ingests: dict[str, PyAVIngest] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for hub in self.hubs.values():
+            hub.close()
+
+
+# Optional services: (module, start function). Each start function takes the Gateway and
+# returns an object with ``async close()``; subsystems not present are skipped.
+SERVICE_STARTERS = (
+    ("gateway.onvif.service", "start"),
+    ("gateway.admin.service", "start"),
+    ("gateway.policy.service", "start"),
+    ("gateway.egress.service", "start"),
+)
+
+
+class Gateway:
+    def __init__(self, config: Config, *, start_services: bool = True) -> None:
+        self.config = config
+        self.cameras: dict[str, CameraRuntime] = {}
+        self.rtsp: RtspServer | None = None
+        self.services: list[Any] = []
+        self.start_services = start_services
+        self._nonce_secret = secrets.token_bytes(32)
+        self.stopped = asyncio.Event()
+        self.reload_hooks: list[Callable[[Config], Awaitable[None]]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        cfg = self.config
+        gwlog.register_secrets(iter_secrets(cfg))
+        for index, cam in enumerate(cfg.cameras):
+            if cam.enabled:
+                self.cameras[cam.name] = self._start_camera(cam, index)
+        self.rtsp = RtspServer(
+            self.resolve,
+            authenticator=self._authenticator(cfg),
+            server_name="onvif-gateway",
+            limits=self._limits(cfg),
+        )
+        await self.rtsp.start(cfg.server.bind, cfg.server.rtsp_port)
+        log.info(
+            "RTSP server listening", extra={"address": cfg.server.bind, "port": self.rtsp.port}
+        )
+        if self.start_services:
+            for module_name, func in SERVICE_STARTERS:
+                try:
+                    module = importlib.import_module(module_name)
+                except ModuleNotFoundError as exc:
+                    if exc.name == module_name:
+                        continue
+                    raise
+                self.services.append(await getattr(module, func)(self))
+
+    def _authenticator(self, cfg: Config) -> DigestAuthenticator:
+        return DigestAuthenticator(
+            "onvif-gateway",
+            {cfg.vms.username: cfg.vms.password.reveal()},
+            self._nonce_secret,
+            allow_basic=cfg.vms.allow_basic,
+        )
+
+    @staticmethod
+    def _limits(cfg: Config) -> ServerLimits:
+        return ServerLimits(
+            session_timeout=cfg.server.session_timeout,
+            send_budget=cfg.server.client_send_budget,
+            stall_timeout=cfg.server.client_stall_timeout,
+        )
+
+    def _start_camera(self, cam: CameraConfig, index: int) -> CameraRuntime:
+        runtime = CameraRuntime(cam, index)
+        for stream in cam.stream_names():
+            hub = StreamHub(f"{cam.name}/{stream}", on_demand=cam.on_demand)
+            ingest = PyAVIngest(
+                hub,
+                cam.upstream_url(stream, with_credentials=True),
+                display_url=cam.upstream_url(stream, with_credentials=False),
+                options=IngestOptions(transport=cam.transport),
+            )
+            runtime.hubs[stream] = hub
+            runtime.ingests[stream] = ingest
+            hub.attach_upstream(ingest)
+        return runtime
+
+    async def stop(self) -> None:
+        for service in reversed(self.services):
+            try:
+                await service.close()
+            except Exception:
+                log.exception("service failed to stop cleanly")
+        self.services.clear()
+        for cam in self.cameras.values():
+            cam.close()
+        if self.rtsp is not None:
+            await self.rtsp.close()
+        ingests = [i for cam in self.cameras.values() for i in cam.ingests.values()]
+        # Reader threads notice the stop between packets or at the I/O timeout.
+        await asyncio.gather(*(asyncio.to_thread(i.join, 6.0) for i in ingests))
+        self.stopped.set()
+
+    async def reload(self, config: Config) -> dict[str, list[str]]:
+        """Apply ``config``; streams of unchanged cameras keep running."""
+        old = self.config
+        if (config.server.bind, config.server.rtsp_port) != (old.server.bind, old.server.rtsp_port):
+            raise ValueError(
+                "server.bind and server.rtsp_port cannot change on reload; restart the gateway"
+            )
+        gwlog.register_secrets(iter_secrets(config))
+        changes: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "unchanged": []}
+        wanted = {cam.name: (i, cam) for i, cam in enumerate(config.cameras) if cam.enabled}
+        for name in list(self.cameras):
+            if name not in wanted:
+                self.cameras.pop(name).close()
+                changes["removed"].append(name)
+        for name, (index, cam) in wanted.items():
+            current = self.cameras.get(name)
+            if current is not None and current.config == cam:
+                current.index = index
+                changes["unchanged"].append(name)
+                continue
+            if current is not None:
+                current.close()
+                changes["changed"].append(name)
+            else:
+                changes["added"].append(name)
+            self.cameras[name] = self._start_camera(cam, index)
+        self.config = config
+        if self.rtsp is not None:
+            self.rtsp.authenticator = self._authenticator(config)
+            self.rtsp.limits = self._limits(config)
+        for hook in self.reload_hooks:
+            await hook(config)
+        log.info("configuration reloaded", extra={k: ",".join(v) for k, v in changes.items()})
+        return changes
+
+    # ------------------------------------------------------------------ lookups
+
+    def resolve(self, path: str) -> StreamHub | None:
+        """``/camera/stream`` -> hub."""
+        parts = path.strip("/").split("/")
+        if len(parts) != 2:
+            return None
+        cam = self.cameras.get(parts[0])
+        return cam.hubs.get(parts[1]) if cam else None
+
+    def hub(self, camera: str, stream: str) -> StreamHub | None:
+        cam = self.cameras.get(camera)
+        return cam.hubs.get(stream) if cam else None
+
+    def reconnect(self, camera: str) -> bool:
+        cam = self.cameras.get(camera)
+        if cam is None:
+            return False
+        for hub in cam.hubs.values():
+            hub.restart_upstream()
+        return True

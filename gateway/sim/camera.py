@@ -1,0 +1,229 @@
+"""A simulated camera: RTSP with the vendor's paths and Digest realm, plus its HTTP faces.
+
+Video and audio come from clips encoded once (``gateway.sim.clips``) and looped at real-time
+pace. Each clip frame is packetized once per process and shared by every simulated camera
+using that clip, so a simulated camera costs a timer and some header stamping per frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.codecs import packetizer_for
+from gateway.media.hub import StreamHub
+from gateway.rtsp.auth import DigestAuthenticator
+from gateway.rtsp.server import RtspServer, ServerLimits
+from gateway.sim.clips import Clip, ClipSpec, load_clip
+from gateway.sim.device import SimDevice
+
+log = logging.getLogger("gateway.sim")
+
+# Modules that add a face to the camera's HTTP app with install(app, device[, **kw]).
+HTTP_FACES = (
+    "gateway.sim.hikvision",
+    "gateway.sim.dahua",
+    "gateway.sim.onvif",
+    "gateway.sim.phonehome",
+)
+IGNORED_PARAMS = ("transportmode", "unicast", "proto", "profile")
+SERVER_NAMES = {"hikvision": "Hikvision-Webs", "dahua": "Rtsp Server/3.0"}
+
+_payload_cache: dict[tuple[int, int], list[list[bytes]]] = {}
+
+
+def _payloads(clip: Clip, track: int) -> list[list[bytes]]:
+    """RTP payloads of every frame of one clip track, built once per process."""
+    key = (id(clip), track)
+    cached = _payload_cache.get(key)
+    if cached is None:
+        params = clip.video if track == 0 else clip.audio
+        assert params is not None
+        frames = clip.video_frames if track == 0 else clip.audio_frames
+        packetizer = packetizer_for(params)
+        cached = [packetizer.packetize(f.data, f.keyframe) for f in frames]
+        _payload_cache[key] = cached
+    return cached
+
+
+class ClipPlayer:
+    """Feeds one hub from a clip at real-time pace, looping seamlessly. UpstreamControl."""
+
+    def __init__(self, hub: StreamHub, clip: Clip, *, with_audio: bool = True) -> None:
+        self.hub = hub
+        self.clip = clip
+        self.with_audio = with_audio and clip.audio is not None
+        self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._t0 = 0.0
+        self._vi = 0  # next video frame (absolute count, across loops)
+        self._ai = 0
+        audio_rate = clip.audio.clock_rate if clip.audio is not None else 8000
+        self._audio_duration = clip.duration * audio_rate // 90000
+
+    def start(self) -> None:
+        if self._handle is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        params = [self.clip.video] + ([self.clip.audio] if self.with_audio else [])
+        self.hub.upstream_opened(params)  # type: ignore[arg-type]
+        self._t0 = self._loop.time()
+        self._vi = self._ai = 0
+        self._tick()
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def _tick(self) -> None:
+        assert self._loop is not None
+        clip = self.clip
+        now = self._loop.time()
+        elapsed = now - self._t0
+        arrival = time.monotonic()
+        video = clip.video_frames
+        nv = len(video)
+        vpayloads = _payloads(clip, 0)
+        hub = self.hub
+        # Video frames due by now.
+        while True:
+            k, i = divmod(self._vi, nv)
+            frame = video[i]
+            pts = frame.pts + k * clip.duration
+            if pts / 90000 > elapsed:
+                next_due = pts / 90000
+                break
+            hub.push_payloads(0, pts, frame.keyframe, vpayloads[i], arrival)
+            self._vi += 1
+        if self.with_audio:
+            audio = clip.audio_frames
+            assert clip.audio is not None
+            rate = clip.audio.clock_rate
+            apayloads = _payloads(clip, 1)
+            na = len(audio)
+            while na:
+                k, i = divmod(self._ai, na)
+                frame = audio[i]
+                pts = frame.pts + k * self._audio_duration
+                if pts / rate > elapsed:
+                    next_due = min(next_due, pts / rate)
+                    break
+                hub.push_payloads(1, pts, frame.keyframe, apayloads[i], arrival)
+                self._ai += 1
+        self._handle = self._loop.call_at(self._t0 + next_due, self._tick)
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    main: ClipSpec
+    sub: ClipSpec
+
+
+class SimCamera:
+    """One simulated camera: device state, one hub per stream, RTSP and HTTP servers."""
+
+    def __init__(
+        self, device: SimDevice, streams: StreamSpec, *, limits: ServerLimits | None = None
+    ) -> None:
+        self.device = device
+        self.streams = streams
+        self.limits = limits or ServerLimits()
+        self.hubs: dict[str, StreamHub] = {}
+        self.players: dict[str, ClipPlayer] = {}
+        self.rtsp: RtspServer | None = None
+        self.http_runner: web.AppRunner | None = None
+        self.app: web.Application | None = None
+
+    async def start(self) -> None:
+        dev = self.device
+        paths = dev.rtsp_paths()
+        for key in sorted(set(paths.values())):
+            spec = self.streams.sub if key.startswith("sub") else self.streams.main
+            clip = await asyncio.to_thread(load_clip, spec)
+            hub = StreamHub(f"{dev.name}/{key}")
+            player = ClipPlayer(hub, clip)
+            self.hubs[key] = hub
+            self.players[key] = player
+            hub.attach_upstream(player)
+        auth = DigestAuthenticator(
+            dev.realm(),
+            {dev.username: dev.password},
+            secrets.token_bytes(32),
+            allow_basic=dev.vendor == "dahua",
+        )
+        # Firmware matches paths case-insensitively and ignores extra query parameters
+        # such as transportmode=unicast.
+        lower = {p.lower(): k for p, k in paths.items()}
+
+        def resolve(path: str) -> StreamHub | None:
+            key = lower.get(_strip_params(path, IGNORED_PARAMS).lower())
+            return self.hubs.get(key) if key else None
+
+        self.rtsp = RtspServer(
+            resolve,
+            authenticator=auth,
+            server_name=SERVER_NAMES.get(dev.vendor, "rtsp"),
+            limits=self.limits,
+        )
+        await self.rtsp.start(dev.host, dev.rtsp_port)
+        dev.rtsp_port = self.rtsp.port
+        await self._start_http()
+
+    async def _start_http(self) -> None:
+        dev = self.device
+        app = web.Application(client_max_size=1024 * 1024)
+        for name in HTTP_FACES:
+            try:
+                module = importlib.import_module(name)
+            except ModuleNotFoundError as exc:
+                if exc.name == name:
+                    continue
+                raise
+            if name.endswith(".onvif"):
+                module.install(app, dev, rtsp_url_for=self.rtsp_url)
+            else:
+                module.install(app, dev)
+        self.app = app
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, dev.host, dev.http_port, reuse_address=True)
+        await site.start()
+        self.http_runner = runner
+        server = site._server  # the bound port when 0 was asked for
+        if server is not None and server.sockets:  # type: ignore[attr-defined]
+            dev.http_port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    def rtsp_url(self, stream: str, host: str | None = None) -> str:
+        """The URL a client of the camera uses for ``stream`` ("main"/"sub")."""
+        path = next(p for p, k in self.device.rtsp_paths().items() if k == stream)
+        return f"rtsp://{host or self.device.host}:{self.device.rtsp_port}{path}"
+
+    async def stop(self) -> None:
+        for hub in self.hubs.values():
+            hub.close()
+        if self.rtsp is not None:
+            await self.rtsp.close()
+        if self.http_runner is not None:
+            await self.http_runner.cleanup()
+
+    def upstream_sessions(self) -> int:
+        """RTSP sessions currently open on this camera (what the tests count)."""
+        return len(self.rtsp.sessions) if self.rtsp else 0
+
+
+def _strip_params(path: str, names: Sequence[str]) -> str:
+    base, _, query = path.partition("?")
+    kept = [p for p in query.split("&") if p and p.split("=", 1)[0].lower() not in names]
+    return base + ("?" + "&".join(kept) if kept else "")

@@ -1,0 +1,241 @@
+"""A fleet of simulated cameras in one process, and the gateway configuration that fronts it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.sim.camera import SimCamera, StreamSpec
+from gateway.sim.clips import ClipSpec
+from gateway.sim.device import SimDevice
+
+
+def default_stream_specs(profile: str = "demo") -> dict[str, StreamSpec]:
+    """Stream specs per vendor. ``demo``: 720p main (H.264 Hikvision, H.265 Dahua);
+    ``test``: small and quick to encode; ``bench``: 1080p 4 Mbit/s main, 720p 1 Mbit/s sub."""
+    if profile == "test":
+        main = ClipSpec(
+            codec="H264",
+            width=320,
+            height=240,
+            fps=25,
+            gop_seconds=1.0,
+            bitrate=400_000,
+            seconds=2.0,
+            audio="PCMU",
+        )
+        sub = ClipSpec(
+            codec="H264",
+            width=160,
+            height=120,
+            fps=25,
+            gop_seconds=1.0,
+            bitrate=150_000,
+            seconds=2.0,
+            audio="PCMU",
+        )
+        return {
+            "hikvision": StreamSpec(main, sub),
+            "dahua": StreamSpec(
+                ClipSpec(**{**main.__dict__, "codec": "H265", "audio": "PCMA"}),
+                ClipSpec(**{**sub.__dict__, "audio": "PCMA"}),
+            ),
+        }
+    if profile == "bench":
+        main = ClipSpec(
+            codec="H264",
+            width=1920,
+            height=1080,
+            fps=25,
+            gop_seconds=2.0,
+            bitrate=4_000_000,
+            seconds=10.0,
+            audio="PCMU",
+        )
+        sub = ClipSpec(
+            codec="H264",
+            width=1280,
+            height=720,
+            fps=25,
+            gop_seconds=2.0,
+            bitrate=1_000_000,
+            seconds=10.0,
+            audio="PCMU",
+        )
+        return {"hikvision": StreamSpec(main, sub), "dahua": StreamSpec(main, sub)}
+    main = ClipSpec(
+        codec="H264",
+        width=1280,
+        height=720,
+        fps=25,
+        gop_seconds=2.0,
+        bitrate=2_000_000,
+        seconds=8.0,
+        audio="PCMU",
+    )
+    sub = ClipSpec(
+        codec="H264",
+        width=640,
+        height=360,
+        fps=25,
+        gop_seconds=2.0,
+        bitrate=500_000,
+        seconds=8.0,
+        audio="PCMU",
+    )
+    dahua_main = ClipSpec(**{**main.__dict__, "codec": "H265", "audio": "PCMA"})
+    dahua_sub = ClipSpec(**{**sub.__dict__, "audio": "PCMA"})
+    return {"hikvision": StreamSpec(main, sub), "dahua": StreamSpec(dahua_main, dahua_sub)}
+
+
+@dataclass
+class SimFleet:
+    cameras: list[SimCamera] = field(default_factory=list)
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        hikvision: int = 1,
+        dahua: int = 1,
+        host: str = "127.0.0.1",
+        username: str = "admin",
+        password: str,
+        specs: dict[str, StreamSpec],
+        rtsp_port: int = 0,
+        http_port: int = 0,
+        motion_interval: float = 0.0,
+        ptz: bool = False,
+        phone_home: bool = False,
+        overrides: dict[str, Any] | None = None,
+    ) -> SimFleet:
+        """``rtsp_port``/``http_port``: first port (camera i gets port + i), 0 for any free."""
+        cameras = []
+        vendors = ["hikvision"] * hikvision + ["dahua"] * dahua
+        counts: dict[str, int] = {}
+        for i, vendor in enumerate(vendors):
+            counts[vendor] = counts.get(vendor, 0) + 1
+            name = f"{'hik' if vendor == 'hikvision' else 'dahua'}{counts[vendor]}"
+            device = SimDevice(
+                name=name,
+                vendor=vendor,
+                username=username,
+                password=password,
+                host=host,
+                rtsp_port=rtsp_port + i if rtsp_port else 0,
+                http_port=http_port + i if http_port else 0,
+                ptz=ptz and i == 0,
+                motion_interval=motion_interval,
+                phone_home=phone_home,
+                video_codec=specs[vendor].main.codec,
+                **(overrides or {}),
+            )
+            cameras.append(SimCamera(device, specs[vendor]))
+        return cls(cameras)
+
+    async def start(self) -> None:
+        for cam in self.cameras:
+            await cam.start()
+
+    async def stop(self) -> None:
+        for cam in self.cameras:
+            await cam.stop()
+
+    def describe(self) -> list[dict[str, Any]]:
+        out = []
+        for cam in self.cameras:
+            d = cam.device
+            out.append(
+                {
+                    "name": d.name,
+                    "vendor": d.vendor,
+                    "host": d.host,
+                    "rtsp_port": d.rtsp_port,
+                    "http_port": d.http_port,
+                    "model": d.model,
+                    "firmware": d.firmware,
+                    "serial": d.serial,
+                    "main_url": cam.rtsp_url("main"),
+                    "sub_url": cam.rtsp_url("sub"),
+                    "username": d.username,
+                }
+            )
+        return out
+
+    def gateway_config(
+        self,
+        *,
+        bind: str,
+        rtsp_port: int,
+        vms_user: str,
+        vms_password: str,
+        state_dir: str,
+        admin_password: str | None = None,
+        onvif_base_port: int = 8000,
+        admin_port: int = 8080,
+        password_literal: bool = True,
+    ) -> str:
+        """A gateway configuration (TOML) for this fleet."""
+        lines = [
+            f"state_dir = {json.dumps(state_dir)}",
+            "",
+            "[server]",
+            f"bind = {json.dumps(bind)}",
+            f"rtsp_port = {rtsp_port}",
+            f"onvif_base_port = {onvif_base_port}",
+            "",
+            "[vms]",
+            f"username = {json.dumps(vms_user)}",
+            f"password = {json.dumps(vms_password)}",
+        ]
+        if admin_password:
+            lines += [
+                "",
+                "[admin]",
+                f"bind = {json.dumps(bind)}",
+                f"port = {admin_port}",
+                'username = "admin"',
+                f"password = {json.dumps(admin_password)}",
+            ]
+        for cam in self.cameras:
+            d = cam.device
+            lines += [
+                "",
+                "[[camera]]",
+                f"name = {json.dumps(d.name)}",
+                f"vendor = {json.dumps(d.vendor)}",
+                f"host = {json.dumps(d.host)}",
+                f"rtsp_port = {d.rtsp_port}",
+                f"http_port = {d.http_port}",
+                f"username = {json.dumps(d.username)}",
+                f"password = {json.dumps(d.password)}",
+            ]
+        return "\n".join(lines) + "\n"
+
+
+def prepare(profile: str) -> list[str]:
+    """Encode (or find cached) every clip a profile uses, so timing runs never include it."""
+    from gateway.sim.clips import clip_path, load_clip
+
+    done = []
+    for spec in {
+        s for pair in default_stream_specs(profile).values() for s in (pair.main, pair.sub)
+    }:
+        load_clip(spec)
+        done.append(str(clip_path(spec)))
+    return done
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python3 -m gateway.sim.runner")
+    parser.add_argument(
+        "--prepare",
+        choices=("demo", "test", "bench"),
+        required=True,
+        help="pre-encode the clips of a stream profile",
+    )
+    for path in prepare(parser.parse_args().prepare):
+        print(path)

@@ -1,0 +1,149 @@
+"""Shared fixtures: simulated cameras and a gateway in front of them, on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import shutil
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from gateway import config as cfgmod
+from gateway.runtime import Gateway
+from gateway.sim.runner import SimFleet, default_stream_specs
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port that was free a moment ago (tests bind it right away)."""
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` consecutive free TCP ports (the gateway's ONVIF devices use base + k)."""
+    for _ in range(100):
+        base = free_port()
+        ports = list(range(base, base + n))
+        if ports[-1] > 65535:
+            continue
+        ok = True
+        for port in ports:
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return ports
+    raise RuntimeError("no free port range")
+
+
+def require(*tools: str) -> None:
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)} (installed by deploy/bootstrap.sh test)")
+
+
+async def wait_for(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.02
+) -> None:
+    """Poll a condition that no event signals (e.g. another process's state)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture
+def camera_password() -> str:
+    return "cam-" + secrets.token_urlsafe(10)
+
+
+@pytest.fixture
+def vms_password() -> str:
+    return "vms-" + secrets.token_urlsafe(10)
+
+
+@pytest.fixture
+async def fleet(camera_password: str) -> AsyncIterator[SimFleet]:
+    fleet = SimFleet.build(
+        hikvision=1, dahua=1, password=camera_password, specs=default_stream_specs("test")
+    )
+    await fleet.start()
+    try:
+        yield fleet
+    finally:
+        await fleet.stop()
+
+
+def gateway_config_text(
+    fleet: SimFleet,
+    tmp_path: Path,
+    vms_password: str,
+    *,
+    extra_server: str = "",
+    camera_extra: str = "",
+) -> str:
+    ports = free_ports(len(fleet.cameras) + 1)
+    text = fleet.gateway_config(
+        bind="127.0.0.1",
+        rtsp_port=free_port(),
+        vms_user="vms",
+        vms_password=vms_password,
+        state_dir=str(tmp_path / "state"),
+        onvif_base_port=ports[0],
+    )
+    if extra_server:
+        text = text.replace("[vms]", extra_server.strip() + "\n\n[vms]", 1)
+    if camera_extra:
+        text = text.replace("[[camera]]\n", "[[camera]]\n" + camera_extra.strip() + "\n")
+    return text
+
+
+@pytest.fixture
+async def gateway(fleet: SimFleet, tmp_path: Path, vms_password: str) -> AsyncIterator[Gateway]:
+    config = cfgmod.loads(gateway_config_text(fleet, tmp_path, vms_password), source="test.toml")
+    gw = Gateway(config, start_services=False)
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        await gw.stop()
+
+
+def stream_url(
+    gw: Gateway, camera: str, stream: str, password: str | None, user: str = "vms"
+) -> str:
+    assert gw.rtsp is not None
+    auth = f"{user}:{password}@" if password is not None else ""
+    return f"rtsp://{auth}127.0.0.1:{gw.rtsp.port}/{camera}/{stream}"
+
+
+async def run_tool(
+    *argv: str, timeout: float = 60.0, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """Run a real client to completion; returns (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        out, err = await proc.communicate()
+        raise AssertionError(
+            f"{argv[0]} did not finish in {timeout}s: {err.decode()[-2000:]}"
+        ) from None
+    return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
