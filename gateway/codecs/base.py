@@ -10,6 +10,7 @@ used by tests and benchmark readers.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 # Largest RTP payload we emit: 1500-byte Ethernet MTU minus IPv4/UDP/RTP headers and room
@@ -49,6 +50,12 @@ class Packetizer(ABC):
     def sdp_attributes(self) -> list[str]:
         """``a=rtpmap`` and ``a=fmtp`` lines (without ``a=`` control) for this track."""
 
+    def timestamp_offsets(self, payloads: Sequence[bytes]) -> list[int] | None:
+        """Each payload's RTP timestamp minus the frame's, or ``None`` when all payloads
+        share the frame's timestamp (video; fragments of one AAC access unit). Formats that
+        split a block of samples across packets (G.711) override this."""
+        return None
+
 
 class Depacketizer(ABC):
     """RTP payloads -> frames; tolerant of loss, strict about malformed payloads."""
@@ -59,3 +66,6 @@ class Depacketizer(ABC):
 
         Malformed payloads raise ``ValueError`` with a precise message; nothing else escapes.
         """
+
+    def reset(self) -> None:  # noqa: B027 - optional hook, stateless formats need nothing
+        """Forget any partially assembled frame; the caller calls this on a sequence gap."""

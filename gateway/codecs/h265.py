@@ -1,0 +1,203 @@
+"""H.265 RTP payload format (RFC 7798) without DONL (sprop-max-don-diff=0).
+
+Single NAL unit packets, aggregation packets (AP, type 48) of consecutive small NAL units and
+fragmentation units (FU, type 49) of near-equal size. The latest VPS/SPS/PPS are inserted
+before every IRAP picture that lacks them. The splitting and aggregation logic is shared with
+H.264 (:mod:`gateway.codecs.h264`); only the 2-byte NAL header handling differs.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+
+from gateway.codecs.base import DEFAULT_MAX_PAYLOAD, CodecParams
+from gateway.codecs.h264 import (
+    BitReader,
+    Nal,
+    NalDepacketizer,
+    NalPacketizer,
+    nal_to_rbsp,
+    split_annexb,
+)
+
+# NAL unit types (H.265 table 7-1, RFC 7798 section 4.4).
+NAL_BLA_W_LP = 16
+NAL_CRA = 21
+NAL_VPS = 32
+NAL_SPS = 33
+NAL_PPS = 34
+NAL_AUD = 35
+NAL_AP = 48
+NAL_FU = 49
+NAL_PACI = 50
+
+PARAMETER_SET_TYPES = (NAL_VPS, NAL_SPS, NAL_PPS)
+
+
+def nal_type(nal: Nal) -> int:
+    return (nal[0] >> 1) & 0x3F
+
+
+class H265Packetizer(NalPacketizer):
+    codec = "H.265"
+    header_size = 2
+    fu_prefix_size = 3
+    aud_type = NAL_AUD
+    parameter_set_types = PARAMETER_SET_TYPES
+
+    def __init__(
+        self, params: CodecParams, payload_type: int = 96, max_payload: int = DEFAULT_MAX_PAYLOAD
+    ) -> None:
+        super().__init__(params, payload_type, max_payload)
+
+    def nal_type(self, nal: Nal) -> int:
+        return (nal[0] >> 1) & 0x3F
+
+    def is_random_access(self, nal_type: int) -> bool:
+        return NAL_BLA_W_LP <= nal_type <= NAL_CRA
+
+    def aggregation_header(self, nals: Sequence[Nal]) -> bytes:
+        # F is the OR of the aggregated F bits; LayerId and TID are the lowest ones.
+        forbidden = 0
+        layer_id = 63
+        tid = 7
+        for nal in nals:
+            forbidden |= nal[0] & 0x80
+            layer_id = min(layer_id, ((nal[0] & 1) << 5) | (nal[1] >> 3))
+            tid = min(tid, nal[1] & 7)
+        return bytes((forbidden | (NAL_AP << 1) | (layer_id >> 5), ((layer_id & 31) << 3) | tid))
+
+    def fu_prefixes(self, nal: Nal) -> tuple[bytes, bytes, bytes]:
+        payload_header = ((nal[0] & 0x81) | (NAL_FU << 1), nal[1])
+        fu_type = (nal[0] >> 1) & 0x3F
+        return (
+            bytes((*payload_header, 0x80 | fu_type)),
+            bytes((*payload_header, fu_type)),
+            bytes((*payload_header, 0x40 | fu_type)),
+        )
+
+    def sdp_attributes(self) -> list[str]:
+        pt = self.payload_type
+        fmtp = []
+        sps = self.parameter_sets.get(NAL_SPS)
+        if sps is not None:
+            rbsp = nal_to_rbsp(sps[2:20])
+            if len(rbsp) >= 13:
+                # profile_tier_level starts at the second byte of the SPS RBSP.
+                fmtp.append(f"profile-id={rbsp[1] & 0x1F}")
+                fmtp.append(f"tier-flag={(rbsp[1] >> 5) & 1}")
+                fmtp.append(f"level-id={rbsp[12]}")
+        for name, set_type in (("vps", NAL_VPS), ("sps", NAL_SPS), ("pps", NAL_PPS)):
+            nal = self.parameter_sets.get(set_type)
+            if nal is not None:
+                fmtp.append(f"sprop-{name}={base64.b64encode(nal).decode('ascii')}")
+        lines = [f"rtpmap:{pt} H265/90000"]
+        if fmtp:
+            lines.append(f"fmtp:{pt} {';'.join(fmtp)}")
+        return lines
+
+
+class H265Depacketizer(NalDepacketizer):
+    codec = "H.265"
+
+    def unpack(self, payload: bytes) -> None:
+        if len(payload) < 2:
+            raise ValueError(f"H.265 RTP payload too short: {len(payload)} bytes")
+        packet_type = (payload[0] >> 1) & 0x3F
+        if packet_type < NAL_AP:
+            self.add_nal(payload)
+        elif packet_type == NAL_AP:
+            self.add_aggregate(payload, 2, 2)
+        elif packet_type == NAL_FU:
+            if len(payload) < 3:
+                raise ValueError("H.265 FU payload too short: 2 bytes")
+            fu = payload[2]
+            fu_type = fu & 0x3F
+            header = bytes(((payload[0] & 0x81) | (fu_type << 1), payload[1]))
+            self.add_fragment(bool(fu & 0x80), bool(fu & 0x40), fu_type, header, payload[3:])
+        elif packet_type == NAL_PACI:
+            raise ValueError("H.265 PACI packets (type 50) are not supported")
+        else:
+            raise ValueError(f"H.265 packet type {packet_type} is unspecified")
+
+
+def parameter_sets_from_extradata(extradata: bytes) -> tuple[bytes, ...]:
+    """VPS, SPS and PPS NAL units from H.265 extradata: Annex-B or hvcC (ISO 14496-15 8.3.3)."""
+    data = bytes(extradata)
+    if not data:
+        return ()
+    if data.startswith((b"\x00\x00\x01", b"\x00\x00\x00\x01")):
+        found = [bytes(nal) for nal in split_annexb(data) if len(nal) > 2]
+    else:
+        found = _parse_hvcc(data)
+    # Keep the parameter sets only, in VPS, SPS, PPS order.
+    return tuple(
+        sorted((nal for nal in found if nal_type(nal) in PARAMETER_SET_TYPES), key=nal_type)
+    )
+
+
+def _parse_hvcc(data: bytes) -> list[bytes]:
+    if len(data) < 23:
+        raise ValueError(f"hvcC record too short: {len(data)} bytes")
+    if data[0] != 1:
+        raise ValueError(f"hvcC configurationVersion must be 1, got {data[0]}")
+    nals = []
+    pos = 23
+    for _ in range(data[22]):
+        if pos + 3 > len(data):
+            raise ValueError("hvcC record truncated in an array header")
+        count = int.from_bytes(data[pos + 1 : pos + 3], "big")
+        pos += 3
+        for _ in range(count):
+            if pos + 2 > len(data):
+                raise ValueError("hvcC record truncated in a NAL unit length")
+            size = int.from_bytes(data[pos : pos + 2], "big")
+            pos += 2
+            if size < 2 or pos + size > len(data):
+                raise ValueError(f"hvcC NAL unit of {size} bytes does not fit the record")
+            nals.append(data[pos : pos + size])
+            pos += size
+    return nals
+
+
+def _skip_profile_tier_level(bits: BitReader, max_sub_layers_minus1: int) -> None:
+    bits.skip(96)  # general profile (88 bits) and general_level_idc
+    present = [(bits.u(1), bits.u(1)) for _ in range(max_sub_layers_minus1)]
+    if max_sub_layers_minus1 > 0:
+        bits.skip(2 * (8 - max_sub_layers_minus1))
+    for profile_present, level_present in present:
+        if profile_present:
+            bits.skip(88)
+        if level_present:
+            bits.skip(8)
+
+
+def parse_sps_resolution(sps: bytes) -> tuple[int, int]:
+    """(width, height) in pixels from an H.265 SPS NAL unit, after the conformance window."""
+    if len(sps) < 4 or nal_type(sps) != NAL_SPS:
+        raise ValueError("not an H.265 SPS NAL unit")
+    bits = BitReader(nal_to_rbsp(sps[2:]), "H.265 SPS")
+    bits.skip(4)  # sps_video_parameter_set_id
+    max_sub_layers_minus1 = bits.u(3)
+    bits.skip(1)  # sps_temporal_id_nesting_flag
+    _skip_profile_tier_level(bits, max_sub_layers_minus1)
+    bits.ue()  # sps_seq_parameter_set_id
+    chroma_format_idc = bits.ue()
+    if chroma_format_idc > 3:
+        raise ValueError(f"H.265 SPS chroma_format_idc {chroma_format_idc} is invalid")
+    separate_colour_plane = bits.u(1) if chroma_format_idc == 3 else 0
+    width = bits.ue()
+    height = bits.ue()
+    if bits.u(1):  # conformance_window_flag
+        left, right, top, bottom = bits.ue(), bits.ue(), bits.ue(), bits.ue()
+        if chroma_format_idc == 0 or separate_colour_plane:
+            sub_width = sub_height = 1
+        else:
+            sub_width = 1 if chroma_format_idc == 3 else 2
+            sub_height = 2 if chroma_format_idc == 1 else 1
+        width -= sub_width * (left + right)
+        height -= sub_height * (top + bottom)
+    if width <= 0 or height <= 0:
+        raise ValueError(f"H.265 SPS gives an invalid size {width}x{height}")
+    return width, height
