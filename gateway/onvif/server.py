@@ -1,0 +1,354 @@
+"""aiohttp serving of virtual ONVIF devices: one app per camera (plus one for NVR mode).
+
+``install(app, device)`` adds a device's routes to any aiohttp app (the simulator reuses it);
+``start_onvif(config, backends)`` builds every device, binds its port on ``[server] bind``,
+and starts WS-Discovery; ``await servers.close()`` says Bye and stops everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from gateway.config import Config
+from gateway.onvif import device as device_service
+from gateway.onvif import events, media, media2, ptz
+from gateway.onvif.backend import CameraBackend
+from gateway.onvif.config import OnvifSettings, camera_ports, nvr_port_of, parse_settings
+from gateway.onvif.core import SERVICE_PATHS, Call, CameraSlot, Handler, VirtualDevice
+from gateway.onvif.security import (
+    AuthError,
+    DigestAuth,
+    FailureThrottle,
+    ReplayCache,
+    UsernameToken,
+    verify_username_token,
+)
+from gateway.onvif.xml import (
+    MAX_BODY_BYTES,
+    SOAP12,
+    SoapFault,
+    SoapRequest,
+    action_not_supported,
+    content_type,
+    envelope,
+    not_authorized,
+)
+
+log = logging.getLogger(__name__)
+
+OPERATIONS: dict[tuple[str, str], Handler] = {
+    **device_service.OPERATIONS,
+    **media.OPERATIONS,
+    **media2.OPERATIONS,
+    **events.OPERATIONS,
+    **ptz.OPERATIONS,
+}
+PRE_AUTH = device_service.PRE_AUTH | events.PRE_AUTH
+ACCEPTED_TYPES = ("application/soap+xml", "application/xml", "text/xml")
+
+DEVICE_KEY: web.AppKey[VirtualDevice] = web.AppKey("onvif_device", VirtualDevice)
+
+
+@dataclass
+class Guard:
+    """Credentials, replay cache, digest nonces and failure throttle of one device."""
+
+    username: str
+    password: str
+    window: float
+    replay: ReplayCache = field(init=False)
+    digest: DigestAuth = field(init=False)
+    throttle: FailureThrottle = field(default_factory=FailureThrottle)
+
+    def __post_init__(self) -> None:
+        self.replay = ReplayCache(self.window)
+        self.digest = DigestAuth("ONVIF", self.window, self.replay)
+
+    def check(self, request: web.Request, soap: SoapRequest | None, now: float) -> None:
+        """Raise :class:`AuthError` unless the request carries valid credentials."""
+        token = UsernameToken.from_header(soap.header) if soap is not None else None
+        if token is not None:
+            verify_username_token(
+                token,
+                username=self.username,
+                password=self.password,
+                now=now,
+                window=self.window,
+                replay=self.replay,
+            )
+            return
+        header = request.headers.get("Authorization")
+        if header:
+            self.digest.verify(
+                header,
+                method=request.method,
+                uri=request.raw_path,
+                username=self.username,
+                password=self.password,
+                now=now,
+            )
+            return
+        raise AuthError("no credentials")
+
+
+def _guard(device: VirtualDevice) -> Guard:
+    guard = getattr(device, "_guard", None)
+    if guard is None:
+        guard = Guard(device.username, device.password, device.settings.auth_window)
+        device._guard = guard  # type: ignore[attr-defined]
+    return guard
+
+
+def _remote(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+def _local(request: web.Request) -> tuple[str, int]:
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if sockname:
+        return str(sockname[0]), int(sockname[1])
+    host, _, port = request.host.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port or 80)
+
+
+def _fault_response(fault: SoapFault, soap_ns: str = SOAP12, **headers: str) -> web.Response:
+    return web.Response(
+        body=fault.to_bytes(soap_ns),
+        status=fault.http_status,
+        headers={"Content-Type": content_type(soap_ns), **headers},
+    )
+
+
+async def _authenticate(
+    request: web.Request, device: VirtualDevice, soap: SoapRequest | None, now: float
+) -> web.Response | None:
+    """None when authenticated, else the refusal to send (after any throttling delay)."""
+    guard = _guard(device)
+    address = _remote(request)
+    delay = guard.throttle.delay(address, now)
+    if delay:
+        await asyncio.sleep(delay)
+    try:
+        guard.check(request, soap, now)
+    except AuthError as exc:
+        guard.throttle.failure(address, now)
+        log.info("%s: refused %s from %s: %s", device.name, request.path, address, exc)
+        fault = not_authorized()
+        if str(exc) == "no credentials":
+            # No credentials at all: offer HTTP Digest too (clients that only do Digest
+            # learn the challenge; WS-Security clients read the ONVIF fault in the body).
+            fault.http_status = 401
+            return _fault_response(
+                fault,
+                soap.soap_ns if soap else SOAP12,
+                **{"WWW-Authenticate": guard.digest.challenge(now)},
+            )
+        return _fault_response(fault, soap.soap_ns if soap else SOAP12)
+    guard.throttle.success(address)
+    return None
+
+
+async def handle_soap(request: web.Request) -> web.StreamResponse:
+    device = request.app[DEVICE_KEY]
+    mime = request.content_type.lower()
+    if mime not in ACCEPTED_TYPES:
+        return _fault_response(
+            SoapFault("Sender", ("ter:WellFormed",), f"content type {mime!r} is not SOAP")
+        )
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        return _fault_response(
+            SoapFault(
+                "Sender",
+                ("ter:WellFormed",),
+                f"request of {request.content_length} bytes exceeds {MAX_BODY_BYTES}",
+                http_status=413,
+            )
+        )
+    try:
+        data = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _fault_response(
+            SoapFault("Sender", ("ter:WellFormed",), "request too large", http_status=413)
+        )
+    try:
+        soap = SoapRequest.parse(data)
+    except ValueError as exc:
+        return _fault_response(SoapFault("Sender", ("ter:WellFormed",), str(exc)))
+    now = device.clock()
+    key = (soap.namespace, soap.name)
+    handler = OPERATIONS.get(key)
+    if handler is None:
+        return _fault_response(action_not_supported(soap.name), soap.soap_ns)
+    if key not in PRE_AUTH:
+        refusal = await _authenticate(request, device, soap, now)
+        if refusal is not None:
+            return refusal
+    local_ip, local_port = _local(request)
+    call = Call(device, soap, local_ip, local_port, now, request.path)
+    try:
+        body = await handler(call)
+    except SoapFault as fault:
+        return _fault_response(fault, soap.soap_ns)
+    except Exception:
+        log.exception("%s: %s failed", device.name, soap.name)
+        return _fault_response(
+            SoapFault("Receiver", ("ter:Action",), f"{soap.name} failed inside the gateway"),
+            soap.soap_ns,
+        )
+    return web.Response(
+        body=envelope(body, soap_ns=soap.soap_ns),
+        headers={"Content-Type": content_type(soap.soap_ns)},
+    )
+
+
+async def handle_snapshot(request: web.Request) -> web.StreamResponse:
+    device = request.app[DEVICE_KEY]
+    now = device.clock()
+    refusal = await _authenticate(request, device, None, now)
+    if refusal is not None:
+        return refusal
+    token = request.match_info["token"]
+    for profile in device.profiles():
+        if profile.token == token:
+            try:
+                jpeg = await profile.slot.backend.snapshot(profile.stream.name)
+            except LookupError as exc:
+                return web.Response(status=503, text=f"no picture yet: {exc}\n")
+            return web.Response(body=jpeg, content_type="image/jpeg")
+    return web.Response(status=404, text="no such profile\n")
+
+
+def install(app: web.Application, device: VirtualDevice) -> None:
+    """Add the ONVIF routes of ``device`` to ``app`` and run its event broker with the app."""
+    app[DEVICE_KEY] = device
+    for path in SERVICE_PATHS.values():
+        app.router.add_post(path, handle_soap)
+    app.router.add_post(events.SUBSCRIPTION_PATH + "{sid}", handle_soap)
+    app.router.add_get("/onvif/snapshot/{token}.jpg", handle_snapshot)
+    broker = events.EventBroker(device)
+    device.events = broker
+
+    async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
+        broker.start()
+        stop = asyncio.Event()
+
+        async def expire() -> None:
+            while not stop.is_set():
+                broker.prune(device.clock())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 5.0)
+
+        task = asyncio.create_task(expire())
+        yield
+        stop.set()
+        await task
+        broker.close()
+
+    app.cleanup_ctx.append(lifecycle)
+
+
+def make_app(device: VirtualDevice) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    install(app, device)
+    return app
+
+
+# --------------------------------------------------------------------------- the gateway
+
+
+@dataclass
+class OnvifServers:
+    """The running virtual devices; ``devices`` in config order (NVR device last)."""
+
+    devices: list[VirtualDevice]
+    runners: list[web.AppRunner]
+    discovery: object | None = None
+
+    def device(self, name: str) -> VirtualDevice:
+        for dev in self.devices:
+            if dev.name == name:
+                return dev
+        raise KeyError(name)
+
+    async def close(self) -> None:
+        if self.discovery is not None:
+            await self.discovery.close()  # type: ignore[attr-defined]
+            self.discovery = None
+        for runner in reversed(self.runners):
+            await runner.cleanup()
+        self.runners.clear()
+
+
+def build_devices(
+    config: Config,
+    backends: Mapping[str, CameraBackend],
+    settings: OnvifSettings,
+    *,
+    clock=time.time,  # type: ignore[no-untyped-def]
+) -> list[VirtualDevice]:
+    ports = camera_ports(config)
+    slots = [
+        CameraSlot(cam, backends[cam.name])
+        for cam in config.cameras
+        if cam.enabled and cam.name in backends
+    ]
+    common = dict(
+        rtsp_port=config.server.rtsp_port,
+        username=config.vms.username,
+        password=config.vms.password.reveal(),
+        settings=settings,
+        clock=clock,
+    )
+    devices = [
+        VirtualDevice(name=slot.name, slots=[slot], nvr=False, port=ports[slot.name], **common)  # type: ignore[arg-type]
+        for slot in slots
+    ]
+    if config.server.nvr_mode and slots:
+        devices.append(
+            VirtualDevice(
+                name="nvr",
+                slots=slots,
+                nvr=True,
+                port=nvr_port_of(config, settings.nvr_port),
+                **common,  # type: ignore[arg-type]
+            )
+        )
+    return devices
+
+
+async def start_onvif(
+    config: Config,
+    backends: Mapping[str, CameraBackend],
+    *,
+    clock=time.time,  # type: ignore[no-untyped-def]
+) -> OnvifServers:
+    """Serve every enabled camera in ``backends`` as a virtual device; raises ``OSError``
+    if a port cannot be bound (everything already started is stopped again)."""
+    settings = parse_settings(config)
+    devices = build_devices(config, backends, settings, clock=clock)
+    servers = OnvifServers(devices, [])
+    try:
+        for dev in devices:
+            runner = web.AppRunner(make_app(dev), access_log=None)
+            await runner.setup()
+            servers.runners.append(runner)
+            site = web.TCPSite(runner, config.server.bind, dev.port, reuse_address=True)
+            await site.start()
+            log.info(
+                "ONVIF device %s on %s:%d (%s)", dev.name, config.server.bind, dev.port, dev.uuid
+            )
+        if settings.discovery and devices:
+            from gateway.onvif.discovery import DiscoveryResponder
+
+            servers.discovery = await DiscoveryResponder.start(config.server.bind, devices)
+    except BaseException:
+        await servers.close()
+        raise
+    return servers
