@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import os
 import re
+import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -143,18 +144,20 @@ class DigestAuthenticator:
         return mac.hexdigest()[:32]
 
     def make_nonce(self, now: float) -> str:
-        issued = f"{int(now):x}"
+        # A random salt makes every challenge unique: two clients challenged in the same
+        # second must not share a nonce, or the second one's nc=1 looks like a replay.
+        issued = f"{int(now):x}-{secrets.token_hex(6)}"
         return f"{issued}{self._nonce_mac(issued)}"
 
     def _nonce_issued(self, nonce: str) -> int | None:
         """Issue time if ``nonce`` is one of ours, else None."""
-        if len(nonce) < 33 or len(nonce) > 48:
+        if len(nonce) < 35 or len(nonce) > 64:
             return None
         issued, mac = nonce[:-32], nonce[-32:]
         if not hmac.compare_digest(mac, self._nonce_mac(issued)):
             return None
         try:
-            return int(issued, 16)
+            return int(issued.split("-", 1)[0], 16)
         except ValueError:
             return None
 
