@@ -272,31 +272,35 @@ class AuthOnlyServer:
         return RtspResponse.for_request(req, 404)
 
 
-async def run_client_against(auth: DigestAuthenticator, argv: list[str]) -> AuthOnlyServer:
+async def run_client_against(
+    auth: DigestAuthenticator, argv: list[str], expect_verified: bool = True
+) -> tuple[AuthOnlyServer, int, bytes]:
+    """Run a real client against AuthOnlyServer; returns (server, exit code, stderr)."""
     server = AuthOnlyServer(auth)
     listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
     argv = [a.replace("PORT", str(port)) for a in argv]
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
     )
     try:
-        await asyncio.wait_for(server.done.wait(), 20)
-        await asyncio.wait_for(proc.wait(), 20)
+        if expect_verified:
+            await asyncio.wait_for(server.done.wait(), 20)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 20)
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
         listener.close()
         await listener.wait_closed()
-    return server
+    return server, proc.returncode or 0, stderr
 
 
 @pytest.mark.skipif(shutil.which("ffprobe") is None, reason="needs ffprobe")
 @pytest.mark.parametrize("offer_qop", [True, False])
 async def test_ffmpeg_digest_client(offer_qop: bool) -> None:
     auth = DigestAuthenticator("gateway", {"vms": "p@ss word"}, SECRET, offer_qop=offer_qop)
-    server = await run_client_against(
+    server, _, _ = await run_client_against(
         auth,
         ["ffprobe", "-v", "error", "-rtsp_transport", "tcp", "rtsp://vms:p%40ss%20word@127.0.0.1:PORT/x"],
     )  # fmt: skip
@@ -308,7 +312,7 @@ async def test_ffmpeg_digest_client(offer_qop: bool) -> None:
 @pytest.mark.parametrize("offer_qop", [True, False])
 async def test_gstreamer_digest_client(offer_qop: bool) -> None:
     auth = DigestAuthenticator("gateway", {"vms": "s3cret"}, SECRET, offer_qop=offer_qop)
-    server = await run_client_against(
+    server, _, _ = await run_client_against(
         auth,
         [
             "gst-launch-1.0", "-q", "rtspsrc", "location=rtsp://127.0.0.1:PORT/x",
@@ -322,22 +326,10 @@ async def test_gstreamer_digest_client(offer_qop: bool) -> None:
 @pytest.mark.skipif(shutil.which("ffprobe") is None, reason="needs ffprobe")
 async def test_ffmpeg_wrong_password_is_never_verified() -> None:
     auth = DigestAuthenticator("gateway", {"vms": "right"}, SECRET)
-    server = AuthOnlyServer(auth)
-    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
-    port = listener.sockets[0].getsockname()[1]
-    proc = await asyncio.create_subprocess_exec(
-        "ffprobe", "-v", "error", f"rtsp://vms:wrong@127.0.0.1:{port}/x",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        _, stderr = await asyncio.wait_for(proc.communicate(), 20)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        listener.close()
-        await listener.wait_closed()
-    assert proc.returncode != 0
+    server, returncode, stderr = await run_client_against(
+        auth, ["ffprobe", "-v", "error", "rtsp://vms:wrong@127.0.0.1:PORT/x"], expect_verified=False
+    )
+    assert returncode != 0
     assert b"401" in stderr
     assert server.verified == []
     assert server.challenged >= 1

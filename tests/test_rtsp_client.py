@@ -1,0 +1,419 @@
+"""RtspReader against a real RTSP server that is not ours (GStreamer's gst-rtsp-server, run by
+Debian's /usr/bin/python3 which has gi), plus a scripted server for exact RTP accounting."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+import struct
+import subprocess
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import av
+import pytest
+
+from gateway.rtsp.client import ReceivedFrame, RtspClientError, RtspReader
+from gateway.rtsp.message import (
+    RtspConnectionParser,
+    RtspRequest,
+    RtspResponse,
+    interleave,
+)
+
+GST_PYTHON = "/usr/bin/python3"
+
+# Runs under Debian's python3: an RTSP server with H.264 video and PCMU audio, optional auth.
+GST_SERVER = r"""
+import sys
+import gi
+gi.require_version("Gst", "1.0")
+gi.require_version("GstRtsp", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import GLib, Gst, GstRtsp, GstRtspServer
+
+Gst.init(None)
+port, auth_kind, user, password = sys.argv[1:5]
+server = GstRtspServer.RTSPServer()
+server.set_address("127.0.0.1")
+server.set_service(port)
+factory = GstRtspServer.RTSPMediaFactory()
+factory.set_launch(
+    "( videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=25/1 "
+    "! x264enc tune=zerolatency key-int-max=50 speed-preset=ultrafast bitrate=500 "
+    "! rtph264pay name=pay0 pt=96 config-interval=-1 "
+    "audiotestsrc is-live=true ! audio/x-raw,rate=8000,channels=1 ! mulawenc "
+    "! rtppcmupay name=pay1 )"
+)
+factory.set_shared(True)
+if auth_kind != "none":
+    auth = GstRtspServer.RTSPAuth()
+    token = GstRtspServer.RTSPToken()
+    token.set_string("media.factory.role", "user")
+    if auth_kind == "digest":
+        auth.set_supported_methods(GstRtsp.RTSPAuthMethod.DIGEST)
+        auth.add_digest(user, password, token)
+    else:
+        auth.set_supported_methods(GstRtsp.RTSPAuthMethod.BASIC)
+        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(user, password), token)
+    server.set_auth(auth)
+    factory.add_role_from_structure(Gst.Structure.new_from_string(
+        "user, media.factory.access=(boolean)true, media.factory.construct=(boolean)true"))
+server.get_mount_points().add_factory("/test", factory)
+if server.attach(None) == 0:
+    sys.exit("cannot attach the RTSP server")
+GLib.MainLoop().run()
+"""
+
+
+def _gst_rtsp_server_available() -> bool:
+    if not os.path.exists(GST_PYTHON):
+        return False
+    probe = subprocess.run(
+        [GST_PYTHON, "-c", "import gi; gi.require_version('GstRtspServer', '1.0')"],
+        capture_output=True,
+    )
+    return probe.returncode == 0
+
+
+needs_gst = pytest.mark.skipif(
+    not _gst_rtsp_server_available(), reason="needs gst-rtsp-server for /usr/bin/python3"
+)
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class GstServer:
+    port: int
+    user: str
+    password: str
+
+    def url(self, credentials: bool = False) -> str:
+        auth = f"{self.user}:{self.password}@" if credentials else ""
+        return f"rtsp://{auth}127.0.0.1:{self.port}/test"
+
+
+async def _wait_accepting(port: int, proc: asyncio.subprocess.Process, timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if proc.returncode is not None:
+                raise RuntimeError("gst-rtsp-server exited before listening") from None
+            if loop.time() > deadline:
+                raise RuntimeError(f"gst-rtsp-server not listening after {timeout}s") from None
+            await asyncio.sleep(0.05)  # polling another process's port: nothing to await
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+
+
+@pytest.fixture
+async def gst_server(request: pytest.FixtureRequest) -> AsyncIterator[GstServer]:
+    auth_kind = getattr(request, "param", "none")
+    server = GstServer(free_tcp_port(), "viewer", "pa ss:w0rd")
+    proc = await asyncio.create_subprocess_exec(
+        GST_PYTHON, "-c", GST_SERVER, str(server.port), auth_kind, server.user, server.password,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await _wait_accepting(server.port, proc, 20)
+        yield server
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 5)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+def assert_clean_stream(reader: RtspReader) -> None:
+    video, audio = reader.stats.tracks
+    assert (video.media, video.encoding, video.clock_rate) == ("video", "H264", 90000)
+    assert (audio.media, audio.encoding, audio.clock_rate) == ("audio", "PCMU", 8000)
+    for track in (video, audio):
+        assert track.packets > 0 and track.bytes > 12 * track.packets
+        assert track.lost == 0
+        assert track.reordered == 0 and track.duplicates == 0
+        assert track.timestamp_backwards == 0
+        assert track.malformed == 0
+        assert track.ssrc is not None
+        # RTP-Info announced the first sequence number we then received.
+        assert track.rtp_info_seq == track.first_seq
+    assert video.keyframes >= 1
+    first = reader.stats.first_frame_time
+    assert first is not None and 0 < first < 5
+
+
+@needs_gst
+async def test_tcp_interleaved_both_tracks(gst_server: GstServer) -> None:
+    reader = RtspReader(gst_server.url(), transport="tcp")
+    await reader.start()
+    try:
+        await reader.wait_frames(10, timeout=20)
+        video, audio = reader.stats.tracks
+        assert video.frames >= 10 and audio.frames >= 10
+        # Frames are whole pictures: at 25 fps, far fewer frames than packets is impossible.
+        assert video.packets >= video.frames
+        assert_clean_stream(reader)
+        assert reader.stats.session_id
+    finally:
+        await reader.close()
+
+
+@needs_gst
+@pytest.mark.parametrize("gst_server", ["digest"], indirect=True)
+async def test_udp_with_digest_auth_and_depacketizing(gst_server: GstServer) -> None:
+    frames: list[ReceivedFrame] = []
+    reader = RtspReader(
+        gst_server.url(credentials=True),
+        transport="udp",
+        on_frame=frames.append,
+        depacketize=True,
+    )
+    await reader.start()
+    try:
+        await reader.wait_frames(25, timeout=20, media="video")
+        await reader.wait_frames(5, timeout=20, media="audio")
+        assert_clean_stream(reader)
+    finally:
+        await reader.close()
+    video = [f for f in frames if f.track == 0]
+    audio = [f for f in frames if f.track == 1]
+    assert len(video) >= 25 and len(audio) >= 5
+    assert all(f.data is not None and f.data.startswith(b"\x00\x00\x00\x01") for f in video)
+    # PCMU is one byte per sample: each packet's length is the timestamp step to the next.
+    for this, following in itertools.pairwise(audio):
+        assert this.data is not None
+        assert (following.timestamp - this.timestamp) & 0xFFFFFFFF == len(this.data)
+    # The depacketized access units decode: the keyframe gives a 320x240 picture.
+    codec = av.CodecContext.create("h264", "r")
+    first_key = next(i for i, f in enumerate(video) if f.keyframe)
+    pictures = []
+    for frame in video[first_key:]:
+        assert frame.data is not None
+        pictures += codec.decode(av.Packet(frame.data))
+    assert pictures and (pictures[0].width, pictures[0].height) == (320, 240)
+    timestamps = [f.timestamp for f in video]
+    assert timestamps == sorted(timestamps)
+
+
+@needs_gst
+@pytest.mark.parametrize("gst_server", ["basic"], indirect=True)
+async def test_basic_auth_and_keepalive(gst_server: GstServer) -> None:
+    reader = RtspReader(
+        gst_server.url(),
+        username=gst_server.user,
+        password=gst_server.password,
+        keepalive_interval=0.2,
+    )
+    await reader.start()
+    try:
+        # About two seconds of video: long enough for several keep-alives at 0.2 s.
+        await reader.wait_frames(50, timeout=20, media="video")
+        assert reader.stats.keepalives >= 2
+        assert_clean_stream(reader)
+    finally:
+        await reader.close()
+
+
+@needs_gst
+@pytest.mark.parametrize("gst_server", ["digest"], indirect=True)
+async def test_wrong_password_is_401(gst_server: GstServer) -> None:
+    reader = RtspReader(gst_server.url(), username=gst_server.user, password="wrong")
+    with pytest.raises(RtspClientError) as info:
+        await reader.start()
+    assert info.value.status == 401
+    with pytest.raises(RtspClientError) as info:
+        await RtspReader(gst_server.url()).start()  # no credentials at all
+    assert info.value.status == 401
+
+
+@needs_gst
+async def test_unknown_path_is_404(gst_server: GstServer) -> None:
+    reader = RtspReader(gst_server.url().replace("/test", "/nothing"))
+    with pytest.raises(RtspClientError) as info:
+        await reader.start()
+    assert info.value.status == 404
+
+
+async def test_connection_refused() -> None:
+    reader = RtspReader(f"rtsp://127.0.0.1:{free_tcp_port()}/x")
+    with pytest.raises(RtspClientError, match="cannot connect") as info:
+        await reader.start()
+    assert info.value.status == 0
+
+
+# --------------------------------------------------------------------------- scripted server
+
+SDP = (
+    b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=scripted\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n"
+    b"a=control:*\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
+    b"a=fmtp:96 packetization-mode=1\r\na=control:trackID=0\r\n"
+)
+
+
+def rtp(seq: int, ts: int, payload: bytes, marker: bool = False) -> bytes:
+    return struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | 96, seq, ts, 0x1234) + payload
+
+
+IDR = bytes([0x65, 0x88, 0x84])
+P_SLICE = bytes([0x41, 0x9A, 0x02])
+FU_A_IDR_MIDDLE = bytes([0x7C, 0x05, 0x11])  # FU-A continuing an IDR NAL (no start bit)
+
+# (seq, timestamp, payload, marker): the reader joins mid-frame, then wraps the sequence
+# number, loses packet 2, gets 4 late, 5 twice, and one timestamp that goes backwards.
+SCRIPT = [
+    (65533, 1000, FU_A_IDR_MIDDLE, True),  # end of a keyframe whose start we never saw
+    (65534, 4600, IDR, True),  # a complete keyframe
+    (65535, 8200, P_SLICE, True),
+    (0, 11800, P_SLICE, True),
+    (1, 15400, P_SLICE, True),
+    (3, 19000, P_SLICE, True),  # 2 lost
+    (5, 26200, P_SLICE, True),  # 4 not yet arrived
+    (4, 22600, P_SLICE, True),  # late: reordered, and its timestamp goes backwards
+    (5, 26200, P_SLICE, True),  # duplicate
+    (6, 29800, IDR, True),
+]
+
+
+class ScriptedServer:
+    """Answers the RTSP handshake, then plays SCRIPT over TCP interleaved channel 4."""
+
+    def __init__(self, close_after_play: bool = False) -> None:
+        self.requests: list[RtspRequest] = []
+        self.close_after_play = close_after_play
+        self.torn_down = asyncio.Event()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        parser = RtspConnectionParser("server")
+        try:
+            while data := await reader.read(4096):
+                parser.feed(data)
+                for event in parser.events():
+                    if isinstance(event, RtspRequest):
+                        self.requests.append(event)
+                        writer.write(bytes(self.respond(event)))
+                        if event.method == "PLAY":
+                            writer.write(b"".join(interleave(4, rtp(*p)) for p in SCRIPT))
+                            if self.close_after_play:
+                                writer.close()
+                                return
+                        if event.method == "TEARDOWN":
+                            self.torn_down.set()
+                await writer.drain()
+        finally:
+            writer.close()
+
+    def respond(self, req: RtspRequest) -> RtspResponse:
+        base = "rtsp://127.0.0.1/s/"
+        answers: dict[str, Callable[[], RtspResponse]] = {
+            "OPTIONS": lambda: RtspResponse.for_request(
+                req, 200, {"Public": "OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN, GET_PARAMETER"}
+            ),
+            "DESCRIBE": lambda: RtspResponse.for_request(
+                req, 200, {"Content-Base": base, "Content-Type": "application/sdp"}, SDP
+            ),
+            "SETUP": lambda: RtspResponse.for_request(
+                req,
+                200,
+                {
+                    "Session": "sess1;timeout=30",
+                    # The server picks other channels than offered: the reader must follow.
+                    "Transport": "RTP/AVP/TCP;unicast;interleaved=4-5;ssrc=00001234",
+                },
+            ),
+            "PLAY": lambda: RtspResponse.for_request(
+                req, 200, {"RTP-Info": f"url={base}trackID=0;seq=65533;rtptime=1000"}
+            ),
+        }
+        return answers.get(req.method, lambda: RtspResponse.for_request(req, 200))()
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[tuple[ScriptedServer, str]]:
+    server = ScriptedServer()
+    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        yield server, f"rtsp://127.0.0.1:{port}/s"
+    finally:
+        listener.close()
+        await listener.wait_closed()
+
+
+async def test_rtp_accounting_with_wrap_loss_reorder_duplicate(
+    scripted: tuple[ScriptedServer, str],
+) -> None:
+    server, url = scripted
+    reader = RtspReader(url)
+    await reader.start()
+    try:
+        # Every packet but the duplicate ends a frame: 9 frames means all were processed.
+        await reader.wait_frames(9, timeout=10)
+        (video,) = reader.stats.tracks
+        assert video.control_url == "rtsp://127.0.0.1/s/trackID=0"
+        assert video.packets == 10
+        assert video.duplicates == 1
+        assert video.reordered == 1
+        # Expected 65533..6 = 10 sequence numbers, 9 distinct arrived: only 2 is lost.
+        assert video.lost == 1
+        assert video.timestamp_backwards == 1
+        assert video.frames == 9
+        # The first frame was joined mid-fragment: not counted as a keyframe.
+        assert video.keyframes == 2
+        assert (video.rtp_info_seq, video.rtp_info_rtptime) == (65533, 1000)
+        assert video.ssrc == 0x1234
+        assert reader.stats.session_timeout == 30
+    finally:
+        await reader.close()
+    assert server.torn_down.is_set()
+    methods = [r.method for r in server.requests]
+    assert methods[:4] == ["OPTIONS", "DESCRIBE", "SETUP", "PLAY"]
+    setup = server.requests[2]
+    assert setup.uri == "rtsp://127.0.0.1/s/trackID=0"
+    assert setup.headers.get("Transport") == "RTP/AVP/TCP;unicast;interleaved=0-1"
+    assert server.requests[3].headers.get("Session") == "sess1"
+    assert server.requests[3].uri == "rtsp://127.0.0.1/s/"
+
+
+async def test_server_closing_fails_waiters() -> None:
+    server = ScriptedServer(close_after_play=True)
+    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    reader = RtspReader(f"rtsp://127.0.0.1:{port}/s")
+    try:
+        await reader.start()
+        with pytest.raises(RtspClientError, match="connection") as info:
+            await reader.wait_frames(1000, timeout=10)
+        assert info.value.status == 0
+        # Frames that arrived before the close were still counted.
+        assert reader.stats.tracks[0].packets == 10
+        with pytest.raises(RtspClientError):
+            await reader.run_for(5)
+    finally:
+        await reader.close()
+        listener.close()
+        await listener.wait_closed()
+
+
+def test_cli_help_runs() -> None:
+    out = subprocess.run(
+        ["python3", "-m", "gateway.rtsp.client", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "--transport" in out.stdout
