@@ -1,0 +1,202 @@
+"""Telemetry policy: which vendor settings must have which value, and the difference.
+
+A *feature* (``cloud``, ``upnp``, ``ntp``, ...) is what the policy speaks of; each vendor
+maps it to its own settings (Hikvision ``EZVIZ.enabled``, Dahua ``T2UServer.Enable``). The
+desired mode of a feature is ``off`` or ``allowed`` (``ntp``: ``gateway`` or ``allowed``),
+set for all cameras, per vendor and per camera. Pure: settings in, differences out.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from gateway.policy.findings import Finding
+
+FEATURES = (
+    "cloud",
+    "upnp",
+    "ddns",
+    "ntp",
+    "telnet",
+    "ssh",
+    "email",
+    "ftp",
+    "snmp",
+    "bonjour",
+    "multicast",
+)
+MODES = {feature: ("off", "allowed") for feature in FEATURES} | {"ntp": ("gateway", "allowed")}
+DEFAULT_MODES = {feature: "off" for feature in FEATURES} | {"ntp": "gateway"}
+
+# (feature, setting key pattern, value when the feature is off)
+_OFF_RULES: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "hikvision": (
+        ("cloud", r"EZVIZ\.enabled", "false"),
+        ("cloud", r"Ehome\.enabled", "false"),
+        ("upnp", r"UPnP\.enabled", "false"),
+        ("upnp", r"UPnPPorts\.enabled", "false"),
+        ("ddns", r"DDNS\.enabled", "false"),
+        ("telnet", r"telnetd\.enabled", "false"),
+        ("ssh", r"ssh\.enabled", "false"),
+        ("email", r"mailing\.mailing\[\d+\]\.enabled", "false"),
+        ("ftp", r"ftp\.FTPNotification\[\d+\]\.enabled", "false"),
+    ),
+    "dahua": (
+        ("cloud", r"T2UServer\.Enable", "false"),
+        ("cloud", r"VSP_PaaS\.Enable", "false"),
+        ("upnp", r"UPnP\.Enable", "false"),
+        ("ddns", r"DDNS\[\d+\]\.Enable", "false"),
+        ("telnet", r"Telnet\.Enable", "false"),
+        ("ssh", r"SSHD\.Enable", "false"),
+        ("email", r"Email\.Enable", "false"),
+        ("ftp", r"NAS\[\d+\]\.Enable", "false"),
+        ("snmp", r"SNMP\.Enable", "false"),
+        ("bonjour", r"Bonjour\.Enable", "false"),
+        ("multicast", r"Multicast\.\w+\[\d+\]\.Enable", "false"),
+    ),
+}
+_COMPILED = {
+    vendor: tuple((f, re.compile(p), v) for f, p, v in rules)
+    for vendor, rules in _OFF_RULES.items()
+}
+
+FEATURE_INFO: dict[str, tuple[str, str]] = {
+    # feature: (severity, what it means when on)
+    "cloud": ("high", "Vendor cloud / P2P connection enabled"),
+    "upnp": ("high", "UPnP enabled (opens router ports)"),
+    "ddns": ("medium", "Dynamic DNS registration enabled"),
+    "ntp": ("medium", "Time not taken from the gateway's NTP server"),
+    "telnet": ("high", "Telnet enabled"),
+    "ssh": ("medium", "SSH enabled"),
+    "email": ("low", "E-mail push enabled"),
+    "ftp": ("low", "FTP upload enabled"),
+    "snmp": ("medium", "SNMP enabled"),
+    "bonjour": ("low", "Bonjour/mDNS announcements enabled"),
+    "multicast": ("low", "Multicast streaming enabled"),
+}
+
+
+def supported_features(vendor: str) -> tuple[str, ...]:
+    features = {f for f, _, _ in _OFF_RULES.get(vendor, ())}
+    if vendor in _OFF_RULES:
+        features.add("ntp")
+    return tuple(f for f in FEATURES if f in features)
+
+
+def ntp_desired(vendor: str, address: str) -> dict[str, str]:
+    """Settings that point the camera's clock at ``address`` (IP or host name)."""
+    try:
+        ipaddress.ip_address(address)
+        is_ip = True
+    except ValueError:
+        is_ip = False
+    if vendor == "hikvision":
+        desired = {"time.timeMode": "NTP", "ntpServer.portNo": "123"}
+        if is_ip:
+            desired |= {
+                "ntpServer.addressingFormatType": "ipaddress",
+                "ntpServer.ipAddress": address,
+            }
+        else:
+            desired |= {"ntpServer.addressingFormatType": "hostname", "ntpServer.hostName": address}
+        return desired
+    if vendor == "dahua":
+        return {"NTP.Enable": "true", "NTP.Address": address, "NTP.Port": "123"}
+    return {}
+
+
+@dataclass(frozen=True)
+class SettingDiff:
+    key: str
+    feature: str
+    current: str | None  # None: the camera does not report this setting
+    desired: str
+
+
+@dataclass(frozen=True)
+class TelemetryPolicy:
+    defaults: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_MODES))
+    per_vendor: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    per_camera: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    ntp_server: str | None = None
+
+    def modes_for(self, camera: str, vendor: str) -> dict[str, str]:
+        modes = dict(DEFAULT_MODES)
+        modes.update(self.defaults)
+        modes.update(self.per_vendor.get(vendor, {}))
+        modes.update(self.per_camera.get(camera, {}))
+        return modes
+
+    def desired_for(
+        self, camera: str, vendor: str, settings: Mapping[str, str]
+    ) -> dict[str, tuple[str, str]]:
+        """``{key: (feature, desired value)}`` for the settings this camera has."""
+        modes = self.modes_for(camera, vendor)
+        desired: dict[str, tuple[str, str]] = {}
+        for feature, pattern, value in _COMPILED.get(vendor, ()):
+            if modes.get(feature) != "off":
+                continue
+            for key in settings:
+                if pattern.fullmatch(key):
+                    desired[key] = (feature, value)
+        if modes.get("ntp") == "gateway" and self.ntp_server:
+            for key, value in ntp_desired(vendor, self.ntp_server).items():
+                desired[key] = ("ntp", value)
+        return desired
+
+
+def _same(current: str | None, desired: str) -> bool:
+    if current is None:
+        return False
+    if desired in ("true", "false"):
+        return current.strip().lower() == desired
+    return current.strip() == desired
+
+
+def differences(
+    policy: TelemetryPolicy, camera: str, vendor: str, settings: Mapping[str, str]
+) -> list[SettingDiff]:
+    diffs: list[SettingDiff] = []
+    for key, (feature, value) in sorted(policy.desired_for(camera, vendor, settings).items()):
+        current = settings.get(key)
+        if not _same(current, value):
+            diffs.append(SettingDiff(key, feature, current, value))
+    return diffs
+
+
+def findings_for(diffs: list[SettingDiff], drifted: frozenset[str] = frozenset()) -> list[Finding]:
+    findings: list[Finding] = []
+    for diff in diffs:
+        severity, title = FEATURE_INFO[diff.feature]
+        shown = diff.current if diff.current is not None else "(not set)"
+        findings.append(
+            Finding(
+                id=diff.key,
+                kind="telemetry",
+                severity=severity,
+                title=title,
+                action=f"Set {diff.key} to {diff.desired} (onvif-gateway enforce does this).",
+                feature=diff.feature,
+                current=shown,
+                desired=diff.desired,
+                drift=diff.key in drifted,
+            )
+        )
+    return findings
+
+
+def enabled_services(vendor: str, settings: Mapping[str, str]) -> list[str]:
+    """Features switched on, for the inventory ("which services are on")."""
+    on: set[str] = set()
+    for feature, pattern, off_value in _COMPILED.get(vendor, ()):
+        for key, value in settings.items():
+            if pattern.fullmatch(key) and value.strip().lower() != off_value:
+                on.add(feature)
+    if vendor == "hikvision" and settings.get("time.timeMode") == "NTP":
+        on.add("ntp")
+    if vendor == "dahua" and settings.get("NTP.Enable", "").lower() == "true":
+        on.add("ntp")
+    return [f for f in FEATURES if f in on]
