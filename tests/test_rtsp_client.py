@@ -292,9 +292,10 @@ SCRIPT = [
 class ScriptedServer:
     """Answers the RTSP handshake, then plays SCRIPT over TCP interleaved channel 4."""
 
-    def __init__(self, close_after_play: bool = False) -> None:
+    def __init__(self, close_after_play: bool = False, play_status: int = 200) -> None:
         self.requests: list[RtspRequest] = []
         self.close_after_play = close_after_play
+        self.play_status = play_status
         self.torn_down = asyncio.Event()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -306,7 +307,7 @@ class ScriptedServer:
                     if isinstance(event, RtspRequest):
                         self.requests.append(event)
                         writer.write(bytes(self.respond(event)))
-                        if event.method == "PLAY":
+                        if event.method == "PLAY" and self.play_status == 200:
                             writer.write(b"".join(interleave(4, rtp(*p)) for p in SCRIPT))
                             if self.close_after_play:
                                 writer.close()
@@ -336,7 +337,7 @@ class ScriptedServer:
                 },
             ),
             "PLAY": lambda: RtspResponse.for_request(
-                req, 200, {"RTP-Info": f"url={base}trackID=0;seq=65533;rtptime=1000"}
+                req, self.play_status, {"RTP-Info": f"url={base}trackID=0;seq=65533;rtptime=1000"}
             ),
         }
         return answers.get(req.method, lambda: RtspResponse.for_request(req, 200))()
@@ -417,3 +418,19 @@ def test_cli_help_runs() -> None:
         check=True,
     )
     assert "--transport" in out.stdout
+
+
+async def test_failed_play_raises_its_status_and_tears_down() -> None:
+    server = ScriptedServer(play_status=453)
+    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(RtspClientError, match="PLAY: Not Enough Bandwidth") as info:
+            await RtspReader(f"rtsp://127.0.0.1:{port}/s").start()
+        assert info.value.status == 453
+        # The session SETUP created is released at once, not left to time out.
+        assert server.torn_down.is_set()
+        assert server.requests[-1].headers.get("Session") == "sess1"
+    finally:
+        listener.close()
+        await listener.wait_closed()

@@ -33,7 +33,6 @@ from gateway.codecs.h264 import split_annexb
 from gateway.codecs.sdp import SessionDescription, parse_sdp
 from gateway.rtsp.auth import DigestClient
 from gateway.rtsp.message import (
-    NEED_DATA,
     InterleavedFrame,
     RtspConnectionParser,
     RtspProtocolError,
@@ -257,28 +256,24 @@ class _ControlProtocol(asyncio.Protocol):
         parser.feed(data)
         now = reader._loop.time()
         channels = reader._channels
-        while True:
-            try:
-                event = parser.next_event()
-            except RtspProtocolError as exc:
-                reader._fail(RtspClientError(0, f"protocol error from server: {exc}"))
-                if self.transport is not None:
-                    self.transport.close()
-                return
-            if event is NEED_DATA:
-                return
-            if type(event) is InterleavedFrame:
-                target = channels.get(event.channel)
-                if target is not None:
-                    track, is_rtcp = target
-                    if is_rtcp:
-                        track.stats.rtcp_packets += 1
-                    else:
-                        reader._on_rtp(track, event.payload, now)
-            elif isinstance(event, RtspResponse):
-                reader._on_response(event)
-            elif isinstance(event, RtspRequest):
-                self._answer_server_request(event)
+        try:
+            for event in parser.events():
+                if type(event) is InterleavedFrame:
+                    target = channels.get(event.channel)
+                    if target is not None:
+                        track, is_rtcp = target
+                        if is_rtcp:
+                            track.stats.rtcp_packets += 1
+                        else:
+                            reader._on_rtp(track, event.payload, now)
+                elif type(event) is RtspResponse:
+                    reader._on_response(event)
+                elif type(event) is RtspRequest:
+                    self._answer_server_request(event)
+        except RtspProtocolError as exc:
+            reader._fail(RtspClientError(0, f"protocol error from server: {exc}"))
+            if self.transport is not None:
+                self.transport.close()
 
     def _answer_server_request(self, request: RtspRequest) -> None:
         # Servers may probe us (GET_PARAMETER/OPTIONS as keep-alive) or announce changes.
@@ -292,12 +287,16 @@ class _ControlProtocol(asyncio.Protocol):
 
 
 class _RtpDatagramProtocol(asyncio.DatagramProtocol):
-    def __init__(self, reader: RtspReader, track: _Track, is_rtcp: bool) -> None:
+    def __init__(self, reader: RtspReader, track: _Track, is_rtcp: bool, server_ip: str) -> None:
         self.reader = reader
         self.track = track
         self.is_rtcp = is_rtcp
+        self.server_ip = server_ip
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        # Only the RTSP server's address may feed this session (no injection by others).
+        if addr[0] != self.server_ip:
+            return
         if self.is_rtcp:
             self.track.stats.rtcp_packets += 1
         else:
@@ -345,6 +344,8 @@ class RtspReader:
         self._cseq = 0
         self._pending: dict[int, asyncio.Future[RtspResponse]] = {}
         self._session: str | None = None
+        # Aggregate control URL (PLAY, keep-alive, TEARDOWN): from the SDP, else Content-Base.
+        self._session_url = self.url
         self._keepalive: asyncio.Task[None] | None = None
         self._error: RtspClientError | None = None
         self._waiters: list[tuple[int, str | None, asyncio.Future[None]]] = []
@@ -363,7 +364,8 @@ class RtspReader:
         try:
             await self._start()
         except BaseException:
-            await self._shutdown(teardown=False)
+            # TEARDOWN too if SETUP already created a session, so the server frees it now.
+            await self._shutdown(teardown=True)
             raise
 
     async def wait_frames(self, n: int, timeout: float, media: str | None = None) -> None:
@@ -435,9 +437,9 @@ class RtspReader:
             await self._setup(track)
 
         session_control = self.sdp.control if self.sdp is not None else ""
-        play_url = resolve_control(base, session_control) if session_control else base
+        self._session_url = resolve_control(base, session_control) if session_control else base
         self.stats.play_sent_at = self._loop.time()
-        play = await self.request("PLAY", play_url, {"Range": "npt=0.000-"})
+        play = await self.request("PLAY", self._session_url, {"Range": "npt=0.000-"})
         self._expect(play, "PLAY")
         rtp_info = play.headers.get("RTP-Info")
         if rtp_info:
@@ -523,6 +525,7 @@ class RtspReader:
         """Bind an even RTP port and the next odd one for RTCP, on the control link's address."""
         assert self._protocol is not None and self._protocol.transport is not None
         local = self._protocol.transport.get_extra_info("sockname")
+        server_ip = self._protocol.transport.get_extra_info("peername")[0]
         family = socket.AF_INET6 if ":" in local[0] else socket.AF_INET
         for _ in range(50):
             rtp_sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -541,7 +544,7 @@ class RtspReader:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _UDP_RECEIVE_BUFFER)
                 transport, _ = await self._loop.create_datagram_endpoint(
-                    lambda rtcp=is_rtcp: _RtpDatagramProtocol(self, track, rtcp),  # type: ignore[misc]
+                    lambda rtcp=is_rtcp: _RtpDatagramProtocol(self, track, rtcp, server_ip),  # type: ignore[misc]
                     sock=sock,
                 )
                 track.udp_transports.append(transport)
@@ -567,7 +570,7 @@ class RtspReader:
         while not self._closed:
             await asyncio.sleep(max(interval, 0.05))
             try:
-                await self.request(method, self.url)
+                await self.request(method, self._session_url)
             except RtspClientError:
                 return
             self.stats.keepalives += 1
@@ -658,15 +661,21 @@ class RtspReader:
             if delta == 0:
                 stats.duplicates += 1
                 return
-            if delta < 0x8000:
-                if seq < track.max_seq:
+            if delta == 1:
+                # In order: expected and received both grow by one, so "lost" stays.
+                if seq == 0:
                     track.cycles += 0x10000
                 track.max_seq = seq
-                gap = delta != 1
             else:
-                stats.reordered += 1
-            expected = track.cycles + track.max_seq - (stats.first_seq or 0) + 1
-            stats.lost = max(0, expected - stats.packets + stats.duplicates)
+                if delta < 0x8000:
+                    if seq < track.max_seq:
+                        track.cycles += 0x10000
+                    track.max_seq = seq
+                    gap = True
+                else:
+                    stats.reordered += 1
+                expected = track.cycles + track.max_seq - (stats.first_seq or 0) + 1
+                stats.lost = max(0, expected - stats.packets + stats.duplicates)
         if track.last_ts >= 0 and ((timestamp - track.last_ts) & 0xFFFFFFFF) >= 0x80000000:
             stats.timestamp_backwards += 1
         track.last_ts = timestamp
@@ -780,7 +789,7 @@ class RtspReader:
                 await self._keepalive
         if teardown and self._session is not None and self._error is None:
             with contextlib.suppress(RtspClientError):
-                await asyncio.wait_for(self._send("TEARDOWN", self.url, None), 2.0)
+                await asyncio.wait_for(self._send("TEARDOWN", self._session_url, None), 2.0)
         self._closed = True
         for track in self._tracks:
             for transport in track.udp_transports:

@@ -414,8 +414,20 @@ class RtspConnectionParser:
         self._buffer += data
 
     def events(self) -> Iterator[RtspRequest | RtspResponse | InterleavedFrame]:
-        """Every complete event in the buffer, in order."""
+        """Every complete event in the buffer, in order (``$`` frames without a call each)."""
+        buf = self._buffer
         while True:
+            if buf and buf[0] == 0x24 and self._head is None:
+                size = len(buf)
+                if size < 4:
+                    return
+                end = 4 + ((buf[2] << 8) | buf[3])
+                if size < end:
+                    return
+                frame = InterleavedFrame(buf[1], bytes(memoryview(buf)[4:end]))
+                del buf[:end]
+                yield frame
+                continue
             event = self.next_event()
             if event is NEED_DATA:
                 return
