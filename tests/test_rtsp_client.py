@@ -378,6 +378,8 @@ async def test_rtp_accounting_with_wrap_loss_reorder_duplicate(
         assert (video.rtp_info_seq, video.rtp_info_rtptime) == (65533, 1000)
         assert video.ssrc == 0x1234
         assert reader.stats.session_timeout == 30
+        with pytest.raises(ValueError, match="no audio track in this session"):
+            await reader.wait_frames(1, timeout=1, media="audio")
     finally:
         await reader.close()
     assert server.torn_down.is_set()

@@ -371,10 +371,13 @@ class RtspReader:
     async def wait_frames(self, n: int, timeout: float, media: str | None = None) -> None:
         """Until every track (of ``media`` if given) has received ``n`` frames.
 
-        Raises TimeoutError, or the session's :class:`RtspClientError` if it failed first.
+        Raises TimeoutError, the session's :class:`RtspClientError` if it failed first, or
+        ValueError if the session has no ``media`` track.
         """
         if self._error is not None:
             raise self._error
+        if media is not None and not any(t.media == media for t in self.stats.tracks):
+            raise ValueError(f"no {media} track in this session")
         if self._enough_frames(n, media):
             return
         future: asyncio.Future[None] = self._loop.create_future()
