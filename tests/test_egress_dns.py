@@ -4,6 +4,7 @@ server over real UDP and TCP sockets on loopback."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import struct
 
@@ -253,3 +254,11 @@ async def test_server_answers_over_udp_and_tcp_on_loopback() -> None:
         }
     finally:
         await server.close()
+
+
+def test_recording_logs_with_structured_fields(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.egress.dns")
+    ask(make_resolver(), "www.easy4ipcloud.com")
+    [record] = [r for r in caplog.records if r.name == "gateway.egress.dns"]
+    assert record.qname == "www.easy4ipcloud.com"  # type: ignore[attr-defined]
+    assert record.camera == "front"  # type: ignore[attr-defined]

@@ -76,15 +76,19 @@ class SinkholeResolver:
         domains: DomainList | None = None,
         max_pending: int = MAX_PENDING,
     ) -> None:
-        self.local = {
-            k.lower().rstrip("."): ipaddress.ip_address(v) for k, v in (local or {}).items()
-        }
-        self.cameras = {normalize_ip(ip): name for ip, name in (cameras or {}).items()}
+        self.local: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address] = {}
+        self.cameras: dict[str, str] = {}
+        self.update(local=local or {}, cameras=cameras or {})
         self.domains = domains or shipped()
         self.max_pending = max_pending
         self.pending: dict[tuple[str, str, str], DnsAttempt] = {}
         self.overflow = 0
         self.malformed = 0
+
+    def update(self, *, local: Mapping[str, str], cameras: Mapping[str, str]) -> None:
+        """Replace the local answers and the address -> camera map (configuration reload)."""
+        self.local = {k.lower().rstrip("."): ipaddress.ip_address(v) for k, v in local.items()}
+        self.cameras = {normalize_ip(ip): name for ip, name in cameras.items()}
 
     def handle(self, query: bytes, client: str, now: float) -> bytes | None:
         """The reply to ``query`` from ``client`` at time ``now``, or None to stay silent.
@@ -161,7 +165,7 @@ class SinkholeResolver:
             extra={
                 "camera": camera or "unknown",
                 "client": client,
-                "name": name,
+                "qname": name,
                 "qtype": qtype,
                 "category": category,
                 "ratelimit": True,

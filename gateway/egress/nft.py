@@ -33,6 +33,10 @@ ATTEMPT_SET_SIZE = 16384
 ATTEMPT_TIMEOUT = "7d"
 DNS_PORT = 53
 NTP_PORT = 123
+# FFmpeg's default RTP client port range (rtsp demuxer min_port/max_port): with RTSP over
+# UDP the camera sends RTP from its side as new flows, which conntrack cannot tie to the
+# RTSP session (there is no RTSP conntrack helper in the mainline kernel).
+RTP_CLIENT_PORTS = (5000, 65000)
 INTERFACE_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}\*?$")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -291,6 +295,25 @@ def render(config: Config) -> Ruleset:
             "\t\t# The gateway's NTP server: the cameras' only source of time.",
             f"\t\t{ip} daddr {gateway} udp dport {NTP_PORT} accept",
         ]
+    udp_cameras = [
+        (c.name, ipaddress.ip_address(c.host))
+        for c in config.cameras
+        if c.transport == "udp"
+        and any(str(s.address) == c.host for s in sources)
+        and ipaddress.ip_address(c.host).version == gateway.version
+    ]
+    for name, address in udp_cameras:
+        family = "ip" if address.version == 4 else "ip6"
+        low, high = RTP_CLIENT_PORTS
+        out += [
+            f"\t\t# Camera {name} streams RTSP over UDP: its RTP/RTCP arrives as new flows to the",
+            '\t\t# gateway\'s RTP client ports. Prefer transport = "tcp" to close this.',
+            f"\t\t{family} saddr {address} {ip} daddr {gateway} udp dport {low}-{high} accept",
+        ]
+        warnings.append(
+            f"camera {name}: transport 'udp' opens UDP {low}-{high} on the gateway to it; "
+            "transport 'tcp' needs no opening"
+        )
     if allow4:
         out += [
             "\t\t# Site exceptions that are addresses of this gateway.",

@@ -57,6 +57,15 @@ class EgressServices:
             except Exception:
                 log.exception("egress background job failed")
 
+    def update_config(self, config: Config) -> None:
+        """Follow a configuration reload: camera names and local DNS answers change at once;
+        a changed camera-side address or service switch needs a restart."""
+        self.config = config
+        if self.dns is not None and config.camera_network is not None:
+            self.dns.resolver.update(
+                local=config.camera_network.dns_local, cameras=_camera_addresses(config)
+            )
+
     async def flush(self) -> int:
         """Write the DNS attempts recorded since the last flush to the store."""
         if self.dns is None:
@@ -118,9 +127,8 @@ async def start_egress_services(
     dns: DnsSinkholeServer | None = None
     ntp: NtpServer | None = None
     if network is not None:
-        cameras = {c.host: c.name for c in config.cameras if _is_ip(c.host)}
         if network.dns_sinkhole:
-            resolver = SinkholeResolver(local=network.dns_local, cameras=cameras)
+            resolver = SinkholeResolver(local=network.dns_local, cameras=_camera_addresses(config))
             dns = DnsSinkholeServer(resolver, clock=time.time)
             await dns.start(network.address, dns_port)
             log.info("dns sinkhole listening", extra={"address": network.address, "port": dns.port})
@@ -146,9 +154,13 @@ async def start_egress_services(
     return services
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+def _camera_addresses(config: Config) -> dict[str, str]:
+    """Camera-side address -> camera name, for cameras configured by IP address."""
+    addresses: dict[str, str] = {}
+    for camera in config.cameras:
+        try:
+            ipaddress.ip_address(camera.host)
+        except ValueError:
+            continue
+        addresses.setdefault(camera.host, camera.name)
+    return addresses

@@ -285,6 +285,16 @@ async def ntp_probe(server: str, *, timeout: float) -> ProbeResult:
     )
 
 
+# What firmware does once a vendor name resolves: the flow it opens to the address.
+FOLLOW_UP_FLOWS: dict[str, tuple[str, int]] = {
+    "hik-connect": ("tcp", 8555),  # EZVIZ/Hik-Connect device registration
+    "dahua-p2p": ("udp", 8800),  # Easy4IP rendezvous
+    "vendor-ddns": ("tcp", 80),  # DDNS update over HTTP
+    "vendor-push": ("tcp", 443),
+    "ntp": ("udp", 123),
+}
+
+
 async def phone_home(
     device: SimDevice,
     *,
@@ -297,29 +307,55 @@ async def phone_home(
     source: str | None = None,
     timeout: float = 1.0,
 ) -> list[ProbeResult]:
-    """Everything a camera of ``device.vendor`` does to reach its vendor, all at once.
+    """Everything a camera of ``device.vendor`` does to reach its vendor.
 
-    ``names`` defaults to the vendor's known telemetry host names; ``source`` binds every
-    probe to one local address (a camera with several addresses on one link).
+    First the lookups of the vendor's telemetry names (``names`` overrides them), the
+    explicit ``targets`` (firmware also carries fixed fallback addresses), SSDP and the NTP
+    query, all at once; then, like firmware, a flow to every address a lookup returned
+    (a sinkhole returns none). ``source`` binds every probe to one local address.
     """
+    domains = shipped()
     probes = []
+    lookups = names if names is not None else domains.hosts_for(device.vendor)
     if dns_server:
-        for name in names if names is not None else shipped().hosts_for(device.vendor):
+        for name in lookups:
             probes.append(
                 resolve(name, "A", dns_server, port=dns_port, timeout=timeout, source=source)
             )
     for target in targets:
-        if target.protocol == "tcp":
-            probes.append(tcp_probe(target, timeout=timeout, source=source))
-        elif target.protocol == "udp":
-            probes.append(udp_probe(target, timeout=timeout, source=source))
-        else:
-            probes.append(icmp_probe(target, timeout=timeout, source=source))
+        probes.append(_probe(target, timeout=timeout, source=source))
     if ssdp:
         probes.append(ssdp_probe(source=source))
     if ntp_server:
         probes.append(ntp_probe(ntp_server, timeout=timeout))
-    return list(await asyncio.gather(*probes))
+    results = list(await asyncio.gather(*probes))
+
+    follow_ups = []
+    for result in results:
+        if result.kind != "dns" or not result.data.get("answers"):
+            continue
+        category = domains.category_of(str(result.data["name"]))
+        flow = FOLLOW_UP_FLOWS.get(category)
+        if flow is None:
+            continue
+        for address in result.data["answers"]:
+            with contextlib.suppress(ValueError):
+                follow_ups.append(
+                    _probe(
+                        Target(flow[0], str(ipaddress.ip_address(address)), flow[1]),
+                        timeout=timeout,
+                        source=source,
+                    )
+                )
+    return results + list(await asyncio.gather(*follow_ups))
+
+
+def _probe(target: Target, *, timeout: float, source: str | None) -> Any:
+    if target.protocol == "tcp":
+        return tcp_probe(target, timeout=timeout, source=source)
+    if target.protocol == "udp":
+        return udp_probe(target, timeout=timeout, source=source)
+    return icmp_probe(target, timeout=timeout, source=source)
 
 
 # --------------------------------------------------------------------------- vendor cloud
@@ -398,27 +434,64 @@ def install(
     dns_server: str | None = None,
     targets: list[Target] | None = None,
     ntp_server: str | None = None,
+    ssdp: bool = False,
+    interval: float = 0.0,
 ) -> None:
-    """Add ``POST /sim/phonehome`` (phone home now, if ``device.phone_home``; returns the
-    probe results) and ``GET /sim/phonehome`` (the last results) to the camera's app."""
+    """Give a simulated camera's HTTP app a phone-home switch.
+
+    ``POST /sim/phonehome`` phones home now when ``device.phone_home`` is set and returns the
+    probe results; ``GET /sim/phonehome`` shows the last ones. With ``interval`` > 0 the
+    camera also phones home on its own every ``interval`` seconds while ``phone_home`` is
+    set. Nothing is sent anywhere unless a resolver or targets are given: a simulator on a
+    developer's machine must not query real resolvers or multicast onto the LAN.
+    """
     from aiohttp import web
 
     last: list[dict[str, Any]] = []
+    configured = bool(dns_server or targets or ntp_server or ssdp)
+
+    async def run_once() -> list[dict[str, Any]]:
+        results = await phone_home(
+            device,
+            dns_server=dns_server,
+            targets=list(targets or []),
+            ntp_server=ntp_server,
+            ssdp=ssdp,
+        )
+        last[:] = [asdict(r) | {"reached": r.reached} for r in results]
+        return last
 
     async def trigger(request: web.Request) -> web.Response:
-        if not device.phone_home:
-            return web.json_response({"phone_home": False, "results": []})
-        results = await phone_home(
-            device, dns_server=dns_server, targets=list(targets or []), ntp_server=ntp_server
-        )
-        last[:] = [asdict(r) for r in results]
-        return web.json_response({"phone_home": True, "results": last})
+        if not device.phone_home or not configured:
+            return web.json_response({"phone_home": device.phone_home, "results": []})
+        return web.json_response({"phone_home": True, "results": await run_once()})
 
     async def show(request: web.Request) -> web.Response:
         return web.json_response({"phone_home": device.phone_home, "results": last})
 
+    async def periodic() -> None:
+        while True:
+            if device.phone_home:
+                await run_once()
+            await asyncio.sleep(interval)
+
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start_loop(app: Any) -> None:
+        if interval > 0 and configured:
+            tasks.append(asyncio.create_task(periodic()))
+
+    async def stop_loop(app: Any) -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        tasks.clear()
+
     app.router.add_post("/sim/phonehome", trigger)
     app.router.add_get("/sim/phonehome", show)
+    app.on_startup.append(start_loop)
+    app.on_cleanup.append(stop_loop)
 
 
 # --------------------------------------------------------------------------- command line
