@@ -32,6 +32,7 @@ from gateway.onvif.xml import (
     children,
     el,
     operation_prohibited,
+    parse_markup,
     parse_xml,
     raw,
 )
@@ -123,7 +124,7 @@ async def forward(call: Call) -> Xml:
         # Every PTZ camera's nodes/configurations, under one response element.
         items: list[Xml] = []
         for slot in _ptz_slots(call):
-            reply = etree.fromstring(await _backend(slot).call(call.op))
+            reply = parse_markup(await _backend(slot).call(call.op))
             items.extend(raw(c) for c in children(reply, AGGREGATED[name]))
         return el(f"tptz:{name}Response", items)
     slot = await _slot_for(call, name)
@@ -232,6 +233,7 @@ class OnvifPtzForwarder:
                 try:
                     await asyncio.wait_for(self._connect(), self.timeout * 3)
                 except SoapFault:
+                    await self._reset()
                     raise
                 except Exception as exc:
                     await self._reset()

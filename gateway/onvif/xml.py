@@ -153,6 +153,13 @@ def raw(node: etree._Element) -> Xml:
     return Xml(etree.tostring(node, encoding="unicode", with_tail=False))
 
 
+def parse_markup(markup: Xml) -> etree._Element:
+    """Markup built with :func:`el` (prefixes as declared on our envelopes) as an element."""
+    decls = "".join(f' xmlns:{p}="{uri}"' for p, uri in NS.items())
+    wrapper = etree.fromstring(f"<wrapper{decls}>{markup}</wrapper>", _parser())
+    return wrapper[0]
+
+
 def envelope(body: Xml, *, header: Xml | None = None, soap_ns: str = SOAP12) -> bytes:
     """A complete SOAP envelope as UTF-8 bytes, all known prefixes declared on the root."""
     decls = "".join(f' xmlns:{p}="{uri}"' for p, uri in NS.items() if p != "env")

@@ -13,6 +13,7 @@ import io
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from fractions import Fraction
 from typing import Any
 
 from aiohttp import web
@@ -80,7 +81,7 @@ def encode_jpeg(width: int = 320, height: int = 180, seed: int = 0) -> bytes:
     frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuvj420p")
     codec = av.CodecContext.create("mjpeg", "w")
     codec.width, codec.height, codec.pix_fmt = width, height, "yuvj420p"
-    codec.time_base = av.Rational(1, 25)  # type: ignore[attr-defined]
+    codec.time_base = Fraction(1, 25)
     packets = codec.encode(frame) + codec.encode(None)
     buf = io.BytesIO()
     for packet in packets:

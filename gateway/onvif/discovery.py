@@ -1,0 +1,398 @@
+"""WS-Discovery (2005/04, SOAP 1.2 over UDP 239.255.255.250:3702) for the virtual devices.
+
+The message layer is sans-IO: :meth:`Probe.parse` and :meth:`ProbeMatch.parse_all` take
+bytes, :func:`probe_matches`, :func:`hello`, :func:`bye` and :func:`probe_message` return
+bytes. :class:`DiscoveryResponder` is the asyncio layer: it joins the multicast group only on
+the interface holding the VMS-side address, answers multicast and directed probes, and sends
+Hello when started and Bye when closed. :func:`probe` is the client used by ``discover``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import random
+import socket
+import struct
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from lxml import etree
+
+from gateway.onvif import netinfo
+from gateway.onvif.xml import SOAP12, WSA2004, Xml, el, parse_xml
+
+log = logging.getLogger(__name__)
+
+MULTICAST_GROUP = "239.255.255.250"
+PORT = 3702
+WSD = "http://schemas.xmlsoap.org/ws/2005/04/discovery"
+DN = "http://www.onvif.org/ver10/network/wsdl"
+TDS = "http://www.onvif.org/ver10/device/wsdl"
+ANONYMOUS = "http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous"
+DISCOVERY_TO = "urn:schemas-xmlsoap-org:ws:2005:04:discovery"
+DEVICE_TYPES = ((DN, "NetworkVideoTransmitter"), (TDS, "Device"))
+MAX_MESSAGE = 64 * 1024
+# WS-Discovery APP_MAX_DELAY: answers to multicast probes are spread over this many seconds.
+APP_MAX_DELAY = 0.5
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One discoverable device."""
+
+    address: str  # urn:uuid:...
+    scopes: tuple[str, ...]
+    xaddrs: tuple[str, ...]
+    metadata_version: int = 1
+
+
+def _message_id() -> str:
+    return f"urn:uuid:{uuid.uuid4()}"
+
+
+def _envelope(
+    action: str, body: Xml, *, relates_to: str | None, to: str, seq: tuple[int, int]
+) -> bytes:
+    header = (
+        el("a:MessageID", _message_id())
+        + (el("a:RelatesTo", relates_to) if relates_to else "")
+        + el("a:To", to)
+        + el("a:Action", f"{WSD}/{action}")
+        + el("d:AppSequence", attrs={"InstanceId": str(seq[0]), "MessageNumber": str(seq[1])})
+    )
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<s:Envelope xmlns:s="{SOAP12}" '
+        f'xmlns:a="{WSA2004}" xmlns:d="{WSD}" xmlns:dn="{DN}" xmlns:tds="{TDS}">'
+        f"<s:Header>{header}</s:Header><s:Body>{body}</s:Body></s:Envelope>"
+    ).encode()
+
+
+def _endpoint_body(ep: Endpoint, *, with_types: bool = True) -> list[Xml]:
+    parts = [el("a:EndpointReference", el("a:Address", ep.address))]
+    if with_types:
+        parts += [
+            el("d:Types", "dn:NetworkVideoTransmitter tds:Device"),
+            el("d:Scopes", " ".join(ep.scopes)),
+            el("d:XAddrs", " ".join(ep.xaddrs)),
+        ]
+    parts.append(el("d:MetadataVersion", str(ep.metadata_version)))
+    return parts
+
+
+def probe_matches(ep: Endpoint, relates_to: str, seq: tuple[int, int]) -> bytes:
+    body = el("d:ProbeMatches", el("d:ProbeMatch", _endpoint_body(ep)))
+    return _envelope("ProbeMatches", body, relates_to=relates_to, to=ANONYMOUS, seq=seq)
+
+
+def hello(ep: Endpoint, seq: tuple[int, int]) -> bytes:
+    return _envelope(
+        "Hello", el("d:Hello", _endpoint_body(ep)), relates_to=None, to=DISCOVERY_TO, seq=seq
+    )
+
+
+def bye(ep: Endpoint, seq: tuple[int, int]) -> bytes:
+    body = el("d:Bye", el("a:EndpointReference", el("a:Address", ep.address)))
+    return _envelope("Bye", body, relates_to=None, to=DISCOVERY_TO, seq=seq)
+
+
+def probe_message(
+    message_id: str | None = None, types: str = "dn:NetworkVideoTransmitter"
+) -> bytes:
+    body = el("d:Probe", el("d:Types", types) if types else None)
+    header = (
+        el("a:MessageID", message_id or _message_id())
+        + el("a:To", DISCOVERY_TO)
+        + el("a:Action", f"{WSD}/Probe")
+    )
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<s:Envelope xmlns:s="{SOAP12}" '
+        f'xmlns:a="{WSA2004}" xmlns:d="{WSD}" xmlns:dn="{DN}" xmlns:tds="{TDS}">'
+        f"<s:Header>{header}</s:Header><s:Body>{body}</s:Body></s:Envelope>"
+    ).encode()
+
+
+def _parts(root: etree._Element) -> tuple[etree._Element, etree._Element]:
+    qname = etree.QName(root)
+    if qname.localname != "Envelope":
+        raise ValueError(f"root element {root.tag} is not a SOAP Envelope")
+    ns = qname.namespace
+    header = root.find(f"{{{ns}}}Header")
+    body = root.find(f"{{{ns}}}Body")
+    if header is None or body is None:
+        raise ValueError("WS-Discovery message without Header or Body")
+    return header, body
+
+
+def _qnames(node: etree._Element | None) -> list[tuple[str, str]]:
+    """A QName list (``dp0:NetworkVideoTransmitter tds:Device``) resolved in ``node``'s scope;
+    an unknown prefix keeps an empty namespace (matched on the local name alone)."""
+    if node is None or not node.text:
+        return []
+    names = []
+    for item in node.text.split()[:32]:
+        prefix, _, local = item.rpartition(":")
+        names.append((node.nsmap.get(prefix or None, "") or "", local))
+    return names
+
+
+@dataclass(frozen=True)
+class Probe:
+    message_id: str
+    types: tuple[tuple[str, str], ...]
+    scopes: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, data: bytes) -> Probe:
+        header, body = _parts(parse_xml(data, max_bytes=MAX_MESSAGE))
+        probe = body.find(f"{{{WSD}}}Probe")
+        if probe is None:
+            raise ValueError("not a WS-Discovery Probe")
+        message_id = header.findtext(f"{{{WSA2004}}}MessageID") or ""
+        if not message_id.strip():
+            raise ValueError("Probe without MessageID")
+        scopes_el = probe.find(f"{{{WSD}}}Scopes")
+        scopes = tuple((scopes_el.text or "").split()) if scopes_el is not None else ()
+        return cls(message_id.strip(), tuple(_qnames(probe.find(f"{{{WSD}}}Types"))), scopes)
+
+    def matches(self, ep: Endpoint) -> bool:
+        for ns, local in self.types:
+            if not any(local == t_local and ns in ("", t_ns) for t_ns, t_local in DEVICE_TYPES):
+                return False
+        # RFC 3986 matching rule, simplified: each probe scope is a prefix of one of ours
+        # on a segment boundary.
+        for scope in self.scopes:
+            s = scope.rstrip("/")
+            if not any(ours == s or ours.startswith(s + "/") for ours in ep.scopes):
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class ProbeMatch:
+    address: str
+    types: tuple[str, ...]
+    scopes: tuple[str, ...]
+    xaddrs: tuple[str, ...]
+    relates_to: str
+
+    @classmethod
+    def parse_all(cls, data: bytes) -> list[ProbeMatch]:
+        header, body = _parts(parse_xml(data, max_bytes=MAX_MESSAGE))
+        relates_to = (header.findtext(f"{{{WSA2004}}}RelatesTo") or "").strip()
+        matches = body.find(f"{{{WSD}}}ProbeMatches")
+        if matches is None:
+            raise ValueError("not a WS-Discovery ProbeMatches")
+        result = []
+        for m in matches.findall(f"{{{WSD}}}ProbeMatch"):
+            address = (
+                m.findtext(f"{{{WSA2004}}}EndpointReference/{{{WSA2004}}}Address") or ""
+            ).strip()
+            result.append(
+                cls(
+                    address=address,
+                    types=tuple((m.findtext(f"{{{WSD}}}Types") or "").split()),
+                    scopes=tuple((m.findtext(f"{{{WSD}}}Scopes") or "").split()),
+                    xaddrs=tuple((m.findtext(f"{{{WSD}}}XAddrs") or "").split()),
+                    relates_to=relates_to,
+                )
+            )
+        return result
+
+
+# --------------------------------------------------------------------------- asyncio layer
+
+
+def _multicast_socket(interface_ip: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    with contextlib.suppress(AttributeError, OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    # Bound to the group, not the wildcard: only probes sent to the group arrive here, and
+    # the membership below is on the VMS-side interface alone.
+    sock.bind((MULTICAST_GROUP, PORT))
+    mreq = struct.pack("4s4s", socket.inet_aton(MULTICAST_GROUP), socket.inet_aton(interface_ip))
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+    sock.setblocking(False)
+    return sock
+
+
+def _unicast_socket(interface_ip: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    with contextlib.suppress(AttributeError, OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface_ip))
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+    sock.bind((interface_ip, port))
+    sock.setblocking(False)
+    return sock
+
+
+class _Receiver(asyncio.DatagramProtocol):
+    def __init__(self, responder: DiscoveryResponder, multicast: bool) -> None:
+        self.responder = responder
+        self.multicast = multicast
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        self.responder.received(data, addr, multicast=self.multicast)
+
+
+class DiscoveryResponder:
+    """Answers probes for ``devices`` (VirtualDevice objects) on ``bind``'s interface."""
+
+    def __init__(self, bind: str, devices: Sequence[object]) -> None:
+        self.bind = bind
+        self.devices = list(devices)
+        self.instance_id = int(time.time())
+        self.message_number = 0
+        self._transports: list[asyncio.DatagramTransport] = []
+        self._unicast: asyncio.DatagramTransport | None = None
+        self._pending: dict[int, asyncio.TimerHandle] = {}
+        self._next_key = 0
+
+    @classmethod
+    async def start(cls, bind: str, devices: Sequence[object]) -> DiscoveryResponder:
+        address = ipaddress.ip_address(bind)
+        if address.version != 4 or address.is_unspecified:
+            raise OSError(f"WS-Discovery needs one IPv4 VMS-side address, not {bind}")
+        responder = cls(bind, devices)
+        loop = asyncio.get_running_loop()
+        unicast = _unicast_socket(bind, PORT)
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Receiver(responder, multicast=False), sock=unicast
+        )
+        responder._unicast = transport  # type: ignore[assignment]
+        responder._transports.append(transport)  # type: ignore[arg-type]
+        group = _multicast_socket(bind)
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Receiver(responder, multicast=True), sock=group
+        )
+        responder._transports.append(transport)  # type: ignore[arg-type]
+        for ep in responder.endpoints():
+            responder._send(hello(ep, responder._seq()), (MULTICAST_GROUP, PORT))
+        return responder
+
+    def endpoints(self) -> list[Endpoint]:
+        from gateway.onvif.device import scopes
+
+        eps = []
+        for dev in self.devices:
+            host = self.bind
+            eps.append(
+                Endpoint(
+                    address=dev.uuid,  # type: ignore[attr-defined]
+                    scopes=tuple(
+                        scopes(
+                            dev.name,  # type: ignore[attr-defined]
+                            dev.identity().model,  # type: ignore[attr-defined]
+                            dev.location(),  # type: ignore[attr-defined]
+                            dev.has_ptz(),  # type: ignore[attr-defined]
+                        )
+                    ),
+                    xaddrs=(f"http://{host}:{dev.port}/onvif/device_service",),  # type: ignore[attr-defined]
+                )
+            )
+        return eps
+
+    def _seq(self) -> tuple[int, int]:
+        self.message_number += 1
+        return self.instance_id, self.message_number
+
+    def _send(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self._unicast is not None:
+            self._unicast.sendto(data, addr)
+
+    def received(self, data: bytes, addr: tuple[str, int], *, multicast: bool) -> None:
+        try:
+            probe = Probe.parse(data)
+        except ValueError:
+            return  # not a probe (or hostile): dropped silently, as WS-Discovery asks
+        for ep in self.endpoints():
+            if not probe.matches(ep):
+                continue
+            reply = probe_matches(ep, probe.message_id, self._seq())
+            if multicast:
+                loop = asyncio.get_running_loop()
+                self._next_key += 1
+                key = self._next_key
+                delay = random.uniform(0, APP_MAX_DELAY)
+                self._pending[key] = loop.call_later(delay, self._send_later, key, reply, addr)
+            else:
+                self._send(reply, addr)
+
+    def _send_later(self, key: int, data: bytes, addr: tuple[str, int]) -> None:
+        self._pending.pop(key, None)
+        self._send(data, addr)
+
+    async def close(self) -> None:
+        for handle in self._pending.values():
+            handle.cancel()
+        self._pending.clear()
+        for ep in self.endpoints():
+            with contextlib.suppress(OSError):
+                self._send(bye(ep, self._seq()), (MULTICAST_GROUP, PORT))
+        await asyncio.sleep(0)  # let the Bye datagrams leave before the sockets close
+        for transport in self._transports:
+            transport.close()
+        self._transports.clear()
+        self._unicast = None
+
+
+# --------------------------------------------------------------------------- client
+
+
+class _Collector(asyncio.DatagramProtocol):
+    def __init__(self, message_id: str) -> None:
+        self.message_id = message_id
+        self.matches: dict[str, ProbeMatch] = {}
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        try:
+            found = ProbeMatch.parse_all(data)
+        except ValueError:
+            return
+        for m in found:
+            if m.relates_to == self.message_id and m.address:
+                self.matches.setdefault(m.address, m)
+
+
+async def probe(
+    address: str,
+    *,
+    timeout: float = 3.0,
+    target: str = MULTICAST_GROUP,
+    types: str = "dn:NetworkVideoTransmitter",
+) -> list[ProbeMatch]:
+    """Send one Probe from ``address`` (multicast on its interface, or directed to
+    ``target``) and collect the ProbeMatches that arrive within ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    sock = _unicast_socket(address, 0)
+    message_id = _message_id()
+    transport, collector = await loop.create_datagram_endpoint(
+        lambda: _Collector(message_id), sock=sock
+    )
+    try:
+        transport.sendto(probe_message(message_id, types), (target, PORT))
+        await asyncio.sleep(timeout)
+    finally:
+        transport.close()
+    return list(collector.matches.values())
+
+
+def interface_address(interface: str) -> str:
+    """The IPv4 address of ``interface`` (for ``discover --interface``)."""
+    for _index, name in socket.if_nameindex():
+        if name == interface:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                try:
+                    raw = netinfo._ioctl(s, 0x8915, name)
+                except OSError:
+                    break
+                return socket.inet_ntoa(raw[20:24])
+    raise OSError(f"interface {interface} has no IPv4 address")
