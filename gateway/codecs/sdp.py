@@ -53,10 +53,11 @@ class SdpTrack:
     attributes: tuple[str, ...]  # rtpmap/fmtp lines without "a="
     control: str  # e.g. "trackID=0"
     direction: str = "recvonly"
+    port: int = 0  # 0 for RTSP unicast (SETUP negotiates); set for multicast or plain RTP
 
     @classmethod
     def for_packetizer(
-        cls, packetizer: Packetizer, control: str, direction: str = "recvonly"
+        cls, packetizer: Packetizer, control: str, direction: str = "recvonly", port: int = 0
     ) -> SdpTrack:
         return cls(
             packetizer.params.media,
@@ -64,6 +65,7 @@ class SdpTrack:
             tuple(packetizer.sdp_attributes()),
             control,
             direction,
+            port,
         )
 
 
@@ -73,13 +75,21 @@ def session_sdp(
     origin_addr: str,
     session_id: int,
     session_version: int | None = None,
+    connection_addr: str | None = None,
 ) -> str:
-    """A complete session description with CRLF line endings."""
+    """A complete session description with CRLF line endings.
+
+    ``connection_addr`` (default: the unspecified address of the origin's family) is for
+    multicast or plain-RTP descriptions, used with the tracks' ports.
+    """
     try:
         address = ipaddress.ip_address(origin_addr)
     except ValueError:
         raise ValueError(f"SDP origin address must be an IP address, got {origin_addr!r}") from None
     family, unspecified = ("IP4", "0.0.0.0") if address.version == 4 else ("IP6", "::")
+    if connection_addr is not None:
+        _check_line_text("connection address", connection_addr)
+        unspecified = connection_addr
     if not 0 <= session_id < 1 << 63:
         raise ValueError(f"SDP session id must be a non-negative 63-bit number, got {session_id}")
     version = session_id if session_version is None else session_version
@@ -102,7 +112,9 @@ def session_sdp(
         if track.direction not in DIRECTIONS:
             raise ValueError(f"SDP direction must be one of {DIRECTIONS}: {track.direction!r}")
         _check_line_text("control", track.control)
-        lines.append(f"m={track.media} 0 RTP/AVP {track.payload_type}")
+        if not 0 <= track.port <= 65535:
+            raise ValueError(f"SDP media port must be 0..65535, got {track.port}")
+        lines.append(f"m={track.media} {track.port} RTP/AVP {track.payload_type}")
         for attribute in track.attributes:
             _check_line_text("attribute", attribute)
             lines.append(f"a={attribute}")
