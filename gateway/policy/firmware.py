@@ -31,12 +31,26 @@ class AffectedRange:
     fixed_build: date | None = None
     fixed_note: str = ""
 
+    def specificity(self, model: str) -> tuple[int, int]:
+        """How precisely this range names ``model``: literal characters of the best pattern,
+        then the length of its literal prefix; (-1, -1) when it does not cover the model."""
+        best = (-1, -1)
+        for pattern in self.models:
+            if model_matches(pattern, model):
+                literal = sum(c not in "Xx*" for c in pattern)
+                prefix = next((i for i, c in enumerate(pattern) if c in "Xx*"), len(pattern))
+                best = max(best, (literal, prefix))
+        return best
+
     def needs_build(self) -> bool:
         return any(b is not None for b in (self.build_from, self.build_to, self.build_before))
 
     def matches(self, model: str, version: FirmwareVersion) -> bool:
         if not any(model_matches(p, model) for p in self.models):
             return False
+        return self.covers_version(version)
+
+    def covers_version(self, version: FirmwareVersion) -> bool:
         if self.version_from is not None and version < self.version_from:
             return False
         if self.version_to is not None and version > self.version_to:
@@ -79,10 +93,19 @@ class Advisory:
         return severity_from_cvss(self.cvss)
 
     def match(self, vendor: str, model: str, version: FirmwareVersion) -> AffectedRange | None:
+        """The range that applies to ``model`` if ``version`` is affected.
+
+        When several ranges cover a model (DS-2CD29xxG0 is also a DS-2CD2xx1G0), the most
+        specific pattern decides, since vendors list such sub-series with their own fixes.
+        """
         if vendor != self.vendor:
             return None
-        for affected in self.affected:
-            if affected.matches(model, version):
+        ranked = [(r.specificity(model), r) for r in self.affected]
+        best = max((score for score, _ in ranked), default=(-1, -1))
+        if best[0] < 0:
+            return None
+        for score, affected in ranked:
+            if score == best and affected.covers_version(version):
                 return affected
         return None
 

@@ -1,0 +1,279 @@
+"""The simulated cameras' Hikvision ISAPI and Dahua CGI/RPC faces, spoken to as raw HTTP.
+
+Each check is what real firmware does and what the gateway (or other tools) rely on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import xml.etree.ElementTree as ET
+
+import aiohttp
+import pytest
+import yarl
+
+from gateway.devices.xmlsafe import parse_xml
+from gateway.rtsp.auth import DigestClient
+from gateway.sim import dahua as sim_dahua
+from gateway.sim import hikvision as sim_hik
+from tests.test_policy_support import PASSWORD, make_device, sim_cameras
+
+NS = "{http://www.hikvision.com/ver20/XMLSchema}"
+
+
+async def _digest(
+    session: aiohttp.ClientSession, method: str, url: str, path: str, data: bytes | None = None
+) -> tuple[int, bytes, aiohttp.typedefs.LooseHeaders]:
+    """One request answered the way a Digest client does (401, then authorised)."""
+    target = yarl.URL(url + path, encoded=True)  # sent byte for byte, as Digest signs it
+    async with session.request(method, target, data=data) as first:
+        assert first.status == 401
+        challenges = first.headers.getall("WWW-Authenticate")
+        await first.read()
+    auth = DigestClient("admin", PASSWORD, allow_basic=False)
+    auth.handle_challenge(challenges)
+    headers = {"Authorization": auth.authorization(method, path) or ""}
+    async with session.request(method, target, data=data, headers=headers) as resp:
+        return resp.status, await resp.read(), resp.headers
+
+
+async def test_hikvision_isapi_face() -> None:
+    device = make_device("hik", "hikvision", firmware="V5.4.0", build="build 160530")
+    async with sim_cameras(device) as (cam,), aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{cam.port}"
+        async with session.get(url + "/ISAPI/System/deviceInfo") as resp:
+            assert resp.status == 401
+            challenge = resp.headers["WWW-Authenticate"]
+        assert challenge.startswith("Digest ") and f'realm="{device.realm()}"' in challenge
+        assert 'qop="auth"' in challenge
+
+        status, body, _ = await _digest(session, "GET", url, "/ISAPI/System/deviceInfo")
+        assert status == 200
+        info = parse_xml(body)
+        assert info.tag == f"{NS}DeviceInfo"
+        assert info.findtext(f"{NS}firmwareVersion") == "V5.4.0"
+        assert info.findtext(f"{NS}firmwareReleasedDate") == "build 160530"
+        assert info.findtext(f"{NS}serialNumber") == device.serial
+
+        # Read-modify-write of the device's own document.
+        status, body, _ = await _digest(session, "GET", url, "/ISAPI/System/Network/UPnP")
+        doc = parse_xml(body)
+        doc.find(f"{NS}enabled").text = "false"  # type: ignore[union-attr]
+        status, body, _ = await _digest(
+            session, "PUT", url, "/ISAPI/System/Network/UPnP", ET.tostring(doc)
+        )
+        reply = parse_xml(body)
+        assert (status, reply.tag, reply.findtext(f"{NS}statusCode")) == (
+            200,
+            f"{NS}ResponseStatus",
+            "1",
+        )
+        assert sim_hik.get_value(device, "/ISAPI/System/Network/UPnP", "enabled") == "false"
+
+        # SSH changes ask for a reboot (statusCode 7).
+        status, body, _ = await _digest(
+            session,
+            "PUT",
+            url,
+            "/ISAPI/System/Network/ssh",
+            b'<SSH xmlns="http://www.hikvision.com/ver20/XMLSchema"><enabled>false</enabled></SSH>',
+        )
+        assert status == 200 and parse_xml(body).findtext(f"{NS}statusCode") == "7"
+
+        # Malformed XML: 400 statusCode 5; wrong value type: 400 statusCode 6; nothing changed.
+        status, body, _ = await _digest(
+            session, "PUT", url, "/ISAPI/System/Network/EZVIZ", b"<EZVIZ><enabled>true"
+        )
+        assert status == 400
+        assert parse_xml(body).findtext(f"{NS}subStatusCode") == "badXmlFormat"
+        status, body, _ = await _digest(
+            session,
+            "PUT",
+            url,
+            "/ISAPI/System/Network/EZVIZ",
+            b"<EZVIZ><enabled>maybe</enabled></EZVIZ>",
+        )
+        assert status == 400 and parse_xml(body).findtext(f"{NS}statusCode") == "6"
+        assert sim_hik.get_value(device, "/ISAPI/System/Network/EZVIZ", "enabled") == "true"
+        # DTDs (entity expansion) are refused as bad XML, never expanded.
+        bomb = b'<!DOCTYPE x [<!ENTITY a "aaaa">]><EZVIZ><enabled>&a;</enabled></EZVIZ>'
+        status, body, _ = await _digest(session, "PUT", url, "/ISAPI/System/Network/EZVIZ", bomb)
+        assert status == 400 and parse_xml(body).findtext(f"{NS}statusCode") == "5"
+
+        status, body, _ = await _digest(session, "GET", url, "/ISAPI/System/nothing")
+        assert status == 404 and parse_xml(body).findtext(f"{NS}statusCode") == "4"
+
+
+async def test_hikvision_alert_stream_reports_motion() -> None:
+    device = make_device("hik", "hikvision", motion_interval=0.05)
+    async with sim_cameras(device) as (cam,), aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{cam.port}"
+        path = "/ISAPI/Event/notification/alertStream"
+        async with session.get(url + path) as first:
+            challenges = first.headers.getall("WWW-Authenticate")
+        auth = DigestClient("admin", PASSWORD)
+        auth.handle_challenge(challenges)
+        headers = {"Authorization": auth.authorization("GET", path) or ""}
+        async with session.get(url + path, headers=headers) as resp:
+            assert resp.headers["Content-Type"].startswith("multipart/mixed; boundary=boundary")
+            reader = aiohttp.MultipartReader.from_response(resp)
+            states = []
+            while len(states) < 2:
+                part = await reader.next()
+                assert part is not None
+                alert = parse_xml(await part.read())  # type: ignore[union-attr]
+                assert alert.findtext(f"{NS}eventType") == "VMD"
+                states.append(alert.findtext(f"{NS}eventState"))
+        assert states == ["active", "inactive"]
+
+
+async def test_dahua_cgi_face() -> None:
+    device = make_device("dh", "dahua")
+    async with sim_cameras(device) as (cam,), aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{cam.port}"
+        status, body, _ = await _digest(
+            session, "GET", url, "/cgi-bin/magicBox.cgi?action=getSoftwareVersion"
+        )
+        assert (status, body) == (200, b"version=2.800.0000016.0.R,build:2020-06-05\r\n")
+        status, body, _ = await _digest(
+            session, "GET", url, "/cgi-bin/magicBox.cgi?action=getSystemInfo"
+        )
+        assert f"serialNumber={device.serial}\r\n".encode() in body
+        status, body, _ = await _digest(
+            session, "GET", url, "/cgi-bin/configManager.cgi?action=getConfig&name=DDNS"
+        )
+        assert b"table.DDNS[0].Enable=false\r\n" in body
+        assert b"table.DDNS[1].Protocol=NO-IP DDNS\r\n" in body
+        status, body, _ = await _digest(
+            session,
+            "GET",
+            url,
+            "/cgi-bin/configManager.cgi?action=setConfig&DDNS[1].Enable=true&UPnP.Enable=false",
+        )
+        assert (status, body) == (200, b"OK\r\n")
+        assert sim_dahua.get_value(device, "DDNS[1].Enable") == "true"
+        assert sim_dahua.get_value(device, "UPnP.Enable") == "false"
+        # All or nothing: one bad key and nothing changes.
+        status, body, _ = await _digest(
+            session,
+            "GET",
+            url,
+            "/cgi-bin/configManager.cgi?action=setConfig&UPnP.Enable=true&NTP.Port=abc",
+        )
+        assert (status, body) == (400, b"Error\r\nBad Request!\r\n")
+        assert sim_dahua.get_value(device, "UPnP.Enable") == "false"
+
+        # Newer firmware: no CGI at all.
+        sim_dahua.set_cgi_available(device, False)
+        async with session.get(url + "/cgi-bin/magicBox.cgi?action=getSerialNo") as resp:
+            assert resp.status == 404
+
+
+async def test_dahua_rpc_two_step_login_and_config() -> None:
+    device = make_device("dh", "dahua")
+    async with sim_cameras(device) as (cam,), aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{cam.port}"
+        login = {
+            "method": "global.login",
+            "id": 1,
+            "params": {"userName": "admin", "password": "", "clientType": "Dahua3.0-Web3.0"},
+        }
+        async with session.post(url + "/RPC2_Login", json=login) as resp:
+            first = await resp.json()
+        assert first["result"] is False and first["error"]["code"] == 268632079
+        realm, random = first["params"]["realm"], first["params"]["random"]
+        assert realm == device.realm()
+        # The hash computed independently of the gateway's helper.
+        inner = hashlib.md5(f"admin:{realm}:{PASSWORD}".encode()).hexdigest().upper()
+        answer = hashlib.md5(f"admin:{random}:{inner}".encode()).hexdigest().upper()
+        wrong = dict(
+            login, session=first["session"], params=dict(login["params"], password="0" * 32)
+        )
+        async with session.post(url + "/RPC2_Login", json=wrong) as resp:
+            assert (await resp.json())["result"] is False
+        async with session.post(url + "/RPC2_Login", json=login) as resp:
+            first = await resp.json()
+        inner_random = first["params"]["random"]
+        answer = hashlib.md5(f"admin:{inner_random}:{inner}".encode()).hexdigest().upper()
+        second = dict(
+            login,
+            session=first["session"],
+            params=dict(
+                login["params"], password=answer, authorityType="Default", passwordType="Default"
+            ),
+        )
+        async with session.post(url + "/RPC2_Login", json=second) as resp:
+            assert (await resp.json())["result"] is True
+        sid = first["session"]
+        call = {
+            "method": "configManager.getConfig",
+            "params": {"name": "NTP"},
+            "id": 3,
+            "session": sid,
+        }
+        async with session.post(url + "/RPC2", json=call) as resp:
+            table = (await resp.json())["params"]["table"]
+        assert table["Address"] == "clock.isc.org" and table["Enable"] is False
+        table["Enable"] = True
+        call = {
+            "method": "configManager.setConfig",
+            "params": {"name": "NTP", "table": table},
+            "id": 4,
+            "session": sid,
+        }
+        async with session.post(url + "/RPC2", json=call) as resp:
+            assert (await resp.json())["result"] is True
+        assert sim_dahua.get_value(device, "NTP.Enable") == "true"
+        bad = dict(call, params={"name": "NTP", "table": dict(table, Port="123")})
+        async with session.post(url + "/RPC2", json=bad) as resp:
+            assert (await resp.json())["result"] is False
+        stranger = dict(call, session="not-a-session")
+        async with session.post(url + "/RPC2", data=json.dumps(stranger)) as resp:
+            assert (await resp.json())["error"]["code"] == 287637505
+
+
+async def test_dahua_event_stream_reports_motion() -> None:
+    device = make_device("dh", "dahua", motion_interval=0.05)
+    async with sim_cameras(device) as (cam,), aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{cam.port}"
+        path = "/cgi-bin/eventManager.cgi?action=attach&codes=[VideoMotion]"
+        target = yarl.URL(url + path, encoded=True)
+        async with session.get(target) as first:
+            challenges = first.headers.getall("WWW-Authenticate")
+        auth = DigestClient("admin", PASSWORD)
+        auth.handle_challenge(challenges)
+        headers = {"Authorization": auth.authorization("GET", path) or ""}
+        async with session.get(target, headers=headers) as resp:
+            reader = aiohttp.MultipartReader.from_response(resp)
+            lines = []
+            while len(lines) < 2:
+                part = await reader.next()
+                assert part is not None
+                lines.append((await part.read()).decode().strip())  # type: ignore[union-attr]
+        assert lines == [
+            "Code=VideoMotion;action=Start;index=0",
+            "Code=VideoMotion;action=Stop;index=0",
+        ]
+
+
+@pytest.mark.parametrize("fault", ["garbage", "html", "unauthorized"])
+async def test_faults_on_both_faces(fault: str) -> None:
+    hik, dh = make_device("hik", "hikvision"), make_device("dh", "dahua")
+    async with sim_cameras(hik, dh) as cams, aiohttp.ClientSession() as session:
+        for cam, path in zip(
+            cams,
+            ["/ISAPI/System/deviceInfo", "/cgi-bin/magicBox.cgi?action=getSerialNo"],
+            strict=True,
+        ):
+            cam.device.faults.add(fault)
+            async with session.get(f"http://127.0.0.1:{cam.port}{path}") as resp:
+                body = await resp.read()
+                if fault == "unauthorized":
+                    assert resp.status == 401 and "WWW-Authenticate" in resp.headers
+                elif fault == "html":
+                    assert resp.status == 500 and body.startswith(b"<!DOCTYPE html>")
+                else:
+                    assert resp.status == 200
+                    with pytest.raises(ValueError):
+                        parse_xml(body)
