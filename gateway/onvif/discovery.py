@@ -239,7 +239,7 @@ class _Receiver(asyncio.DatagramProtocol):
         self.responder = responder
         self.multicast = multicast
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.responder.received(data, addr, multicast=self.multicast)
 
 
@@ -267,13 +267,13 @@ class DiscoveryResponder:
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _Receiver(responder, multicast=False), sock=unicast
         )
-        responder._unicast = transport  # type: ignore[assignment]
-        responder._transports.append(transport)  # type: ignore[arg-type]
+        responder._unicast = transport
+        responder._transports.append(transport)
         group = _multicast_socket(bind)
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _Receiver(responder, multicast=True), sock=group
         )
-        responder._transports.append(transport)  # type: ignore[arg-type]
+        responder._transports.append(transport)
         for ep in responder.endpoints():
             responder._send(hello(ep, responder._seq()), (MULTICAST_GROUP, PORT))
         return responder
@@ -352,7 +352,7 @@ class _Collector(asyncio.DatagramProtocol):
         self.message_id = message_id
         self.matches: dict[str, ProbeMatch] = {}
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
             found = ProbeMatch.parse_all(data)
         except ValueError:

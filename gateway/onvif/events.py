@@ -124,9 +124,13 @@ class EventBroker:
         for slot in self.device.slots:
             source = slot.backend.motion
             if source is not None:
-                self._unlisten.append(
-                    source.add_listener(lambda ev, s=slot: self.publish_motion(s, ev))
-                )
+                self._unlisten.append(source.add_listener(self._listener_for(slot)))
+
+    def _listener_for(self, slot: CameraSlot) -> Callable[[MotionEvent], None]:
+        def listener(event: MotionEvent) -> None:
+            self.publish_motion(slot, event)
+
+        return listener
 
     def close(self) -> None:
         for unlisten in self._unlisten:

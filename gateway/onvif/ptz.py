@@ -29,6 +29,7 @@ from gateway.onvif.xml import (
     Xml,
     action_not_supported,
     child,
+    child_text,
     children,
     el,
     operation_prohibited,
@@ -220,11 +221,7 @@ class OnvifPtzForwarder:
         )
         if chosen is None:
             raise SoapFault("Receiver", ("ter:Action",), f"{self.name}: PTZ configuration gone")
-        node_token = (
-            (child(chosen, "NodeToken").text or "").strip()
-            if child(chosen, "NodeToken") is not None
-            else ""
-        )
+        node_token = child_text(chosen, "NodeToken") or ""
         self._setup = PtzSetup(node_token, wanted, chosen)
 
     async def _ensure(self) -> None:

@@ -235,7 +235,7 @@ def install(app: web.Application, device: VirtualDevice) -> None:
     broker = events.EventBroker(device)
     device.events = broker
 
-    async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
+    async def lifecycle(app: web.Application):
         broker.start()
         stop = asyncio.Event()
 
@@ -291,7 +291,7 @@ def build_devices(
     backends: Mapping[str, CameraBackend],
     settings: OnvifSettings,
     *,
-    clock=time.time,  # type: ignore[no-untyped-def]
+    clock=time.time,
 ) -> list[VirtualDevice]:
     ports = camera_ports(config)
     slots = [
@@ -307,7 +307,7 @@ def build_devices(
         clock=clock,
     )
     devices = [
-        VirtualDevice(name=slot.name, slots=[slot], nvr=False, port=ports[slot.name], **common)  # type: ignore[arg-type]
+        VirtualDevice(name=slot.name, slots=[slot], nvr=False, port=ports[slot.name], **common)
         for slot in slots
     ]
     if config.server.nvr_mode and slots:
@@ -317,7 +317,7 @@ def build_devices(
                 slots=slots,
                 nvr=True,
                 port=nvr_port_of(config, settings.nvr_port),
-                **common,  # type: ignore[arg-type]
+                **common,
             )
         )
     return devices
@@ -327,7 +327,7 @@ async def start_onvif(
     config: Config,
     backends: Mapping[str, CameraBackend],
     *,
-    clock=time.time,  # type: ignore[no-untyped-def]
+    clock=time.time,
 ) -> OnvifServers:
     """Serve every enabled camera in ``backends`` as a virtual device; raises ``OSError``
     if a port cannot be bound (everything already started is stopped again)."""
