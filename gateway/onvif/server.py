@@ -347,7 +347,11 @@ async def start_onvif(
         if settings.discovery and devices:
             from gateway.onvif.discovery import DiscoveryResponder
 
-            servers.discovery = await DiscoveryResponder.start(config.server.bind, devices)
+            try:
+                servers.discovery = await DiscoveryResponder.start(config.server.bind, devices)
+            except OSError as exc:
+                # Discovery is a convenience; devices stay reachable at their XAddrs.
+                log.warning("WS-Discovery not started on %s: %s", config.server.bind, exc)
     except BaseException:
         await servers.close()
         raise
