@@ -89,7 +89,7 @@ def gateway_config_text(
     tmp_path: Path,
     vms_password: str,
     *,
-    extra_server: str = "",
+    server_extra: str = "",
     camera_extra: str = "",
 ) -> str:
     ports = free_ports(len(fleet.cameras) + 1)
@@ -101,8 +101,8 @@ def gateway_config_text(
         state_dir=str(tmp_path / "state"),
         onvif_base_port=ports[0],
     )
-    if extra_server:
-        text = text.replace("[vms]", extra_server.strip() + "\n\n[vms]", 1)
+    if server_extra:
+        text = text.replace("[server]\n", "[server]\n" + server_extra.strip() + "\n", 1)
     if camera_extra:
         text = text.replace("[[camera]]\n", "[[camera]]\n" + camera_extra.strip() + "\n")
     return text

@@ -141,6 +141,9 @@ class Subscriber(Protocol):
 
     def deliver_rtcp(self, track: int, packet: bytes) -> None: ...
 
+    def resync(self) -> None:
+        """Deliver nothing more until the next video keyframe (after an upstream gap)."""
+
     def close_for(self, reason: str) -> None: ...
 
 
@@ -249,6 +252,10 @@ class StreamHub:
                     track.packetizer = packetizer_for(p, track.payload_type)
                 track.rebase = True
             self.stats.reconnects += 1
+            # Frames before the new session's first keyframe cannot be decoded by clients
+            # that missed the end of the old one.
+            for sub in self.subscribers:
+                sub.resync()
         self._clear_gop()
         self.state = "live"
         self.last_error = ""

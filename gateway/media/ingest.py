@@ -140,7 +140,8 @@ class PyAVIngest:
             # Hand packets over as they arrive: no reordering buffer on TCP.
             "reorder_queue_size": "0" if self.options.transport == "tcp" else "64",
             "max_delay": "500000",
-            "fflags": "nobuffer",
+            # No "fflags nobuffer": it discards the packets read while probing the stream,
+            # and with them the first keyframe.
             "analyzeduration": "1000000",
             "probesize": "5000000",
             "allowed_media_types": "video+audio",
@@ -196,6 +197,11 @@ class PyAVIngest:
             self.inbox.put(("opened", tuple(params)))
             resync = False
             last_pts: dict[int, int] = {}
+            # A stream's first packet may come without a pts (before RTCP sync); it is held
+            # until the next one and given that pts minus one frame, so the keyframe that
+            # starts the session is never dropped and timestamps stay monotonic.
+            held: dict[int, av.Packet] = {}
+            frame_ticks = {s.index: _frame_ticks(s) for s in selected}
             for packet in container.demux(selected):
                 if self._stop.is_set() or generation != self._generation:
                     return "stopped"
@@ -206,17 +212,32 @@ class PyAVIngest:
                 sidx = packet.stream_index
                 pts = packet.pts if packet.pts is not None else packet.dts
                 if pts is None:
-                    pts = last_pts.get(sidx, 0)
-                ts = int(pts * scale[sidx])
-                last_pts[sidx] = pts
-                keyframe = packet.is_keyframe
-                if resync:
-                    if not (keyframe and sidx == video.index):
+                    if sidx not in last_pts:
+                        held[sidx] = packet
                         continue
-                    resync = False
-                item = ("frame", index_of[sidx], ts, keyframe, bytes(packet), time.monotonic())
-                if not self.inbox.put(item):
-                    resync = True  # the loop fell behind: restart cleanly at a keyframe
+                    pts = last_pts[sidx] + frame_ticks[sidx]
+                batch = []
+                first = held.pop(sidx, None)
+                if first is not None:
+                    batch.append((first, pts - frame_ticks[sidx]))
+                batch.append((packet, pts))
+                for pkt, pkt_pts in batch:
+                    last_pts[sidx] = pkt_pts
+                    keyframe = pkt.is_keyframe
+                    if resync:
+                        if not (keyframe and sidx == video.index):
+                            continue
+                        resync = False
+                    item = (
+                        "frame",
+                        index_of[sidx],
+                        int(pkt_pts * scale[sidx]),
+                        keyframe,
+                        bytes(pkt),
+                        time.monotonic(),
+                    )
+                    if not self.inbox.put(item):
+                        resync = True  # the loop fell behind: restart cleanly at a keyframe
             return "camera ended the stream"
         except av.error.FFmpegError as exc:
             return _describe_error(exc)
@@ -249,6 +270,16 @@ class PyAVIngest:
                     extra={"stream": hub.key, "reason": error, "ratelimit": True},
                 )
             hub.upstream_failed(error)
+
+
+def _frame_ticks(stream: av.stream.Stream) -> int:
+    """One frame's duration in the stream's time base (a guess good enough to place the
+    first, pts-less packet just before the second)."""
+    tb = stream.time_base or Fraction(1, 90000)
+    if stream.type == "video":
+        rate = stream.average_rate or stream.guessed_rate or 25
+        return max(1, int(1 / (rate * tb)))
+    return max(1, int(Fraction(1, 50) / tb))  # 20 ms of audio
 
 
 def _describe_error(exc: Exception) -> str:

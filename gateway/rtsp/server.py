@@ -175,6 +175,9 @@ class ServerSession:
             if target is not None and self.server.udp_rtcp is not None:
                 self.server.udp_rtcp.sendto(packet, target[1])
 
+    def resync(self) -> None:
+        self.waiting_keyframe = True
+
     def close_for(self, reason: str) -> None:
         log.info(
             "client session closed",
