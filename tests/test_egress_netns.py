@@ -450,3 +450,79 @@ def test_cameras_reach_nothing_but_the_gateway(lab: Lab, tmp_path: Path) -> None
     unknown = {s["source"] for s in report["unknown"]["sources"]}
     assert UNKNOWN_IP in unknown
     assert "fd00:50::10" in unknown  # the camera's IPv6 address is not its configured host
+
+
+def read_event(process: subprocess.Popen[bytes], event: str, timeout: float) -> dict[str, Any]:
+    """The first JSON line on stdout whose "event" is ``event`` (other lines are skipped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        line = read_line(process, max(deadline - time.monotonic(), 0.1))
+        try:
+            message = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(message, dict) and message.get("event") == event:
+            return message
+
+
+@pytest.mark.slow
+def test_vms_plays_the_isolated_camera_through_the_gateway(lab: Lab, tmp_path: Path) -> None:
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("needs ffmpeg as the VMS-side RTSP client")
+    sim = lab.start(
+        "cam",
+        "-m",
+        "gateway",
+        "sim",
+        "--hikvision",
+        "1",
+        "--dahua",
+        "0",
+        "--host",
+        CAMERA_IP,
+        "--rtsp-port",
+        "554",
+        "--http-port",
+        "80",
+        "--profile",
+        "test",
+        "--password",
+        "cam-secret",
+    )
+    [camera] = read_event(sim, "ready", 180)["cameras"]
+    config = write_config(
+        tmp_path / "gateway.toml",
+        tmp_path / "state",
+        camera_name=camera["name"],
+        camera_extra='rtsp_port = 554\nhttp_port = 80\ntransport = "tcp"',
+    )
+    lab.python("gw", "-m", "gateway", "egress", "apply", "--config", str(config))
+    gateway = lab.start("gw", "-m", "gateway", "run", "--config", str(config))
+    read_event(gateway, "ready", 60)
+
+    url = f"rtsp://vms:vms-secret@{GATEWAY_LAN_IP}:8554/{camera['name']}/main"
+    played = lab.run(
+        "vms",
+        "ffmpeg",
+        "-nostdin",
+        "-v",
+        "error",
+        "-rtsp_transport",
+        "tcp",
+        "-i",
+        url,
+        "-map",
+        "0:v",
+        "-frames:v",
+        "30",
+        "-f",
+        "null",
+        "-",
+        check=False,
+    )
+    assert played.returncode == 0, played.stderr[-2000:]
+
+    # Meanwhile the camera is still cut off, and the gateway's own sinkhole answers it.
+    after = probe(lab, "--dns", GATEWAY_CAM_IP, "--lookup", "www.hik-online.com", "--no-ssdp")
+    assert not after[f"tcp tcp:{INTERNET_IP}:8555"]["reached"]
+    assert after[f"dns {GATEWAY_CAM_IP}:53 A www.hik-online.com"]["data"]["rcode"] == "NXDOMAIN"
