@@ -250,10 +250,18 @@ async def test_policy_loop_reenforces_drift(tmp_path: Path) -> None:
         store = Store.in_state_dir(config.state_dir)
         stop = asyncio.Event()
         task = asyncio.create_task(policy_loop(config, store, stop))
+        pstore = PolicyStore(store)
+
+        def p2p_fixes() -> int:
+            """Verified writes of the P2P switch (logged after the read-back is stored)."""
+            return sum(e.key == "T2UServer.Enable" and e.verified for e in pstore.audit_log())
+
         try:
-            await wait_until(lambda: sim_dahua.get_value(dh, "T2UServer.Enable") == "false")
+            await wait_until(lambda: p2p_fixes() == 1)
+            assert sim_dahua.get_value(dh, "T2UServer.Enable") == "false"
             sim_dahua.set_value(dh, "T2UServer.Enable", "true")  # drift
-            await wait_until(lambda: sim_dahua.get_value(dh, "T2UServer.Enable") == "false")
+            await wait_until(lambda: p2p_fixes() == 2)
+            assert sim_dahua.get_value(dh, "T2UServer.Enable") == "false"
             actors = {e.actor for e in PolicyStore(store).audit_log("gate")}
             assert actors == {"drift"}
             kinds = {h["kind"] for h in PolicyStore(store).history("gate")}
