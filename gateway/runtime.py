@@ -19,6 +19,7 @@ from gateway import log as gwlog
 from gateway.config import CameraConfig, Config, iter_secrets
 from gateway.media.hub import StreamHub
 from gateway.media.ingest import IngestOptions, PyAVIngest
+from gateway.media.snapshot import SnapshotCache, encode_jpeg
 from gateway.rtsp.auth import DigestAuthenticator
 from gateway.rtsp.server import RtspServer, ServerLimits
 
@@ -57,6 +58,9 @@ class Gateway:
         self._nonce_secret = secrets.token_bytes(32)
         self.stopped = asyncio.Event()
         self.reload_hooks: list[Callable[[Config], Awaitable[None]]] = []
+        # JPEGs decoded on demand from the cached keyframe, shared by the dashboard and
+        # ONVIF GetSnapshotUri; a burst of requests decodes once.
+        self.snapshots = SnapshotCache(max_age=2.0)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -189,3 +193,55 @@ class Gateway:
         for hub in cam.hubs.values():
             hub.restart_upstream()
         return True
+
+    async def snapshot(
+        self, camera: str, stream: str = "main", max_width: int | None = None
+    ) -> bytes:
+        """A JPEG of the stream's latest keyframe; LookupError when there is none yet."""
+        hub = self.hub(camera, stream)
+        if hub is None:
+            raise LookupError(f"no stream {camera}/{stream}")
+
+        async def produce() -> bytes:
+            unit = hub.keyframe_access_unit()
+            if unit is None:
+                raise LookupError(f"{camera}/{stream} has no picture yet")
+            params, access_unit = unit
+            return await asyncio.to_thread(encode_jpeg, params, access_unit, max_width=max_width)
+
+        loop = asyncio.get_running_loop()
+        return await self.snapshots.get((camera, stream, max_width), loop.time(), produce)
+
+    def stream_info(self, camera: str, stream: str) -> dict[str, Any] | None:
+        """What the stream carries as ingested (not configured): codec, size, rate, GOP."""
+        hub = self.hub(camera, stream)
+        if hub is None:
+            return None
+        video = next((t for t in hub.tracks if t.is_video), None)
+        audio = next((t for t in hub.tracks if not t.is_video), None)
+        stats = hub.stats
+        return {
+            "camera": camera,
+            "stream": stream,
+            "path": f"/{camera}/{stream}",
+            "state": hub.state,
+            "last_error": hub.last_error,
+            "codec": video.params.name if video else None,
+            "profile": video.params.profile if video else None,
+            "width": video.params.width if video else 0,
+            "height": video.params.height if video else 0,
+            "fps": round(hub.fps, 2),
+            "bitrate": int(hub.bitrate),
+            "gop_frames": stats.gop_frames,
+            "gop_seconds": round(stats.gop_seconds, 3),
+            "audio_codec": audio.params.name if audio else None,
+            "audio_rate": audio.params.clock_rate if audio else 0,
+            "audio_channels": audio.params.channels if audio else 0,
+            "clients": len(hub.subscribers),
+            "upstream_sessions": hub.upstream_sessions,
+            "reconnects": stats.reconnects,
+            "frames_in": stats.frames_in,
+            "bytes_in": stats.bytes_in,
+            "dropped_frames": stats.dropped_frames,
+            "slow_disconnects": stats.slow_disconnects,
+        }

@@ -154,6 +154,7 @@ class StreamStats:
     frames_out: int = 0
     bytes_out: int = 0
     dropped_frames: int = 0  # frames skipped for slow clients
+    malformed_frames: int = 0  # frames from upstream the packetizer refused
     slow_disconnects: int = 0
     reconnects: int = 0
     keyframes: int = 0
@@ -288,7 +289,15 @@ class StreamHub:
     ) -> None:
         """One access unit from upstream; ``timestamp`` in the track's clock units."""
         track = self.tracks[track_index]
-        payloads = track.packetizer.packetize(data, keyframe)
+        try:
+            payloads = track.packetizer.packetize(data, keyframe)
+        except ValueError as exc:
+            self.stats.malformed_frames += 1
+            log.warning(
+                "malformed frame from camera dropped",
+                extra={"stream": self.key, "error": str(exc), "ratelimit": True},
+            )
+            return
         self.push_payloads(track_index, timestamp, keyframe, payloads, arrival)
 
     def push_payloads(
@@ -345,10 +354,13 @@ class StreamHub:
         parts: list[bytes] = []
         lengths: list[int] = []
         last = len(payloads) - 1
+        # G.711 blocks split across packets advance the timestamp per packet.
+        offsets = track.packetizer.timestamp_offsets(payloads)
         for i, payload in enumerate(payloads):
             length = len(payload) + 12
+            pts = ts if offsets is None else (ts + offsets[i]) & 0xFFFFFFFF
             parts.append(
-                pack(b"$", channel, length, 0x80, pt | 0x80 if i == last else pt, seq, ts, ssrc)
+                pack(b"$", channel, length, 0x80, pt | 0x80 if i == last else pt, seq, pts, ssrc)
             )
             parts.append(payload)
             lengths.append(length)

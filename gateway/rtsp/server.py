@@ -18,9 +18,11 @@ import re
 import secrets
 import socket
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway.codecs.sdp import SdpTrack, session_sdp
 from gateway.media.hub import Frame, StreamHub
 from gateway.rtsp.auth import DigestAuthenticator
 from gateway.rtsp.message import (
@@ -130,6 +132,7 @@ class ServerSession:
             data = frame.interleaved(channel)
             transport.write(data)
             self.bytes_sent += len(data)
+            self.hub.stats.bytes_out += len(data)
         else:
             target = self.udp_targets.get(track)
             udp = self.server.udp_rtp
@@ -144,7 +147,9 @@ class ServerSession:
             for packet in frame.packets():
                 sendto(packet, addr)
             self.bytes_sent += frame.size
+            self.hub.stats.bytes_out += frame.size
         self.frames_sent += 1
+        self.hub.stats.frames_out += 1
 
     def _skip(self, now: float) -> None:
         # Over budget: drop until the next keyframe so the client resumes cleanly, and give
@@ -481,17 +486,17 @@ class Handler:
             return True
         now = time.time()
         header = self.request.headers.get("Authorization")
-        user = None
+        result = None
         if header:
-            user = auth.verify(self.request.method, header, now, uri=self.request.uri)
-        if user is not None:
-            return True
+            result = auth.authenticate(self.request.method, header, now, uri=self.request.uri)
+            if result.username is not None:
+                return True
         if header:
             log.warning(
                 "RTSP authentication failed", extra={"peer": self.conn.peer_text, "ratelimit": True}
             )
         response = RtspResponse.for_request(self.request, 401)
-        for value in auth.challenge(now):
+        for value in auth.challenge(now, stale=bool(result and result.stale)):
             response.headers.add("WWW-Authenticate", value)
         self.conn.send(response)
         return False
@@ -706,23 +711,9 @@ class Handler:
 
 
 def session_description(hub: StreamHub, local_addr: str) -> bytes:
-    """SDP for the hub's current tracks (RFC 4566/2326 section C)."""
-    family = "IP6" if ":" in local_addr else "IP4"
-    any_addr = "::" if family == "IP6" else "0.0.0.0"
-    session_id = abs(hash(hub.key)) % 10**10
-    lines = [
-        "v=0",
-        f"o=- {session_id} 1 IN {family} {local_addr}",
-        f"s={hub.key}",
-        f"c=IN {family} {any_addr}",
-        "t=0 0",
-        "a=tool:onvif-gateway",
-        "a=range:npt=now-",
-        "a=control:*",
-    ]
-    for track in hub.tracks:
-        lines.append(f"m={track.params.media} 0 RTP/AVP {track.payload_type}")
-        lines.extend(f"a={attr}" for attr in track.packetizer.sdp_attributes())
-        lines.append(f"a=control:trackID={track.index}")
-        lines.append("a=sendonly")
-    return ("\r\n".join(lines) + "\r\n").encode()
+    """SDP for the hub's current tracks; the session id is stable per stream."""
+    # Media the server sends is "recvonly" from the client's side, as cameras and ONVIF
+    # describe it ("sendonly" marks an ONVIF audio back channel).
+    tracks = [SdpTrack.for_packetizer(t.packetizer, f"trackID={t.index}") for t in hub.tracks]
+    session_id = zlib.crc32(hub.key.encode())
+    return session_sdp(tracks, hub.key, local_addr, session_id).encode()
