@@ -23,6 +23,7 @@ from gateway.rtsp.auth import DigestAuthenticator
 from gateway.rtsp.server import RtspServer, ServerLimits
 from gateway.sim.clips import Clip, ClipSpec, load_clip
 from gateway.sim.device import SimDevice
+from gateway.sim.latency import latency_sei
 
 log = logging.getLogger("gateway.sim")
 
@@ -56,9 +57,12 @@ def _payloads(clip: Clip, track: int) -> list[list[bytes]]:
 class ClipPlayer:
     """Feeds one hub from a clip at real-time pace, looping seamlessly. UpstreamControl."""
 
-    def __init__(self, hub: StreamHub, clip: Clip, *, with_audio: bool = True) -> None:
+    def __init__(
+        self, hub: StreamHub, clip: Clip, *, with_audio: bool = True, timestamp_sei: bool = False
+    ) -> None:
         self.hub = hub
         self.clip = clip
+        self.timestamp_sei = timestamp_sei
         self.with_audio = with_audio and clip.audio is not None
         self._handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -105,7 +109,10 @@ class ClipPlayer:
             if pts / 90000 > elapsed:
                 next_due = pts / 90000
                 break
-            hub.push_payloads(0, pts, frame.keyframe, vpayloads[i], arrival)
+            payloads = vpayloads[i]
+            if self.timestamp_sei:
+                payloads = [latency_sei(clip.video.name), *payloads]
+            hub.push_payloads(0, pts, frame.keyframe, payloads, arrival)
             self._vi += 1
         if self.with_audio:
             audio = clip.audio_frames
@@ -135,10 +142,16 @@ class SimCamera:
     """One simulated camera: device state, one hub per stream, RTSP and HTTP servers."""
 
     def __init__(
-        self, device: SimDevice, streams: StreamSpec, *, limits: ServerLimits | None = None
+        self,
+        device: SimDevice,
+        streams: StreamSpec,
+        *,
+        limits: ServerLimits | None = None,
+        timestamp_sei: bool = False,
     ) -> None:
         self.device = device
         self.streams = streams
+        self.timestamp_sei = timestamp_sei
         self.limits = limits or ServerLimits()
         self.hubs: dict[str, StreamHub] = {}
         self.players: dict[str, ClipPlayer] = {}
@@ -153,7 +166,7 @@ class SimCamera:
             spec = self.streams.sub if key.startswith("sub") else self.streams.main
             clip = await asyncio.to_thread(load_clip, spec)
             hub = StreamHub(f"{dev.name}/{key}")
-            player = ClipPlayer(hub, clip)
+            player = ClipPlayer(hub, clip, timestamp_sei=self.timestamp_sei)
             self.hubs[key] = hub
             self.players[key] = player
             hub.attach_upstream(player)

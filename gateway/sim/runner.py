@@ -108,6 +108,7 @@ class SimFleet:
         motion_interval: float = 0.0,
         ptz: bool = False,
         phone_home: bool = False,
+        timestamp_sei: bool = False,
         overrides: dict[str, Any] | None = None,
     ) -> SimFleet:
         """``rtsp_port``/``http_port``: first port (camera i gets port + i), 0 for any free."""
@@ -131,7 +132,7 @@ class SimFleet:
                 video_codec=specs[vendor].main.codec,
                 **(overrides or {}),
             )
-            cameras.append(SimCamera(device, specs[vendor]))
+            cameras.append(SimCamera(device, specs[vendor], timestamp_sei=timestamp_sei))
         return cls(cameras)
 
     async def start(self) -> None:
