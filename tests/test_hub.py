@@ -1,0 +1,215 @@
+"""The fan-out hub on its own: RTP identity across reconnects, GOP cache, codec changes."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from gateway.codecs.base import CodecParams
+from gateway.media.hub import Frame, StreamHub
+
+SPS = bytes.fromhex("6764000dacb40a0fd080000003008000001971300186a000d7249000")
+PPS = bytes.fromhex("68ef3cb0")
+H264 = CodecParams(
+    name="H264", media="video", clock_rate=90000, width=320, height=240, parameter_sets=(SPS, PPS)
+)
+H265 = CodecParams(name="H265", media="video", clock_rate=90000)
+PCMU = CodecParams(name="PCMU", media="audio", clock_rate=8000)
+
+
+class Recorder:
+    """A subscriber that keeps what it was given (the RTSP session's interface)."""
+
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+        self.rtcp: list[tuple[int, bytes]] = []
+        self.resyncs = 0
+        self.closed: str | None = None
+
+    def deliver(self, frame: Frame, now: float) -> None:
+        self.frames.append(frame)
+
+    def deliver_rtcp(self, track: int, packet: bytes) -> None:
+        self.rtcp.append((track, packet))
+
+    def resync(self) -> None:
+        self.resyncs += 1
+
+    def close_for(self, reason: str) -> None:
+        self.closed = reason
+
+
+def access_unit(keyframe: bool, size: int = 3000) -> bytes:
+    slice_nal = (b"\x65" if keyframe else b"\x41") + bytes(range(256)) * (size // 256)
+    prefix = b"\x00\x00\x00\x01" + SPS + b"\x00\x00\x00\x01" + PPS if keyframe else b""
+    return prefix + b"\x00\x00\x00\x01" + slice_nal
+
+
+def rtp_fields(frame: Frame) -> list[tuple[int, int, int, bool]]:
+    out = []
+    for packet in frame.packets():
+        b1, seq, ts, ssrc = struct.unpack("!xBHII", bytes(packet[:12]))
+        out.append((seq, ts, ssrc, bool(b1 & 0x80)))
+    return out
+
+
+def make_hub() -> StreamHub:
+    hub = StreamHub("cam/main")
+    hub.upstream_opened([H264, PCMU])
+    return hub
+
+
+def test_frames_are_stamped_once_with_continuous_sequence_numbers() -> None:
+    hub = make_hub()
+    sub = Recorder()
+    hub.subscribe(sub)
+    for i in range(10):
+        hub.push(0, 1000 + i * 3600, i % 5 == 0, access_unit(i % 5 == 0), arrival=i / 25)
+    seqs = [seq for f in sub.frames for seq, *_ in rtp_fields(f)]
+    assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(len(seqs))]
+    for frame in sub.frames:
+        fields = rtp_fields(frame)
+        assert {ts for _, ts, _, _ in fields} == {frame.timestamp}
+        assert [m for *_, m in fields] == [False] * (len(fields) - 1) + [True]
+    # Timestamps start at zero offset and advance by the source's frame spacing.
+    assert [f.timestamp for f in sub.frames[:3]] == [0, 3600, 7200]
+
+
+def test_interleaved_blob_is_shared_and_rebuilt_only_for_other_channels() -> None:
+    hub = make_hub()
+    a, b = Recorder(), Recorder()
+    hub.subscribe(a)
+    hub.subscribe(b)
+    hub.push(0, 0, True, access_unit(True, 6000), arrival=0.0)
+    frame = a.frames[0]
+    assert b.frames[0] is frame
+    assert frame.interleaved(0) is frame.blob
+    other = frame.interleaved(4)
+    assert frame.interleaved(4) is other
+    assert other[1] == 4 and other[4:] != b"" and len(other) == len(frame.blob)
+    # Every '$' header of the other layout names channel 4, payloads untouched.
+    pos = 0
+    for length in frame.lengths:
+        assert other[pos] == 0x24 and other[pos + 1] == 4
+        assert other[pos + 4 : pos + 4 + length] == frame.blob[pos + 4 : pos + 4 + length]
+        pos += 4 + length
+
+
+def test_gop_cache_starts_at_the_latest_keyframe() -> None:
+    hub = make_hub()
+    hub.push(0, 0, False, access_unit(False), arrival=0.0)  # nothing to start from yet
+    assert hub.gop == []
+    for i in range(1, 8):
+        hub.push(0, i * 3600, i in (2, 6), access_unit(i in (2, 6)), arrival=i / 25)
+    hub.push(1, 100, False, b"\xff" * 160, arrival=0.3)
+    gop = hub.subscribe(Recorder())
+    assert gop[0].keyframe and gop[0].timestamp == 6 * 3600
+    assert [f.track for f in gop] == [0, 0, 1]
+    info = hub.rtp_info(gop)
+    assert info[0] == (gop[0].first_seq, gop[0].timestamp)
+    assert info[1] == (gop[2].first_seq, gop[2].timestamp)
+
+
+def test_gop_cache_is_bounded() -> None:
+    hub = StreamHub("cam/main", gop_cache_bytes=20_000)
+    hub.upstream_opened([H264])
+    hub.push(0, 0, True, access_unit(True, 6000), arrival=0.0)
+    for i in range(1, 10):
+        hub.push(0, i * 3600, False, access_unit(False, 6000), arrival=i / 25)
+    assert hub.gop == []  # over budget: new clients wait for the next keyframe instead
+
+
+def test_reconnect_keeps_rtp_identity_and_resyncs_clients() -> None:
+    hub = make_hub()
+    sub = Recorder()
+    hub.subscribe(sub)
+    hub.push(0, 500, True, access_unit(True), arrival=10.0)
+    hub.push(0, 4100, False, access_unit(False), arrival=10.04)
+    last = sub.frames[-1]
+    ssrc = rtp_fields(last)[0][2]
+    next_seq = (rtp_fields(last)[-1][0] + 1) & 0xFFFF
+    hub.upstream_failed("connection reset")
+    assert hub.state == "down" and hub.gop == []
+    hub.upstream_opened([H264, PCMU])  # new session: source timestamps restart near zero
+    assert sub.resyncs == 1 and sub.closed is None
+    hub.push(0, 7, True, access_unit(True), arrival=12.04)
+    first = rtp_fields(sub.frames[-1])[0]
+    assert first[0] == next_seq
+    assert first[2] == ssrc
+    # The outgoing clock advanced by the 2 s wall-clock gap, not jumped back.
+    assert sub.frames[-1].timestamp == (last.timestamp + 2 * 90000) & 0xFFFFFFFF
+    assert hub.stats.reconnects == 1
+
+
+def test_codec_change_closes_clients_so_they_renegotiate() -> None:
+    hub = make_hub()
+    sub = Recorder()
+    hub.subscribe(sub)
+    hub.upstream_opened([H265, PCMU])
+    assert sub.closed == "codec changed upstream"
+    assert hub.subscribers == []
+    assert hub.tracks[0].params.name == "H265"
+
+
+def test_malformed_upstream_frame_is_counted_not_raised() -> None:
+    hub = make_hub()
+    sub = Recorder()
+    hub.subscribe(sub)
+    hub.push(0, 0, True, b"no start code here", arrival=0.0)
+    assert hub.stats.malformed_frames == 1
+    assert sub.frames == []
+
+
+def test_g711_blocks_split_across_packets_advance_timestamps() -> None:
+    hub = StreamHub("cam/main")
+    hub.upstream_opened([H264, PCMU])
+    sub = Recorder()
+    hub.subscribe(sub)
+    hub.push(1, 8000, False, b"\x7f" * 3200, arrival=0.0)  # 400 ms of samples in one frame
+    fields = rtp_fields(sub.frames[0])
+    assert len(fields) > 1
+    timestamps = [ts for _, ts, _, _ in fields]
+    assert timestamps == sorted(timestamps) and timestamps[0] == sub.frames[0].timestamp
+    assert timestamps[-1] - timestamps[0] < 3200
+
+
+def test_keyframe_access_unit_round_trips_for_snapshots() -> None:
+    hub = make_hub()
+    au = access_unit(True, 20_000)
+    hub.push(0, 0, True, au, arrival=0.0)
+    unit = hub.keyframe_access_unit()
+    assert unit is not None
+    params, data = unit
+    assert params is hub.tracks[0].params
+    assert data.endswith(au.split(b"\x00\x00\x00\x01")[-1])
+
+
+@pytest.mark.parametrize("linger", [0.05])
+async def test_on_demand_upstream_stops_after_the_last_client(linger: float) -> None:
+    import asyncio
+
+    class Feeder:
+        def __init__(self) -> None:
+            self.started = 0
+            self.stopped = asyncio.Event()
+
+        def start(self) -> None:
+            self.started += 1
+
+        def stop(self) -> None:
+            self.stopped.set()
+
+        def restart(self) -> None:
+            pass
+
+    hub = StreamHub("cam/main", on_demand=True, linger=linger)
+    feeder = Feeder()
+    hub.attach_upstream(feeder)
+    assert feeder.started == 0  # nothing until a client asks
+    sub = Recorder()
+    hub.subscribe(sub)
+    assert feeder.started == 1 and hub.state == "connecting"
+    hub.unsubscribe(sub)
+    await asyncio.wait_for(feeder.stopped.wait(), 5)
+    assert hub.state == "idle"
