@@ -279,26 +279,36 @@ class DiscoveryResponder:
         return responder
 
     def endpoints(self) -> list[Endpoint]:
+        return [self.endpoint(dev) for dev in self.devices]
+
+    def endpoint(self, dev: object) -> Endpoint:
         from gateway.onvif.device import scopes
 
-        eps = []
-        for dev in self.devices:
-            host = self.bind
-            eps.append(
-                Endpoint(
-                    address=dev.uuid,  # type: ignore[attr-defined]
-                    scopes=tuple(
-                        scopes(
-                            dev.name,  # type: ignore[attr-defined]
-                            dev.identity().model,  # type: ignore[attr-defined]
-                            dev.location(),  # type: ignore[attr-defined]
-                            dev.has_ptz(),  # type: ignore[attr-defined]
-                        )
-                    ),
-                    xaddrs=(f"http://{host}:{dev.port}/onvif/device_service",),  # type: ignore[attr-defined]
+        return Endpoint(
+            address=dev.uuid,  # type: ignore[attr-defined]
+            scopes=tuple(
+                scopes(
+                    dev.name,  # type: ignore[attr-defined]
+                    dev.identity().model,  # type: ignore[attr-defined]
+                    dev.location(),  # type: ignore[attr-defined]
+                    dev.has_ptz(),  # type: ignore[attr-defined]
                 )
-            )
-        return eps
+            ),
+            xaddrs=(f"http://{self.bind}:{dev.port}/onvif/device_service",),  # type: ignore[attr-defined]
+        )
+
+    def add(self, dev: object) -> None:
+        """Answer probes for ``dev`` from now on, and announce it with Hello."""
+        self.devices.append(dev)
+        with contextlib.suppress(OSError):
+            self._send(hello(self.endpoint(dev), self._seq()), (MULTICAST_GROUP, PORT))
+
+    def remove(self, dev: object) -> None:
+        """Say Bye for ``dev`` and stop answering probes for it."""
+        if dev in self.devices:
+            with contextlib.suppress(OSError):
+                self._send(bye(self.endpoint(dev), self._seq()), (MULTICAST_GROUP, PORT))
+            self.devices.remove(dev)
 
     def _seq(self) -> tuple[int, int]:
         self.message_number += 1

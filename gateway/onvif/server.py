@@ -323,6 +323,21 @@ def build_devices(
     return devices
 
 
+async def serve_device(device: VirtualDevice, bind: str) -> web.AppRunner:
+    """Serve ``device`` on ``bind``:``device.port``; ``await runner.cleanup()`` stops it.
+    Raises ``OSError`` if the port cannot be bound."""
+    runner = web.AppRunner(make_app(device), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, bind, device.port, reuse_address=True)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    log.info("ONVIF device %s on %s:%d (%s)", device.name, bind, device.port, device.uuid)
+    return runner
+
+
 async def start_onvif(
     config: Config,
     backends: Mapping[str, CameraBackend],
@@ -336,14 +351,7 @@ async def start_onvif(
     servers = OnvifServers(devices, [])
     try:
         for dev in devices:
-            runner = web.AppRunner(make_app(dev), access_log=None)
-            await runner.setup()
-            servers.runners.append(runner)
-            site = web.TCPSite(runner, config.server.bind, dev.port, reuse_address=True)
-            await site.start()
-            log.info(
-                "ONVIF device %s on %s:%d (%s)", dev.name, config.server.bind, dev.port, dev.uuid
-            )
+            servers.runners.append(await serve_device(dev, config.server.bind))
         if settings.discovery and devices:
             from gateway.onvif.discovery import DiscoveryResponder
 

@@ -489,6 +489,25 @@ class SimBackend:
         return self._motion
 
 
+class _DiscoveryView:
+    """A simulated camera's device as WS-Discovery announces it: the HTTP port is read when
+    a probe arrives, because the camera binds it (port 0: any free) after the app started."""
+
+    def __init__(self, virtual: VirtualDevice) -> None:
+        self.virtual = virtual
+        self.uuid = virtual.uuid
+        self.name = virtual.name
+        self.identity = virtual.identity
+        self.location = virtual.location
+        self.has_ptz = virtual.has_ptz
+
+    @property
+    def port(self) -> int:
+        backend = self.virtual.slots[0].backend
+        assert isinstance(backend, SimBackend)
+        return backend.device.http_port
+
+
 def install(
     app: web.Application,
     device: SimDevice,
@@ -496,7 +515,9 @@ def install(
     rtsp_url_for: Callable[[str], str],
 ) -> VirtualDevice:
     """Add the camera's ONVIF services (/onvif/device_service, media_service, media2_service,
-    events_service, ptz_service) to ``app``; credentials are ``device.username/password``."""
+    events_service, ptz_service) to ``app``; credentials are ``device.username/password``.
+    With ``device.settings["onvif_discovery"]`` true the camera also answers WS-Discovery
+    probes (Hello/Bye included) on ``device.host``, as real cameras do."""
     backend = SimBackend(device)
     camera = CameraConfig(
         name=device.name,
@@ -523,7 +544,15 @@ def install(
 
     async def lifecycle(app: web.Application) -> Any:
         backend.motion.start()
+        responder = None
+        if device.settings.get("onvif_discovery"):
+            from gateway.onvif.discovery import DiscoveryResponder
+
+            # Like real cameras: answer WS-Discovery probes on the camera's own address.
+            responder = await DiscoveryResponder.start(device.host, [_DiscoveryView(virtual)])
         yield
+        if responder is not None:
+            await responder.close()
         await backend.motion.stop()
         if backend.ptz is not None:
             await backend.ptz.close()

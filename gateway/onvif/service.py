@@ -1,0 +1,458 @@
+"""The ONVIF side of the running gateway: ``start(gateway)`` is listed in
+``gateway.runtime.SERVICE_STARTERS``.
+
+Every enabled camera becomes a virtual ONVIF device (plus the NVR device in NVR mode) whose
+backend is the runtime itself: stream facts as ingested (``gateway.stream_info``), JPEGs from
+the cached keyframe, SystemReboot as an upstream reconnect, identity from the fleet inventory
+(else from ``[[camera]]``), motion from the camera's own event interface
+(:mod:`gateway.onvif.motion`) and PTZ forwarded to the camera's ONVIF PTZ service once a
+background probe found one. Nothing here waits for a camera: an unreachable camera gets its
+device at once and its motion/PTZ when it answers. A reload adds and removes devices for
+added and removed cameras and leaves the others running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from aiohttp import web
+
+from gateway.config import CameraConfig, Config, ConfigError
+from gateway.devices.base import DeviceIdentity as InventoryIdentity
+from gateway.onvif.backend import (
+    VENDOR_NAMES,
+    AudioInfo,
+    DeviceIdentity,
+    StreamInfo,
+    identity_from_config,
+)
+from gateway.onvif.config import camera_ports, nvr_port_of, parse_settings
+from gateway.onvif.core import CameraSlot, VirtualDevice
+from gateway.onvif.discovery import DiscoveryResponder
+from gateway.onvif.motion import Backoff, CameraMotion, motion_source_for
+from gateway.onvif.ptz import OnvifPtzForwarder
+from gateway.onvif.server import serve_device
+from gateway.onvif.xml import SoapFault
+
+log = logging.getLogger(__name__)
+
+IDENTITY_CACHE_SECONDS = 30.0
+AUDIO_CODECS = {"PCMU": "G711", "PCMA": "G711", "AAC": "AAC"}
+
+
+# --------------------------------------------------------------------------- identity
+
+
+class InventoryIdentities:
+    """The real cameras' identities as the policy inventory last read them (cached briefly)."""
+
+    def __init__(self, state_dir: str, clock: Callable[[], float] = time.monotonic) -> None:
+        from gateway.policy.db import PolicyStore
+        from gateway.store import Store
+
+        self.clock = clock
+        self._cache: dict[str, tuple[float, DeviceIdentity | None]] = {}
+        self._store: Store | None = None
+        self._policy: PolicyStore | None = None
+        try:
+            self._store = Store.in_state_dir(state_dir)
+            self._policy = PolicyStore(self._store)
+        except (OSError, sqlite3.Error) as exc:
+            log.warning(
+                "ONVIF: no inventory in %s (%s); identities from the config", state_dir, exc
+            )
+            self.close()
+
+    def identity(self, camera: CameraConfig) -> DeviceIdentity | None:
+        now = self.clock()
+        cached = self._cache.get(camera.name)
+        if cached is not None and now - cached[0] < IDENTITY_CACHE_SECONDS:
+            return cached[1]
+        found = self._read(camera.name)
+        self._cache[camera.name] = (now, found)
+        return found
+
+    def _read(self, name: str) -> DeviceIdentity | None:
+        if self._policy is None:
+            return None
+        try:
+            snapshot = self._policy.snapshot(name)
+        except sqlite3.Error as exc:
+            log.warning("ONVIF: cannot read the inventory of %s: %s", name, exc)
+            return None
+        stored = (snapshot or {}).get("identity")
+        if not isinstance(stored, dict) or not stored.get("model"):
+            return None
+        inventoried = InventoryIdentity(
+            **{f.name: str(stored.get(f.name) or "") for f in fields(InventoryIdentity)}
+        )
+        return DeviceIdentity(
+            manufacturer=VENDOR_NAMES.get(inventoried.vendor, inventoried.vendor),
+            model=inventoried.model,
+            firmware=inventoried.firmware_text() or "unknown",
+            serial=inventoried.serial,
+            hardware_id=inventoried.model,
+            mac=inventoried.mac,
+        )
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+        self._store = None
+        self._policy = None
+
+
+# --------------------------------------------------------------------------- streams
+
+
+def _video_profile(codec: str, profile: str | None) -> str:
+    """FFmpeg's profile name as ONVIF names it (H264Profile / Media2 profile)."""
+    name = (profile or "").lower()
+    if codec == "H265":
+        return "Main10" if "10" in name else "Main"
+    for onvif_name in ("High", "Main", "Extended", "Baseline"):
+        if onvif_name.lower() in name:
+            return onvif_name
+    return "Main"
+
+
+def stream_facts(info: dict[str, Any], previous: StreamInfo | None) -> StreamInfo | None:
+    """A :class:`StreamInfo` from ``Gateway.stream_info``; None before the codec is known.
+
+    Rate, bitrate and GOP need a few seconds of ingest; until then the previous values of the
+    same stream (if any) stand in rather than zeros.
+    """
+    codec = info.get("codec")
+    if codec not in ("H264", "H265") or not info.get("width"):
+        return None
+    audio = None
+    audio_codec = AUDIO_CODECS.get(str(info.get("audio_codec")))
+    if audio_codec is not None:
+        rate = int(info.get("audio_rate") or 8000)
+        channels = int(info.get("audio_channels") or 1)
+        # G.711 is 8 bits per sample; AAC's rate is not measured apart from the video's.
+        kbps = rate * 8 * channels // 1000 if audio_codec == "G711" else 64
+        audio = AudioInfo(audio_codec, rate, kbps, channels)
+    fps = float(info.get("fps") or 0.0) or (previous.fps if previous else 0.0)
+    bitrate = int(info.get("bitrate") or 0) // 1000 or (previous.bitrate_kbps if previous else 0)
+    gop = int(info.get("gop_frames") or 0) or (previous.gop if previous else 0)
+    return StreamInfo(
+        name=str(info["stream"]),
+        path=str(info["path"]),
+        codec=codec,
+        width=int(info["width"]),
+        height=int(info["height"]),
+        fps=fps,
+        bitrate_kbps=bitrate,
+        gop=gop,
+        profile=_video_profile(codec, info.get("profile")),
+        audio=audio,
+    )
+
+
+# --------------------------------------------------------------------------- PTZ
+
+
+class PtzDetection:
+    """Finds out in the background whether the camera has ONVIF PTZ; ``backend`` is the
+    forwarder once it has, None before and for cameras without PTZ."""
+
+    def __init__(self, camera: CameraConfig, backoff: Backoff) -> None:
+        self.camera = camera
+        self.backoff = backoff
+        self.forwarder = OnvifPtzForwarder(
+            name=camera.name,
+            host=camera.host,
+            port=camera.http_port,
+            username=camera.username,
+            password=camera.password.reveal(),
+            policy=camera.ptz,
+        )
+        self.found: bool | None = None  # None: not known yet
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def backend(self) -> OnvifPtzForwarder | None:
+        return self.forwarder if self.found else None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"ptz probe {self.camera.name}")
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.forwarder.setup()
+            except SoapFault as fault:
+                if "ter:ActionNotSupported" in fault.subcodes:
+                    log.info("%s: the camera has no ONVIF PTZ", self.camera.name)
+                    self.found = False
+                    return
+                delay = self.backoff.next_delay()
+                log.info(
+                    "%s: PTZ probe failed (%s); again in %.0f s", self.camera.name, fault, delay
+                )
+                await asyncio.sleep(delay)
+            else:
+                log.info("%s: PTZ forwarded to the camera's ONVIF service", self.camera.name)
+                self.found = True
+                return
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self.forwarder.close()
+
+
+# --------------------------------------------------------------------------- backend
+
+
+class RuntimeCamera:
+    """:class:`~gateway.onvif.backend.CameraBackend` of one camera of the running gateway."""
+
+    def __init__(
+        self,
+        gateway: Any,
+        camera: CameraConfig,
+        identities: InventoryIdentities,
+        motion: CameraMotion,
+        ptz: PtzDetection | None,
+    ) -> None:
+        self.gateway = gateway
+        self.camera = camera
+        self.identities = identities
+        self._motion = motion
+        self._ptz = ptz
+        self._known: dict[str, StreamInfo] = {}
+
+    def identity(self) -> DeviceIdentity:
+        return self.identities.identity(self.camera) or identity_from_config(self.camera)
+
+    def streams(self) -> Sequence[StreamInfo]:
+        """Each stream as ingested; after an upstream loss, as it was last seen. A stream
+        whose format was never seen (camera down since start-up) has no profile yet."""
+        found = []
+        for stream in self.camera.stream_names():
+            info = self.gateway.stream_info(self.camera.name, stream)
+            facts = stream_facts(info, self._known.get(stream)) if info else None
+            if facts is not None:
+                self._known[stream] = facts
+            if stream in self._known:
+                found.append(self._known[stream])
+        return found
+
+    async def snapshot(self, stream: str) -> bytes:
+        jpeg: bytes = await self.gateway.snapshot(self.camera.name, stream)
+        return jpeg
+
+    async def reconnect(self) -> None:
+        if not self.gateway.reconnect(self.camera.name):
+            raise LookupError(f"camera {self.camera.name} is not running")
+
+    @property
+    def ptz(self) -> OnvifPtzForwarder | None:
+        return self._ptz.backend if self._ptz is not None else None
+
+    @property
+    def motion(self) -> CameraMotion:
+        return self._motion
+
+    async def close(self) -> None:
+        await self._motion.close()
+        if self._ptz is not None:
+            await self._ptz.close()
+
+
+# --------------------------------------------------------------------------- service
+
+
+@dataclass
+class DeviceEntry:
+    device: VirtualDevice
+    runner: web.AppRunner
+    camera: CameraConfig | None = None  # None for the NVR device
+    backend: RuntimeCamera | None = None
+
+
+class OnvifService:
+    """The virtual devices of a running gateway, following its configuration."""
+
+    def __init__(self, gateway: Any, *, retry: Backoff | None = None) -> None:
+        self.gateway = gateway
+        self.config: Config = gateway.config
+        self.settings = parse_settings(self.config)
+        self.identities = InventoryIdentities(self.config.state_dir)
+        self.cameras: dict[str, DeviceEntry] = {}
+        self.nvr: DeviceEntry | None = None
+        self.discovery: DiscoveryResponder | None = None
+        self._retry = retry or Backoff(1.0, 300.0)
+
+    @property
+    def devices(self) -> list[VirtualDevice]:
+        found = [entry.device for entry in self.cameras.values()]
+        return found + ([self.nvr.device] if self.nvr is not None else [])
+
+    def device(self, name: str) -> VirtualDevice:
+        for device in self.devices:
+            if device.name == name:
+                return device
+        raise KeyError(name)
+
+    def _rtsp_port(self) -> int:
+        rtsp = self.gateway.rtsp
+        return int(rtsp.port) if rtsp is not None else self.config.server.rtsp_port
+
+    def _virtual(
+        self, name: str, slots: list[CameraSlot], *, nvr: bool, port: int
+    ) -> VirtualDevice:
+        return VirtualDevice(
+            name=name,
+            slots=slots,
+            nvr=nvr,
+            port=port,
+            rtsp_port=self._rtsp_port(),
+            username=self.config.vms.username,
+            password=self.config.vms.password.reveal(),
+            settings=self.settings,
+        )
+
+    async def start(self) -> None:
+        try:
+            ports = camera_ports(self.config)
+            for cam in self.config.cameras:
+                if cam.enabled:
+                    await self._add_camera(cam, ports[cam.name])
+            await self._rebuild_nvr()
+            if self.settings.discovery:
+                try:
+                    self.discovery = await DiscoveryResponder.start(
+                        self.config.server.bind, self.devices
+                    )
+                except OSError as exc:
+                    # Discovery is a convenience; devices stay reachable at their XAddrs.
+                    log.warning("WS-Discovery not started on %s: %s", self.config.server.bind, exc)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _add_camera(self, cam: CameraConfig, port: int) -> None:
+        """Serve ``cam``'s virtual device; raises OSError if its port cannot be bound."""
+        motion = motion_source_for(cam)
+        ptz = PtzDetection(cam, fresh_backoff(self._retry)) if cam.ptz != "disabled" else None
+        backend = RuntimeCamera(self.gateway, cam, self.identities, motion, ptz)
+        device = self._virtual(cam.name, [CameraSlot(cam, backend)], nvr=False, port=port)
+        try:
+            runner = await serve_device(device, self.config.server.bind)
+        except BaseException:
+            await backend.close()
+            raise
+        motion.start()
+        if ptz is not None:
+            ptz.start()
+        self.cameras[cam.name] = DeviceEntry(device, runner, cam, backend)
+        if self.discovery is not None:
+            self.discovery.add(device)
+
+    async def _remove(self, entry: DeviceEntry) -> None:
+        if self.discovery is not None:
+            self.discovery.remove(entry.device)
+        await entry.runner.cleanup()
+        if entry.backend is not None:
+            await entry.backend.close()
+
+    async def _rebuild_nvr(self) -> None:
+        """(Re)build the NVR-mode device over the current cameras."""
+        if self.nvr is not None:
+            await self._remove(self.nvr)
+            self.nvr = None
+        slots = [slot for entry in self.cameras.values() for slot in entry.device.slots]
+        if not self.config.server.nvr_mode or not slots:
+            return
+        port = nvr_port_of(self.config, self.settings.nvr_port)
+        device = self._virtual("nvr", slots, nvr=True, port=port)
+        self.nvr = DeviceEntry(device, await serve_device(device, self.config.server.bind))
+        if self.discovery is not None:
+            self.discovery.add(device)
+
+    async def reload(self, config: Config) -> None:
+        """Add devices for added cameras, remove those of removed ones, restart those whose
+        camera or port changed; everything restarts when VMS credentials or ``[onvif]``
+        settings changed (every device's answers depend on them)."""
+        try:
+            settings = parse_settings(config)
+        except ConfigError as exc:
+            log.error("ONVIF: [onvif] section invalid, devices unchanged: %s", exc)
+            return
+        old = self.config
+        everything = (
+            settings != self.settings
+            or config.vms != old.vms
+            or config.server.bind != old.server.bind
+            or config.server.nvr_mode != old.server.nvr_mode
+        )
+        self.config, self.settings = config, settings
+        ports = camera_ports(config)
+        wanted = {cam.name: cam for cam in config.cameras if cam.enabled}
+        changed = False
+        for name, entry in list(self.cameras.items()):
+            cam = wanted.get(name)
+            if everything or cam is None or cam != entry.camera or ports[name] != entry.device.port:
+                del self.cameras[name]
+                await self._remove(entry)
+                changed = True
+        if everything and self.discovery is not None:
+            await self.discovery.close()
+            self.discovery = None
+        for name, cam in wanted.items():
+            if name in self.cameras:
+                continue
+            try:
+                await self._add_camera(cam, ports[name])
+            except OSError as exc:
+                log.error("ONVIF: device for %s not started: %s", name, exc)
+            changed = True
+        if changed or everything:
+            try:
+                await self._rebuild_nvr()
+            except OSError as exc:
+                log.error("ONVIF: NVR device not started: %s", exc)
+        if everything and settings.discovery and self.devices:
+            try:
+                self.discovery = await DiscoveryResponder.start(config.server.bind, self.devices)
+            except OSError as exc:
+                log.warning("WS-Discovery not started on %s: %s", config.server.bind, exc)
+
+    async def close(self) -> None:
+        if self.discovery is not None:
+            await self.discovery.close()
+            self.discovery = None
+        entries = list(self.cameras.values()) + ([self.nvr] if self.nvr is not None else [])
+        self.cameras.clear()
+        self.nvr = None
+        for entry in reversed(entries):
+            await self._remove(entry)
+        self.identities.close()
+
+
+def fresh_backoff(template: Backoff) -> Backoff:
+    """A fresh backoff with ``template``'s timing (each camera counts its own failures)."""
+    return Backoff(template.base, template.cap)
+
+
+async def start(gateway: Any) -> OnvifService:
+    """Serve every enabled camera of ``gateway`` as a virtual ONVIF device and follow its
+    reloads; raises ``OSError`` if a device's port cannot be bound."""
+    service = OnvifService(gateway)
+    await service.start()
+    gateway.reload_hooks.append(service.reload)
+    return service
+
+
+__all__ = ["InventoryIdentities", "OnvifService", "RuntimeCamera", "start", "stream_facts"]
