@@ -1,0 +1,208 @@
+"""Prometheus metrics, gathered at scrape time.
+
+Nothing here runs on the packet path: :class:`GatewayCollector` reads the counters the hubs
+and sessions keep anyway, the policy findings and the egress report from the store, each
+time ``/metrics`` is scraped. Process metrics come from prometheus-client's collectors.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+from gateway import __version__
+
+log = logging.getLogger("gateway.admin")
+
+PREFIX = "onvif_gateway"
+STATES = ("idle", "connecting", "live", "down")
+SEVERITIES = ("critical", "high", "medium", "low", "info")
+
+# (name, help, stream_info key) for the per-stream counters.
+STREAM_COUNTERS = (
+    ("stream_received_bytes", "Bytes received from the camera (RTP as relayed)", "bytes_in"),
+    ("stream_received_frames", "Frames received from the camera", "frames_in"),
+    ("stream_sent_bytes", "Bytes sent to all clients of the stream", "bytes_out"),
+    ("stream_sent_frames", "Frames sent, summed over clients", "frames_out"),
+    (
+        "stream_dropped_frames",
+        "Frames skipped for clients over their send budget",
+        "dropped_frames",
+    ),
+    ("stream_slow_client_disconnects", "Clients disconnected for stalling", "slow_disconnects"),
+    ("stream_malformed_frames", "Frames from the camera that could not be packetized", "malformed"),
+    ("stream_upstream_reconnects", "Times the camera stream came back after a loss", "reconnects"),
+    ("stream_upstream_sessions", "Upstream sessions opened to the camera", "upstream_sessions"),
+)
+STREAM_GAUGES = (
+    ("stream_bitrate_bits_per_second", "Ingest bitrate over the last seconds", "bitrate"),
+    ("stream_frames_per_second", "Video frame rate as received", "fps"),
+    ("stream_gop_seconds", "Seconds between the last two keyframes", "gop_seconds"),
+)
+
+
+class GatewayCollector(Collector):
+    """Reads the live gateway at scrape time. ``sources`` supplies what to read."""
+
+    def __init__(self, sources: MetricSources) -> None:
+        self.sources = sources
+
+    def describe(self) -> Iterable[Any]:
+        return []  # no collection at registration time
+
+    def collect(self) -> Iterator[Any]:
+        src = self.sources
+        yield InfoMetricFamily(f"{PREFIX}_build", "Gateway version", value={"version": __version__})
+        streams = src.streams()
+        labels = ["camera", "stream"]
+
+        up = GaugeMetricFamily(
+            f"{PREFIX}_stream_up", "1 while the camera stream delivers frames", labels=labels
+        )
+        state = GaugeMetricFamily(
+            f"{PREFIX}_stream_state",
+            "Upstream state of the stream (1 for the current state)",
+            labels=[*labels, "state"],
+        )
+        clients = GaugeMetricFamily(
+            f"{PREFIX}_stream_clients",
+            "Clients receiving the stream, by kind",
+            labels=[*labels, "kind"],
+        )
+        age = GaugeMetricFamily(
+            f"{PREFIX}_stream_last_frame_age_seconds",
+            "Seconds since the last frame arrived from the camera",
+            labels=labels,
+        )
+        counters = {
+            key: CounterMetricFamily(f"{PREFIX}_{name}", text, labels=labels)
+            for name, text, key in STREAM_COUNTERS
+        }
+        gauges = {
+            key: GaugeMetricFamily(f"{PREFIX}_{name}", text, labels=labels)
+            for name, text, key in STREAM_GAUGES
+        }
+        for info in streams:
+            values = [info["camera"], info["stream"]]
+            up.add_metric(values, 1.0 if info["state"] == "live" else 0.0)
+            for name in STATES:
+                state.add_metric([*values, name], 1.0 if info["state"] == name else 0.0)
+            for kind, count in info["client_kinds"].items():
+                clients.add_metric([*values, kind], float(count))
+            if info["last_frame_age"] is not None:
+                age.add_metric(values, info["last_frame_age"])
+            for key, family in counters.items():
+                family.add_metric(values, float(info[key]))
+            for key, gfamily in gauges.items():
+                gfamily.add_metric(values, float(info[key]))
+        yield up
+        yield state
+        yield clients
+        yield age
+        yield from counters.values()
+        yield from gauges.values()
+
+        yield GaugeMetricFamily(
+            f"{PREFIX}_cameras", "Cameras in the configuration", value=src.camera_count()
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_config_reload_timestamp_seconds",
+            "When the configuration was last loaded (Unix time)",
+            value=src.config_loaded_at(),
+        )
+
+        findings = GaugeMetricFamily(
+            f"{PREFIX}_policy_findings",
+            "Open policy findings from the latest audit, by camera and severity",
+            labels=["camera", "severity"],
+        )
+        compliant = GaugeMetricFamily(
+            f"{PREFIX}_policy_compliant",
+            "1 compliant, 0 non-compliant, -1 unknown (no inventory yet or unreachable)",
+            labels=["camera"],
+        )
+        try:
+            for camera, status, by_severity in src.findings():
+                compliant.add_metric(
+                    [camera], {"compliant": 1.0, "non-compliant": 0.0}.get(status, -1.0)
+                )
+                for severity in SEVERITIES:
+                    findings.add_metric([camera, severity], float(by_severity.get(severity, 0)))
+        except Exception:  # a locked or broken database must not break the scrape
+            log.exception("metrics: cannot read policy findings")
+        yield findings
+        yield compliant
+
+        blocked = CounterMetricFamily(
+            f"{PREFIX}_egress_blocked_packets",
+            "Packets from the camera to the outside that the firewall dropped",
+            labels=["camera"],
+        )
+        dns = CounterMetricFamily(
+            f"{PREFIX}_egress_dns_queries",
+            "DNS queries the camera sent to the sinkhole",
+            labels=["camera"],
+        )
+        phone_home = CounterMetricFamily(
+            f"{PREFIX}_egress_dns_phone_home",
+            "DNS queries for known vendor cloud, P2P or telemetry names",
+            labels=["camera"],
+        )
+        try:
+            for camera in src.egress().get("cameras", []):
+                blocked.add_metric([camera["name"]], float(camera["blocked_packets"]))
+                dns.add_metric([camera["name"]], float(camera["dns_queries"]))
+                phone_home.add_metric([camera["name"]], float(camera["dns_phone_home"]))
+        except Exception:
+            log.exception("metrics: cannot read the egress report")
+        yield blocked
+        yield dns
+        yield phone_home
+
+
+class MetricSources:
+    """What the collector reads; the admin service wires these to the running gateway."""
+
+    def __init__(
+        self,
+        streams: Callable[[], list[dict[str, Any]]],
+        findings: Callable[[], list[tuple[str, str, dict[str, int]]]],
+        egress: Callable[[], dict[str, Any]],
+        camera_count: Callable[[], int],
+        config_loaded_at: Callable[[], float],
+    ) -> None:
+        self.streams = streams
+        self.findings = findings
+        self.egress = egress
+        self.camera_count = camera_count
+        self.config_loaded_at = config_loaded_at
+
+
+def build_registry(sources: MetricSources) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    registry.register(GatewayCollector(sources))
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> tuple[bytes, str]:
+    """The text exposition format and its content type."""
+    started = time.perf_counter()
+    body = generate_latest(registry)
+    log.debug("metrics generated", extra={"seconds": round(time.perf_counter() - started, 4)})
+    return body, CONTENT_TYPE_LATEST

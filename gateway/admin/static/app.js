@@ -1,0 +1,354 @@
+// onvif-gateway dashboard: camera grid (snapshots, status, bitrate sparkline, viewers,
+// compliance, egress attempts) and a live view (fragmented MP4 over a WebSocket into Media
+// Source Extensions, no transcoding). Plain JS, no build step.
+"use strict";
+
+const POLL_MS = 3000;
+const SLOW_POLL_MS = 15000;
+const SPARK_POINTS = 60;
+const SNAPSHOT_WIDTH = 640;
+
+const state = {
+  csrf: null,
+  cards: new Map(), // camera name -> {el, history: []}
+  cameras: [],
+  compliance: new Map(),
+  egress: new Map(),
+  live: null,
+};
+
+async function api(path, options = {}) {
+  const headers = Object.assign({ Accept: "application/json" }, options.headers || {});
+  if (options.method && options.method !== "GET" && state.csrf) headers["X-CSRF-Token"] = state.csrf;
+  const response = await fetch(path, Object.assign({}, options, { headers, credentials: "same-origin" }));
+  if (response.status === 401) {
+    location.assign("/login?next=/");
+    throw new Error("signed out");
+  }
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+  return body;
+}
+
+function notice(text) {
+  const el = document.getElementById("notice");
+  el.textContent = text;
+  el.hidden = !text;
+}
+
+function formatBitrate(bps) {
+  if (bps >= 1e6) return `${(bps / 1e6).toFixed(2)} Mbit/s`;
+  if (bps >= 1e3) return `${Math.round(bps / 1e3)} kbit/s`;
+  return `${bps} bit/s`;
+}
+
+// ------------------------------------------------------------------ grid
+
+function cardFor(camera) {
+  let card = state.cards.get(camera.name);
+  if (card) return card;
+  const el = document.getElementById("card-template").content.firstElementChild.cloneNode(true);
+  el.dataset.camera = camera.name;
+  el.querySelector(".name").textContent = camera.name;
+  el.querySelector(".picture").addEventListener("click", () => openLive(camera.name, "main"));
+  el.querySelector(".watch").addEventListener("click", () => openLive(camera.name, "main"));
+  el.querySelector(".reconnect").addEventListener("click", async () => {
+    try {
+      await api(`/api/v1/cameras/${encodeURIComponent(camera.name)}/reconnect`, { method: "POST" });
+      notice(`Reconnecting ${camera.name}…`);
+    } catch (err) {
+      notice(`Reconnect failed: ${err.message}`);
+    }
+  });
+  const img = el.querySelector("img");
+  img.addEventListener("load", () => { el.classList.add("has-picture"); card.loading = false; });
+  img.addEventListener("error", () => { card.loading = false; });
+  document.getElementById("grid").appendChild(el);
+  card = { el, history: [], loading: false, lastSnapshot: 0 };
+  state.cards.set(camera.name, card);
+  return card;
+}
+
+function refreshSnapshot(card, camera) {
+  const main = camera.streams[0];
+  if (!main || !main.picture || card.loading) return;
+  const now = Date.now();
+  if (now - card.lastSnapshot < POLL_MS - 100) return;
+  card.loading = true;
+  card.lastSnapshot = now;
+  card.el.querySelector("img").src = `${main.snapshot_url}?width=${SNAPSHOT_WIDTH}&t=${now}`;
+}
+
+function drawSparkline(canvas, points) {
+  const ctx = canvas.getContext("2d");
+  const { width, height } = canvas;
+  ctx.clearRect(0, 0, width, height);
+  if (points.length < 2) return;
+  const max = Math.max(...points, 1);
+  ctx.strokeStyle = "#3d7eff";
+  ctx.lineWidth = 1.5;
+  ctx.beginPath();
+  points.forEach((value, i) => {
+    const x = (i / (SPARK_POINTS - 1)) * width;
+    const y = height - 2 - (value / max) * (height - 4);
+    if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+  });
+  ctx.stroke();
+}
+
+function renderCamera(camera) {
+  const card = cardFor(camera);
+  const el = card.el;
+  const main = camera.streams[0];
+  const status = !camera.enabled ? "disabled" : main ? main.state : "idle";
+  const badge = el.querySelector(".state");
+  badge.textContent = status;
+  badge.className = `badge state ${status}`;
+  const compliance = state.compliance.get(camera.name) || "unknown";
+  const cbadge = el.querySelector(".compliance");
+  cbadge.textContent = compliance;
+  cbadge.className = `badge compliance ${compliance}`;
+  const facts = [];
+  if (main && main.codec) {
+    facts.push(`${main.codec} ${main.width}×${main.height}`, `${main.fps} fps`, formatBitrate(main.bitrate));
+  }
+  if (main && main.reconnects) facts.push(`${main.reconnects} reconnects`);
+  el.querySelector(".facts").textContent = facts.join(" · ");
+  const viewers = camera.streams.reduce((n, s) => n + s.clients, 0);
+  el.querySelector(".viewers").textContent = `${viewers} viewer${viewers === 1 ? "" : "s"}`;
+  const egress = state.egress.get(camera.name);
+  el.querySelector(".egress").textContent = egress === undefined
+    ? "" : `${egress} egress attempt${egress === 1 ? "" : "s"} blocked`;
+  el.querySelector(".error").textContent = main && main.last_error ? main.last_error : "";
+  if (main) {
+    card.history.push(main.bitrate);
+    if (card.history.length > SPARK_POINTS) card.history.shift();
+  }
+  drawSparkline(el.querySelector(".sparkline"), card.history);
+  refreshSnapshot(card, camera);
+}
+
+async function pollCameras() {
+  try {
+    const { cameras } = await api("/api/v1/cameras");
+    state.cameras = cameras;
+    cameras.forEach(renderCamera);
+    for (const [name, card] of state.cards) {
+      if (!cameras.some((c) => c.name === name)) { card.el.remove(); state.cards.delete(name); }
+    }
+    const live = cameras.filter((c) => c.connected).length;
+    document.getElementById("summary").textContent = `${live} of ${cameras.length} cameras live`;
+  } catch (err) {
+    notice(`Cannot read the camera list: ${err.message}`);
+  }
+}
+
+async function pollSlow() {
+  try {
+    const findings = await api("/api/v1/findings");
+    for (const c of findings.cameras) state.compliance.set(c.camera, c.status);
+  } catch (err) {
+    notice(`Cannot read findings: ${err.message}`);
+  }
+  try {
+    const egress = await api("/api/v1/egress");
+    for (const c of egress.cameras) state.egress.set(c.name, c.blocked_packets + c.dns_phone_home);
+  } catch (err) {
+    notice(`Cannot read the egress report: ${err.message}`);
+  }
+}
+
+// ------------------------------------------------------------------ live view
+
+function streamOf(cameraName, streamName) {
+  const camera = state.cameras.find((c) => c.name === cameraName);
+  return camera ? camera.streams.find((s) => s.stream === streamName) : undefined;
+}
+
+function playable(stream) {
+  return Boolean(stream && stream.mse_mime && window.MediaSource &&
+    MediaSource.isTypeSupported(stream.mse_mime));
+}
+
+function liveMessage(text, offer) {
+  const el = document.getElementById("live-message");
+  el.textContent = text;
+  if (offer) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = offer.label;
+    button.addEventListener("click", offer.action);
+    el.appendChild(button);
+  }
+  el.hidden = !text;
+}
+
+function stopLive() {
+  const live = state.live;
+  state.live = null;
+  if (!live) return;
+  live.closed = true;
+  if (live.ws) {
+    if (live.ws.readyState === WebSocket.CONNECTING) live.ws.onopen = () => live.ws.close();
+    else live.ws.close();
+  }
+  const video = document.getElementById("video");
+  video.pause();
+  video.removeAttribute("src");
+  video.load();
+  if (live.url) URL.revokeObjectURL(live.url);
+}
+
+function openLive(cameraName, streamName) {
+  stopLive();
+  const dialog = document.getElementById("live");
+  if (!dialog.open) dialog.showModal();
+  document.getElementById("live-title").textContent = `${cameraName} / ${streamName}`;
+  liveMessage("");
+  const stream = streamOf(cameraName, streamName);
+  if (!stream) {
+    liveMessage(`${cameraName} has no ${streamName} stream.`);
+    return;
+  }
+  if (!playable(stream)) {
+    const sub = streamOf(cameraName, "sub");
+    const offer = streamName !== "sub" && playable(sub)
+      ? { label: `Watch the sub stream (${sub.codec})`, action: () => openLive(cameraName, "sub") }
+      : null;
+    const codec = stream.codec === "H265" ? "H.265 (HEVC)" : stream.codec || "this";
+    liveMessage(
+      `This browser cannot play ${codec} video` +
+      (stream.mse_mime ? ` (${stream.mse_mime})` : "") +
+      ". The gateway does not transcode; use a VMS or a browser with " +
+      `${codec} support for this stream.`, offer);
+    return;
+  }
+  startLive(cameraName, streamName);
+}
+
+function startLive(cameraName, streamName) {
+  const video = document.getElementById("video");
+  const mediaSource = new MediaSource();
+  const live = { camera: cameraName, stream: streamName, ws: null, sb: null, queue: [], mime: null,
+                 closed: false, url: URL.createObjectURL(mediaSource), mediaSource };
+  state.live = live;
+  video.src = live.url;
+  mediaSource.addEventListener("sourceopen", () => {
+    if (live.closed) return;
+    const proto = location.protocol === "https:" ? "wss:" : "ws:";
+    const path = `/api/v1/live/${encodeURIComponent(cameraName)}/${encodeURIComponent(streamName)}`;
+    const ws = new WebSocket(`${proto}//${location.host}${path}`);
+    ws.binaryType = "arraybuffer";
+    live.ws = ws;
+    ws.onmessage = (event) => onLiveMessage(live, event.data);
+    ws.onclose = () => {
+      if (!live.closed && state.live === live && !live.message) {
+        liveMessage("The live view ended.", { label: "Reconnect", action: () => openLive(cameraName, streamName) });
+      }
+    };
+  }, { once: true });
+}
+
+function onLiveMessage(live, data) {
+  if (live.closed) return;
+  if (typeof data === "string") {
+    const message = JSON.parse(data);
+    if (message.type === "init") {
+      if (!MediaSource.isTypeSupported(message.mime)) {
+        live.message = true;
+        liveMessage(`This browser cannot play ${message.mime}.`);
+        live.ws.close();
+        return;
+      }
+      if (!live.sb) {
+        live.sb = live.mediaSource.addSourceBuffer(message.mime);
+        live.sb.mode = "segments";
+        live.sb.addEventListener("updateend", () => pump(live));
+      } else if (message.mime !== live.mime && live.sb.changeType) {
+        live.queue.push({ changeType: message.mime });
+      }
+      live.mime = message.mime;
+    } else if (message.type === "closed") {
+      live.message = true;
+      liveMessage(`The live view ended: ${message.reason}`, {
+        label: "Reconnect", action: () => openLive(live.camera, live.stream) });
+    }
+    return;
+  }
+  live.queue.push(data);
+  pump(live);
+}
+
+function pump(live) {
+  const sb = live.sb;
+  if (!sb || sb.updating || live.closed || live.mediaSource.readyState !== "open") return;
+  const video = document.getElementById("video");
+  // Stay near the live edge, and keep the buffer short so memory stays flat.
+  if (video.buffered.length) {
+    const end = video.buffered.end(video.buffered.length - 1);
+    if (end - video.currentTime > 2.0) video.currentTime = Math.max(end - 0.3, 0);
+    const start = video.buffered.start(0);
+    if (video.currentTime - start > 30) {
+      sb.remove(start, video.currentTime - 10);
+      return;
+    }
+  }
+  const next = live.queue.shift();
+  if (next === undefined) return;
+  try {
+    if (next.changeType) {
+      sb.changeType(next.changeType);
+      pump(live);
+      return;
+    }
+    sb.appendBuffer(next);
+  } catch (err) {
+    live.message = true;
+    liveMessage(`The browser refused the video: ${err.message}`);
+    live.ws.close();
+    return;
+  }
+  if (video.paused) video.play().catch(() => {});
+}
+
+// ------------------------------------------------------------------ start
+
+async function main() {
+  const session = await api("/api/v1/session");
+  state.csrf = session.csrf_token;
+  document.getElementById("user").textContent = session.username;
+  document.getElementById("logout").addEventListener("click", async () => {
+    await api("/logout", { method: "POST" }).catch(() => {});
+    location.assign("/login");
+  });
+  document.getElementById("reload").addEventListener("click", async () => {
+    try {
+      const { changes } = await api("/api/v1/reload", { method: "POST" });
+      const parts = ["added", "removed", "changed"].filter((k) => changes[k].length)
+        .map((k) => `${k}: ${changes[k].join(", ")}`);
+      notice(`Configuration reloaded. ${parts.join("; ") || "No camera changed."}`);
+      pollCameras();
+    } catch (err) {
+      notice(`Reload refused: ${err.message}`);
+    }
+  });
+  const dialog = document.getElementById("live");
+  document.getElementById("live-close").addEventListener("click", () => dialog.close());
+  dialog.addEventListener("close", stopLive);
+  document.getElementById("live-main").addEventListener("click", () => {
+    if (state.live || dialog.open) openLive(currentCamera(), "main");
+  });
+  document.getElementById("live-sub").addEventListener("click", () => {
+    if (state.live || dialog.open) openLive(currentCamera(), "sub");
+  });
+  await pollSlow();
+  await pollCameras();
+  setInterval(pollCameras, POLL_MS);
+  setInterval(pollSlow, SLOW_POLL_MS);
+}
+
+function currentCamera() {
+  return document.getElementById("live-title").textContent.split(" / ")[0];
+}
+
+main().catch((err) => notice(`Dashboard failed to start: ${err.message}`));
