@@ -1,0 +1,118 @@
+"""CPU time and resident memory of a process and its descendants, read from /proc.
+
+A relay may run worker processes (the gateway with ``workers > 1``) or threads (PyAV
+readers, GStreamer streaming threads); threads are inside their process's counters, and
+children are found by walking parent ids. Children that already exited are counted through
+the root's ``cutime``/``cstime`` (the kernel adds them when the parent reaps them).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class TreeSample:
+    """One reading of a process tree."""
+
+    pids: tuple[int, ...]
+    cpu_seconds: float  # user + system of every live process, plus reaped children
+    rss_bytes: int  # sum of VmRSS now
+    hwm_bytes: int  # sum of VmHWM (each process's own peak; an upper bound of the tree's)
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name is in parentheses and may contain spaces: split after the last ')'.
+    rest = raw[raw.rfind(")") + 2 :].split()
+    return rest  # rest[0] is field 3 (state)
+
+
+def _status_kib(pid: int, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def descendants(root: int) -> list[int]:
+    """``root`` and every live process below it."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(int(entry.name))
+        if fields is None:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    out = []
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, ()))
+    return out
+
+
+def sample_tree(root: int) -> TreeSample:
+    """CPU and memory of ``root`` and its descendants; raises ProcessLookupError if gone."""
+    pids = descendants(root)
+    cpu_ticks = 0
+    rss = hwm = 0
+    alive = []
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields is None:
+            if pid == root:
+                raise ProcessLookupError(root)
+            continue
+        alive.append(pid)
+        # Fields 14-17 (utime, stime, cutime, cstime) are rest[11..14].
+        utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+        cpu_ticks += utime + stime
+        if pid == root:
+            cpu_ticks += cutime + cstime
+        rss += _status_kib(pid, "VmRSS:") * 1024
+        hwm += _status_kib(pid, "VmHWM:") * 1024
+    return TreeSample(tuple(alive), cpu_ticks / CLOCK_TICKS, rss, hwm)
+
+
+def machine_description() -> dict[str, str | int]:
+    """nproc, CPU model, memory, kernel: what a result needs to be compared with another."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kib = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    uname = os.uname()
+    return {
+        "nproc": os.cpu_count() or 0,
+        "cpu_model": model,
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": f"{uname.sysname} {uname.release}",
+    }
+
+
+def load_average() -> tuple[float, float, float]:
+    return os.getloadavg()

@@ -1,0 +1,312 @@
+"""The relays under test, each started as its own process so /proc measures it alone.
+
+``gateway``: ``python3 -m gateway run --config FILE`` (the product's own entry point, uvloop).
+``gstreamer``: GStreamer's RTSP server relaying each camera through a shared media factory
+(benchmarks/gst_relay.py under Debian's /usr/bin/python3).
+``direct``: no relay; readers play the cameras themselves (the floor of the measured latency).
+
+Every relay process runs in its own session (process group) and is stopped with the whole
+group, first SIGTERM then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+GST_PYTHON = "/usr/bin/python3"
+GST_RELAY = Path(__file__).with_name("gst_relay.py")
+READY_TIMEOUT = 60.0
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VMS_USER = "vms"
+
+
+@dataclass(frozen=True)
+class CameraStream:
+    """One camera stream as a relay pulls it. ``key`` is ``"<camera>/<stream>"``."""
+
+    key: str
+    camera: str
+    host: str
+    rtsp_port: int
+    http_port: int
+    path: str
+    username: str
+    password: str
+    codec: str
+    audio: str | None
+
+    @property
+    def url(self) -> str:
+        return f"rtsp://{self.host}:{self.rtsp_port}{self.path}"
+
+    @property
+    def url_with_credentials(self) -> str:
+        return f"rtsp://{self.username}:{self.password}@{self.host}:{self.rtsp_port}{self.path}"
+
+
+@dataclass(frozen=True)
+class ReaderTarget:
+    """Where readers play one stream through the relay."""
+
+    key: str
+    url: str
+    username: str
+    password: str
+
+    def as_job(self, readers: int) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "url": self.url,
+            "username": self.username,
+            "password": self.password,
+            "readers": readers,
+        }
+
+
+def python_env() -> dict[str, str]:
+    """The environment for a ``python3 -m`` child: this checkout first on the import path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def free_port_range(n: int) -> int:
+    """The first of ``n`` consecutive TCP ports that were free a moment ago."""
+    for _ in range(200):
+        base = free_port()
+        if base + n > 65535:
+            continue
+        socks = []
+        try:
+            for port in range(base, base + n):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no {n} consecutive free ports on 127.0.0.1")
+
+
+async def wait_ready(proc: asyncio.subprocess.Process, what: str, timeout: float) -> dict:
+    """The process's ``{"event": "ready"}`` line; RuntimeError if it exits or times out."""
+    assert proc.stdout is not None
+
+    async def read() -> dict:
+        assert proc.stdout is not None
+        while True:
+            line = await proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"{what} exited (status {await proc.wait()}) before ready")
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if isinstance(event, dict) and event.get("event") == "ready":
+                    return event
+
+    try:
+        return await asyncio.wait_for(read(), timeout)
+    except TimeoutError:
+        raise RuntimeError(f"{what} not ready within {timeout:g}s") from None
+
+
+async def stop_process_group(proc: asyncio.subprocess.Process, grace: float = 8.0) -> None:
+    """SIGTERM the process's group, SIGKILL it after ``grace`` seconds."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), grace)
+    # Also whatever the process left behind in its group (worker processes).
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        await proc.wait()
+
+
+class Relay:
+    """Base: a relay process started in ``workdir`` in front of ``streams``."""
+
+    name = "relay"
+    process: asyncio.subprocess.Process | None = None
+
+    def available(self) -> str | None:
+        """None when this relay can run here, else why not."""
+        return None
+
+    async def start(self, streams: list[CameraStream], workdir: Path) -> None:
+        raise NotImplementedError
+
+    def target(self, stream: CameraStream) -> ReaderTarget:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    async def stop(self) -> None:
+        if self.process is not None:
+            await stop_process_group(self.process)
+            self.process = None
+
+    async def _spawn(self, argv: list[str], workdir: Path) -> dict[str, Any]:
+        stderr = open(workdir / f"{self.name}.stderr.log", "wb")  # noqa: SIM115 - kept open
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=stderr,
+                cwd=workdir,
+                env=python_env(),
+                start_new_session=True,
+            )
+        finally:
+            stderr.close()
+        try:
+            return await wait_ready(self.process, self.name, READY_TIMEOUT)
+        except Exception as exc:
+            await self.stop()
+            tail = (workdir / f"{self.name}.stderr.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{exc}; its stderr ends with:\n{tail}") from exc
+        except BaseException:
+            await self.stop()
+            raise
+
+
+class GatewayRelay(Relay):
+    """The gateway under test: ``python3 -m gateway run`` with a configuration for the fleet."""
+
+    def __init__(self, workers: int = 1) -> None:
+        self.workers = workers
+        self.name = "gateway" if workers == 1 else f"gateway-w{workers}"
+        self.password = os.urandom(9).hex()
+        self.port = 0
+
+    async def start(self, streams: list[CameraStream], workdir: Path) -> None:
+        self.port = free_port()
+        cameras = sorted({s.camera: s for s in streams}.values(), key=lambda s: s.key)
+        subs = {s.camera for s in streams if s.key.endswith("/sub")}
+        lines = [
+            f"state_dir = {json.dumps(str(workdir / 'state'))}",
+            "[server]",
+            'bind = "127.0.0.1"',
+            f"rtsp_port = {self.port}",
+            f"onvif_base_port = {free_port_range(len(cameras))}",
+            f"workers = {self.workers}",
+            "[vms]",
+            f'username = "{VMS_USER}"',
+            f'password = "{self.password}"',
+            "[onvif]",
+            "discovery = false",
+        ]
+        for cam in cameras:
+            lines += [
+                "[[camera]]",
+                f'name = "{cam.camera}"',
+                'vendor = "hikvision"',
+                f'host = "{cam.host}"',
+                f"rtsp_port = {cam.rtsp_port}",
+                f"http_port = {cam.http_port}",
+                f"username = {json.dumps(cam.username)}",
+                f"password = {json.dumps(cam.password)}",
+                # Only the streams readers play are pulled, as the peers do.
+                f"substream = {'true' if cam.camera in subs else 'false'}",
+            ]
+        config = workdir / "gateway.toml"
+        config.write_text("\n".join(lines) + "\n")
+        argv = [sys.executable, "-m", "gateway", "run", "--config", str(config)]
+        await self._spawn(argv, workdir)
+
+    def target(self, stream: CameraStream) -> ReaderTarget:
+        url = f"rtsp://127.0.0.1:{self.port}/{stream.key}"
+        return ReaderTarget(stream.key, url, VMS_USER, self.password)
+
+
+class GStreamerRelay(Relay):
+    """gst-rtsp-server with a shared ``rtspsrc ! depay ! parse ! pay`` factory per stream."""
+
+    name = "gstreamer"
+
+    def __init__(self) -> None:
+        self.port = 0
+
+    def available(self) -> str | None:
+        if not os.access(GST_PYTHON, os.X_OK):
+            return f"{GST_PYTHON} not found"
+        probe = (
+            "import gi; gi.require_version('GstRtspServer', '1.0'); "
+            "from gi.repository import GstRtspServer"
+        )
+        import subprocess
+
+        done = subprocess.run([GST_PYTHON, "-c", probe], capture_output=True, timeout=30)
+        if done.returncode:
+            return "gir1.2-gst-rtsp-server-1.0 is not installed for " + GST_PYTHON
+        return None
+
+    async def start(self, streams: list[CameraStream], workdir: Path) -> None:
+        self.port = free_port()
+        spec = [
+            {
+                "path": "/" + s.key,
+                "url": s.url_with_credentials,
+                "codec": s.codec,
+                "audio": s.audio,
+            }
+            for s in streams
+        ]
+        (workdir / "gst_streams.json").write_text(json.dumps(spec))
+        argv = [GST_PYTHON, str(GST_RELAY), "--port", str(self.port), "--streams"]
+        await self._spawn([*argv, str(workdir / "gst_streams.json")], workdir)
+
+    def target(self, stream: CameraStream) -> ReaderTarget:
+        url = f"rtsp://127.0.0.1:{self.port}/{stream.key}"
+        return ReaderTarget(stream.key, url, "", "")
+
+
+class DirectRelay(Relay):
+    """No relay: the readers play the cameras (what the harness itself adds to latency)."""
+
+    name = "direct"
+
+    async def start(self, streams: list[CameraStream], workdir: Path) -> None:
+        return None
+
+    def target(self, stream: CameraStream) -> ReaderTarget:
+        return ReaderTarget(stream.key, stream.url, stream.username, stream.password)
+
+
+def make_relay(name: str) -> Relay:
+    """``gateway``, ``gateway-wK`` (K worker processes), ``gstreamer`` or ``direct``."""
+    if name == "gateway":
+        return GatewayRelay(1)
+    if name.startswith("gateway-w") and name[len("gateway-w") :].isdigit():
+        return GatewayRelay(int(name[len("gateway-w") :]))
+    if name == "gstreamer":
+        return GStreamerRelay()
+    if name == "direct":
+        return DirectRelay()
+    raise ValueError(f"unknown relay {name!r}: gateway, gateway-wK, gstreamer or direct")
+
+
+def which_py_spy() -> str | None:
+    return shutil.which("py-spy")

@@ -1,0 +1,290 @@
+"""Results: ratios to the gateway, the largest load each relay held, RESULTS.md and the plot."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+# Lower is better for each; a ratio is peer / gateway, so > 1 means the gateway does better.
+RATIO_FIELDS = ("cpu_s_per_gbit", "latency_p99_ms", "ttff_p99_ms", "peak_rss_mib")
+LESSON_START = "<!-- lesson: kept across runs -->"
+LESSON_END = "<!-- /lesson -->"
+
+
+def step_key(result: dict[str, Any]) -> tuple[str, str, int, int]:
+    return (result["shape"], result["codec"], result["cameras"], result["readers_per_stream"])
+
+
+def ratios(results: list[dict[str, Any]], baseline: str = "gateway") -> list[dict[str, Any]]:
+    """Each other relay's figures divided by the baseline's at the same step of the same run."""
+    base = {step_key(r): r for r in results if r["relay"] == baseline}
+    out = []
+    for r in results:
+        ref = base.get(step_key(r))
+        if r["relay"] == baseline or ref is None:
+            continue
+        row: dict[str, Any] = {"relay": r["relay"], "step": step_label(r)}
+        for name in RATIO_FIELDS:
+            a, b = r.get(name), ref.get(name)
+            row[name] = round(a / b, 2) if a is not None and b else None
+        out.append(row)
+    return out
+
+
+def max_held(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per relay and ladder (shape, codec): the largest load carried with zero loss."""
+    best: dict[str, dict[str, Any]] = {}
+    for r in results:
+        if not r.get("held"):
+            continue
+        key = f"{r['relay']} {r['shape']} {r['codec']}"
+        if key not in best or r["readers"] > best[key]["readers"]:
+            best[key] = {
+                "cameras": r["cameras"],
+                "readers_per_stream": r["readers_per_stream"],
+                "readers": r["readers"],
+            }
+    return best
+
+
+def step_label(r: dict[str, Any]) -> str:
+    return f"{r['shape']} {r['codec']} {r['cameras']}x{r['readers_per_stream']}"
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def results_table(results: list[dict[str, Any]]) -> list[str]:
+    head = (
+        "| load (cameras x readers) | relay | held | frames min/expected | lost | "
+        "Mbit/s out | relay CPU (cores) | CPU-s per Gbit | latency p50 / p99 ms | "
+        "TTFF p50 / p99 ms | peak RSS MiB (per stream) | upstream per camera |"
+    )
+    lines = [head, "|" + "---|" * 12]
+    for r in results:
+        if "error" in r and "readers_sustained" not in r:
+            lines.append(
+                f"| {step_label(r)} | {r['relay']} | error: {r['error'][:80]} |" + " |" * 9
+            )
+            continue
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    step_label(r),
+                    r["relay"],
+                    "yes" if r["held"] else "**no**",
+                    f"{_fmt(r.get('frames_received_min'))}/{_fmt(r.get('frames_expected_per_reader'))}",
+                    _fmt(r.get("packets_lost")),
+                    _fmt(r.get("relayed_mbit_per_s")),
+                    _fmt(r.get("relay_cpu_share")),
+                    _fmt(r.get("cpu_s_per_gbit")),
+                    f"{_fmt(r.get('latency_p50_ms'))} / {_fmt(r.get('latency_p99_ms'))}",
+                    f"{_fmt(r.get('ttff_p50_ms'))} / {_fmt(r.get('ttff_p99_ms'))}",
+                    f"{_fmt(r.get('peak_rss_mib'))} ({_fmt(r.get('rss_per_stream_mib'))})",
+                    _fmt(r.get("upstream_sessions_per_camera_max")),
+                ]
+            )
+            + " |"
+        )
+    return lines
+
+
+def ratio_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| load | relay | CPU per Gbit | latency p99 | TTFF p99 | peak RSS |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        cells = [row["step"], row["relay"]] + [_fmt(row[f]) for f in RATIO_FIELDS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def existing_lesson(path: Path) -> str:
+    if not path.exists():
+        return ""
+    match = re.search(
+        re.escape(LESSON_START) + r"(.*?)" + re.escape(LESSON_END), path.read_text(), re.S
+    )
+    return match.group(1).strip("\n") if match else ""
+
+
+def write_markdown(doc: dict[str, Any], path: Path, plot: Path | None) -> None:
+    m = doc["machine"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Date: {doc['date']}. Command (from the repository root):",
+        "",
+        "```",
+        doc["command"],
+        "```",
+        "",
+        f"Machine: {m['nproc']} cores ({m['cpu_model']}), {m['memory_gib']} GiB, {m['kernel']}; "
+        f"Python {m['python']}, uvloop {m['uvloop']}, PyAV {m['pyav']} (FFmpeg {m['ffmpeg']}), "
+        f"GStreamer {m['gstreamer']}.",
+        "",
+        f"Load average before the run: {doc['load_average_before']}; after: "
+        f"{doc['load_average_after']}. {doc['machine_note']}",
+        "",
+        "Cameras, relay and readers each run as their own processes on this machine; the "
+        "relay's CPU and memory are read from /proc for its whole process tree. Readers are "
+        f"{doc['options']['reader_procs']} uvloop process(es) of `RtspReader` (TCP "
+        "interleaved). Each measurement: "
+        f"{doc['options']['warmup']} s warm-up, {doc['options']['duration']} s window, "
+        f"{doc['options']['late_readers']} late readers for time to first frame. Raw figures: "
+        "[results/latest.json](results/latest.json).",
+        "",
+        "## Largest load held with zero loss",
+        "",
+        "| relay, shape, codec | cameras x readers per stream | reader sessions |",
+        "|---|---|---|",
+    ]
+    for key, best in sorted(doc["max_held"].items()):
+        lines.append(
+            f"| {key} | {best['cameras']} x {best['readers_per_stream']} | {best['readers']} |"
+        )
+    lines += ["", "## Every measurement", "", *results_table(doc["results"])]
+    lines += [
+        "",
+        "Columns: *held* = every reader attached and received at least "
+        "97% of the frames due at 25 fps with no RTP sequence gap; *relay CPU* = CPU "
+        "seconds per second of the relay's process tree; *CPU-s per Gbit* = relay CPU "
+        "seconds per Gbit of RTP delivered to readers; *latency* = reader receive time minus "
+        "the camera's send stamp (SEI) for every video frame; *TTFF* = PLAY to the first "
+        "complete keyframe for a reader attached mid-run; *upstream per camera* = playing "
+        "sessions the camera counts.",
+        "",
+        "## Peers as a ratio to the gateway in the same run",
+        "",
+        "Peer figure divided by the gateway's at the same load (> 1: the gateway does better).",
+        "",
+    ]
+    lines += ratio_table(doc["ratios"])
+    if plot is not None:
+        lines += ["", f"![CPU and latency against load]({plot.relative_to(path.parent)})"]
+    if doc.get("profile"):
+        p = doc["profile"]
+        lines += [
+            "",
+            f"## Profile of the gateway at {p['step']} (py-spy, {p['samples']} samples)",
+            "",
+            "Own time (the function itself, % of all samples of the gateway's threads):",
+            "",
+            "| % | function |",
+            "|---|---|",
+        ]
+        lines += [f"| {pct} | `{fn}` |" for fn, pct in p["self"][:20]]
+        lines += ["", "Inclusive time (the function and what it calls):", "", "| % | function |"]
+        lines += ["|---|---|"] + [f"| {pct} | `{fn}` |" for fn, pct in p["inclusive"][:20]]
+    lines += [
+        "",
+        "## What the profile says",
+        "",
+        LESSON_START,
+        doc.get("lesson") or "(not written yet)",
+        LESSON_END,
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> Path | None:
+    """CPU per Gbit and latency p99 against load, one line per relay and codec."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    shapes = [s for s in ("fanout", "many") if any(r["shape"] == s for r in results)]
+    if not shapes:
+        return None
+    fig, axes = plt.subplots(3, len(shapes), figsize=(6 * len(shapes), 10), squeeze=False)
+    metrics = (
+        ("cpu_s_per_gbit", "relay CPU-s per relayed Gbit"),
+        ("relay_cpu_share", "relay CPU (cores busy)"),
+        ("latency_p99_ms", "added latency p99 (ms)"),
+    )
+    for col, shape in enumerate(shapes):
+        series: dict[str, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+        for r in results:
+            if r["shape"] == shape and "readers_sustained" in r:
+                x = r["readers_per_stream"] if shape == "fanout" else r["cameras"]
+                series[f"{r['relay']} {r['codec']}"].append((x, r))
+        for row, (name, label) in enumerate(metrics):
+            ax = axes[row][col]
+            for line, points in sorted(series.items()):
+                points.sort(key=lambda p: p[0])
+                xs = [x for x, r in points if r.get(name) is not None]
+                ys = [r[name] for _, r in points if r.get(name) is not None]
+                ax.plot(xs, ys, marker="o", label=line)
+                for x, r in points:
+                    if not r["held"] and r.get(name) is not None:
+                        ax.plot([x], [r[name]], marker="x", color="red", markersize=10)
+            ax.set_ylabel(label)
+            ax.grid(True, alpha=0.3)
+            if row == 0:
+                title = "1 camera x N readers" if shape == "fanout" else "N cameras x M readers"
+                ax.set_title(title + " (red x: not held)")
+            if row == len(metrics) - 1:
+                ax.set_xlabel("readers per stream" if shape == "fanout" else "cameras")
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def summarize_profile(raw: Path, top: int = 25) -> dict[str, Any]:
+    """Own and inclusive shares per function from py-spy's raw (collapsed stack) output."""
+    own: dict[str, int] = defaultdict(int)
+    inclusive: dict[str, int] = defaultdict(int)
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_function_name(f) for f in stack.split(";")]
+        # The first frame is the thread ("process N:..."/"thread"), not code.
+        frames = [f for f in frames if f]
+        if not frames:
+            continue
+        total += count
+        own[frames[-1]] += count
+        for name in set(frames):
+            inclusive[name] += count
+
+    def ranked(table: dict[str, int]) -> list[tuple[str, float]]:
+        items = sorted(table.items(), key=lambda kv: -kv[1])[:top]
+        return [(name, round(100 * n / total, 1)) for name, n in items]
+
+    return {"samples": total, "self": ranked(own), "inclusive": ranked(inclusive)}
+
+
+_FRAME = re.compile(r"^(?P<fn>[^ ]+) \((?P<file>[^:)]+)(?::\d+)?\)$")
+
+
+def _function_name(frame: str) -> str:
+    """``deliver (gateway/rtsp/server.py:131)`` -> ``gateway/rtsp/server.py:deliver``."""
+    frame = frame.strip()
+    match = _FRAME.match(frame)
+    if match is None:
+        return "" if frame.startswith(("process ", "thread ")) else frame
+    path = match.group("file")
+    for marker in ("/gateway/", "/site-packages/", "/lib/python3"):
+        if marker in path:
+            path = path[path.index(marker) + 1 :]
+            break
+    return f"{path}:{match.group('fn')}"
