@@ -175,6 +175,7 @@ class PtzDetection:
             policy=camera.ptz,
         )
         self.found: bool | None = None  # None: not known yet
+        self.settled = asyncio.Event()  # set once ``found`` is known
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -192,6 +193,7 @@ class PtzDetection:
                 if "ter:ActionNotSupported" in fault.subcodes:
                     log.info("%s: the camera has no ONVIF PTZ", self.camera.name)
                     self.found = False
+                    self.settled.set()
                     return
                 delay = self.backoff.next_delay()
                 log.info(
@@ -201,6 +203,7 @@ class PtzDetection:
             else:
                 log.info("%s: PTZ forwarded to the camera's ONVIF service", self.camera.name)
                 self.found = True
+                self.settled.set()
                 return
 
     async def close(self) -> None:
