@@ -394,7 +394,7 @@ async def login_form(request: web.Request) -> web.StreamResponse:
                 "Cache-Control": "no-store",
                 # The login page is self-contained: its style is inline, it has no script.
                 "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-                "form-action 'self'; frame-ancestors 'none'",
+                "img-src data:; form-action 'self'; frame-ancestors 'none'",
             },
         )
     ctx = ctx_of(request)
