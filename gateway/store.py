@@ -3,7 +3,8 @@
 One database file in the state directory, WAL mode so readers never block the writer and a
 kill at any moment leaves a consistent file. Each subsystem owns a *component* with its own
 ordered list of migrations; ``migrate`` applies the ones not yet recorded, each in its own
-transaction together with its version bump.
+transaction together with its version bump. A migration is an SQL script of any number of
+statements, trigger bodies included (statements are split where SQLite says one is complete).
 """
 
 from __future__ import annotations
@@ -111,4 +112,24 @@ class _Transaction:
 
 
 def _split(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
+    """The statements of ``script``, cut at the semicolons SQLite says end one.
+
+    ``executescript`` would do this but commits first, which would separate a migration from
+    its version bump; a ``;`` inside a string or a trigger body does not end a statement.
+    """
+    statements: list[str] = []
+    current = ""
+    *pieces, tail = script.split(";")
+    for piece in pieces:
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            if current.strip(" \t\r\n;"):
+                statements.append(current.strip())
+            current = ""
+    current += tail
+    if current.strip():
+        # A last statement without its semicolon is fine; an unfinished one is not.
+        if not sqlite3.complete_statement(current + ";"):
+            raise ValueError(f"incomplete SQL statement in migration: {current.strip()[:60]!r}")
+        statements.append(current.strip())
+    return statements

@@ -65,13 +65,13 @@ MIGRATIONS = [
     );
     CREATE INDEX policy_audit_log_camera ON policy_audit_log(camera, key, id)
     """,
-]
-# Store.migrate splits scripts on ';', which a trigger body contains: created idempotently.
-TRIGGERS = [
-    "CREATE TRIGGER IF NOT EXISTS policy_audit_log_no_update BEFORE UPDATE ON policy_audit_log"
-    " BEGIN SELECT RAISE(ABORT, 'policy_audit_log is append-only'); END",
-    "CREATE TRIGGER IF NOT EXISTS policy_audit_log_no_delete BEFORE DELETE ON policy_audit_log"
-    " BEGIN SELECT RAISE(ABORT, 'policy_audit_log is append-only'); END",
+    # IF NOT EXISTS: databases made before this migration got the same triggers at start-up.
+    """
+    CREATE TRIGGER IF NOT EXISTS policy_audit_log_no_update BEFORE UPDATE ON policy_audit_log
+    BEGIN SELECT RAISE(ABORT, 'policy_audit_log is append-only'); END;
+    CREATE TRIGGER IF NOT EXISTS policy_audit_log_no_delete BEFORE DELETE ON policy_audit_log
+    BEGIN SELECT RAISE(ABORT, 'policy_audit_log is append-only'); END;
+    """,
 ]
 
 
@@ -116,25 +116,17 @@ class PolicyStore:
     def __init__(self, store: Store) -> None:
         self.store = store
         store.migrate("policy", MIGRATIONS)
-        for statement in TRIGGERS:
-            store.execute(statement)
 
     # ------------------------------------------------------------------ inventory
 
     def snapshot(self, camera: str) -> dict[str, Any] | None:
         rows = self.store.query("SELECT * FROM policy_inventory WHERE camera = ?", (camera,))
-        if not rows:
-            return None
-        row = rows[0]
-        return {
-            "camera": row["camera"],
-            "taken_at": row["taken_at"],
-            "vendor": row["vendor"],
-            "identity": json.loads(row["identity"]) if row["identity"] else None,
-            "services": json.loads(row["services"]),
-            "settings": json.loads(row["settings"]),
-            "error": row["error"],
-        }
+        return _snapshot(rows[0]) if rows else None
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        """The latest snapshot of every camera ever inventoried, by camera name."""
+        rows = self.store.query("SELECT * FROM policy_inventory ORDER BY camera")
+        return [_snapshot(row) for row in rows]
 
     def save_inventory(
         self,
@@ -232,6 +224,13 @@ class PolicyStore:
         )
         return [json.loads(row["data"]) for row in rows]
 
+    def all_findings(self) -> dict[str, list[dict[str, Any]]]:
+        """``{camera: findings of its latest audit}`` for every audited camera."""
+        result: dict[str, list[dict[str, Any]]] = {}
+        for row in self.store.query("SELECT camera, data FROM policy_findings ORDER BY camera, id"):
+            result.setdefault(row["camera"], []).append(json.loads(row["data"]))
+        return result
+
     # ------------------------------------------------------------------ audit log
 
     def log_change(
@@ -270,6 +269,18 @@ class PolicyStore:
             (camera,),
         )
         return {row["key"]: row["after"] for row in rows}
+
+
+def _snapshot(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "camera": row["camera"],
+        "taken_at": row["taken_at"],
+        "vendor": row["vendor"],
+        "identity": json.loads(row["identity"]) if row["identity"] else None,
+        "services": json.loads(row["services"]),
+        "settings": json.loads(row["settings"]),
+        "error": row["error"],
+    }
 
 
 def _entry(row: sqlite3.Row) -> LogEntry:
