@@ -29,7 +29,6 @@ from gateway.devices.dahua import (
 from gateway.sim import httpauth
 from gateway.sim.device import SimDevice
 
-CGI_SWITCH = "_cgi_available"
 BAD_REQUEST = "Error\r\nBad Request!\r\n"
 LOGIN_FAILED = 268632085
 NO_SUCH_CONFIG = 268959743
@@ -137,15 +136,13 @@ def _factory_defaults(device: SimDevice) -> dict[str, Any]:
 
 
 def reset(device: SimDevice) -> None:
-    """Factory defaults; keeps the CGI switch as it was (it models the firmware)."""
-    available = device.settings.get(CGI_SWITCH, True)
-    device.settings.clear()
+    """Factory defaults of every config table (``device.cgi_available`` models the firmware
+    and stays; settings of the camera's other faces are left alone)."""
     device.settings.update(_factory_defaults(device))
-    device.settings[CGI_SWITCH] = available
 
 
 def set_cgi_available(device: SimDevice, available: bool) -> None:
-    device.settings[CGI_SWITCH] = available
+    device.cgi_available = available
 
 
 def set_value(device: SimDevice, key: str, value: str) -> None:
@@ -180,13 +177,12 @@ def _system_info(device: SimDevice) -> dict[str, str]:
 def install(app: web.Application, device: SimDevice) -> None:
     """Add the CGI, JSON-RPC and event routes for ``device`` to its HTTP application."""
     httpauth.setup(app, device)
-    if not any(not k.startswith("_") for k in device.settings):
+    if "Network" not in device.settings:
         reset(device)
-    device.settings.setdefault(CGI_SWITCH, True)
     sessions: dict[str, dict[str, Any]] = {}
 
     async def cgi(request: web.Request) -> web.StreamResponse:
-        if not device.settings.get(CGI_SWITCH, True):
+        if not device.cgi_available:
             return web.Response(status=404, text="404 Not Found", content_type="text/html")
         blocked = await httpauth.guard(request, device)
         if blocked is not None:

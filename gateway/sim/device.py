@@ -50,6 +50,8 @@ class SimDevice:
     presets: dict[str, tuple[str, list[float]]] = field(default_factory=dict)
     motion_interval: float = 0.0  # seconds between simulated motion events; 0 = never
     phone_home: bool = False
+    # Dahua: older firmware answers the HTTP CGI API; newer firmware only JSON-RPC (False).
+    cgi_available: bool = True
 
     def __post_init__(self) -> None:
         digest = hashlib.sha256(f"{self.vendor}/{self.name}".encode()).hexdigest()
