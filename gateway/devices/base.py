@@ -77,11 +77,27 @@ def redact(settings: Mapping[str, str]) -> dict[str, str]:
 
 
 def client_for(camera: CameraConfig, *, timeout: float = 10.0) -> CameraClient:
-    """The management client for ``camera``'s vendor (the password is revealed only here)."""
+    """The management client for ``camera`` (the password is revealed only here).
+
+    Hikvision and Dahua: the vendor API, with the camera's ONVIF service adding to the
+    inventory; generic cameras: ONVIF alone (read-only). ONVIF is asked on ``onvif_port``,
+    else on ``http_port``.
+    """
     from gateway.devices.dahua import DahuaClient
     from gateway.devices.hikvision import HikvisionClient
     from gateway.devices.http import CameraHttp
+    from gateway.devices.onvif_client import OnvifClient, WithOnvif
 
+    onvif = OnvifClient(
+        camera.name,
+        camera.host,
+        camera.onvif_port or camera.http_port,
+        camera.username,
+        camera.password.reveal(),
+        timeout=timeout,
+    )
+    if camera.vendor == "generic":
+        return onvif
     http = CameraHttp(
         camera.name,
         camera.host,
@@ -91,9 +107,9 @@ def client_for(camera: CameraConfig, *, timeout: float = 10.0) -> CameraClient:
         timeout=timeout,
     )
     if camera.vendor == "hikvision":
-        return HikvisionClient(http)
+        return WithOnvif(HikvisionClient(http), onvif)
     if camera.vendor == "dahua":
-        return DahuaClient(http, camera.username, camera.password.reveal())
+        return WithOnvif(DahuaClient(http, camera.username, camera.password.reveal()), onvif)
     raise DeviceUnsupportedError(
         camera.name, f"vendor {camera.vendor!r} has no management API the gateway can audit"
     )

@@ -18,9 +18,9 @@ from typing import Any
 
 from gateway import __version__
 from gateway.config import CameraConfig, Config
-from gateway.devices.base import CameraClient
+from gateway.devices.base import CameraClient, DeviceIdentity
 from gateway.policy.config import PolicyConfig, parse_policy
-from gateway.policy.db import PolicyStore
+from gateway.policy.db import HistoryEvent, PolicyStore
 from gateway.policy.findings import SEVERITIES, Finding, apply_allow_list
 from gateway.policy.firmware import evaluate_firmware, load_advisories
 from gateway.policy.inventory import (
@@ -34,11 +34,18 @@ from gateway.policy.inventory import (
     read_camera,
     save,
 )
-from gateway.policy.telemetry import SettingDiff, differences, findings_for
+from gateway.policy.telemetry import (
+    WRITABLE_VENDORS,
+    SettingDiff,
+    differences,
+    findings_for,
+    unverifiable_findings,
+)
 from gateway.store import Store
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
+ADVISORY_VENDORS = ("hikvision", "dahua")
 Progress = Callable[[str, str], None]  # (camera, message)
 
 
@@ -70,6 +77,8 @@ class CameraAudit:
     error: CameraError | None = None
     changes: list[Change] = field(default_factory=list)
     reboot_required: bool = False
+    # What the round's first read found changed on the camera (not the gateway's own writes).
+    events: list[HistoryEvent] = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -162,18 +171,41 @@ def evaluate(
     """Findings (firmware + telemetry, allow-list applied) and the setting differences."""
     identity = record.identity
     assert identity is not None
-    findings = evaluate_firmware(
-        camera.vendor,
+    findings = firmware_findings(identity, policy)
+    writable = camera.vendor in WRITABLE_VENDORS
+    diffs = differences(policy.telemetry, camera.name, camera.vendor, record.settings)
+    findings += findings_for(diffs, drifted, enforceable=writable)
+    if not writable:
+        findings += unverifiable_findings(policy.telemetry, camera.name, camera.vendor)
+    findings = apply_allow_list(findings, policy.allow, camera.name, identity.model, today)
+    return findings, diffs
+
+
+def firmware_findings(identity: DeviceIdentity, policy: PolicyConfig) -> list[Finding]:
+    """Advisories and site rules for the firmware of the vendor the camera says it is from.
+
+    A camera configured as generic but reporting a Hikvision or Dahua manufacturer over
+    ONVIF is checked as one; for other manufacturers there is no advisory database.
+    """
+    if identity.vendor not in ADVISORY_VENDORS:
+        return [
+            Finding(
+                id="firmware.not_checkable",
+                kind="firmware",
+                severity="info",
+                title="No advisory database for this manufacturer; firmware not checked",
+                action="Check the firmware version against the manufacturer's advisories.",
+                current=identity.firmware_text(),
+            )
+        ]
+    return evaluate_firmware(
+        identity.vendor,
         identity.model,
         identity.firmware_text(),
         advisories=load_advisories(),
         minimum=policy.minimum,
         blocked=policy.blocked,
     )
-    diffs = differences(policy.telemetry, camera.name, camera.vendor, record.settings)
-    findings += findings_for(diffs, drifted)
-    findings = apply_allow_list(findings, policy.allow, camera.name, identity.model, today)
-    return findings, diffs
 
 
 def _drifted(pstore: PolicyStore, camera: str, diffs: list[SettingDiff]) -> frozenset[str]:
@@ -199,6 +231,7 @@ async def _check(
     record = await read_camera(camera, client)
     save(pstore, record)
     result.record = record
+    result.events = list(record.history)
     if record.error is not None:
         result.error = record.error
         say(camera.name, f"error: {record.error.message}")
@@ -208,7 +241,7 @@ async def _check(
     if drifted:
         findings, diffs = evaluate(camera, record, policy, today, drifted)
     to_apply = [d for d in diffs if not _accepted(findings, d.key)]
-    if enforce and to_apply:
+    if enforce and to_apply and camera.vendor in WRITABLE_VENDORS:
         say(camera.name, f"applying {len(to_apply)} setting(s)")
         await _apply(camera, client, pstore, record, to_apply, result, actor)
         if result.error is None:
@@ -358,38 +391,84 @@ async def run_enforce(
     )
 
 
-async def policy_loop(config: Config, store: Store, stop_event: asyncio.Event) -> None:
+async def policy_loop(
+    config: Config,
+    store: Store,
+    stop_event: asyncio.Event,
+    *,
+    wake: asyncio.Event | None = None,
+    lock: asyncio.Lock | None = None,
+) -> None:
     """For ``run``: every ``drift_check_interval`` s, inventory + drift check (+ enforce).
 
-    Runs until ``stop_event`` is set; a failed round is logged and the next one still runs.
+    Runs until ``stop_event`` is set; setting ``wake`` starts the next round at once (an
+    on-demand refresh); ``lock`` is held during each round, so runs started elsewhere (the
+    admin API) that take it never interleave with one. A failed round is logged and the next
+    one still runs. Logs one line per event: each setting that drifted or changed, firmware or
+    identity changed, setting applied, and camera that could not be checked.
     """
     policy = parse_policy(config)
-    if policy.drift_check_interval <= 0:
+    if policy.drift_check_interval <= 0 and wake is None:
         await stop_event.wait()
         return
     while not stop_event.is_set():
+        if wake is not None:
+            wake.clear()
         try:
-            if policy.auto_enforce:
-                report = await run_enforce(config, store, policy=policy, actor="drift")
-            else:
-                report = await run_audit(config, store, policy=policy)
+            async with lock or contextlib.nullcontext():
+                if policy.auto_enforce:
+                    report = await run_enforce(config, store, policy=policy, actor="drift")
+                else:
+                    report = await run_audit(config, store, policy=policy)
             for camera in report.cameras:
-                drifted = [f.id for f in camera.findings if f.drift]
-                if drifted:
-                    log.warning(
-                        "camera settings drifted from policy",
-                        extra={
-                            "camera": camera.name,
-                            "settings": ",".join(drifted),
-                            "reapplied": policy.auto_enforce,
-                        },
-                    )
-                if camera.error is not None:
-                    log.warning(
-                        "camera policy check failed",
-                        extra={"camera": camera.name, "error": camera.error.message},
-                    )
+                log_round(camera, policy.auto_enforce)
         except Exception:
             log.exception("policy check round failed")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop_event.wait(), policy.drift_check_interval)
+        await _next_round(stop_event, wake, policy.drift_check_interval)
+
+
+async def _next_round(
+    stop_event: asyncio.Event, wake: asyncio.Event | None, interval: float
+) -> None:
+    """Until the interval is over (never when 0), the loop is stopped or woken."""
+    waiters = [asyncio.ensure_future(stop_event.wait())]
+    if wake is not None:
+        waiters.append(asyncio.ensure_future(wake.wait()))
+    try:
+        await asyncio.wait(
+            waiters, timeout=interval if interval > 0 else None, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+def log_round(camera: CameraAudit, auto_enforce: bool) -> None:
+    """One log line per thing that happened to ``camera`` in a round (values are redacted).
+
+    The camera and key are part of the message text, so the log's repeat limiter (which keys
+    on the message) never hides one camera's event behind another's.
+    """
+    name = camera.name
+    for event in camera.events:
+        if event.kind == "setting_drifted":
+            log.warning(
+                f"camera {name}: {event.key} drifted from the enforced {event.before!r}"
+                f" to {event.after!r}"
+                + (" (re-applying)" if auto_enforce else " (auto_enforce is off)")
+            )
+        else:
+            what = event.kind.replace("_", " ")
+            log.info(f"camera {name}: {what}: {event.key} {event.before!r} -> {event.after!r}")
+    for change in camera.changes:
+        if change.verified:
+            log.info(
+                f"camera {name}: set {change.key} from {change.before!r} to {change.after!r}"
+                " (verified)"
+            )
+        else:
+            log.warning(
+                f"camera {name}: setting {change.key} to {change.after!r} failed: {change.error}"
+            )
+    if camera.error is not None:
+        log.warning(f"camera {name}: policy check failed: {camera.error.message}")

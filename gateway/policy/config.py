@@ -24,7 +24,7 @@ models = ["IPC-HFW2XXX"]      # optional model patterns
 expires = 2026-12-31
 reason = "camera replaced in Q4; ONVIF only reachable through the gateway"
 
-[policy.telemetry]            # every feature defaults to "off" (ntp to "gateway")
+[policy.telemetry]            # features default to "off" (ntp: "gateway", discovery: "allowed")
 ntp_server = "192.168.50.1"   # default: camera_network.address
 email = "allowed"
 [policy.telemetry.vendor.dahua]
@@ -144,6 +144,26 @@ def _allow(reader: _Reader, cameras: set[str]) -> tuple[AllowEntry, ...]:
     return tuple(entries)
 
 
+def _mode_tables(
+    reader: _Reader, name: str, check_key: Callable[[str], str | None]
+) -> dict[str, dict[str, str]]:
+    """``[policy.telemetry.<name>.<key>]`` tables of feature modes, keys checked."""
+    tables: dict[str, dict[str, str]] = {}
+    for key, table in (reader.get(name, dict, {}) or {}).items():
+        dotted = f"{name}.{key}"
+        problem = check_key(key)
+        if problem:
+            reader.error(dotted, problem)
+            continue
+        if not isinstance(table, dict):
+            reader.error(dotted, "must be a table")
+            continue
+        sub = _Reader(table, reader.key(dotted), reader.problems, reader.base_dir)
+        tables[key] = _modes(sub)
+        sub.finish()
+    return tables
+
+
 def parse_policy(config: Config) -> PolicyConfig:
     """Validate ``config.sections["policy"]``; ConfigError naming each bad key."""
     raw = config.sections.get("policy", {})
@@ -175,32 +195,14 @@ def parse_policy(config: Config) -> PolicyConfig:
         None,
         lambda v: None if v.strip() and " " not in v else "must be an IP address or host name",
     )
-    per_vendor: dict[str, dict[str, str]] = {}
-    vendor_tables = tr.get("vendor", dict, {}) or {}
-    for vendor, table in vendor_tables.items():
-        key = f"vendor.{vendor}"
-        if vendor not in VENDORS or vendor == "generic":
-            tr.error(key, "must be hikvision or dahua")
-            continue
-        if not isinstance(table, dict):
-            tr.error(key, "must be a table")
-            continue
-        vr = _Reader(table, tr.key(key), problems, base)
-        per_vendor[vendor] = _modes(vr)
-        vr.finish()
-    per_camera: dict[str, dict[str, str]] = {}
-    camera_tables = tr.get("camera", dict, {}) or {}
-    for name, table in camera_tables.items():
-        key = f"camera.{name}"
-        if name not in cameras:
-            tr.error(key, f"no camera named {name!r}")
-            continue
-        if not isinstance(table, dict):
-            tr.error(key, "must be a table")
-            continue
-        cr = _Reader(table, tr.key(key), problems, base)
-        per_camera[name] = _modes(cr)
-        cr.finish()
+    per_vendor = _mode_tables(
+        tr,
+        "vendor",
+        lambda vendor: None if vendor in VENDORS else "must be hikvision, dahua or generic",
+    )
+    per_camera = _mode_tables(
+        tr, "camera", lambda name: None if name in cameras else f"no camera named {name!r}"
+    )
     tr.finish()
     top.finish()
 
@@ -216,7 +218,6 @@ def parse_policy(config: Config) -> PolicyConfig:
             }.get("ntp")
             == "gateway"
             for c in config.cameras
-            if c.vendor in ("hikvision", "dahua")
         )
         if wants_gateway_ntp:
             problems.append(

@@ -112,8 +112,8 @@ class InventoryResult:
 
 
 def managed_cameras(config: Config) -> list[CameraConfig]:
-    """Enabled cameras of a vendor whose management API the gateway speaks."""
-    return [c for c in config.cameras if c.enabled and c.vendor in ("hikvision", "dahua")]
+    """Enabled cameras: Hikvision and Dahua through their APIs, generic ones through ONVIF."""
+    return [c for c in config.cameras if c.enabled]
 
 
 async def run_inventory(

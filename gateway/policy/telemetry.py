@@ -4,6 +4,10 @@ A *feature* (``cloud``, ``upnp``, ``ntp``, ...) is what the policy speaks of; ea
 maps it to its own settings (Hikvision ``EZVIZ.enabled``, Dahua ``T2UServer.Enable``). The
 desired mode of a feature is ``off`` or ``allowed`` (``ntp``: ``gateway`` or ``allowed``),
 set for all cameras, per vendor and per camera. Pure: settings in, differences out.
+
+Generic cameras are read through ONVIF, which shows only the clock (NTP) and WS-Discovery
+settings; every other feature the policy wants off is reported as not checkable rather than
+passed (:func:`unverifiable_findings`).
 """
 
 from __future__ import annotations
@@ -27,9 +31,17 @@ FEATURES = (
     "snmp",
     "bonjour",
     "multicast",
+    "discovery",
 )
 MODES = {feature: ("off", "allowed") for feature in FEATURES} | {"ntp": ("gateway", "allowed")}
-DEFAULT_MODES = {feature: "off" for feature in FEATURES} | {"ntp": "gateway"}
+# WS-Discovery only answers on the camera network, which the gateway isolates: allowed unless
+# a site says otherwise.
+DEFAULT_MODES = {feature: "off" for feature in FEATURES} | {
+    "ntp": "gateway",
+    "discovery": "allowed",
+}
+# Vendors whose settings the gateway can change; the others (generic: ONVIF) are audit-only.
+WRITABLE_VENDORS = ("hikvision", "dahua")
 
 # (feature, setting key pattern, value when the feature is off)
 _OFF_RULES: dict[str, tuple[tuple[str, str, str], ...]] = {
@@ -57,6 +69,7 @@ _OFF_RULES: dict[str, tuple[tuple[str, str, str], ...]] = {
         ("bonjour", r"Bonjour\.Enable", "false"),
         ("multicast", r"Multicast\.\w+\[\d+\]\.Enable", "false"),
     ),
+    "generic": (("discovery", r"onvif\.Discovery\.Mode", "NonDiscoverable"),),
 }
 _COMPILED = {
     vendor: tuple((f, re.compile(p), v) for f, p, v in rules)
@@ -76,6 +89,7 @@ FEATURE_INFO: dict[str, tuple[str, str]] = {
     "snmp": ("medium", "SNMP enabled"),
     "bonjour": ("low", "Bonjour/mDNS announcements enabled"),
     "multicast": ("low", "Multicast streaming enabled"),
+    "discovery": ("low", "ONVIF WS-Discovery announcements enabled"),
 }
 
 
@@ -105,6 +119,9 @@ def ntp_desired(vendor: str, address: str) -> dict[str, str]:
         return desired
     if vendor == "dahua":
         return {"NTP.Enable": "true", "NTP.Address": address, "NTP.Port": "123"}
+    if vendor == "generic":
+        # As ONVIF GetNTP reports it: servers set by hand, and only the gateway's.
+        return {"onvif.NTP.FromDHCP": "false", "onvif.NTP.Manual": address}
     return {}
 
 
@@ -167,8 +184,15 @@ def differences(
     return diffs
 
 
-def findings_for(diffs: list[SettingDiff], drifted: frozenset[str] = frozenset()) -> list[Finding]:
+def findings_for(
+    diffs: list[SettingDiff], drifted: frozenset[str] = frozenset(), *, enforceable: bool = True
+) -> list[Finding]:
     findings: list[Finding] = []
+    how = (
+        "onvif-gateway enforce does this"
+        if enforceable
+        else "in the camera's own configuration; the gateway only reads it through ONVIF"
+    )
     for diff in diffs:
         severity, title = FEATURE_INFO[diff.feature]
         shown = diff.current if diff.current is not None else "(not set)"
@@ -178,11 +202,41 @@ def findings_for(diffs: list[SettingDiff], drifted: frozenset[str] = frozenset()
                 kind="telemetry",
                 severity=severity,
                 title=title,
-                action=f"Set {diff.key} to {diff.desired} (onvif-gateway enforce does this).",
+                action=f"Set {diff.key} to {diff.desired} ({how}).",
                 feature=diff.feature,
                 current=shown,
                 desired=diff.desired,
                 drift=diff.key in drifted,
+            )
+        )
+    return findings
+
+
+def unverifiable_findings(policy: TelemetryPolicy, camera: str, vendor: str) -> list[Finding]:
+    """Features the policy wants off that ``vendor``'s API cannot show: one finding each.
+
+    Their id is ``<feature>.not_checkable``; once checked by hand, a site records that with a
+    ``[[policy.allow]]`` entry (and an expiry) instead of the gateway assuming compliance.
+    """
+    visible = set(supported_features(vendor))
+    findings: list[Finding] = []
+    for feature, mode in policy.modes_for(camera, vendor).items():
+        if mode != "off" or feature in visible:
+            continue
+        findings.append(
+            Finding(
+                id=f"{feature}.not_checkable",
+                kind="telemetry",
+                severity="info",
+                title=f"{FEATURE_INFO[feature][1]}: not checkable through this camera's API",
+                action=(
+                    f"Check in the camera's own configuration that {feature} is off, then "
+                    f"record it as an accepted item ([[policy.allow]] id = "
+                    f'"{feature}.not_checkable") with a review date.'
+                ),
+                feature=feature,
+                current="unknown",
+                desired="off",
             )
         )
     return findings
@@ -198,5 +252,9 @@ def enabled_services(vendor: str, settings: Mapping[str, str]) -> list[str]:
     if vendor == "hikvision" and settings.get("time.timeMode") == "NTP":
         on.add("ntp")
     if vendor == "dahua" and settings.get("NTP.Enable", "").lower() == "true":
+        on.add("ntp")
+    if vendor == "generic" and (
+        settings.get("onvif.NTP.Manual") or settings.get("onvif.NTP.FromDHCP") == "true"
+    ):
         on.add("ntp")
     return [f for f in FEATURES if f in on]
