@@ -194,7 +194,7 @@ class AdminContext:
                         "malformed": stats.malformed_frames,
                         "reconnects": stats.reconnects,
                         "upstream_sessions": hub.upstream_sessions,
-                        "bitrate": hub.bitrate,
+                        "byte_rate": hub.bitrate / 8,
                         "fps": hub.fps,
                         "gop_seconds": stats.gop_seconds,
                     }

@@ -48,7 +48,11 @@ STREAM_COUNTERS = (
     ("stream_upstream_sessions", "Upstream sessions opened to the camera", "upstream_sessions"),
 )
 STREAM_GAUGES = (
-    ("stream_bitrate_bits_per_second", "Ingest bitrate over the last seconds", "bitrate"),
+    (
+        "stream_received_bytes_per_second",
+        "Ingest rate over the last seconds (x8 for the bitrate)",
+        "byte_rate",
+    ),
     ("stream_frames_per_second", "Video frame rate as received", "fps"),
     ("stream_gop_seconds", "Seconds between the last two keyframes", "gop_seconds"),
 )
