@@ -170,7 +170,10 @@ def verify_username_token(
         if abs(now - created) > window:
             raise AuthError(f"Created is {now - created:+.0f} s from now, outside ±{window:g} s")
     if token.nonce is not None:
-        replay.add(b"ws:" + token.nonce, now)
+        # Keyed on nonce and Created together: the digest binds both, so a captured request
+        # replayed as-is is still refused, while clients that reuse a weak nonce within one
+        # second with a fresh Created (libonvif seeds rand() with time() per token) still work.
+        replay.add(b"ws:" + token.nonce + b"|" + (token.created or "").encode(), now)
 
 
 # --------------------------------------------------------------------------- HTTP Digest
