@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TextIO
 
 from gateway import __version__
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -46,6 +51,22 @@ or 'onvif-gateway init' to write a commented starter configuration.
 """
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+def console(stream: TextIO | None = None) -> Console:
+    """A rich console for tables and progress: colours only on a terminal and never with
+    NO_COLOR set; plain text (no escape codes) when piped."""
+    from rich.console import Console
+
+    out = stream or sys.stdout
+    tty = out.isatty()
+    return Console(
+        file=out,
+        no_color=not tty or "NO_COLOR" in os.environ,
+        force_terminal=tty,
+        highlight=False,
+        width=None if tty else 160,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""Core commands: ``run``, ``check``, ``demo``, ``init``."""
+"""Core commands: ``run``, ``check``, ``status``, ``demo``, ``init``."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from gateway import config as cfgmod
-from gateway.cli import EXIT_FINDINGS, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
+from gateway.cli import EXIT_FINDINGS, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, console
 
 log = logging.getLogger("gateway")
 
@@ -25,8 +26,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "run",
         help="run the gateway",
         description="Run the gateway: ingest every camera stream, serve RTSP and "
-        "ONVIF to the VMS network, and the admin API. SIGHUP reloads the "
-        "configuration without dropping unaffected streams.",
+        "ONVIF to the VMS network, and the admin API, dashboard and /metrics when the "
+        "configuration has an [admin] section. SIGHUP (systemctl reload) or POST "
+        "/api/v1/reload re-reads the file without dropping unaffected streams; SIGTERM "
+        "or Ctrl-C stops. When ready, prints one JSON line to stdout: "
+        '{"event": "ready", "rtsp_port": N}.',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", "-c", required=True, metavar="FILE")
     p.set_defaults(handler=cmd_run)
@@ -42,15 +47,39 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=cmd_check)
 
     p = sub.add_parser(
+        "status",
+        help="live status of a running gateway (through its admin API)",
+        description="Ask a running gateway's admin API (address and credentials from the "
+        "[admin] section of FILE) for every camera's live status. Exit 0 when every enabled "
+        "camera streams, 1 when some do not, 3 when the admin API cannot be reached.",
+    )
+    p.add_argument("--config", "-c", required=True, metavar="FILE")
+    p.add_argument("--json", action="store_true", help="print the API's JSON")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+    p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser(
         "demo",
         help="simulated cameras served through the gateway",
-        description="Start one simulated Hikvision and one simulated Dahua camera "
-        "and the gateway in front of them, print the URLs and credentials, and "
-        "run until Ctrl-C.",
+        description="Start one simulated Hikvision (H.264) and one simulated Dahua (H.265 "
+        "main, H.264 sub) camera and the gateway in front of them, print the dashboard "
+        "URL, the RTSP URLs and the generated credentials, and run until Ctrl-C. "
+        "If the admin port is taken, the next free one is used (and printed).",
     )
-    p.add_argument("--rtsp-port", type=int, default=8554)
-    p.add_argument("--bind", default="127.0.0.1")
+    p.add_argument("--rtsp-port", type=int, default=8554, help="default 8554")
+    p.add_argument("--admin-port", type=int, default=8080, help="default 8080")
+    p.add_argument("--onvif-base-port", type=int, default=8000, help="default 8000")
+    p.add_argument("--bind", default="127.0.0.1", help="default 127.0.0.1 (loopback only)")
     p.add_argument("--state-dir", default=None, help="default: a temporary directory")
+    p.add_argument(
+        "--profile",
+        choices=("demo", "test"),
+        default="demo",
+        help="clips: demo = 720p (encoded once, then cached), test = small and quick",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print the URLs and credentials as one JSON line"
+    )
     p.set_defaults(handler=cmd_demo)
 
     p = sub.add_parser(
@@ -73,6 +102,9 @@ def load_config_or_exit(path: str) -> cfgmod.Config | int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    if not Path(args.config).is_file():
+        print(f"{args.config}: cannot read the file (no such file)", file=sys.stderr)
+        return EXIT_USAGE
     try:
         config = cfgmod.load(args.config)
     except cfgmod.ConfigError as exc:
@@ -107,19 +139,117 @@ def cmd_check(args: argparse.Namespace) -> int:
             for c in config.cameras
         ],
     }
+    if config.admin is not None:
+        summary["admin"] = f"http://{_url_host(config.admin.bind)}:{config.admin.port}/"
     if args.json:
         print(json.dumps(summary, indent=2))
-    else:
-        print(
-            f"{config.source}: valid; {len(config.cameras)} camera(s), RTSP on "
-            f"{config.server.bind}:{config.server.rtsp_port}"
+        return EXIT_OK
+    from rich.table import Table
+
+    out = console()
+    admin = f", admin on {summary['admin']}" if "admin" in summary else ""
+    out.print(
+        f"[green]{config.source}: valid[/]; {len(config.cameras)} camera(s), RTSP on "
+        f"{config.server.bind}:{config.server.rtsp_port}{admin}"
+    )
+    table = Table("camera", "vendor", "host", "streams", "on demand", "enabled")
+    for cam in summary["cameras"]:
+        table.add_row(
+            cam["name"],
+            cam["vendor"],
+            cam["host"],
+            " ".join(cam["streams"]),
+            "yes" if cam["on_demand"] else "no",
+            "yes" if cam["enabled"] else "[yellow]no[/]",
         )
-        for cam in summary["cameras"]:
-            print(
-                f"  {cam['name']:<20} {cam['vendor']:<10} {cam['host']:<16} "
-                f"{' '.join(cam['streams'])}"
-            )
+    out.print(table)
     return EXIT_OK
+
+
+def _url_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    loaded = load_config_or_exit(args.config)
+    if isinstance(loaded, int):
+        return loaded
+    if loaded.admin is None:
+        print(f"{args.config}: no [admin] section, so no admin API to ask", file=sys.stderr)
+        return EXIT_USAGE
+    return _event_loop_run(_status(loaded.admin, args))
+
+
+async def _status(admin: cfgmod.AdminConfig, args: argparse.Namespace) -> int:
+    import aiohttp
+
+    from gateway.rtsp.auth import DigestClient
+
+    # A wildcard bind is reached through loopback from the same box.
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(admin.bind, admin.bind)
+    base = f"http://{_url_host(host)}:{admin.port}"
+    path = "/api/v1/cameras"
+    digest = DigestClient(admin.username, admin.password.reveal(), allow_basic=False)
+    timeout = aiohttp.ClientTimeout(total=args.timeout)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async with session.get(base + path) as response:
+                if response.status == 401:
+                    digest.handle_challenge(response.headers.getall("WWW-Authenticate", []))
+            headers = {"Authorization": digest.authorization("GET", path) or ""}
+            async with session.get(base + path, headers=headers) as response:
+                if response.status == 401:
+                    print(f"{base}: the [admin] credentials were refused", file=sys.stderr)
+                    return EXIT_RUNTIME
+                if response.status != 200:
+                    print(f"{base}{path}: HTTP {response.status}", file=sys.stderr)
+                    return EXIT_RUNTIME
+                body = await response.json()
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        print(f"cannot reach the admin API at {base}: {exc or type(exc).__name__}", file=sys.stderr)
+        return EXIT_RUNTIME
+    cameras = body["cameras"]
+    down = [c["name"] for c in cameras if c["enabled"] and not c["connected"]]
+    if args.json:
+        print(json.dumps(body, indent=2))
+        return EXIT_FINDINGS if down else EXIT_OK
+    from rich.table import Table
+
+    table = Table(
+        "camera",
+        "stream",
+        "state",
+        "codec",
+        "size",
+        "fps",
+        "bitrate",
+        "clients",
+        "reconnects",
+        "last error",
+    )
+    styles = {"live": "green", "down": "red"}
+    for cam in cameras:
+        if not cam["streams"]:
+            table.add_row(cam["name"], "-", "[yellow]disabled[/]", *[""] * 7)
+        for s in cam["streams"]:
+            style = styles.get(s["state"], "yellow")
+            table.add_row(
+                cam["name"],
+                s["stream"],
+                f"[{style}]{s['state']}[/]",
+                s["codec"] or "-",
+                f"{s['width']}x{s['height']}" if s["width"] else "-",
+                f"{s['fps']:g}",
+                f"{s['bitrate'] / 1e6:.2f} Mbit/s",
+                str(s["clients"]),
+                str(s["reconnects"]),
+                s["last_error"] or "",
+            )
+    out = console()
+    out.print(table)
+    if down:
+        out.print(f"[red]not streaming:[/] {', '.join(down)}")
+    return EXIT_FINDINGS if down else EXIT_OK
 
 
 def _event_loop_run(coro: Any) -> int:
@@ -206,9 +336,46 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _event_loop_run(_demo(args))
 
 
+def _port_free(bind: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # SO_REUSEADDR like the servers themselves: only a listener makes a port busy.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((bind, port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_ports(bind: str, wanted: int, count: int = 1, tries: int = 50) -> int:
+    """The first of ``count`` consecutive free TCP ports from ``wanted`` on."""
+    for first in range(wanted, min(wanted + tries, 65536 - count)):
+        if all(_port_free(bind, port) for port in range(first, first + count)):
+            return first
+    raise OSError(f"no {count} free port(s) on {bind} from {wanted} to {wanted + tries}")
+
+
 async def _demo(args: argparse.Namespace) -> int:
     from gateway.runtime import Gateway
     from gateway.sim.runner import SimFleet, default_stream_specs
+
+    notes: list[str] = []
+    try:
+        ports = {}
+        for name, wanted, count in (
+            ("RTSP", args.rtsp_port, 1),
+            ("admin", args.admin_port, 1),
+            ("ONVIF", args.onvif_base_port, 2),
+        ):
+            ports[name] = pick_ports(args.bind, wanted, count)
+            if ports[name] != wanted:
+                notes.append(
+                    f"{name} port {wanted} is in use on {args.bind}; using {ports[name]} instead"
+                )
+    except OSError as exc:
+        print(f"cannot start the demo: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
 
     camera_password = secrets.token_urlsafe(12)
     fleet = SimFleet.build(
@@ -217,21 +384,24 @@ async def _demo(args: argparse.Namespace) -> int:
         host="127.0.0.1",
         username="admin",
         password=camera_password,
-        specs=default_stream_specs("demo"),
+        specs=default_stream_specs(args.profile),
         motion_interval=20.0,
         ptz=True,
     )
-    print("Preparing simulated cameras (clips are encoded once and cached)...", flush=True)
-    await fleet.start()
+    err = console(sys.stderr)
+    with err.status("Preparing simulated cameras (clips are encoded once and cached)..."):
+        await fleet.start()
     vms_password = secrets.token_urlsafe(12)
     admin_password = secrets.token_urlsafe(12)
     state_dir = args.state_dir or tempfile.mkdtemp(prefix="onvif-gateway-demo-")
     text = fleet.gateway_config(
         bind=args.bind,
-        rtsp_port=args.rtsp_port,
+        rtsp_port=ports["RTSP"],
         vms_user="vms",
         vms_password=vms_password,
         admin_password=admin_password,
+        admin_port=ports["admin"],
+        onvif_base_port=ports["ONVIF"],
         state_dir=state_dir,
     )
     config = cfgmod.loads(text, source="<demo>")
@@ -240,37 +410,53 @@ async def _demo(args: argparse.Namespace) -> int:
         await gateway.start()
     except OSError as exc:
         print(f"cannot start the gateway: {exc}", file=sys.stderr)
+        await gateway.stop()
         await fleet.stop()
         return EXIT_RUNTIME
-    assert gateway.rtsp is not None
-    host = args.bind
-    lines = [
-        "",
-        "onvif-gateway demo is running. Press Ctrl-C to stop.",
-        "",
-        f"VMS credentials:   user 'vms'  password '{vms_password}'",
+    assert gateway.rtsp is not None and config.admin is not None
+    host = _url_host(args.bind)
+    dashboard = f"http://{host}:{config.admin.port}/"
+    rtsp = [
+        f"rtsp://{host}:{gateway.rtsp.port}/{cam.name}/{stream}"
+        for cam in config.cameras
+        for stream in cam.stream_names()
     ]
-    if config.admin is not None:
-        lines.append(
-            f"Dashboard:         http://{host}:{config.admin.port}/  "
-            f"(user 'admin' password '{admin_password}')"
-        )
-    lines.append("RTSP streams (through the gateway):")
-    for cam in config.cameras:
-        for stream in cam.stream_names():
-            lines.append(
-                f"  rtsp://vms:{vms_password}@{host}:{gateway.rtsp.port}/{cam.name}/{stream}"
-            )
-    for i, cam in enumerate(config.cameras):
-        port = cam.onvif_port or config.server.onvif_base_port + i
-        lines.append(f"ONVIF device {cam.name}: http://{host}:{port}/onvif/device_service")
-    lines += [
-        "",
-        f"Try: ffplay -rtsp_transport tcp rtsp://vms:{vms_password}@{host}:"
-        f"{gateway.rtsp.port}/{config.cameras[0].name}/main",
-        "",
+    onvif = [
+        f"http://{host}:{cam.onvif_port or config.server.onvif_base_port + i}/onvif/device_service"
+        for i, cam in enumerate(config.cameras)
     ]
-    print("\n".join(lines), flush=True)
+    for note in notes:
+        print(note, file=sys.stderr)
+    if args.json:
+        ready = {
+            "event": "ready",
+            "dashboard": dashboard,
+            "metrics": dashboard + "metrics",
+            "admin": {"username": config.admin.username, "password": admin_password},
+            "vms": {"username": "vms", "password": vms_password},
+            "rtsp": rtsp,
+            "onvif": onvif,
+        }
+        print(json.dumps(ready), flush=True)
+    else:
+        lines = [
+            "",
+            "onvif-gateway demo is running. Press Ctrl-C to stop.",
+            "",
+            f"Dashboard:        {dashboard}",
+            f"  sign in as:     user '{config.admin.username}'  password '{admin_password}'",
+            f"  metrics:        {dashboard}metrics (same credentials)",
+            f"VMS credentials:  user 'vms'  password '{vms_password}'",
+            "RTSP streams (through the gateway):",
+            *(f"  {url}" for url in rtsp),
+            "ONVIF devices:",
+            *(f"  {url}" for url in onvif),
+            "",
+            "Try: ffplay -rtsp_transport tcp "
+            f"rtsp://vms:{vms_password}@{rtsp[0].removeprefix('rtsp://')}",
+            "",
+        ]
+        print("\n".join(lines), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)

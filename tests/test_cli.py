@@ -1,0 +1,218 @@
+"""The integrator CLI as a subprocess: help text, exit codes, ``init`` -> ``check``,
+``run`` failures, and ``demo`` (busy admin port, printed dashboard and credentials) queried
+with ``status``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import socket
+import stat
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import free_port, free_ports, run_tool
+
+GATEWAY = (sys.executable, "-m", "gateway")
+ANSI = re.compile(r"\x1b\[")
+
+
+async def gateway_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    return await run_tool(*GATEWAY, *args, timeout=90, env=env)
+
+
+async def test_help_lists_commands_and_exit_codes() -> None:
+    code, out, _ = await gateway_cli("--help")
+    assert code == 0
+    for command in ("run", "check", "status", "demo", "init", "audit", "egress"):
+        assert re.search(rf"^\s+{command}\s", out, re.M), command
+    assert "exit codes:" in out and "130" in out
+    for command in ("run", "check", "status", "demo", "init"):
+        code, out, _ = await gateway_cli(command, "--help")
+        assert code == 0 and "usage: onvif-gateway " + command in out
+    code, out, _ = await gateway_cli()
+    assert code == 2 and "usage:" in out
+    code, _, err = await gateway_cli("no-such-command")
+    assert code == 2 and "invalid choice" in err
+
+
+async def test_init_writes_a_config_check_accepts_with_fresh_passwords(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.toml", tmp_path / "b.toml"
+    for path in (first, second):
+        code, out, err = await gateway_cli("init", "--output", str(path))
+        assert code == 0, err
+        assert str(path) in out
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    code, _, err = await gateway_cli("init", "--output", str(first))
+    assert code == 2 and "--force" in err
+
+    def passwords(path: Path) -> list[str]:
+        return re.findall(r'^password = "([^"]+)"', path.read_text(), re.M)
+
+    a, b = passwords(first), passwords(second)
+    assert len(a) == 2 and len(b) == 2  # VMS and admin
+    assert not set(a) & set(b) and a[0] != a[1]
+    assert all(len(p) >= 20 for p in a)
+    text = first.read_text().lower()
+    assert "changeme" not in text and 'password = "admin"' not in text
+
+    # The starter camera takes its password from the environment.
+    code, _, err = await gateway_cli("check", "--config", str(first))
+    assert code == 1 and "LOBBY_CAMERA_PASSWORD is not set" in err
+    env = {"LOBBY_CAMERA_PASSWORD": "s3cret-camera"}
+    code, out, err = await gateway_cli("check", "--config", str(first), env=env)
+    assert code == 0, err
+    assert "valid" in out and "lobby" in out and "/lobby/main" in out
+    assert not ANSI.search(out), "colours on a pipe"
+    code, out, _ = await gateway_cli("check", "--config", str(first), "--json", env=env)
+    summary = json.loads(out)
+    assert code == 0 and summary["valid"] is True
+    assert summary["cameras"][0]["streams"] == ["/lobby/main", "/lobby/sub"]
+    assert summary["admin"] == "http://127.0.0.1:8080/"
+    assert "s3cret-camera" not in out
+
+
+async def test_check_exit_codes_for_invalid_and_missing_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[vms]\nusername = "vms"\npassword = "x"\n[admin]\nusername = "a"\n')
+    code, out, _ = await gateway_cli("check", "--config", str(bad), "--json")
+    assert code == 1
+    problems = json.loads(out)["problems"]
+    assert {
+        "file": str(bad),
+        "key": "admin.password",
+        "message": problems[0]["message"],
+    } in problems
+    code, _, err = await gateway_cli("check", "--config", str(tmp_path / "missing.toml"))
+    assert code == 2 and "cannot read" in err
+
+
+async def test_run_exit_codes(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server]\nrtsp_port = 70000\n")
+    code, _, err = await gateway_cli("run", "--config", str(bad))
+    assert code == 2 and "server.rtsp_port" in err and "Traceback" not in err
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = tmp_path / "busy.toml"
+        config.write_text(
+            f'state_dir = "{tmp_path / "state"}"\n[server]\nrtsp_port = {port}\n'
+            f'[vms]\nusername = "vms"\npassword = "vms-password"\n'
+        )
+        code, out, err = await gateway_cli("run", "--config", str(config))
+    assert code == 3, err
+    assert "cannot start" in err and "Traceback" not in err
+    assert '"ready"' not in out
+
+
+async def read_json_line(stream: asyncio.StreamReader, timeout: float) -> dict[str, object]:
+    async def first_json() -> dict[str, object]:
+        while True:
+            line = await stream.readline()
+            if not line:
+                raise AssertionError("the process ended before its ready line")
+            if line.startswith(b"{"):
+                return json.loads(line)
+
+    return await asyncio.wait_for(first_json(), timeout)
+
+
+@pytest.mark.slow
+async def test_demo_prints_dashboard_and_status_reads_it(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            *GATEWAY,
+            "demo",
+            "--profile",
+            "test",
+            "--json",
+            "--admin-port",
+            str(taken),
+            "--rtsp-port",
+            str(free_port()),
+            "--onvif-base-port",
+            str(free_ports(2)[0]),
+            "--state-dir",
+            str(tmp_path / "state"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            ready = await read_json_line(proc.stdout, 120)
+            assert ready["event"] == "ready"
+            dashboard = str(ready["dashboard"])
+            port = int(dashboard.rsplit(":", 1)[1].strip("/"))
+            assert port != taken
+            admin = ready["admin"]
+            assert isinstance(admin, dict) and len(admin["password"]) >= 16
+            assert len(ready["rtsp"]) == 4  # type: ignore[arg-type]
+            basic = aiohttp.encode_basic_auth(admin["username"], admin["password"])
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(
+                    dashboard + "api/v1/cameras", headers={"Authorization": basic}
+                ) as response,
+            ):
+                assert response.status == 200
+
+            config = tmp_path / "status.toml"
+            config.write_text(
+                f'[vms]\nusername = "vms"\npassword = "unused"\n'
+                f'[admin]\nport = {port}\nusername = "admin"\n'
+                f'password_env = "DEMO_ADMIN_PASSWORD"\n'
+            )
+            env = {"DEMO_ADMIN_PASSWORD": admin["password"]}
+            for _ in range(100):  # the cameras' first frames may still be on their way
+                code, out, err = await gateway_cli("status", "--config", str(config), env=env)
+                if code == 0:
+                    break
+                await asyncio.sleep(0.2)
+            assert code == 0, out + err
+            assert "hik1" in out and "dahua1" in out and "H265" in out and "live" in out
+            assert not ANSI.search(out)
+            code, out, _ = await gateway_cli("status", "--config", str(config), "--json", env=env)
+            assert code == 0
+            assert {c["name"] for c in json.loads(out)["cameras"]} == {"hik1", "dahua1"}
+            code, _, err = await gateway_cli(
+                "status", "--config", str(config), env={"DEMO_ADMIN_PASSWORD": "wrong"}
+            )
+            assert code == 3 and "refused" in err
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                _, err_bytes = await asyncio.wait_for(proc.communicate(), 60)
+            except TimeoutError:
+                proc.kill()
+                raise
+    assert proc.returncode == 0
+    err_text = err_bytes.decode()
+    assert f"admin port {taken} is in use" in err_text
+    assert admin["password"] not in err_text  # type: ignore[index]
+
+
+async def test_status_without_a_running_gateway(tmp_path: Path) -> None:
+    config = tmp_path / "status.toml"
+    config.write_text(
+        f'[vms]\nusername = "vms"\npassword = "unused"\n'
+        f'[admin]\nport = {free_port()}\nusername = "admin"\npassword = "whatever"\n'
+    )
+    code, _, err = await gateway_cli("status", "--config", str(config))
+    assert code == 3 and "cannot reach the admin API" in err
+    no_admin = tmp_path / "no_admin.toml"
+    no_admin.write_text('[vms]\nusername = "vms"\npassword = "unused"\n')
+    code, _, err = await gateway_cli("status", "--config", str(no_admin))
+    assert code == 2 and "no [admin] section" in err
