@@ -451,10 +451,16 @@ def held(result: dict[str, Any]) -> bool:
 async def start_py_spy(
     pid: int, duration: float, output: Path, workdir: Path
 ) -> asyncio.subprocess.Process:
-    """py-spy record (raw collapsed stacks) of ``pid`` and its children for ``duration``."""
+    """py-spy record (raw collapsed stacks) of ``pid`` and its children for ``duration``.
+
+    Idle threads are left out (py-spy's default), so shares are of the samples in which a
+    thread was running; time in C (uvloop, FFmpeg) is charged to the Python frame that
+    called it. (``--native`` would show the C frames but counts threads blocked in poll and
+    futex waits as busy, which hides where the CPU goes.)
+    """
     output.parent.mkdir(parents=True, exist_ok=True)
     argv = ["py-spy", "record", "--pid", str(pid), "--duration", str(int(duration))]
-    argv += ["--rate", "200", "--format", "raw", "--subprocesses", "--nonblocking"]
+    argv += ["--rate", "100", "--format", "raw", "--subprocesses", "--threads", "--nonblocking"]
     argv += ["-o", str(output)]
     stderr = open(workdir / "py-spy.stderr.log", "wb")  # noqa: SIM115
     try:

@@ -159,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="logs and configs of every process (default: a temporary directory)",
     )
     ap.add_argument("--note", default="", help="a sentence for RESULTS.md about the conditions")
+    ap.add_argument(
+        "--render-only",
+        action="store_true",
+        help="measure nothing: rewrite RESULTS.md and the plot from --output",
+    )
     return ap  # fmt: skip
 
 
@@ -201,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if args.render_only:
+        doc = json.loads(args.output.read_text())
+        doc["lesson"] = report.existing_lesson(args.markdown) or doc.get("lesson", "")
+        args.output.write_text(json.dumps(doc, indent=1) + "\n")
+        report.write_markdown(doc, args.markdown, report.plot(doc["results"], args.plot))
+        return 0
     for codec in args.codecs.split(","):
         if codec not in CODECS:
             ap.error(f"--codecs: {codec!r} is not one of {', '.join(CODECS)}")
