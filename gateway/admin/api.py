@@ -599,8 +599,13 @@ async def _run_policy_action(action: str, config: cfgmod.Config, store: Store, u
     if action == "inventory":
         return await inventory.run_inventory(config, store)
     if action == "audit":
-        return await audit.run_audit(config, store)
-    return await audit.run_enforce(config, store, actor=f"admin:{user}")
+        report = await audit.run_audit(config, store)
+    else:
+        report = await audit.run_enforce(config, store, actor=f"admin:{user}")
+    # One log line per change, drift or failure, as the policy loop logs its rounds.
+    for camera in report.cameras:
+        audit.log_round(camera, auto_enforce=action == "enforce")
+    return report
 
 
 async def run_inventory(request: web.Request) -> web.Response:
