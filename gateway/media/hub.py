@@ -205,7 +205,8 @@ class StreamHub:
         self._bitrate_window: collections.deque[tuple[float, int]] = collections.deque()
         self._bitrate_bytes = 0
         self.fps = 0.0
-        self._video_times: collections.deque[float] = collections.deque(maxlen=50)
+        self._frames_since_key = 0
+        self._last_key_ts: int | None = None
         self.listeners: list[Callable[[str, StreamHub], None]] = []
 
     # ------------------------------------------------------------------ upstream side
@@ -258,6 +259,7 @@ class StreamHub:
             for sub in self.subscribers:
                 sub.resync()
         self._clear_gop()
+        self._last_key_ts = None
         self.state = "live"
         self.last_error = ""
         self._ready.set()
@@ -331,9 +333,9 @@ class StreamHub:
         stats.bytes_in += frame.size
         is_video = track.is_video
         if is_video:
-            self._video_times.append(arrival)
             if keyframe:
-                self._on_keyframe(arrival)
+                self._on_keyframe(arrival, ts, track.clock_rate)
+            self._frames_since_key += 1
         self._account_bitrate(arrival, frame.size)
         self._cache(frame, is_video)
 
@@ -371,17 +373,20 @@ class StreamHub:
         track.octet_count += len(blob) - 16 * len(lengths)
         return Frame(track.index, keyframe, ts, first_seq, blob, lengths, arrival)
 
-    def _on_keyframe(self, now: float) -> None:
+    def _on_keyframe(self, now: float, ts: int, clock_rate: int) -> None:
+        # GOP length and frame rate from RTP timestamps, not arrival times, so network
+        # jitter does not show up in what ONVIF reports as the encoder's settings.
         stats = self.stats
-        if stats.last_keyframe_ts:
-            stats.gop_seconds = now - stats.last_keyframe_ts
-            stats.gop_frames = sum(1 for t in self._video_times if t >= stats.last_keyframe_ts)
+        if self._last_key_ts is not None:
+            ticks = (ts - self._last_key_ts) & 0xFFFFFFFF
+            if 0 < ticks < 60 * clock_rate:
+                stats.gop_frames = self._frames_since_key
+                stats.gop_seconds = ticks / clock_rate
+                self.fps = stats.gop_frames / stats.gop_seconds
+        self._last_key_ts = ts
+        self._frames_since_key = 0
         stats.last_keyframe_ts = now
         stats.keyframes += 1
-        if len(self._video_times) >= 2:
-            span = self._video_times[-1] - self._video_times[0]
-            if span > 0:
-                self.fps = (len(self._video_times) - 1) / span
 
     def _account_bitrate(self, now: float, size: int) -> None:
         window = self._bitrate_window

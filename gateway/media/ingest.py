@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import random
 import threading
@@ -30,6 +32,30 @@ from gateway.codecs.base import CodecParams
 from gateway.media.hub import FrameInbox, StreamHub
 
 log = logging.getLogger("gateway.ingest")
+
+
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018 - glibc only
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _glibc()
+if _LIBC is not None:
+    # glibc gives each new thread its own malloc arena (up to 8 per core); with one reader
+    # thread per camera stream that multiplies resident memory for nothing.
+    _LIBC.mallopt(-8, 2)  # M_ARENA_MAX
+
+
+def _release_probe_memory() -> None:
+    """FFmpeg decodes a few frames while probing a stream and frees them; hand that memory
+    back to the OS instead of keeping it in the heap of every reader."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
 
 _VIDEO_NAMES = {"h264": "H264", "hevc": "H265"}
 _AUDIO_NAMES = {"pcm_mulaw": "PCMU", "pcm_alaw": "PCMA", "aac": "AAC"}

@@ -14,6 +14,7 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -34,6 +35,7 @@ HTTP_FACES = (
     "gateway.sim.onvif",
     "gateway.sim.phonehome",
 )
+TICK_SLACK = 0.002
 IGNORED_PARAMS = ("transportmode", "unicast", "proto", "profile")
 SERVER_NAMES = {"hikvision": "Hikvision-Webs", "dahua": "Rtsp Server/3.0"}
 
@@ -94,14 +96,14 @@ class ClipPlayer:
     def _tick(self) -> None:
         assert self._loop is not None
         clip = self.clip
-        now = self._loop.time()
-        elapsed = now - self._t0
+        # Timers fire with millisecond granularity (libuv) and may fire early; anything
+        # due within the slack goes out now instead of re-arming for a sub-ms wait.
+        elapsed = self._loop.time() - self._t0 + TICK_SLACK
         arrival = time.monotonic()
         video = clip.video_frames
         nv = len(video)
         vpayloads = _payloads(clip, 0)
         hub = self.hub
-        # Video frames due by now.
         while True:
             k, i = divmod(self._vi, nv)
             frame = video[i]
@@ -115,6 +117,8 @@ class ClipPlayer:
             hub.push_payloads(0, pts, frame.keyframe, payloads, arrival)
             self._vi += 1
         if self.with_audio:
+            # Audio keeps its own 20 ms pace, as a camera sends it: relays see the same
+            # packet rhythm as from real devices.
             audio = clip.audio_frames
             assert clip.audio is not None
             rate = clip.audio.clock_rate
@@ -165,7 +169,9 @@ class SimCamera:
         for key in sorted(set(paths.values())):
             spec = self.streams.sub if key.startswith("sub") else self.streams.main
             clip = await asyncio.to_thread(load_clip, spec)
-            hub = StreamHub(f"{dev.name}/{key}")
+            # Streams play only while someone watches, as a camera's RTSP server sends
+            # only to its clients; each session starts at a keyframe (clip frame 0).
+            hub = StreamHub(f"{dev.name}/{key}", on_demand=True, linger=1.0)
             player = ClipPlayer(hub, clip, timestamp_sei=self.timestamp_sei)
             self.hubs[key] = hub
             self.players[key] = player
@@ -206,6 +212,7 @@ class SimCamera:
                 raise
             if name.endswith(".onvif"):
                 module.install(app, dev, rtsp_url_for=self.rtsp_url)
+                app.middlewares.append(_onvif_faults(dev))
             else:
                 module.install(app, dev)
         self.app = app
@@ -234,6 +241,21 @@ class SimCamera:
     def upstream_sessions(self) -> int:
         """RTSP sessions currently open on this camera (what the tests count)."""
         return len(self.rtsp.sessions) if self.rtsp else 0
+
+
+def _onvif_faults(device: SimDevice) -> Any:
+    """The camera's ONVIF face misbehaves like its vendor pages when a fault is active."""
+    from gateway.sim.httpauth import play_faults
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.startswith("/onvif/"):
+            faulty = await play_faults(request, device)
+            if faulty is not None:
+                return faulty
+        return await handler(request)
+
+    return middleware
 
 
 def _strip_params(path: str, names: Sequence[str]) -> str:

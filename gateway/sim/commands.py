@@ -45,6 +45,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--phone-home", action="store_true", help="cameras try to reach their vendors' clouds"
     )
     p.add_argument(
+        "--timestamp-sei",
+        action="store_true",
+        help="stamp every video frame with its send time (latency benchmarks)",
+    )
+    p.add_argument(
+        "--discovery",
+        action="store_true",
+        help="cameras answer ONVIF WS-Discovery probes (for 'onvif-gateway discover')",
+    )
+    p.add_argument(
         "--gateway-config",
         metavar="FILE",
         help="also write a gateway configuration fronting these cameras",
@@ -83,6 +93,8 @@ async def _sim(args: argparse.Namespace) -> int:
         motion_interval=args.motion_interval,
         ptz=args.ptz,
         phone_home=args.phone_home,
+        timestamp_sei=args.timestamp_sei,
+        discovery=args.discovery,
         overrides=overrides,
     )
     try:

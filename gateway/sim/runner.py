@@ -109,6 +109,7 @@ class SimFleet:
         ptz: bool = False,
         phone_home: bool = False,
         timestamp_sei: bool = False,
+        discovery: bool = False,
         overrides: dict[str, Any] | None = None,
     ) -> SimFleet:
         """``rtsp_port``/``http_port``: first port (camera i gets port + i), 0 for any free."""
@@ -132,6 +133,8 @@ class SimFleet:
                 video_codec=specs[vendor].main.codec,
                 **(overrides or {}),
             )
+            if discovery:
+                device.settings["onvif_discovery"] = True  # answer WS-Discovery probes
             cameras.append(SimCamera(device, specs[vendor], timestamp_sei=timestamp_sei))
         return cls(cameras)
 
