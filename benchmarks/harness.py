@@ -30,6 +30,7 @@ from benchmarks.readers import LatencyHistogram
 from benchmarks.relays import (
     CameraStream,
     Relay,
+    die_with_parent,
     python_env,
     stop_process_group,
     wait_ready,
@@ -105,6 +106,7 @@ class CameraFleet:
                     stderr=stderr,
                     env=python_env(),
                     start_new_session=True,
+                    preexec_fn=die_with_parent,
                 )
             finally:
                 stderr.close()
@@ -190,6 +192,7 @@ class ReaderProcess:
                 stderr=stderr,
                 env=python_env(),
                 start_new_session=True,
+                preexec_fn=die_with_parent,
                 limit=64 * 1024 * 1024,
             )
         finally:
@@ -470,6 +473,7 @@ async def start_py_spy(
             stdout=stderr,
             stderr=stderr,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
     finally:
         stderr.close()

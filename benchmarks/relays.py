@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -80,6 +82,15 @@ def python_env() -> dict[str, str]:
     return env
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for every child: SIGTERM it when the harness dies, however it dies."""
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -87,11 +98,17 @@ def free_port() -> int:
 
 
 def free_port_range(n: int) -> int:
-    """The first of ``n`` consecutive TCP ports that were free a moment ago."""
+    """The first of ``n`` consecutive TCP ports that were free a moment ago.
+
+    Taken below the kernel's ephemeral range, so outgoing connections (the relay's own
+    upstream sessions among them) cannot take one of them before the relay binds it.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
     for _ in range(200):
-        base = free_port()
-        if base + n > 65535:
-            continue
+        base = random.randrange(10000, max(10001, low - n))
         socks = []
         try:
             for port in range(base, base + n):
@@ -178,6 +195,7 @@ class Relay:
                 cwd=workdir,
                 env=python_env(),
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         finally:
             stderr.close()
@@ -202,7 +220,7 @@ class GatewayRelay(Relay):
         self.port = 0
 
     async def start(self, streams: list[CameraStream], workdir: Path) -> None:
-        self.port = free_port()
+        self.port = free_port_range(1)
         cameras = sorted({s.camera: s for s in streams}.values(), key=lambda s: s.key)
         subs = {s.camera for s in streams if s.key.endswith("/sub")}
         lines = [
@@ -210,7 +228,8 @@ class GatewayRelay(Relay):
             "[server]",
             'bind = "127.0.0.1"',
             f"rtsp_port = {self.port}",
-            f"onvif_base_port = {free_port_range(len(cameras))}",
+            # One ONVIF device port per camera, plus the NVR-mode device's.
+            f"onvif_base_port = {free_port_range(len(cameras) + 1)}",
             f"workers = {self.workers}",
             "[vms]",
             f'username = "{VMS_USER}"',
@@ -219,6 +238,7 @@ class GatewayRelay(Relay):
             "discovery = false",
         ]
         for cam in cameras:
+            # PTZ disabled: the simulated cameras have none, and probing them is not relaying.
             lines += [
                 "[[camera]]",
                 f'name = "{cam.camera}"',
@@ -230,6 +250,7 @@ class GatewayRelay(Relay):
                 f"password = {json.dumps(cam.password)}",
                 # Only the streams readers play are pulled, as the peers do.
                 f"substream = {'true' if cam.camera in subs else 'false'}",
+                'ptz = "disabled"',
             ]
         config = workdir / "gateway.toml"
         config.write_text("\n".join(lines) + "\n")
@@ -264,7 +285,7 @@ class GStreamerRelay(Relay):
         return None
 
     async def start(self, streams: list[CameraStream], workdir: Path) -> None:
-        self.port = free_port()
+        self.port = free_port_range(1)
         spec = [
             {
                 "path": "/" + s.key,

@@ -17,6 +17,7 @@ import json
 import logging
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -196,7 +197,13 @@ async def profile_gateway(step: Step, opts: Options, raw: Path) -> dict[str, Any
     return {"step": step.label, "measurement": result, "raw": str(raw), **summary}
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    # SIGTERM unwinds like Ctrl-C, so every finally block stops the processes it started.
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     ap = build_parser()
     args = ap.parse_args(argv)
     if args.quick:
