@@ -88,7 +88,7 @@ def sample_tree(root: int) -> TreeSample:
     return TreeSample(tuple(alive), cpu_ticks / CLOCK_TICKS, rss, hwm)
 
 
-def machine_description() -> dict[str, str | int]:
+def machine_description() -> dict[str, str | int | float]:
     """nproc, CPU model, memory, kernel: what a result needs to be compared with another."""
     model = ""
     try:

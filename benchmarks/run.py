@@ -32,7 +32,7 @@ from benchmarks.relays import GST_PYTHON, make_relay
 
 log = logging.getLogger("benchmarks")
 HERE = Path(__file__).parent
-QUICK = {
+QUICK: dict[str, str | float] = {
     "fanout_readers": "10,40",
     "many_cameras": "4,16",
     "duration": 6.0,
@@ -197,6 +197,15 @@ async def profile_gateway(step: Step, opts: Options, raw: Path) -> dict[str, Any
     return {"step": step.label, "measurement": result, "raw": str(raw), **summary}
 
 
+def render_only(args: argparse.Namespace) -> int:
+    """Rewrite RESULTS.md and the plot from the JSON of the last run (keeping the lesson)."""
+    doc = json.loads(args.output.read_text())
+    doc["lesson"] = report.existing_lesson(args.markdown) or doc.get("lesson", "")
+    args.output.write_text(json.dumps(doc, indent=1) + "\n")
+    report.write_markdown(doc, args.markdown, report.plot(doc["results"], args.plot))
+    return 0
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     # SIGTERM unwinds like Ctrl-C, so every finally block stops the processes it started.
     raise KeyboardInterrupt
@@ -209,16 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         # Shorter defaults; options given on the command line still win.
         ap.set_defaults(
-            **{k: ints(v) if k.endswith(("readers", "cameras")) else v for k, v in QUICK.items()}
+            **{
+                k: ints(str(v)) if k.endswith(("readers", "cameras")) else v
+                for k, v in QUICK.items()
+            }
         )
         args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.render_only:
-        doc = json.loads(args.output.read_text())
-        doc["lesson"] = report.existing_lesson(args.markdown) or doc.get("lesson", "")
-        args.output.write_text(json.dumps(doc, indent=1) + "\n")
-        report.write_markdown(doc, args.markdown, report.plot(doc["results"], args.plot))
-        return 0
+        return render_only(args)
     for codec in args.codecs.split(","):
         if codec not in CODECS:
             ap.error(f"--codecs: {codec!r} is not one of {', '.join(CODECS)}")
