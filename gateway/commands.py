@@ -123,7 +123,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"{exc}", file=sys.stderr)
             print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
         return EXIT_FINDINGS
-    summary = {
+    summary: dict[str, Any] = {
         "valid": True,
         "file": config.source,
         "rtsp": f"rtsp://{config.server.bind}:{config.server.rtsp_port}/",

@@ -80,9 +80,7 @@ async def test_every_path_refuses_missing_and_wrong_credentials(admin: AdminGate
                 assert challenges[0].startswith("Digest ") and challenges[1].startswith("Basic ")
                 SPEC.validate(path, method, 401, body)
             # A good request clears the failure count (ten failures in a row get 429).
-            status, _, _ = await fetch(
-                session, "GET", admin.url + "/api/v1/session", admin.basic()
-            )
+            status, _, _ = await fetch(session, "GET", admin.url + "/api/v1/session", admin.basic())
             assert status == 200
             checked += 1
     assert checked >= 15

@@ -125,8 +125,8 @@ class LiveViewer:
 
     async def run(self) -> None:
         """Subscribe, send until the browser leaves or the stream ends, unsubscribe."""
-        for frame in self.hub.subscribe(self):
-            self.deliver(frame, frame.arrival)
+        for cached in self.hub.subscribe(self):
+            self.deliver(cached, cached.arrival)
         log.info(
             "live view opened",
             extra={"stream": self.hub.key, "peer": self.peer, "codec": self.codec},
