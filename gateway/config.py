@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 VENDORS = ("hikvision", "dahua", "generic")
+INGESTS = ("pyav", "native")
 CAMERA_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 
@@ -72,6 +73,9 @@ class ServerConfig:
     client_send_budget: int = 4 * 1024 * 1024
     client_stall_timeout: float = 10.0
     nvr_mode: bool = False
+    # How camera streams are read: "pyav" (FFmpeg through PyAV, the default) or "native"
+    # (the gateway's own asyncio RTSP client; cheaper per camera). Per camera overridable.
+    ingest: str = "pyav"
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,7 @@ class CameraConfig:
     onvif_port: int | None = None
     ptz: str = "enabled"  # enabled | no-presets | disabled
     enabled: bool = True
+    ingest: str | None = None  # None: [server] ingest
     extra: dict[str, Any] = field(default_factory=dict)
 
     def stream_names(self) -> list[str]:
@@ -288,6 +293,10 @@ def _positive(value: float) -> str | None:
     return None if value > 0 else "must be greater than zero"
 
 
+def _ingest(value: str) -> str | None:
+    return None if value in INGESTS else f"must be one of {', '.join(INGESTS)}"
+
+
 def _ip(value: str) -> str | None:
     try:
         ipaddress.ip_address(value)
@@ -362,6 +371,7 @@ def loads(text: str, *, source: str = "<config>", base_dir: Path | None = None) 
         ),
         client_stall_timeout=float(sr.get("client_stall_timeout", (int, float), 10.0, _positive)),
         nvr_mode=sr.get("nvr_mode", bool, False),
+        ingest=sr.get("ingest", str, "pyav", _ingest),
     )
     sr.finish()
 
@@ -523,6 +533,7 @@ def _camera(r: _Reader) -> CameraConfig | None:
             ),
         ),
         enabled=r.get("enabled", bool, True),
+        ingest=r.get("ingest", str, None, _ingest),
         extra={
             k: r.table[k]
             for k in ("model", "firmware", "serial", "location", "mac")

@@ -55,7 +55,8 @@ class Redactor(logging.Filter):
 
 
 class RateLimiter(logging.Filter):
-    """Lets the same (logger, message) through at most once per ``interval`` seconds.
+    """Lets the same (logger, message, camera/stream) through at most once per ``interval``
+    seconds.
 
     The next line after a quiet period says how many repeats were suppressed.
     """
@@ -64,13 +65,15 @@ class RateLimiter(logging.Filter):
         super().__init__()
         self.interval = interval
         self.max_keys = max_keys
-        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+        self._seen: dict[tuple[str, str, str], tuple[float, int]] = {}
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING and not getattr(record, "ratelimit", False):
             return True
-        key = (record.name, str(record.msg))
+        # Same message about a different camera or stream is a different event.
+        subject = getattr(record, "stream", None) or getattr(record, "camera", None) or ""
+        key = (record.name, str(record.msg), str(subject))
         now = time.monotonic()
         with self._lock:
             last, suppressed = self._seen.get(key, (0.0, 0))

@@ -19,6 +19,7 @@ from gateway import log as gwlog
 from gateway.config import CameraConfig, Config, iter_secrets
 from gateway.media.hub import StreamHub
 from gateway.media.ingest import IngestOptions, PyAVIngest
+from gateway.media.native_ingest import NativeIngest
 from gateway.media.snapshot import SnapshotCache, encode_jpeg
 from gateway.rtsp.auth import DigestAuthenticator
 from gateway.rtsp.server import RtspServer, ServerLimits
@@ -31,7 +32,7 @@ class CameraRuntime:
     config: CameraConfig
     index: int
     hubs: dict[str, StreamHub] = field(default_factory=dict)
-    ingests: dict[str, PyAVIngest] = field(default_factory=dict)
+    ingests: dict[str, PyAVIngest | NativeIngest] = field(default_factory=dict)
 
     def close(self) -> None:
         for hub in self.hubs.values():
@@ -108,14 +109,28 @@ class Gateway:
 
     def _start_camera(self, cam: CameraConfig, index: int) -> CameraRuntime:
         runtime = CameraRuntime(cam, index)
+        kind = cam.ingest or self.config.server.ingest
         for stream in cam.stream_names():
             hub = StreamHub(f"{cam.name}/{stream}", on_demand=cam.on_demand)
-            ingest = PyAVIngest(
-                hub,
-                cam.upstream_url(stream, with_credentials=True),
-                display_url=cam.upstream_url(stream, with_credentials=False),
-                options=IngestOptions(transport=cam.transport),
-            )
+            display_url = cam.upstream_url(stream, with_credentials=False)
+            options = IngestOptions(transport=cam.transport)
+            ingest: PyAVIngest | NativeIngest
+            if kind == "native":
+                ingest = NativeIngest(
+                    hub,
+                    display_url,
+                    username=cam.username,
+                    password=cam.password.reveal(),
+                    display_url=display_url,
+                    options=options,
+                )
+            else:
+                ingest = PyAVIngest(
+                    hub,
+                    cam.upstream_url(stream, with_credentials=True),
+                    display_url=display_url,
+                    options=options,
+                )
             runtime.hubs[stream] = hub
             runtime.ingests[stream] = ingest
             hub.attach_upstream(ingest)

@@ -104,7 +104,8 @@ def test_gop_cache_starts_at_the_latest_keyframe() -> None:
         hub.push(0, i * 3600, i in (2, 6), access_unit(i in (2, 6)), arrival=i / 25)
     hub.push(1, 100, False, b"\xff" * 160, arrival=0.3)
     gop = hub.subscribe(Recorder())
-    assert gop[0].keyframe and gop[0].timestamp == 6 * 3600
+    # Nothing before the first keyframe is stamped: the outgoing clock starts there.
+    assert gop[0].keyframe and gop[0].timestamp == (6 - 2) * 3600
     assert [f.track for f in gop] == [0, 0, 1]
     info = hub.rtp_info(gop)
     assert info[0] == (gop[0].first_seq, gop[0].timestamp)
@@ -133,6 +134,11 @@ def test_reconnect_keeps_rtp_identity_and_resyncs_clients() -> None:
     assert hub.state == "down" and hub.gop == []
     hub.upstream_opened([H264, PCMU])  # new session: source timestamps restart near zero
     assert sub.resyncs == 1 and sub.closed is None
+    # The new session starts mid-GOP: those frames are dropped before they take a number.
+    delivered = len(sub.frames)
+    hub.push(0, 3, False, access_unit(False), arrival=12.0)
+    hub.push(1, 3, False, b"\xff" * 160, arrival=12.0)
+    assert len(sub.frames) == delivered
     hub.push(0, 7, True, access_unit(True), arrival=12.04)
     first = rtp_fields(sub.frames[-1])[0]
     assert first[0] == next_seq
@@ -166,11 +172,13 @@ def test_g711_blocks_split_across_packets_advance_timestamps() -> None:
     hub.upstream_opened([H264, PCMU])
     sub = Recorder()
     hub.subscribe(sub)
+    hub.push(0, 0, True, access_unit(True), arrival=0.0)
     hub.push(1, 8000, False, b"\x7f" * 3200, arrival=0.0)  # 400 ms of samples in one frame
-    fields = rtp_fields(sub.frames[0])
+    audio = sub.frames[-1]
+    fields = rtp_fields(audio)
     assert len(fields) > 1
     timestamps = [ts for _, ts, _, _ in fields]
-    assert timestamps == sorted(timestamps) and timestamps[0] == sub.frames[0].timestamp
+    assert timestamps == sorted(timestamps) and timestamps[0] == audio.timestamp
     assert timestamps[-1] - timestamps[0] < 3200
 
 

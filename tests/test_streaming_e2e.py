@@ -388,3 +388,60 @@ def test_cli_check_reports_every_problem(tmp_path: Path) -> None:
     assert f"{bad}: camera[0].name:" in proc.stderr
     assert f"{bad}: camera[0].colour: unknown key" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("camera", ["hik1", "dahua1"])
+async def test_native_ingest_serves_decodable_streams_and_survives_restart(
+    fleet: SimFleet, tmp_path: Path, vms_password: str, camera: str
+) -> None:
+    """The optional native ingest (our asyncio RTSP client instead of PyAV) behind the same
+    hub: real ffmpeg decodes through it, and a camera restart keeps the client's session."""
+    require("ffmpeg")
+    text = gateway_config_text(fleet, tmp_path, vms_password, server_extra='ingest = "native"')
+    gw = Gateway(cfgmod.loads(text), start_services=False)
+    await gw.start()
+    try:
+        hub = gw.hub(camera, "main")
+        assert hub is not None
+        await wait_for(lambda: hub.state == "live", 15, "the native upstream")
+        code, _, err = await run_tool(
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-rtsp_transport",
+            "tcp",
+            "-i",
+            stream_url(gw, camera, "main", vms_password),
+            "-map",
+            "0:v",
+            "-map",
+            "0:a",
+            "-frames:v",
+            "40",
+            "-f",
+            "null",
+            "-",
+            timeout=40,
+        )
+        assert code == 0 and err.strip() == "", err
+        reader = RtspReader(stream_url(gw, camera, "main", vms_password))
+        await reader.start()
+        try:
+            await reader.wait_frames(10, timeout=15, media="video")
+            index = 0 if camera == "hik1" else 1
+            cam = fleet.cameras[index]
+            await cam.stop()
+            await wait_for(lambda: hub.state == "down", 15, "the camera to be seen down")
+            before = reader.tracks[0].frames
+            restarted = SimCamera(cam.device, cam.streams)
+            fleet.cameras[index] = restarted
+            await restarted.start()
+            await reader.wait_frames(before + 25, timeout=25, media="video")
+            assert reader.tracks[0].lost == 0
+            assert reader.tracks[0].timestamp_backwards == 0
+            assert camera_sessions(restarted, "main") == 1
+        finally:
+            await reader.close()
+    finally:
+        await gw.stop()

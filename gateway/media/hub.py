@@ -207,6 +207,7 @@ class StreamHub:
         self.fps = 0.0
         self._frames_since_key = 0
         self._last_key_ts: int | None = None
+        self._await_keyframe = True
         self.listeners: list[Callable[[str, StreamHub], None]] = []
 
     # ------------------------------------------------------------------ upstream side
@@ -260,6 +261,7 @@ class StreamHub:
                 sub.resync()
         self._clear_gop()
         self._last_key_ts = None
+        self._await_keyframe = True
         self.state = "live"
         self.last_error = ""
         self._ready.set()
@@ -314,6 +316,12 @@ class StreamHub:
         if not payloads:
             return
         track = self.tracks[track_index]
+        if self._await_keyframe:
+            # After an upstream (re)connect nothing is stamped before the first video
+            # keyframe: clients resume on it with no gap in their RTP sequence numbers.
+            if not (keyframe and track.is_video):
+                return
+            self._await_keyframe = False
         if track.rebase:
             if track.last_ts is None:
                 track.ts_offset = -timestamp

@@ -1,0 +1,176 @@
+"""Native ingest: the camera's RTSP read on the event loop by our own client, no FFmpeg.
+
+An alternative to the default PyAV ingest (``ingest = "native"``) for sites that need many
+cameras per core. FFmpeg's RTSP demuxer reads TCP-interleaved RTP with several small reads
+per packet and runs in a thread per stream; the asyncio reader parses whole socket buffers
+and hands depacketized access units straight to the hub. The hub then works exactly as with
+PyAV ingest (same RTP identity, GOP cache, reconnect continuity).
+
+PyAV stays the default: it copes with more unusual camera SDPs and codecs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+
+from gateway.codecs import SUPPORTED
+from gateway.codecs.base import CodecParams
+from gateway.media.hub import StreamHub
+from gateway.media.ingest import IngestOptions
+from gateway.rtsp.client import ReceivedFrame, RtspClientError, RtspReader
+
+log = logging.getLogger("gateway.ingest")
+
+
+class NativeIngest:
+    """Feeds a :class:`StreamHub` from an RTSP URL with :class:`RtspReader`. UpstreamControl."""
+
+    def __init__(
+        self,
+        hub: StreamHub,
+        url: str,
+        *,
+        username: str,
+        password: str,
+        display_url: str,
+        options: IngestOptions | None = None,
+    ) -> None:
+        self.hub = hub
+        self.url = url  # without credentials
+        self._username = username
+        self._password = password
+        self.display_url = display_url
+        self.options = options or IngestOptions()
+        self._task: asyncio.Task[None] | None = None
+        self._restart = asyncio.Event()
+        self._track_map: dict[int, int] = {}
+        self._last_frame = 0.0
+        self.connects = 0
+
+    # -- UpstreamControl
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def restart(self) -> None:
+        self._restart.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Nothing to join: the reader lives on the loop (API parity with PyAV ingest)."""
+
+    # -- session loop
+
+    async def _run(self) -> None:
+        backoff = self.options.backoff_initial
+        while True:
+            started = time.monotonic()
+            error = await self._session()
+            if time.monotonic() - started > 30:
+                backoff = self.options.backoff_initial
+            hub = self.hub
+            if hub.state == "live":
+                log.warning("camera stream down", extra={"stream": hub.key, "reason": error})
+            else:
+                log.warning(
+                    "camera stream unavailable",
+                    extra={"stream": hub.key, "reason": error, "ratelimit": True},
+                )
+            hub.upstream_failed(error)
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, self.options.backoff_max)
+
+    async def _session(self) -> str:
+        self._restart.clear()
+        reader = RtspReader(
+            self.url,
+            self._username or None,
+            self._password or None,
+            transport="udp" if self.options.transport == "udp" else "tcp",
+            on_frame=self._on_frame,
+            depacketize=True,
+            request_timeout=self.options.io_timeout,
+        )
+        try:
+            try:
+                await reader.start()
+            except RtspClientError as exc:
+                return _describe(exc)
+            except OSError as exc:
+                return f"cannot connect: {exc.strerror or exc}"
+            params = self._select_tracks(reader.codec_params)
+            if params is None:
+                return "no H.264/H.265 video track in the camera's stream"
+            self.connects += 1
+            self._last_frame = time.monotonic()
+            log.info(
+                "camera stream up",
+                extra={"stream": self.hub.key, "url": self.display_url, "ingest": "native"},
+            )
+            self.hub.upstream_opened(params)
+            # The reader raises when the session fails; silence is caught here, so a camera
+            # that keeps the connection open but sends nothing cannot hang the stream.
+            while True:
+                try:
+                    await reader.run_for(0.5)
+                except RtspClientError as exc:
+                    return _describe(exc)
+                if self._restart.is_set():
+                    return "reconnect requested"
+                if time.monotonic() - self._last_frame > self.options.io_timeout:
+                    return (
+                        f"no media from the camera for {self.options.io_timeout:g}s (I/O timeout)"
+                    )
+        finally:
+            self._track_map = {}
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(reader.close(), 2.0)
+
+    def _select_tracks(self, offered: list[CodecParams | None]) -> list[CodecParams] | None:
+        """First H.264/H.265 video track, then the first supported audio track."""
+        video = next(
+            (
+                i
+                for i, p in enumerate(offered)
+                if p is not None and p.media == "video" and p.name in ("H264", "H265")
+            ),
+            None,
+        )
+        if video is None:
+            return None
+        audio = next(
+            (
+                i
+                for i, p in enumerate(offered)
+                if p is not None and p.media == "audio" and p.name in SUPPORTED
+            ),
+            None,
+        )
+        chosen = [video] + ([audio] if audio is not None else [])
+        self._track_map = {reader_index: hub_index for hub_index, reader_index in enumerate(chosen)}
+        return [offered[i] for i in chosen]  # type: ignore[misc]
+
+    def _on_frame(self, frame: ReceivedFrame) -> None:
+        index = self._track_map.get(frame.track)
+        if index is None or not frame.data or self.hub.state != "live":
+            return
+        now = time.monotonic()
+        self._last_frame = now
+        self.hub.push(index, frame.timestamp, frame.keyframe, frame.data, now)
+
+
+def _describe(exc: RtspClientError) -> str:
+    if exc.status == 401:
+        return "camera refused the credentials (401)"
+    if exc.status == 404:
+        return "camera has no such stream (404)"
+    return str(exc)
