@@ -70,6 +70,8 @@ case "$mode" in
         echo "==> ruff"
         ruff check gateway tests benchmarks
         ruff format --check gateway tests benchmarks
+        echo "==> mypy"
+        mypy gateway
         echo "==> pre-encoding simulator clips"
         python -m gateway.sim.runner --prepare test
         echo "==> pytest"

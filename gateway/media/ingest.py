@@ -24,6 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import av
 
@@ -71,7 +72,7 @@ class IngestOptions:
 
 def codec_params_from_stream(stream: av.stream.Stream) -> CodecParams | None:
     """CodecParams for a PyAV stream, or None when we cannot relay its codec."""
-    ctx = stream.codec_context
+    ctx: Any = stream.codec_context  # video or audio context, by stream.type
     name = ctx.name
     if stream.type == "video" and name in _VIDEO_NAMES:
         codec = _VIDEO_NAMES[name]
@@ -202,7 +203,7 @@ class PyAVIngest:
             )
             if video is None:
                 return "no H.264/H.265 video track in the camera's stream"
-            selected = [video]
+            selected: list[av.stream.Stream] = [video]
             params = [codec_params_from_stream(video)]
             audio = next(
                 (s for s in container.streams.audio if codec_params_from_stream(s) is not None),

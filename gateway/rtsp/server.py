@@ -138,7 +138,7 @@ class ServerSession:
             udp = self.server.udp_rtp
             if target is None or udp is None:
                 return
-            if udp.get_write_buffer_size() > self.budget:
+            if _udp_backlog(udp) > self.budget:
                 self._skip(now)
                 return
             self.over_since = None
@@ -288,7 +288,7 @@ class RtspServer:
             except OSError:
                 rtp.close()
                 continue
-            self.udp_rtp, self.udp_rtcp = rtp, rtcp  # type: ignore[assignment]
+            self.udp_rtp, self.udp_rtcp = rtp, rtcp
             self.udp_ports = (rtp_port, rtp_port + 1)
             return self.udp_ports
         raise OSError("no free UDP port pair for RTP/RTCP")
@@ -353,7 +353,8 @@ class RtspConnection(asyncio.Protocol):
         return f"{self.peer[0]}:{self.peer[1]}"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
         self.peer = transport.get_extra_info("peername")[:2]
         self.local = transport.get_extra_info("sockname")[:2]
         sock = transport.get_extra_info("socket")
@@ -361,8 +362,8 @@ class RtspConnection(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if len(self.server.connections) >= MAX_CONNECTIONS:
-            self.transport.write(bytes(RtspResponse(503, headers={"CSeq": "0"})))
-            self.transport.close()
+            transport.write(bytes(RtspResponse(503, headers={"CSeq": "0"})))
+            transport.close()
             return
         self.server.connections.add(self)
 
@@ -436,6 +437,16 @@ class RtspConnection(asyncio.Protocol):
             self.transport.write(bytes(response))
 
 
+def _udp_backlog(transport: asyncio.DatagramTransport) -> int:
+    """Bytes queued in a datagram transport (asyncio and uvloop have it; typeshed lacks it)."""
+    size: int = transport.get_write_buffer_size()  # type: ignore[attr-defined]
+    return size
+
+
+class _Answered(Exception):
+    """The request was already answered with an error; stop handling it."""
+
+
 class Handler:
     """Answers one request; async only where it must wait (DESCRIBE of a cold stream)."""
 
@@ -477,7 +488,8 @@ class Handler:
             return asyncio.ensure_future(self.describe())
         if method == "SETUP":
             return asyncio.ensure_future(self.setup())
-        getattr(self, method.lower())()
+        with contextlib.suppress(_Answered):
+            getattr(self, method.lower())()
         return None
 
     def _authorized(self) -> bool:
@@ -552,8 +564,9 @@ class Handler:
         if spec is None:
             self.respond(461)
             return
-        session = self._session(required=False)
-        if session is False:
+        try:
+            session = self._optional_session()
+        except _Answered:
             return
         if session is None:
             if len(self.conn.sessions) >= MAX_SESSIONS_PER_CONNECTION:
@@ -625,30 +638,33 @@ class Handler:
             },
         )
 
-    def _session(self, required: bool = True) -> ServerSession | bool | None:
-        """The request's session; False when an error was already sent."""
+    def _session(self) -> ServerSession:
+        """The request's session; answers 454 and raises :class:`_Answered` if there is none."""
+        session = self._optional_session()
+        if session is None:
+            self.respond(454)
+            raise _Answered
+        return session
+
+    def _optional_session(self) -> ServerSession | None:
+        """The session named in the request, None if it names none (454 if it names a bad one)."""
         value = self.request.headers.get("Session")
         if value is None:
-            if required:
-                self.respond(454)
-                return False
             return None
         try:
             sid = SessionHeader.parse(value).session_id
         except ValueError:
             self.respond(454)
-            return False
+            raise _Answered from None
         session = self.server.sessions.get(sid)
         if session is None or (session.conn is not self.conn and session.tcp):
             self.respond(454)
-            return False
+            raise _Answered
         session.last_activity = self.server.clock()
         return session
 
     def play(self) -> None:
         session = self._session()
-        if not isinstance(session, ServerSession):
-            return
         if not session.channels and not session.udp_targets:
             self.respond(455)
             return
@@ -676,15 +692,11 @@ class Handler:
 
     def pause(self) -> None:
         session = self._session()
-        if not isinstance(session, ServerSession):
-            return
         session.pause()
         self.respond(200)
 
     def teardown(self) -> None:
         session = self._session()
-        if not isinstance(session, ServerSession):
-            return
         self.server.end_session(session)
         log.info(
             "client session closed",
@@ -694,16 +706,12 @@ class Handler:
 
     def get_parameter(self) -> None:
         if self.request.headers.get("Session") is not None:
-            session = self._session()
-            if not isinstance(session, ServerSession):
-                return
+            self._session()
         self.respond(200)
 
     def set_parameter(self) -> None:
         if self.request.headers.get("Session") is not None:
-            session = self._session()
-            if not isinstance(session, ServerSession):
-                return
+            self._session()
         if self.request.body:
             self.respond(451)
             return
