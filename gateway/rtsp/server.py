@@ -21,6 +21,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from gateway.codecs.sdp import SdpTrack, session_sdp
 from gateway.media.hub import Frame, StreamHub
@@ -353,7 +354,8 @@ class RtspConnection(asyncio.Protocol):
         return f"{self.peer[0]}:{self.peer[1]}"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         self.peer = transport.get_extra_info("peername")[:2]
         self.local = transport.get_extra_info("sockname")[:2]
