@@ -213,9 +213,11 @@ class Relay:
 class GatewayRelay(Relay):
     """The gateway under test: ``python3 -m gateway run`` with a configuration for the fleet."""
 
-    def __init__(self, workers: int = 1) -> None:
+    def __init__(self, workers: int = 1, ingest: str = "pyav") -> None:
         self.workers = workers
-        self.name = "gateway" if workers == 1 else f"gateway-w{workers}"
+        self.ingest = ingest
+        self.name = "gateway" + ("" if ingest == "pyav" else f"-{ingest}")
+        self.name += "" if workers == 1 else f"-w{workers}"
         self.password = os.urandom(9).hex()
         self.port = 0
 
@@ -231,6 +233,7 @@ class GatewayRelay(Relay):
             # One ONVIF device port per camera, plus the NVR-mode device's.
             f"onvif_base_port = {free_port_range(len(cameras) + 1)}",
             f"workers = {self.workers}",
+            f'ingest = "{self.ingest}"',
             "[vms]",
             f'username = "{VMS_USER}"',
             f'password = "{self.password}"',
@@ -317,16 +320,23 @@ class DirectRelay(Relay):
 
 
 def make_relay(name: str) -> Relay:
-    """``gateway``, ``gateway-wK`` (K worker processes), ``gstreamer`` or ``direct``."""
-    if name == "gateway":
-        return GatewayRelay(1)
-    if name.startswith("gateway-w") and name[len("gateway-w") :].isdigit():
-        return GatewayRelay(int(name[len("gateway-w") :]))
+    """``gateway[-native][-wK]`` (native ingest, K worker processes), ``gstreamer`` or
+    ``direct``."""
+    if name == "gateway" or name.startswith("gateway-"):
+        workers, ingest = 1, "pyav"
+        for part in name.split("-")[1:]:
+            if part == "native":
+                ingest = "native"
+            elif part[:1] == "w" and part[1:].isdigit() and int(part[1:]) >= 1:
+                workers = int(part[1:])
+            else:
+                raise ValueError(f"unknown gateway variant {name!r}: gateway[-native][-wK]")
+        return GatewayRelay(workers, ingest)
     if name == "gstreamer":
         return GStreamerRelay()
     if name == "direct":
         return DirectRelay()
-    raise ValueError(f"unknown relay {name!r}: gateway, gateway-wK, gstreamer or direct")
+    raise ValueError(f"unknown relay {name!r}: gateway[-native][-wK], gstreamer or direct")
 
 
 def which_py_spy() -> str | None:

@@ -134,7 +134,8 @@ def write_markdown(doc: dict[str, Any], path: Path, plot: Path | None) -> None:
     lines = [
         "# Benchmark results",
         "",
-        f"Date: {doc['date']}. Command (from the repository root):",
+        f"Date: {doc['date']}, commit {doc.get('commit', 'unknown')}. Command (from the "
+        "repository root):",
         "",
         "```",
         doc["command"],
@@ -184,11 +185,11 @@ def write_markdown(doc: dict[str, Any], path: Path, plot: Path | None) -> None:
     lines += ["", *REFERENCE_FIGURES]
     if plot is not None:
         lines += ["", f"![CPU and latency against load]({plot.relative_to(path.parent)})"]
-    if doc.get("profile"):
-        p = doc["profile"]
+    for p in doc.get("profiles", []):
         lines += [
             "",
-            f"## Profile of the gateway at {p['step']} (py-spy, {p['samples']} samples)",
+            f"## Profile of {p['relay']} at {p['step']} (py-spy, {p['samples']} samples, "
+            f"raw stacks in results/{p['raw']})",
             "",
             "By thread: " + ", ".join(f"{name} {pct}%" for name, pct in p.get("threads", [])),
             "",

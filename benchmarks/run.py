@@ -74,6 +74,23 @@ def _ffmpeg_version(av: Any) -> str:
     return f"libavformat {'.'.join(map(str, avformat))}" if avformat else "unknown"
 
 
+def commit() -> str:
+    """The checkout's commit (with "+changes" when the working tree differs from it)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=HERE.parent, capture_output=True, text=True,
+        )  # fmt: skip
+    except OSError:
+        return "unknown"
+    if head.returncode:
+        return "unknown"
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
 def ints(text: str) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
@@ -178,13 +195,13 @@ def steps_for(args: argparse.Namespace) -> list[Step]:
     return steps
 
 
-async def profile_gateway(step: Step, opts: Options, raw: Path) -> dict[str, Any]:
+async def profile_gateway(relay: str, step: Step, opts: Options, raw: Path) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="onvif-gw-profile-"))
     fleet = CameraFleet(step.cameras, step.codec, opts.profile, opts.camera_procs, workdir)
     try:
         await fleet.start()
         profiled = Options(**{**opts.__dict__, "py_spy": str(raw), "late_readers": 0})
-        result = await measure(make_relay("gateway"), fleet, step, profiled, workdir)
+        result = await measure(make_relay(relay), fleet, step, profiled, workdir)
     finally:
         await fleet.stop()
     if "error" in result:
@@ -194,7 +211,7 @@ async def profile_gateway(step: Step, opts: Options, raw: Path) -> dict[str, Any
         tail = log_file.read_text(errors="replace")[-500:] if log_file.exists() else ""
         raise RuntimeError(f"py-spy wrote no profile: {tail}")
     summary = report.summarize_profile(raw)
-    return {"step": step.label, "measurement": result, "raw": str(raw), **summary}
+    return {"relay": relay, "step": step.label, "measurement": result, "raw": raw.name, **summary}
 
 
 def render_only(args: argparse.Namespace) -> int:
@@ -254,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": "python3 -m benchmarks.run " + shlex.join(argv or sys.argv[1:]),
+        "commit": commit(),
         "machine": {**machine_description(), **versions()},
         "load_average_before": [round(x, 2) for x in load_average()],
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in opts.__dict__.items()},
@@ -272,13 +290,16 @@ def main(argv: list[str] | None = None) -> int:
     doc["results"] = results
     doc["ratios"] = report.ratios(results, usable[0].name if usable else "gateway")
     doc["max_held"] = report.max_held(results)
-    if args.py_spy is not None:
-        raw = args.output.parent / "profile.raw.txt"
+    doc["profiles"] = []
+    for relay in usable if args.py_spy is not None else []:
+        if not relay.name.startswith("gateway"):
+            continue
+        raw = args.output.parent / f"profile-{relay.name}.raw.txt"
         try:
-            doc["profile"] = asyncio.run(profile_gateway(args.py_spy, opts, raw))
+            doc["profiles"].append(asyncio.run(profile_gateway(relay.name, args.py_spy, opts, raw)))
         except RuntimeError as exc:
-            log.error("profiling failed: %s", exc)
-            doc["profile_error"] = str(exc)
+            log.error("profiling %s failed: %s", relay.name, exc)
+            doc.setdefault("profile_errors", []).append(f"{relay.name}: {exc}")
     doc["load_average_after"] = [round(x, 2) for x in load_average()]
     doc["machine_note"] = args.note or (
         "Other processes shared the machine during the run (see load averages)."
