@@ -34,6 +34,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", "-c", required=True, metavar="FILE")
+    # Set by the supervisor when [server] workers > 1 (gateway.workers); not for operators.
+    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--worker-count", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--handoff-dir", default=None, help=argparse.SUPPRESS)
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser(
@@ -270,13 +274,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     gwlog.setup(
         json_lines=args.log_json or loaded.log.json, verbose=args.verbose, level=loaded.log.level
     )
-    return _event_loop_run(_run(loaded, args.config))
+    from gateway.workers import Shard, run_supervisor
+
+    shard = None
+    if args.worker_index is not None and args.worker_count and args.handoff_dir:
+        shard = Shard(args.worker_index, args.worker_count, args.handoff_dir)
+    elif loaded.server.workers > 1:
+        prefix = (["--log-json"] if args.log_json else []) + (["-v"] if args.verbose else [])
+        return run_supervisor(args.config, loaded, prefix)
+    return _event_loop_run(_run(loaded, args.config, shard))
 
 
-async def _run(config: cfgmod.Config, path: str) -> int:
+async def _run(config: cfgmod.Config, path: str, shard: Any = None) -> int:
     from gateway.runtime import Gateway
 
-    gateway = Gateway(config)
+    gateway = Gateway(config, shard=shard)
     try:
         await gateway.start()
     except OSError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-import secrets
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +23,7 @@ from gateway.media.native_ingest import NativeIngest
 from gateway.media.snapshot import SnapshotCache, encode_jpeg
 from gateway.rtsp.auth import DigestAuthenticator
 from gateway.rtsp.server import RtspServer, ServerLimits
+from gateway.workers import HandoffServer, Shard, nonce_secret, owner_of, shard_config
 
 log = logging.getLogger("gateway")
 
@@ -39,26 +40,39 @@ class CameraRuntime:
             hub.close()
 
 
-# Optional services: (module, start function). Each start function takes the Gateway and
-# returns an object with ``async close()``; subsystems not present are skipped.
+# Optional services: (module, start function, site-wide). Each start function takes the
+# Gateway and returns an object with ``async close()``; subsystems not present are skipped.
+# Site-wide services run once per site: in worker 0 when the cameras are sharded.
 SERVICE_STARTERS = (
-    ("gateway.onvif.service", "start"),
-    ("gateway.admin.service", "start"),
-    ("gateway.policy.service", "start"),
-    ("gateway.egress.service", "start"),
+    ("gateway.onvif.service", "start", False),
+    ("gateway.admin.service", "start", False),
+    ("gateway.policy.service", "start", True),
+    ("gateway.egress.service", "start", True),
 )
 
 
 class Gateway:
-    def __init__(self, config: Config, *, start_services: bool = True) -> None:
-        self.config = config
+    """One gateway process. With ``shard`` it is one worker of several (gateway.workers):
+    ``config`` holds its own cameras, ``site_config`` the whole site."""
+
+    def __init__(
+        self, config: Config, *, start_services: bool = True, shard: Shard | None = None
+    ) -> None:
+        self.site_config = config
+        self.shard = shard
+        self.config = shard_config(config, shard) if shard else config
         self.cameras: dict[str, CameraRuntime] = {}
         self.rtsp: RtspServer | None = None
         self.services: list[Any] = []
         self.start_services = start_services
-        self._nonce_secret = secrets.token_bytes(32)
+        # Shared by the workers of one supervisor, so a nonce from one is good at another.
+        self._nonce_secret = nonce_secret()
+        self._handoff: HandoffServer | None = None
+        self._adoptions: set[asyncio.Future[None]] = set()
         self.stopped = asyncio.Event()
+        # Hooks get this process's config; site hooks the whole site's (site-wide services).
         self.reload_hooks: list[Callable[[Config], Awaitable[None]]] = []
+        self.site_reload_hooks: list[Callable[[Config], Awaitable[None]]] = []
         # JPEGs decoded on demand from the cached keyframe, shared by the dashboard and
         # ONVIF GetSnapshotUri; a burst of requests decodes once.
         self.snapshots = SnapshotCache(max_age=2.0)
@@ -76,13 +90,23 @@ class Gateway:
             authenticator=self._authenticator(cfg),
             server_name="onvif-gateway",
             limits=self._limits(cfg),
+            handoff=self._handoff_target if self.shard else None,
         )
-        await self.rtsp.start(cfg.server.bind, cfg.server.rtsp_port)
+        if self.shard is not None:
+            self._handoff = HandoffServer(
+                self.shard.socket_path(self.shard.index), self._adopt_connection
+            )
+            await self._handoff.start()
+        await self.rtsp.start(
+            cfg.server.bind, cfg.server.rtsp_port, reuse_port=self.shard is not None
+        )
         log.info(
             "RTSP server listening", extra={"address": cfg.server.bind, "port": self.rtsp.port}
         )
         if self.start_services:
-            for module_name, func in SERVICE_STARTERS:
+            for module_name, func, site_wide in SERVICE_STARTERS:
+                if site_wide and self.shard is not None and self.shard.index:
+                    continue
                 try:
                     module = importlib.import_module(module_name)
                 except ModuleNotFoundError as exc:
@@ -145,6 +169,8 @@ class Gateway:
         self.services.clear()
         for cam in self.cameras.values():
             cam.close()
+        if self._handoff is not None:
+            await self._handoff.close()
         if self.rtsp is not None:
             await self.rtsp.close()
         ingests = [i for cam in self.cameras.values() for i in cam.ingests.values()]
@@ -153,7 +179,10 @@ class Gateway:
         self.stopped.set()
 
     async def reload(self, config: Config) -> dict[str, list[str]]:
-        """Apply ``config``; streams of unchanged cameras keep running."""
+        """Apply ``config`` (the site's); streams of unchanged cameras keep running."""
+        site = config
+        if self.shard is not None:
+            config = shard_config(site, self.shard)
         old = self.config
         if (config.server.bind, config.server.rtsp_port) != (old.server.bind, old.server.rtsp_port):
             raise ValueError(
@@ -182,8 +211,11 @@ class Gateway:
         if self.rtsp is not None:
             self.rtsp.authenticator = self._authenticator(config)
             self.rtsp.limits = self._limits(config)
+        self.site_config = site
         for hook in self.reload_hooks:
             await hook(config)
+        for hook in self.site_reload_hooks:
+            await hook(site)
         log.info("configuration reloaded", extra={k: ",".join(v) for k, v in changes.items()})
         return changes
 
@@ -196,6 +228,23 @@ class Gateway:
             return None
         cam = self.cameras.get(parts[0])
         return cam.hubs.get(parts[1]) if cam else None
+
+    def _handoff_target(self, path: str) -> str | None:
+        """The hand-off socket of the worker owning ``path``'s camera, if not this one."""
+        assert self.shard is not None
+        camera = path.strip("/").split("/", 1)[0]
+        if camera in self.cameras:
+            return None
+        owner = owner_of(self.site_config, self.shard, camera)
+        if owner is None or owner == self.shard.index:
+            return None
+        return self.shard.socket_path(owner)
+
+    def _adopt_connection(self, sock: socket.socket, data: bytes) -> None:
+        assert self.rtsp is not None
+        task = asyncio.ensure_future(self.rtsp.adopt(sock, data))
+        self._adoptions.add(task)
+        task.add_done_callback(self._adoptions.discard)
 
     def hub(self, camera: str, stream: str) -> StreamHub | None:
         cam = self.cameras.get(camera)

@@ -25,9 +25,9 @@ class RuntimeEgress:
 
 
 async def start(gateway: Any) -> RuntimeEgress:
-    """Start the egress services for ``gateway.config``; OSError (e.g. port 53 taken) names
-    the address and port that could not be bound."""
-    config: Config = gateway.config
+    """Start the egress services for the whole site (``gateway.site_config``); OSError (e.g.
+    port 53 taken) names the address and port that could not be bound."""
+    config: Config = gateway.site_config
     store = Store.in_state_dir(config.state_dir)
     try:
         services = await start_egress_services(config, store)
@@ -38,5 +38,5 @@ async def start(gateway: Any) -> RuntimeEgress:
             exc.errno, f"egress: cannot serve DNS/NTP on {address}: {exc.strerror or exc}"
         ) from exc
     runtime = RuntimeEgress(services, store)
-    gateway.reload_hooks.append(runtime.reload)
+    gateway.site_reload_hooks.append(runtime.reload)
     return runtime

@@ -111,8 +111,9 @@ def _report_end(task: asyncio.Task[None]) -> None:
 
 
 async def start(gateway: Any) -> PolicyService:
-    """Start the policy loop for ``gateway.config`` and follow its reloads."""
-    service = PolicyService(gateway.config)
-    service.launch(gateway.config)
-    gateway.reload_hooks.append(service.reload)
+    """Start the policy loop for the whole site (``gateway.site_config``: every camera, also
+    those other worker processes stream) and follow its reloads."""
+    service = PolicyService(gateway.site_config)
+    service.launch(gateway.site_config)
+    gateway.site_reload_hooks.append(service.reload)
     return service

@@ -413,6 +413,15 @@ class RtspConnectionParser:
     def feed(self, data: bytes) -> None:
         self._buffer += data
 
+    def take_buffered(self) -> bytes:
+        """Hand over the bytes received but not yet parsed (when passing the connection to
+        another process); the parser starts afresh."""
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        self._scanned = 0
+        self._head = None
+        return data
+
     def events(self) -> Iterator[RtspRequest | RtspResponse | InterleavedFrame]:
         """Every complete event in the buffer, in order (``$`` frames without a call each)."""
         buf = self._buffer

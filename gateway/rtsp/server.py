@@ -39,6 +39,7 @@ from gateway.rtsp.message import (
     request_path,
 )
 from gateway.rtsp.transport import TransportSpec, parse_transport_header
+from gateway.workers import send_connection
 
 log = logging.getLogger("gateway.rtsp")
 
@@ -227,8 +228,12 @@ class RtspServer:
         server_name: str = "onvif-gateway",
         limits: ServerLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
+        handoff: Callable[[str], str | None] | None = None,
     ) -> None:
         self.resolve = resolve
+        # With several worker processes: request path -> the hand-off socket of the worker
+        # that owns it (None when this process serves it). See gateway.workers.
+        self.handoff = handoff
         self.authenticator = authenticator
         self.server_name = server_name
         self.limits = limits or ServerLimits()
@@ -243,14 +248,32 @@ class RtspServer:
         self.host = ""
         self.port = 0
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: RtspConnection(self), host, port, reuse_address=True, backlog=1024
+            lambda: RtspConnection(self),
+            host,
+            port,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+            backlog=1024,
         )
         sock = self._server.sockets[0]
         self.host, self.port = sock.getsockname()[:2]
         self._schedule_reaper()
+
+    async def adopt(self, sock: socket.socket, data: bytes) -> None:
+        """Serve a connection another worker accepted, starting with the bytes it read."""
+        loop = asyncio.get_running_loop()
+        try:
+            _, protocol = await loop.connect_accepted_socket(lambda: RtspConnection(self), sock)
+        except OSError as exc:
+            log.warning("cannot adopt handed-over connection", extra={"error": str(exc)})
+            sock.close()
+            return
+        connection = cast(RtspConnection, protocol)
+        connection.handoff_allowed = False  # never passed on twice
+        connection.data_received(data)
 
     async def close(self) -> None:
         if self._reaper is not None:
@@ -347,6 +370,7 @@ class RtspConnection(asyncio.Protocol):
         self.sessions: set[str] = set()
         self._queue: list[RtspRequest] = []
         self._busy = False
+        self.handoff_allowed = True
         self._closed = False
 
     @property
@@ -420,6 +444,8 @@ class RtspConnection(asyncio.Protocol):
 
     def _process_queue(self) -> None:
         while self._queue and not self._closed:
+            if self.handoff_allowed and self._hand_off():
+                return
             request = self._queue.pop(0)
             handler = Handler(self, request)
             result = handler.run()
@@ -432,6 +458,51 @@ class RtspConnection(asyncio.Protocol):
     def _resume(self) -> None:
         self._busy = False
         self._process_queue()
+
+    def _hand_off(self) -> bool:
+        """Pass this connection to the worker owning the first request's camera, if that is
+        another worker. Only before any session exists on the connection."""
+        handoff = self.server.handoff
+        if handoff is None or self.sessions or self.transport is None:
+            return False
+        self.handoff_allowed = False
+        target = handoff(request_path(self._queue[0].uri))
+        if target is None:
+            return False
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        # Everything read so far, re-serialised in order, goes with the socket.
+        data = b"".join(bytes(r) for r in self._queue) + self.parser.take_buffered()
+        self._queue.clear()
+        self._busy = True
+        self.transport.pause_reading()
+        task = asyncio.ensure_future(asyncio.to_thread(send_connection, target, sock, data))
+        task.add_done_callback(lambda t: self._handed_off(t, data))
+        return True
+
+    def _handed_off(self, task: asyncio.Future[None], data: bytes) -> None:
+        if task.cancelled() or task.exception() is not None:
+            # The owner is unreachable (restarting): answer here; the camera is not ours,
+            # so the client gets a clean 404/503 rather than a dropped connection.
+            log.warning(
+                "connection hand-off failed",
+                extra={
+                    "peer": self.peer_text,
+                    "error": str(None if task.cancelled() else task.exception()),
+                },
+            )
+            self._busy = False
+            if self.transport is not None:
+                self.transport.resume_reading()
+            self.data_received(data)
+            return
+        # The owner holds its own descriptor of the connection now; ours just goes away.
+        log.info("client connection handed to the camera's worker", extra={"peer": self.peer_text})
+        self._closed = True
+        self.server.connections.discard(self)
+        if self.transport is not None:
+            self.transport.abort()
 
     def send(self, response: RtspResponse) -> None:
         response.headers.set("Server", self.server.server_name)
