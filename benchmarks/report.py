@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -129,10 +130,12 @@ def existing_lesson(path: Path) -> str:
     return match.group(1).strip("\n") if match else ""
 
 
-def write_markdown(doc: dict[str, Any], path: Path, plot: Path | None) -> None:
+def write_markdown(doc: dict[str, Any], path: Path, plot: Path | None, raw: Path) -> None:
     m = doc["machine"]
+    raw_link = os.path.relpath(raw, path.parent)
+    title = "# Benchmark results" + ("" if path.name == "RESULTS.md" else f": {path.stem}")
     lines = [
-        "# Benchmark results",
+        title,
         "",
         f"Date: {doc['date']}, commit {doc.get('commit', 'unknown')}. Command (from the "
         "repository root):",
@@ -154,7 +157,7 @@ def write_markdown(doc: dict[str, Any], path: Path, plot: Path | None) -> None:
         "interleaved). Each measurement: "
         f"{doc['options']['warmup']} s warm-up, {doc['options']['duration']} s window, "
         f"{doc['options']['late_readers']} late readers for time to first frame. Raw figures: "
-        "[results/latest.json](results/latest.json).",
+        f"[{raw_link}]({raw_link}).",
         "",
         "## Largest load held (zero loss, every reader in real time)",
         "",
@@ -184,7 +187,7 @@ def write_markdown(doc: dict[str, Any], path: Path, plot: Path | None) -> None:
     lines += ratio_table(doc["ratios"])
     lines += ["", *REFERENCE_FIGURES]
     if plot is not None:
-        lines += ["", f"![CPU and latency against load]({plot.relative_to(path.parent)})"]
+        lines += ["", f"![CPU and latency against load]({os.path.relpath(plot, path.parent)})"]
     for p in doc.get("profiles", []):
         lines += [
             "",

@@ -219,7 +219,7 @@ def render_only(args: argparse.Namespace) -> int:
     doc = json.loads(args.output.read_text())
     doc["lesson"] = report.existing_lesson(args.markdown) or doc.get("lesson", "")
     args.output.write_text(json.dumps(doc, indent=1) + "\n")
-    report.write_markdown(doc, args.markdown, report.plot(doc["results"], args.plot))
+    report.write_markdown(doc, args.markdown, report.plot(doc["results"], args.plot), args.output)
     return 0
 
 
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(doc, indent=1) + "\n")
     plot = report.plot(results, args.plot)
-    report.write_markdown(doc, args.markdown, plot)
+    report.write_markdown(doc, args.markdown, plot, args.output)
     log.info("wrote %s, %s%s", args.output, args.markdown, f", {plot}" if plot else "")
     return 0 if results else 1
 
