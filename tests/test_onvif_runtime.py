@@ -483,3 +483,36 @@ async def test_unreachable_camera_does_not_block_start_up(
         assert backend.motion.state is None and backend.motion.last_error
     finally:
         await gw.stop()
+
+
+async def test_device_uuid_survives_a_later_inventory_and_restarts(
+    fleet: SimFleet, tmp_path: Path, vms_password: str
+) -> None:
+    """A VMS keys devices on the urn:uuid: the one first served must stay, even when the
+    inventory later learns the camera's serial (which would derive a different one)."""
+    config = cfgmod.loads(config_text(fleet, tmp_path, vms_password), source="test.toml")
+    gw = Gateway(config)
+    await gw.start()
+    try:
+        first = onvif_of(gw).device("dahua1").uuid
+    finally:
+        await gw.stop()
+    store = Store.in_state_dir(tmp_path / "state")
+    inventoried = {**INVENTORIED, "serial": "6J0123456789ABC"}
+    PolicyStore(store).save_inventory("dahua1", "dahua", inventoried, [], {}, None, time.time())
+    store.close()
+    serial_based = device_uuid(
+        DeviceIdentity("Dahua", "", "", inventoried["serial"]), host="", name=""
+    )
+    assert serial_based != first  # what the device would have switched to
+    gw = Gateway(config)
+    await gw.start()
+    try:
+        device = onvif_of(gw).device("dahua1")
+        assert device.uuid == first
+        async with Client(device.port, vms_password) as cam:
+            devmgmt = await cam.create_devicemgmt_service()
+            info = await devmgmt.GetDeviceInformation()
+        assert info.SerialNumber == inventoried["serial"]  # identity still follows inventory
+    finally:
+        await gw.stop()

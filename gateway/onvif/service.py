@@ -49,6 +49,12 @@ AUDIO_CODECS = {"PCMU": "G711", "PCMA": "G711", "AAC": "AAC"}
 # --------------------------------------------------------------------------- identity
 
 
+UUID_MIGRATIONS = (
+    "CREATE TABLE onvif_device_uuid ("
+    " camera TEXT PRIMARY KEY, uuid TEXT NOT NULL, first_served REAL NOT NULL)",
+)
+
+
 class InventoryIdentities:
     """The real cameras' identities as the policy inventory last read them (cached briefly)."""
 
@@ -62,6 +68,7 @@ class InventoryIdentities:
         self._policy: PolicyStore | None = None
         try:
             self._store = Store.in_state_dir(state_dir)
+            self._store.migrate("onvif", UUID_MIGRATIONS)
             self._policy = PolicyStore(self._store)
         except (OSError, sqlite3.Error) as exc:
             log.warning(
@@ -100,6 +107,24 @@ class InventoryIdentities:
             hardware_id=inventoried.model,
             mac=inventoried.mac,
         )
+
+    def device_uuid(self, name: str, computed: str) -> str:
+        """The urn:uuid this camera's virtual device was first served with, or ``computed``
+        (remembered from now on). A VMS keys devices on it, so it must not change when the
+        inventory later learns the camera's serial, nor across restarts."""
+        if self._store is None:
+            return computed
+        try:
+            rows = self._store.query("SELECT uuid FROM onvif_device_uuid WHERE camera = ?", (name,))
+            if rows:
+                return str(rows[0]["uuid"])
+            self._store.execute(
+                "INSERT INTO onvif_device_uuid(camera, uuid, first_served) VALUES (?, ?, ?)",
+                (name, computed, time.time()),
+            )
+        except sqlite3.Error as exc:
+            log.warning("ONVIF: cannot keep the device uuid of %s: %s", name, exc)
+        return computed
 
     def close(self) -> None:
         if self._store is not None:
@@ -315,7 +340,7 @@ class OnvifService:
     def _virtual(
         self, name: str, slots: list[CameraSlot], *, nvr: bool, port: int
     ) -> VirtualDevice:
-        return VirtualDevice(
+        device = VirtualDevice(
             name=name,
             slots=slots,
             nvr=nvr,
@@ -325,6 +350,8 @@ class OnvifService:
             password=self.config.vms.password.reveal(),
             settings=self.settings,
         )
+        device.uuid = self.identities.device_uuid("nvr" if nvr else name, device.uuid)
+        return device
 
     async def start(self) -> None:
         try:
