@@ -415,6 +415,7 @@ async def _demo(args: argparse.Namespace) -> int:
         admin_port=ports["admin"],
         onvif_base_port=ports["ONVIF"],
         state_dir=state_dir,
+        policy=True,
     )
     config = cfgmod.loads(text, source="<demo>")
     gateway = Gateway(config)

@@ -112,6 +112,7 @@ async def _sim(args: argparse.Namespace) -> int:
                     vms_user="vms",
                     vms_password=secrets.token_urlsafe(12),
                     state_dir="/tmp/onvif-gateway-sim-state",
+                    policy=True,
                 )
             )
     ready = {"event": "ready", "cameras": fleet.describe()}

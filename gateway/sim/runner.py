@@ -178,9 +178,11 @@ class SimFleet:
         admin_password: str | None = None,
         onvif_base_port: int = 8000,
         admin_port: int = 8080,
-        password_literal: bool = True,
+        policy: bool = False,
     ) -> str:
-        """A gateway configuration (TOML) for this fleet."""
+        """A gateway configuration (TOML) for this fleet; with ``policy``, a ``[policy]``
+        section whose telemetry policy points the cameras' NTP at the gateway's address, so
+        ``audit``/``enforce`` and the dashboard's compliance badges work out of the box."""
         lines = [
             f"state_dir = {json.dumps(state_dir)}",
             "",
@@ -193,6 +195,14 @@ class SimFleet:
             f"username = {json.dumps(vms_user)}",
             f"password = {json.dumps(vms_password)}",
         ]
+        if policy:
+            lines += [
+                "",
+                "[policy]",
+                "drift_check_interval = 300",
+                "[policy.telemetry]",
+                f"ntp_server = {json.dumps(bind)}",
+            ]
         if admin_password:
             lines += [
                 "",
