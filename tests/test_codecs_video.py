@@ -152,10 +152,14 @@ def test_extradata_parameter_sets_annexb_and_iso(codec: VideoCodec) -> None:
         stream = output.add_stream(codec.encoder, rate=25)
         stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
         if codec.encoder == "libx265":
-            stream.codec_context.options = {"x265-params": "log-level=error"}
+            stream.codec_context.options = {"x265-params": "log-level=error:bframes=0"}
         frame = av.VideoFrame.from_ndarray(_picture(0, 320, 240), format="rgb24")
         frame.pts = 0
         for packet in [*stream.encode(frame), *stream.encode(None)]:
+            if codec.encoder == "libx265":
+                # libx265 through PyAV sometimes leaves the flushed packet's dts
+                # uninitialised, which the MP4 muxer refuses; without B-frames dts == pts.
+                packet.dts = packet.pts
             output.mux(packet)
         annexb_extradata = bytes(stream.codec_context.extradata)
     buffer.seek(0)
