@@ -221,3 +221,31 @@ async def test_on_demand_upstream_stops_after_the_last_client(linger: float) -> 
     hub.unsubscribe(sub)
     await asyncio.wait_for(feeder.stopped.wait(), 5)
     assert hub.state == "idle"
+
+
+async def test_on_demand_upstream_started_for_describe_alone_stops_again() -> None:
+    """A DESCRIBE (or an ONVIF probe) with no PLAY after it must not keep the camera
+    connection open forever."""
+    import asyncio
+
+    class Feeder:
+        def __init__(self, hub: StreamHub) -> None:
+            self.hub = hub
+            self.stopped = asyncio.Event()
+
+        def start(self) -> None:
+            asyncio.get_running_loop().call_soon(self.hub.upstream_opened, [H264])
+
+        def stop(self) -> None:
+            self.stopped.set()
+
+        def restart(self) -> None:
+            pass
+
+    hub = StreamHub("cam/main", on_demand=True, linger=0.05)
+    feeder = Feeder(hub)
+    hub.attach_upstream(feeder)
+    assert await hub.wait_ready(5.0)
+    assert hub.tracks and not feeder.stopped.is_set()
+    await asyncio.wait_for(feeder.stopped.wait(), 5)
+    assert hub.state == "idle"

@@ -34,7 +34,14 @@ from gateway.rtsp.client import RtspReader
 from gateway.runtime import Gateway
 from gateway.sim.runner import SimFleet, default_stream_specs
 from gateway.store import Store
-from tests.conftest import free_port, gateway_config_text, require, run_tool, stream_url
+from tests.conftest import (
+    free_port,
+    gateway_config_text,
+    require,
+    run_tool,
+    stream_url,
+    wait_for,
+)
 from tests.test_onvif_gateway import body_child, envelope, post, security_header
 
 MOTION_INTERVAL = 1.0
@@ -514,5 +521,41 @@ async def test_device_uuid_survives_a_later_inventory_and_restarts(
             devmgmt = await cam.create_devicemgmt_service()
             info = await devmgmt.GetDeviceInformation()
         assert info.SerialNumber == inventoried["serial"]  # identity still follows inventory
+    finally:
+        await gw.stop()
+
+
+async def test_on_demand_camera_has_profiles_before_anyone_plays_it(
+    fleet: SimFleet, tmp_path: Path, vms_password: str
+) -> None:
+    """A VMS adding an on-demand camera needs its profiles although nothing streams yet:
+    the gateway connects once to learn the formats, then closes the upstream again."""
+    text = gateway_config_text(fleet, tmp_path, vms_password, camera_extra="on_demand = true")
+    gw = Gateway(cfgmod.loads(text, source="test.toml"))
+    await gw.start()
+    try:
+        device = onvif_of(gw).device("hik1")
+        hub = gw.hub("hik1", "main")
+        assert hub is not None and hub.on_demand
+        profiles: list[Any] = []
+        async with Client(device.port, vms_password) as cam:
+            media = await cam.create_media_service()
+            deadline = asyncio.get_running_loop().time() + 30
+            while len(profiles) < 2:
+                assert asyncio.get_running_loop().time() < deadline, "no profiles appeared"
+                profiles = list(await media.GetProfiles())
+                if len(profiles) < 2:
+                    await asyncio.sleep(0.2)  # polling the device as a VMS would
+        encodings = {p.VideoEncoderConfiguration.Encoding for p in profiles}
+        assert encodings == {"H264"}
+        assert hub.subscribers == []
+        cam = fleet.cameras[0]
+        assert cam.rtsp is not None
+
+        def upstream_closed() -> bool:
+            return not any(s.hub is cam.hubs["main"] for s in cam.rtsp.sessions.values())
+
+        await wait_for(upstream_closed, 40, "the upstream to close after the linger time")
+        assert hub.state == "idle"
     finally:
         await gw.stop()

@@ -464,8 +464,13 @@ class StreamHub:
         try:
             await asyncio.wait_for(self._ready.wait(), timeout)
         except TimeoutError:
-            return bool(self.tracks)
-        return True
+            pass
+        finally:
+            # Started for a DESCRIBE or a probe that may never be followed by a PLAY: an
+            # on-demand upstream then stops again after the linger time.
+            if self.on_demand and not self.subscribers and self._linger_handle is None:
+                self._schedule_linger()
+        return bool(self.tracks)
 
     def subscribe(self, sub: Subscriber) -> list[Frame]:
         """Add a client; returns the cached GOP it should be sent first."""

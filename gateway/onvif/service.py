@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -259,6 +260,24 @@ class RuntimeCamera:
         self._motion = motion
         self._ptz = ptz
         self._known: dict[str, StreamInfo] = {}
+        self._learning: asyncio.Task[None] | None = None
+        if camera.on_demand:
+            self._learning = asyncio.ensure_future(self._learn_formats())
+
+    async def _learn_formats(self) -> None:
+        """An on-demand camera is not streamed until a client plays it, yet a VMS adding it
+        needs its profiles: connect once to learn each stream's format (the hub stops the
+        upstream again after its linger time), retrying while the camera is unreachable."""
+        delay = 5.0
+        for stream in self.camera.stream_names():
+            while True:
+                hub = self.gateway.hub(self.camera.name, stream)
+                if hub is None:
+                    return  # camera removed or disabled
+                if await hub.wait_ready(15.0):
+                    break
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 300.0)
 
     def identity(self) -> DeviceIdentity:
         return self.identities.identity(self.camera) or identity_from_config(self.camera)
@@ -293,6 +312,9 @@ class RuntimeCamera:
         return self._motion
 
     async def close(self) -> None:
+        if self._learning is not None:
+            self._learning.cancel()
+            await asyncio.gather(self._learning, return_exceptions=True)
         await self._motion.close()
         if self._ptz is not None:
             await self._ptz.close()
