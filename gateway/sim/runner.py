@@ -3,90 +3,44 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.sim.camera import SimCamera, StreamSpec
 from gateway.sim.clips import ClipSpec
 from gateway.sim.device import SimDevice
 
+# Stream sizes per profile: (main width, height, bitrate), (sub width, height, bitrate),
+# GOP seconds, clip seconds.
+_PROFILES = {
+    "test": ((320, 240, 400_000), (160, 120, 150_000), 1.0, 2.0),
+    "demo": ((1280, 720, 2_000_000), (640, 360, 500_000), 2.0, 8.0),
+    "bench": ((1920, 1080, 4_000_000), (1280, 720, 1_000_000), 2.0, 10.0),
+}
+
 
 def default_stream_specs(profile: str = "demo") -> dict[str, StreamSpec]:
-    """Stream specs per vendor. ``demo``: 720p main (H.264 Hikvision, H.265 Dahua);
-    ``test``: small and quick to encode; ``bench``: 1080p 4 Mbit/s main, 720p 1 Mbit/s sub."""
-    if profile == "test":
-        main = ClipSpec(
-            codec="H264",
-            width=320,
-            height=240,
-            fps=25,
-            gop_seconds=1.0,
-            bitrate=400_000,
-            seconds=2.0,
-            audio="PCMU",
-        )
-        sub = ClipSpec(
-            codec="H264",
-            width=160,
-            height=120,
-            fps=25,
-            gop_seconds=1.0,
-            bitrate=150_000,
-            seconds=2.0,
-            audio="PCMU",
-        )
-        return {
-            "hikvision": StreamSpec(main, sub),
-            "dahua": StreamSpec(
-                ClipSpec(**{**main.__dict__, "codec": "H265", "audio": "PCMA"}),
-                ClipSpec(**{**sub.__dict__, "audio": "PCMA"}),
-            ),
-        }
-    if profile == "bench":
-        main = ClipSpec(
-            codec="H264",
-            width=1920,
-            height=1080,
-            fps=25,
-            gop_seconds=2.0,
-            bitrate=4_000_000,
-            seconds=10.0,
-            audio="PCMU",
-        )
-        sub = ClipSpec(
-            codec="H264",
-            width=1280,
-            height=720,
-            fps=25,
-            gop_seconds=2.0,
-            bitrate=1_000_000,
-            seconds=10.0,
-            audio="PCMU",
-        )
-        return {"hikvision": StreamSpec(main, sub), "dahua": StreamSpec(main, sub)}
+    """Stream specs per vendor. ``demo``: 720p main; ``test``: small and quick to encode;
+    ``bench``: 1080p 4 Mbit/s main, 720p 1 Mbit/s sub, H.264 for both vendors. Otherwise
+    Hikvision sends H.264 with G.711 mu-law and Dahua H.265 with G.711 A-law, as shipped."""
+    (mw, mh, mbit), (sw, sh, sbit), gop, seconds = _PROFILES[profile]
     main = ClipSpec(
         codec="H264",
-        width=1280,
-        height=720,
+        width=mw,
+        height=mh,
         fps=25,
-        gop_seconds=2.0,
-        bitrate=2_000_000,
-        seconds=8.0,
+        gop_seconds=gop,
+        bitrate=mbit,
+        seconds=seconds,
         audio="PCMU",
     )
-    sub = ClipSpec(
-        codec="H264",
-        width=640,
-        height=360,
-        fps=25,
-        gop_seconds=2.0,
-        bitrate=500_000,
-        seconds=8.0,
-        audio="PCMU",
-    )
-    dahua_main = ClipSpec(**{**main.__dict__, "codec": "H265", "audio": "PCMA"})
-    dahua_sub = ClipSpec(**{**sub.__dict__, "audio": "PCMA"})
-    return {"hikvision": StreamSpec(main, sub), "dahua": StreamSpec(dahua_main, dahua_sub)}
+    sub = replace(main, width=sw, height=sh, bitrate=sbit)
+    if profile == "bench":
+        return {"hikvision": StreamSpec(main, sub), "dahua": StreamSpec(main, sub)}
+    return {
+        "hikvision": StreamSpec(main, sub),
+        "dahua": StreamSpec(replace(main, codec="H265", audio="PCMA"), replace(sub, audio="PCMA")),
+    }
 
 
 @dataclass
