@@ -216,6 +216,72 @@ def test_parameter_sets_from_params_and_updated_in_band(codec: Codec) -> None:
     assert packetizer.current_parameter_sets() == new
 
 
+def depacketize_payloads(codec: Codec, payloads: list[bytes]) -> list[bytes]:
+    depacketizer = codec.depacketizer()
+    frames: list[bytes] = []
+    for i, payload in enumerate(payloads):
+        frames.extend(depacketizer.push(payload, i == len(payloads) - 1, 9000))
+    return frames
+
+
+@CODECS
+def test_relay_passes_camera_payloads_through_and_completes_keyframes(codec: Codec) -> None:
+    """The native ingest's fast path: a camera's own payloads go out as they are, and a
+    keyframe that lacks parameter sets gets the latest ones, after any AUD."""
+    old = tuple(codec.nal(t, 12, seed=1) for t in codec.parameter_sets)
+    new = [codec.nal(t, 14, seed=2) for t in codec.parameter_sets]
+    idr = codec.nal(codec.idr, 5000, seed=3)
+    aud = codec.nal(codec.aud, codec.header_size + 1)
+    camera = codec.packetizer(codec.params(), max_payload=1300)  # the camera's own MTU
+    relay_packetizer = codec.packetizer(codec.params(old))
+
+    p_frame = camera.packetize(annexb([codec.nal(codec.non_idr, 3000, seed=4)]), False)
+    assert relay_packetizer.relay(p_frame, False) == p_frame
+
+    bare = camera.packetize(annexb([aud, idr]), True)
+    relayed = relay_packetizer.relay(bare, True)
+    assert relayed is not None and relayed[0] == bare[0] and relayed[2:] == bare[1:]
+    assert depacketize_payloads(codec, relayed) == [annexb([aud, *old, idr])]
+
+    # Sets sent in band (aggregated, as cameras do) are kept as they are and remembered.
+    complete = camera.packetize(annexb([*new, idr]), True)
+    assert codec.packet_type(complete[0]) == codec.aggregation_type
+    assert relay_packetizer.relay(complete, True) == complete
+    assert relay_packetizer.current_parameter_sets() == new
+    later = relay_packetizer.relay(camera.packetize(annexb([idr]), True), True)
+    assert later is not None
+    assert depacketize_payloads(codec, later) == [annexb([*new, idr])]
+
+
+@CODECS
+def test_relay_refuses_what_clients_were_not_offered(codec: Codec) -> None:
+    camera = codec.packetizer(codec.params(), max_payload=4000)
+    big = camera.packetize(annexb([codec.nal(codec.non_idr, 3000)]), False)
+    assert len(big) == 1 and len(big[0]) > 1440
+    packetizer = codec.packetizer(codec.params())
+    assert packetizer.relay(big, False) is None  # larger than an Ethernet MTU allows
+    assert packetizer.relay([b""], False) is None
+    if codec is H264:
+        fu_b = bytes((0x60 | 29, 0x85)) + b"\x11" * 100  # FU-B: interleaved mode only
+        assert packetizer.relay([fu_b], False) is None
+        interleaved = codec.packetizer(
+            CodecParams("H264", "video", 90000, extra={"packetization-mode": "2"})
+        )
+        small = [codec.nal(codec.non_idr, 100)]
+        assert interleaved.relay(small, False) is None
+        assert packetizer.relay(small, False) == small
+    else:
+        paci = bytes((50 << 1, 1)) + b"\x11" * 100
+        assert packetizer.relay([paci], False) is None
+        donl = codec.packetizer(
+            CodecParams("H265", "video", 90000, extra={"sprop-max-don-diff": "2"})
+        )
+        assert donl.relay([codec.nal(codec.non_idr, 100)], False) is None
+    # A truncated aggregation packet in a keyframe is left to the depacketizer to refuse.
+    truncated = bytes(codec.nal(codec.aggregation_type, codec.header_size)) + b"\x00\x40\x01"
+    assert packetizer.relay([truncated], True) is None
+
+
 @CODECS
 def test_depacketizer_flushes_on_timestamp_change_when_the_marker_is_lost(codec: Codec) -> None:
     depacketizer = codec.depacketizer()

@@ -167,6 +167,46 @@ def test_malformed_upstream_frame_is_counted_not_raised() -> None:
     assert sub.frames == []
 
 
+def test_relayed_camera_payloads_go_out_as_they_came_or_are_rebuilt() -> None:
+    """Native ingest: the camera's payloads are sent under the hub's RTP identity; payloads
+    too large for the MTU are depacketized and packetized again; broken ones are dropped."""
+    from gateway.codecs.h264 import H264Depacketizer, H264Packetizer
+
+    hub = make_hub()
+    sub = Recorder()
+    hub.subscribe(sub)
+    camera = H264Packetizer(H264, max_payload=1200)
+    key = camera.packetize(access_unit(True), True)
+    hub.push_relayed(0, 0, True, key, arrival=0.0)
+    delta = camera.packetize(access_unit(False), False)
+    hub.push_relayed(0, 3600, False, delta, arrival=0.04)
+    assert hub.stats.relayed_frames == 2 and hub.stats.repacketized_frames == 0
+    assert [bytes(p[12:]) for p in sub.frames[0].packets()] == key
+    assert [bytes(p[12:]) for p in sub.frames[1].packets()] == delta
+
+    jumbo = H264Packetizer(H264, max_payload=8000).packetize(access_unit(False, 6000), False)
+    hub.push_relayed(0, 7200, False, jumbo, arrival=0.08)
+    assert hub.stats.repacketized_frames == 1
+    rebuilt = [bytes(p[12:]) for p in sub.frames[2].packets()]
+    assert len(rebuilt) > 1 and all(len(p) <= 1400 for p in rebuilt)
+    depacketizer = H264Depacketizer()
+    frames = [
+        f for i, p in enumerate(rebuilt) for f in depacketizer.push(p, i == len(rebuilt) - 1, 1)
+    ]
+    assert frames == [access_unit(False, 6000)]
+
+    seqs = [seq for f in sub.frames for seq, *_ in rtp_fields(f)]
+    assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(len(seqs))]
+    assert [f.timestamp - sub.frames[0].timestamp for f in sub.frames] == [0, 3600, 7200]
+
+    lone_fragment = b"\x7c\x81" + b"\x00" * 2000  # an FU-A start, no end: dropped silently
+    hub.push_relayed(0, 10800, False, [lone_fragment], arrival=0.12)
+    truncated_stap_a = b"\x78\x00\x40"  # announces a 64-byte NAL unit that is not there
+    hub.push_relayed(0, 14400, False, [truncated_stap_a], arrival=0.16)
+    assert hub.stats.malformed_frames == 1
+    assert len(sub.frames) == 3
+
+
 def test_g711_blocks_split_across_packets_advance_timestamps() -> None:
     hub = StreamHub("cam/main")
     hub.upstream_opened([H264, PCMU])

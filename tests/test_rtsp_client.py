@@ -292,7 +292,13 @@ SCRIPT = [
 class ScriptedServer:
     """Answers the RTSP handshake, then plays SCRIPT over TCP interleaved channel 4."""
 
-    def __init__(self, close_after_play: bool = False, play_status: int = 200) -> None:
+    def __init__(
+        self,
+        close_after_play: bool = False,
+        play_status: int = 200,
+        script: list[tuple[int, int, bytes, bool]] = SCRIPT,
+    ) -> None:
+        self.script = script
         self.requests: list[RtspRequest] = []
         self.close_after_play = close_after_play
         self.play_status = play_status
@@ -308,7 +314,7 @@ class ScriptedServer:
                         self.requests.append(event)
                         writer.write(bytes(self.respond(event)))
                         if event.method == "PLAY" and self.play_status == 200:
-                            writer.write(b"".join(interleave(4, rtp(*p)) for p in SCRIPT))
+                            writer.write(b"".join(interleave(4, rtp(*p)) for p in self.script))
                             if self.close_after_play:
                                 writer.close()
                                 return
@@ -390,6 +396,49 @@ async def test_rtp_accounting_with_wrap_loss_reorder_duplicate(
     assert setup.headers.get("Transport") == "RTP/AVP/TCP;unicast;interleaved=0-1"
     assert server.requests[3].headers.get("Session") == "sess1"
     assert server.requests[3].uri == "rtsp://127.0.0.1/s/"
+
+
+FU_A_IDR = (bytes([0x7C, 0x85, 0x01]), bytes([0x7C, 0x45, 0x02]))  # start, end
+FU_A_P = (bytes([0x5C, 0x81, 0x03]), bytes([0x5C, 0x41, 0x04]))
+
+# For video_payloads: a frame joined mid-way, a fragmented keyframe, a lost marker (the next
+# timestamp ends the frame), a frame with a lost packet, then a clean keyframe.
+PAYLOAD_SCRIPT = [
+    (100, 1000, FU_A_IDR_MIDDLE, True),
+    (101, 4600, FU_A_IDR[0], False),
+    (102, 4600, FU_A_IDR[1], True),
+    (103, 8200, P_SLICE, False),
+    (104, 11800, P_SLICE, True),
+    (106, 15400, FU_A_P[0], False),  # 105 lost
+    (107, 15400, FU_A_P[1], True),
+    (108, 19000, IDR, True),
+]
+
+
+async def test_video_payloads_hands_over_complete_frames_only() -> None:
+    """The native ingest's mode: each complete frame as the camera's RTP payloads."""
+    server = ScriptedServer(script=PAYLOAD_SCRIPT)
+    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    frames: list[ReceivedFrame] = []
+    reader = RtspReader(f"rtsp://127.0.0.1:{port}/s", on_frame=frames.append, video_payloads=True)
+    try:
+        await reader.start()
+        await reader.wait_frames(6, timeout=10)
+        got = [(f.timestamp, f.keyframe, f.payloads, f.data) for f in frames]
+        assert got == [
+            (1000, False, None, None),
+            (4600, True, list(FU_A_IDR), None),
+            (8200, False, [P_SLICE], None),
+            (11800, False, [P_SLICE], None),
+            (15400, False, None, None),
+            (19000, True, [IDR], None),
+        ]
+        assert reader.stats.tracks[0].lost == 1
+    finally:
+        await reader.close()
+        listener.close()
+        await listener.wait_closed()
 
 
 async def test_server_closing_fails_waiters() -> None:

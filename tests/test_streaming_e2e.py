@@ -395,7 +395,8 @@ async def test_native_ingest_serves_decodable_streams_and_survives_restart(
     fleet: SimFleet, tmp_path: Path, vms_password: str, camera: str
 ) -> None:
     """The optional native ingest (our asyncio RTSP client instead of PyAV) behind the same
-    hub: real ffmpeg decodes through it, and a camera restart keeps the client's session."""
+    hub: real ffmpeg decodes the relayed camera payloads with no error, and a camera restart
+    keeps the client's session."""
     require("ffmpeg")
     text = gateway_config_text(fleet, tmp_path, vms_password, server_extra='ingest = "native"')
     gw = Gateway(cfgmod.loads(text), start_services=False)
@@ -425,6 +426,9 @@ async def test_native_ingest_serves_decodable_streams_and_survives_restart(
             timeout=40,
         )
         assert code == 0 and err.strip() == "", err
+        # The camera's own payloads went out as they came: nothing was rebuilt or refused.
+        assert hub.stats.relayed_frames > 0
+        assert hub.stats.repacketized_frames == 0 and hub.stats.malformed_frames == 0
         reader = RtspReader(stream_url(gw, camera, "main", vms_password))
         await reader.start()
         try:

@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 # for tunnelling overhead. TCP-interleaved clients get the same packets, built once.
 DEFAULT_MAX_PAYLOAD = 1400
 
+# Largest camera payload relayed as it is: a full 1500-byte MTU over IPv6/UDP with a 12-byte
+# RTP header. Cameras fragment for their own MTU; anything larger is repacketized.
+RELAY_MAX_PAYLOAD = 1500 - 40 - 8 - 12
+
 
 @dataclass(frozen=True)
 class CodecParams:
@@ -49,6 +53,11 @@ class Packetizer(ABC):
     @abstractmethod
     def sdp_attributes(self) -> list[str]:
         """``a=rtpmap`` and ``a=fmtp`` lines (without ``a=`` control) for this track."""
+
+    def relay(self, payloads: Sequence[bytes], keyframe: bool) -> list[bytes] | None:
+        """A source's own RTP payloads of one frame, to send on as they are, or ``None`` when
+        they must be depacketized and packetized again. Formats that relay override this."""
+        return None
 
     def timestamp_offsets(self, payloads: Sequence[bytes]) -> list[int] | None:
         """Each payload's RTP timestamp minus the frame's, or ``None`` when all payloads

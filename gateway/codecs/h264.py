@@ -15,7 +15,13 @@ import base64
 from abc import abstractmethod
 from collections.abc import Sequence
 
-from gateway.codecs.base import DEFAULT_MAX_PAYLOAD, CodecParams, Depacketizer, Packetizer
+from gateway.codecs.base import (
+    DEFAULT_MAX_PAYLOAD,
+    RELAY_MAX_PAYLOAD,
+    CodecParams,
+    Depacketizer,
+    Packetizer,
+)
 
 START_CODE = b"\x00\x00\x00\x01"
 
@@ -122,6 +128,8 @@ class NalPacketizer(Packetizer):
     fu_prefix_size: int  # payload header + FU header: 2 (FU-A) or 3 (H.265 FU)
     aud_type: int
     parameter_set_types: tuple[int, ...]  # in the order they are sent
+    aggregation_type: int  # STAP-A (H.264) / AP (H.265)
+    fragmentation_type: int  # FU-A (H.264) / FU (H.265)
 
     def __init__(self, params: CodecParams, payload_type: int, max_payload: int) -> None:
         if not 0 <= payload_type <= 127:
@@ -134,6 +142,9 @@ class NalPacketizer(Packetizer):
         self.parameter_sets: dict[int, bytes] = {}
         for nal in params.parameter_sets:
             self._remember(nal)
+        # Whether the source's payloads suit the packetization our SDP offers (set by the
+        # codec from the source's fmtp).
+        self.relay_allowed = True
 
     @abstractmethod
     def nal_type(self, nal: Nal) -> int:
@@ -142,6 +153,14 @@ class NalPacketizer(Packetizer):
     @abstractmethod
     def is_random_access(self, nal_type: int) -> bool:
         """Whether a NAL of this type starts a picture a decoder can start from."""
+
+    @abstractmethod
+    def is_vcl(self, nal_type: int) -> bool:
+        """Whether a NAL of this type holds coded picture data (a slice)."""
+
+    @abstractmethod
+    def is_relayable(self, payload: bytes) -> bool:
+        """Whether one RTP payload is a packet type our SDP's packetization mode allows."""
 
     @abstractmethod
     def aggregation_header(self, nals: Sequence[Nal]) -> bytes:
@@ -170,6 +189,50 @@ class NalPacketizer(Packetizer):
         nals: list[Nal] = [nal for nal in split_annexb(frame) if len(nal) >= self.header_size]
         self._insert_parameter_sets(nals, keyframe)
         return self.packetize_nals(nals)
+
+    def relay(self, payloads: Sequence[bytes], keyframe: bool) -> list[bytes] | None:
+        """The camera's payloads as they are (the native ingest's fast path), or ``None`` when
+        one is too large for our MTU or of a packet type our SDP does not offer. A keyframe
+        that lacks parameter sets gets the latest ones in front, as :meth:`packetize` does.
+        """
+        if not self.relay_allowed:
+            return None
+        is_relayable = self.is_relayable
+        for payload in payloads:
+            if not 0 < len(payload) <= RELAY_MAX_PAYLOAD or not is_relayable(payload):
+                return None
+        if not keyframe:
+            return list(payloads)
+        return self._relay_keyframe(payloads)
+
+    def _relay_keyframe(self, payloads: Sequence[bytes]) -> list[bytes] | None:
+        # Parameter sets precede the first slice: scan payloads up to it, remembering sets
+        # sent in band so the SDP and later keyframes use the camera's current ones.
+        present: set[int] = set()
+        position = 0
+        header_size = self.header_size
+        for index, payload in enumerate(payloads):
+            payload_type = self.nal_type(payload)
+            if payload_type == self.aggregation_type:
+                try:
+                    nals = _aggregated_nals(payload, header_size)
+                except ValueError:
+                    return None
+            elif self.is_vcl(payload_type) or payload_type == self.fragmentation_type:
+                break  # a slice or a fragment: no parameter set comes after it
+            else:
+                nals = [payload]
+            for nal in nals:
+                nal_type = self.nal_type(nal)
+                if nal_type in self.parameter_set_types:
+                    self._remember(nal)
+                    present.add(nal_type)
+                elif nal_type == self.aud_type and index == 0:
+                    position = 1
+        out = list(payloads)
+        if not present.issuperset(self.parameter_sets):
+            out[position:position] = self.packetize_nals(self.current_parameter_sets())
+        return out
 
     def _insert_parameter_sets(self, nals: list[Nal], keyframe: bool) -> None:
         present: set[int] = set()
@@ -240,6 +303,37 @@ class NalPacketizer(Packetizer):
             prefix = first if i == 0 else last if i == count - 1 else middle
             payloads.append(prefix + data[pos : pos + size])
             pos += size
+
+
+def aggregation_is_sound(payload: bytes, header_size: int) -> bool:
+    """Whether an aggregation packet's size fields tile it exactly (cheap check, no copies)."""
+    pos = header_size
+    end = len(payload)
+    if pos >= end:
+        return False
+    while pos + 2 <= end:
+        size = (payload[pos] << 8) | payload[pos + 1]
+        if size < header_size:
+            return False
+        pos += 2 + size
+    return pos == end
+
+
+def _aggregated_nals(payload: bytes, header_size: int) -> list[bytes]:
+    """The NAL units of an aggregation packet (no DONL); ``ValueError`` if truncated."""
+    nals = []
+    pos = header_size
+    end = len(payload)
+    while pos < end:
+        if pos + 2 > end:
+            raise ValueError("aggregation packet has a truncated size field")
+        size = (payload[pos] << 8) | payload[pos + 1]
+        pos += 2
+        if size < header_size or pos + size > end:
+            raise ValueError(f"aggregated NAL unit of {size} bytes does not fit the packet")
+        nals.append(payload[pos : pos + size])
+        pos += size
+    return nals
 
 
 class NalDepacketizer(Depacketizer):
@@ -381,17 +475,30 @@ class H264Packetizer(NalPacketizer):
     fu_prefix_size = 2
     aud_type = NAL_AUD
     parameter_set_types = (NAL_SPS, NAL_PPS)
+    aggregation_type = NAL_STAP_A
+    fragmentation_type = NAL_FU_A
 
     def __init__(
         self, params: CodecParams, payload_type: int = 96, max_payload: int = DEFAULT_MAX_PAYLOAD
     ) -> None:
         super().__init__(params, payload_type, max_payload)
+        # Modes 0 and 1 send what our packetization-mode=1 allows; mode 2 interleaves.
+        self.relay_allowed = params.extra.get("packetization-mode", "0").strip() in ("0", "1")
 
     def nal_type(self, nal: Nal) -> int:
         return nal[0] & 0x1F
 
     def is_random_access(self, nal_type: int) -> bool:
         return nal_type == NAL_IDR
+
+    def is_vcl(self, nal_type: int) -> bool:
+        return 1 <= nal_type <= 5
+
+    def is_relayable(self, payload: bytes) -> bool:
+        nal_type = payload[0] & 0x1F
+        if nal_type == NAL_STAP_A:
+            return aggregation_is_sound(payload, 1)
+        return 0 < nal_type < NAL_STAP_A or nal_type == NAL_FU_A
 
     def aggregation_header(self, nals: Sequence[Nal]) -> bytes:
         forbidden = 0

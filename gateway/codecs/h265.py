@@ -17,6 +17,7 @@ from gateway.codecs.h264 import (
     Nal,
     NalDepacketizer,
     NalPacketizer,
+    aggregation_is_sound,
     nal_to_rbsp,
     split_annexb,
 )
@@ -45,17 +46,33 @@ class H265Packetizer(NalPacketizer):
     fu_prefix_size = 3
     aud_type = NAL_AUD
     parameter_set_types = PARAMETER_SET_TYPES
+    aggregation_type = NAL_AP
+    fragmentation_type = NAL_FU
 
     def __init__(
         self, params: CodecParams, payload_type: int = 96, max_payload: int = DEFAULT_MAX_PAYLOAD
     ) -> None:
         super().__init__(params, payload_type, max_payload)
+        # A source that sends decoding-order numbers (DONL) cannot be relayed to clients
+        # offered an SDP without them.
+        self.relay_allowed = params.extra.get("sprop-max-don-diff", "0").strip() in ("", "0")
 
     def nal_type(self, nal: Nal) -> int:
         return (nal[0] >> 1) & 0x3F
 
     def is_random_access(self, nal_type: int) -> bool:
         return NAL_BLA_W_LP <= nal_type <= NAL_CRA
+
+    def is_vcl(self, nal_type: int) -> bool:
+        return nal_type < 32
+
+    def is_relayable(self, payload: bytes) -> bool:
+        if len(payload) <= 2:
+            return False
+        packet_type = (payload[0] >> 1) & 0x3F
+        if packet_type == NAL_AP:
+            return aggregation_is_sound(payload, 2)
+        return packet_type < NAL_AP or packet_type == NAL_FU
 
     def aggregation_header(self, nals: Sequence[Nal]) -> bytes:
         # F is the OR of the aggregated F bits; LayerId and TID are the lowest ones.

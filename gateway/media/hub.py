@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.codecs import packetizer_for
+from gateway.codecs import depacketizer_for, packetizer_for
 from gateway.codecs.base import CodecParams, Packetizer
 
 log = logging.getLogger("gateway.media")
@@ -155,6 +155,8 @@ class StreamStats:
     bytes_out: int = 0
     dropped_frames: int = 0  # frames skipped for slow clients
     malformed_frames: int = 0  # frames from upstream the packetizer refused
+    relayed_frames: int = 0  # native ingest: camera payloads sent on as they came
+    repacketized_frames: int = 0  # native ingest: camera payloads that had to be rebuilt
     slow_disconnects: int = 0
     reconnects: int = 0
     keyframes: int = 0
@@ -296,13 +298,50 @@ class StreamHub:
         try:
             payloads = track.packetizer.packetize(data, keyframe)
         except ValueError as exc:
-            self.stats.malformed_frames += 1
-            log.warning(
-                "malformed frame from camera dropped",
-                extra={"stream": self.key, "error": str(exc), "ratelimit": True},
-            )
+            self._drop_malformed(exc)
             return
         self.push_payloads(track_index, timestamp, keyframe, payloads, arrival)
+
+    def push_relayed(
+        self,
+        track_index: int,
+        timestamp: int,
+        keyframe: bool,
+        payloads: Sequence[bytes],
+        arrival: float,
+    ) -> None:
+        """One complete access unit as the camera's own RTP payloads (native ingest).
+
+        They go out as they came, under the hub's RTP identity, when the codec allows it;
+        otherwise (oversized packets, a packetization mode clients were not offered) the
+        frame is depacketized and packetized again like a PyAV frame.
+        """
+        track = self.tracks[track_index]
+        relayed = track.packetizer.relay(payloads, keyframe)
+        if relayed is not None:
+            self.stats.relayed_frames += 1
+            self.push_payloads(track_index, timestamp, keyframe, relayed, arrival)
+            return
+        self.stats.repacketized_frames += 1
+        # A fresh depacketizer per frame: nothing of a refused frame can leak into the next.
+        depacketizer = depacketizer_for(track.params)
+        frames: list[bytes] = []
+        last = len(payloads) - 1
+        try:
+            for i, payload in enumerate(payloads):
+                frames.extend(depacketizer.push(payload, i == last, timestamp))
+        except ValueError as exc:
+            self._drop_malformed(exc)
+            return
+        for data in frames:
+            self.push(track_index, timestamp, keyframe, data, arrival)
+
+    def _drop_malformed(self, error: ValueError) -> None:
+        self.stats.malformed_frames += 1
+        log.warning(
+            "malformed frame from camera dropped",
+            extra={"stream": self.key, "error": str(error), "ratelimit": True},
+        )
 
     def push_payloads(
         self,
@@ -543,8 +582,6 @@ class StreamHub:
             return None
         first = self.gop[0]
         track = self.tracks[first.track]
-        from gateway.codecs import depacketizer_for
-
         depack = depacketizer_for(track.params)
         units: list[bytes] = []
         packets = first.packets()

@@ -3,8 +3,10 @@
 An alternative to the default PyAV ingest (``ingest = "native"``) for sites that need many
 cameras per core. FFmpeg's RTSP demuxer reads TCP-interleaved RTP with several small reads
 per packet and runs in a thread per stream; the asyncio reader parses whole socket buffers
-and hands depacketized access units straight to the hub. The hub then works exactly as with
-PyAV ingest (same RTP identity, GOP cache, reconnect continuity).
+and hands each complete video frame to the hub as the camera's own RTP payloads, which go out
+as they came under the hub's RTP identity (no depacketizing and packetizing again); audio is
+depacketized. The hub then works exactly as with PyAV ingest (same RTP identity, GOP cache,
+reconnect continuity).
 
 PyAV stays the default: it copes with more unusual camera SDPs and codecs.
 """
@@ -98,6 +100,7 @@ class NativeIngest:
             transport="udp" if self.options.transport == "udp" else "tcp",
             on_frame=self._on_frame,
             depacketize=True,
+            video_payloads=True,
             request_timeout=self.options.io_timeout,
         )
         try:
@@ -161,11 +164,16 @@ class NativeIngest:
 
     def _on_frame(self, frame: ReceivedFrame) -> None:
         index = self._track_map.get(frame.track)
-        if index is None or not frame.data or self.hub.state != "live":
+        if index is None or self.hub.state != "live":
             return
-        now = time.monotonic()
-        self._last_frame = now
-        self.hub.push(index, frame.timestamp, frame.keyframe, frame.data, now)
+        if frame.payloads:
+            now = time.monotonic()
+            self._last_frame = now
+            self.hub.push_relayed(index, frame.timestamp, frame.keyframe, frame.payloads, now)
+        elif frame.data:
+            now = time.monotonic()
+            self._last_frame = now
+            self.hub.push(index, frame.timestamp, frame.keyframe, frame.data, now)
 
 
 def _describe(exc: RtspClientError) -> str:

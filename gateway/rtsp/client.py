@@ -7,7 +7,8 @@ TEARDOWN on close. It is built on ``asyncio.Protocol`` (no streams, no task per 
 many readers fit in one process: per RTP packet it unpacks the fixed header, updates counters
 and, only if asked to, depacketizes with :mod:`gateway.codecs`. Without depacketizing, frames
 are counted by the marker bit (video) or per packet (audio), and keyframes are recognised from
-the H.264/H.265 payload headers.
+the H.264/H.265 payload headers. With ``video_payloads`` a complete H.264/H.265 frame is handed
+over as the list of its RTP payloads, for a relay that sends them on as they are.
 
 Run ``python3 -m gateway.rtsp.client URL`` for a quick manual check.
 """
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 from gateway.codecs import codec_name, depacketizer_for, params_from_sdp_media
-from gateway.codecs.h264 import split_annexb
+from gateway.codecs.h264 import DEFAULT_MAX_FRAME_SIZE, split_annexb
 from gateway.codecs.sdp import SessionDescription, parse_sdp
 from gateway.rtsp.auth import DigestClient
 from gateway.rtsp.message import (
@@ -126,13 +127,16 @@ class ReaderStats:
 
 @dataclass(frozen=True, slots=True)
 class ReceivedFrame:
-    """Passed to ``on_frame``; ``data`` is the access unit when depacketizing, else None."""
+    """Passed to ``on_frame``; ``data`` is the access unit when depacketizing, else None;
+    ``payloads`` are a complete video frame's RTP payloads with ``video_payloads``, else None
+    (also for a frame with a lost packet, or one joined mid-way)."""
 
     track: int
     timestamp: int
     keyframe: bool
     arrival: float
     data: bytes | None
+    payloads: list[bytes] | None = None
 
 
 FrameCallback = Callable[[ReceivedFrame], None]
@@ -194,6 +198,9 @@ class _Track:
         "frame_clean",
         "frame_has_key",
         "frame_open",
+        "frame_payloads",
+        "frame_size",
+        "frame_ts",
         "is_video",
         "last_ts",
         "max_seq",
@@ -228,6 +235,10 @@ class _Track:
         self.frame_open = False
         self.frame_clean = False
         self.frame_has_key = False
+        # The open frame's payloads when they are handed over (``video_payloads``), else None.
+        self.frame_payloads: list[bytes] | None = None
+        self.frame_size = 0
+        self.frame_ts = -1
         self.rtp_channel = -1
         self.rtcp_channel = -1
         self.server_ports: tuple[int, int] | None = None
@@ -315,6 +326,7 @@ class RtspReader:
         on_frame: FrameCallback | None = None,
         *,
         depacketize: bool = False,
+        video_payloads: bool = False,
         media: tuple[str, ...] = ("video", "audio"),
         request_timeout: float = 10.0,
         keepalive_interval: float | None = None,
@@ -330,6 +342,7 @@ class RtspReader:
         self.transport_kind = transport
         self.on_frame = on_frame
         self.depacketize = depacketize
+        self.video_payloads = video_payloads
         self.media_filter = media
         self.request_timeout = request_timeout
         self.keepalive_interval = keepalive_interval
@@ -475,7 +488,9 @@ class RtspReader:
             except (ValueError, KeyError, AttributeError) as exc:
                 log.debug("no codec parameters for %s track: %s", media.encoding, exc)
             self.codec_params.append(params)
-            if self.depacketize and params is not None:
+            if self.video_payloads and track.packet_flags is not None:
+                track.frame_payloads = []
+            elif self.depacketize and params is not None:
                 try:
                     track.depacketizer = depacketizer_for(params)
                 except (ValueError, KeyError) as exc:
@@ -707,6 +722,14 @@ class RtspReader:
         keyframe = continuation = False
         if track.packet_flags is not None:
             keyframe, continuation = track.packet_flags(packet, start, end)
+        collected = track.frame_payloads
+        if collected is not None:
+            self._collect(track, collected, packet[start:end], timestamp, continuation, gap, now)
+            if keyframe:
+                track.frame_has_key = True
+            if marker:
+                self._collected_frame_done(track, now)
+            return
         if not track.frame_open:
             track.frame_open = True
             track.frame_clean = not continuation
@@ -718,6 +741,47 @@ class RtspReader:
         if marker:
             track.frame_open = False
             self._frame_done(track, timestamp, track.frame_has_key and track.frame_clean, now)
+
+    def _collect(
+        self,
+        track: _Track,
+        collected: list[bytes],
+        payload: bytes,
+        timestamp: int,
+        continuation: bool,
+        gap: bool,
+        now: float,
+    ) -> None:
+        if track.frame_open and timestamp != track.frame_ts:
+            # The marker was lost: the timestamp change ends the previous frame.
+            self._collected_frame_done(track, now)
+            collected = cast(list[bytes], track.frame_payloads)
+        if not track.frame_open:
+            track.frame_open = True
+            track.frame_clean = not continuation
+            track.frame_has_key = False
+            track.frame_ts = timestamp
+            track.frame_size = 0
+        if gap:
+            track.frame_clean = False
+        if not track.frame_clean:
+            collected.clear()
+            return
+        track.frame_size += len(payload)
+        if track.frame_size > DEFAULT_MAX_FRAME_SIZE:
+            track.frame_clean = False  # bounded memory when a sender never ends a frame
+            collected.clear()
+            return
+        collected.append(payload)
+
+    def _collected_frame_done(self, track: _Track, now: float) -> None:
+        track.frame_open = False
+        complete = track.frame_clean
+        payloads = track.frame_payloads if complete else None
+        track.frame_payloads = []
+        self._frame_done(
+            track, track.frame_ts, track.frame_has_key and complete, now, payloads=payloads
+        )
 
     def _depacketize(
         self, track: _Track, payload: bytes, marker: bool, timestamp: int, gap: bool, now: float
@@ -742,6 +806,7 @@ class RtspReader:
         keyframe: bool,
         now: float,
         data: bytes | None = None,
+        payloads: list[bytes] | None = None,
     ) -> None:
         stats = track.stats
         stats.frames += 1
@@ -756,7 +821,7 @@ class RtspReader:
                 if track.is_video and sent is not None and self.stats.first_frame_time is None:
                     self.stats.first_frame_time = now - sent
         if self.on_frame is not None:
-            self.on_frame(ReceivedFrame(stats.index, timestamp, keyframe, now, data))
+            self.on_frame(ReceivedFrame(stats.index, timestamp, keyframe, now, data, payloads))
         if self._waiters:
             self._check_waiters()
 
