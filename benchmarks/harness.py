@@ -4,7 +4,8 @@ A measurement: start the relay in front of the running cameras, attach the reade
 or more reader processes), let the streams settle for ``warmup`` seconds, then read every
 counter at the start and the end of a window of ``duration`` seconds: the relay's CPU time
 (its whole process tree from /proc), the bytes, frames and RTP sequence gaps each reader saw,
-the latency stamps, and the time to first keyframe of late readers attached in the window.
+the latency stamps (kernel receive time of the readers' sockets, and when the reader
+process handled them), and the time to first keyframe of late readers attached in the window.
 Resident memory is sampled over the whole measurement. Nothing here asserts a timing; it only
 reports, and :func:`held` says whether a load was carried (every reader attached, no loss,
 every reader received its frames in real time).
@@ -374,9 +375,13 @@ def summarize(
 ) -> dict[str, Any]:
     per_reader = [r for rep in reports for r in rep["readers"]]
     late = [x for rep in reports for x in rep["late"]]
+    # Headline latency: the kernel's receive time of the reader's socket minus the camera's
+    # stamp; "app": when the reader process handled the read (its own scheduling included).
     latency = LatencyHistogram()
+    app_latency = LatencyHistogram()
     for rep in reports:
         latency.merge(LatencyHistogram({int(k): n for k, n in rep["latency_us"].items()}))
+        app_latency.merge(LatencyHistogram({int(k): n for k, n in rep["latency_app_us"].items()}))
     expected = FPS * opts.duration
     frames = [r["video_frames"] for r in per_reader]
     sustained = [
@@ -400,6 +405,9 @@ def summarize(
         "latency_p50_ms": latency.percentile(0.50),
         "latency_p99_ms": latency.percentile(0.99),
         "latency_max_ms": latency.percentile(1.0),
+        "latency_app_p50_ms": app_latency.percentile(0.50),
+        "latency_app_p99_ms": app_latency.percentile(0.99),
+        "receive_timestamp": " / ".join(sorted({rep["receive_timestamp"] for rep in reports})),
         "reader_cpu_seconds": round(sum(rep["reader_cpu_seconds"] for rep in reports), 3),
     }
     ttff = [x["first_frame_time"] for x in late if x["first_frame_time"] is not None]

@@ -78,13 +78,14 @@ def results_table(results: list[dict[str, Any]]) -> list[str]:
     head = (
         "| load (cameras x readers) | relay | held | frames min/expected | lost | "
         "Mbit/s out | relay CPU (cores) | CPU-s per Gbit | latency p50 / p99 ms | "
-        "TTFF p50 / p99 ms | peak RSS MiB (per stream) | upstream per camera |"
+        "TTFF p50 / p99 ms | peak RSS MiB (per stream) | upstream per camera | "
+        "p99 app ms | reader CPU (cores) |"
     )
-    lines = [head, "|" + "---|" * 12]
+    lines = [head, "|" + "---|" * 14]
     for r in results:
         if "error" in r and "readers_sustained" not in r:
             lines.append(
-                f"| {step_label(r)} | {r['relay']} | error: {r['error'][:80]} |" + " |" * 9
+                f"| {step_label(r)} | {r['relay']} | error: {r['error'][:80]} |" + " |" * 11
             )
             continue
         lines.append(
@@ -103,11 +104,24 @@ def results_table(results: list[dict[str, Any]]) -> list[str]:
                     f"{_fmt(r.get('ttff_p50_ms'))} / {_fmt(r.get('ttff_p99_ms'))}",
                     f"{_fmt(r.get('peak_rss_mib'))} ({_fmt(r.get('rss_per_stream_mib'))})",
                     _fmt(r.get("upstream_sessions_per_camera_max")),
+                    _fmt(r.get("latency_app_p99_ms")),
+                    _fmt(_per_second(r.get("reader_cpu_seconds"), r.get("duration"))),
                 ]
             )
             + " |"
         )
     return lines
+
+
+def _per_second(seconds: float | None, duration: float | None) -> float | None:
+    return round(seconds / duration, 3) if seconds is not None and duration else None
+
+
+def receive_time_note(results: list[dict[str, Any]]) -> str:
+    """Which receive time the readers had, when any run fell back from the kernel's."""
+    sources = {r["receive_timestamp"] for r in results if r.get("receive_timestamp")}
+    odd = sorted(s for s in sources if s != "kernel (SO_TIMESTAMPNS)")
+    return f" Receive time actually taken: {'; '.join(odd)}." if odd else ""
 
 
 def ratio_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -153,8 +167,11 @@ def write_markdown(doc: dict[str, Any], path: Path, plot: Path | None, raw: Path
         "",
         "Cameras, relay and readers each run as their own processes on this machine; the "
         "relay's CPU and memory are read from /proc for its whole process tree. Readers are "
-        f"{doc['options']['reader_procs']} uvloop process(es) of `RtspReader` (TCP "
-        "interleaved). Each measurement: "
+        f"{doc['options']['reader_procs']} uvloop process(es) of lean readers "
+        "(`benchmarks.readers.LeanReader`: TCP interleaved, the socket read from an "
+        "`add_reader` callback with kernel receive timestamps, only RTP sequence, timestamp, "
+        "frame and SEI stamp checks per packet); the late readers are `RtspReader`. Each "
+        "measurement: "
         f"{doc['options']['warmup']} s warm-up, {doc['options']['duration']} s window, "
         f"{doc['options']['late_readers']} late readers for time to first frame. Raw figures: "
         f"[{raw_link}]({raw_link}).",
@@ -175,9 +192,14 @@ def write_markdown(doc: dict[str, Any], path: Path, plot: Path | None, raw: Path
         "97% of the frames due at 25 fps with no RTP sequence gap; *relay CPU* = CPU "
         "seconds per second of the relay's process tree; *CPU-s per Gbit* = relay CPU "
         "seconds per Gbit of RTP delivered to readers; *latency* = reader receive time minus "
-        "the camera's send stamp (SEI) for every video frame; *TTFF* = PLAY to the first "
+        "the camera's send stamp (SEI) for every video frame, where reader receive = kernel "
+        "receive timestamp of the reader's socket (SO_TIMESTAMPNS), so the readers' own "
+        "scheduling on the shared cores is not billed to the relay; the reader process's own "
+        "handling time is shown as *p99 app* (the same stamp against the time the reader "
+        "process handled the read, `time.time_ns()`); *TTFF* = PLAY to the first "
         "complete keyframe for a reader attached mid-run; *upstream per camera* = playing "
-        "sessions the camera counts.",
+        "sessions the camera counts; *reader CPU* = CPU seconds per second of the reader "
+        "processes (they share the cores with the relay)." + receive_time_note(doc["results"]),
         "",
         "## Peers as a ratio to the gateway in the same run",
         "",
