@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -295,6 +296,10 @@ async def _run(config: cfgmod.Config, path: str, shard: Any = None) -> int:
         log.error("cannot start", extra={"error": str(exc)})
         await gateway.stop()
         return EXIT_RUNTIME
+    # What start-up built lives as long as the process: moved out of the cyclic collector's
+    # reach, so its full passes walk only what streaming allocates (shorter pauses).
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)

@@ -153,6 +153,20 @@ def test_pipelined_messages_in_one_feed() -> None:
     assert parser.next_event() is NEED_DATA
 
 
+def test_idle_only_between_units() -> None:
+    """A response whose body has not arrived is not idle, even with nothing buffered: a
+    reader's fast path must not take the body for interleaved frames."""
+    parser = RtspConnectionParser("client")
+    assert parser.idle
+    parser.feed(b"RTSP/1.0 200 OK\r\nCSeq: 1\r\nContent-Length: 6\r\n\r\n")
+    assert parser.next_event() is NEED_DATA
+    assert parser.buffered == 0 and not parser.idle
+    parser.feed(b"$\x00\x00\x02ab")
+    (response,) = drain(parser)
+    assert isinstance(response, RtspResponse) and response.body == b"$\x00\x00\x02ab"
+    assert parser.idle
+
+
 def test_byte_at_a_time() -> None:
     parser = RtspConnectionParser("client")
     events: list[object] = []

@@ -264,9 +264,30 @@ class _ControlProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         reader = self.reader
         parser = self.parser
-        parser.feed(data)
         now = reader._loop.time()
         channels = reader._channels
+        if parser.idle:
+            # Fast path while playing: whole "$" frames straight from the received bytes,
+            # no event objects and no buffer copy; the parser takes over at anything else.
+            pos = 0
+            size = len(data)
+            while pos + 4 <= size and data[pos] == 0x24:
+                end = pos + 4 + ((data[pos + 2] << 8) | data[pos + 3])
+                if end > size:
+                    break
+                target = channels.get(data[pos + 1])
+                if target is not None:
+                    track, is_rtcp = target
+                    if is_rtcp:
+                        track.stats.rtcp_packets += 1
+                    else:
+                        reader._on_rtp(track, data[pos + 4 : end], now)
+                pos = end
+            if pos == size:
+                return
+            if pos:
+                data = data[pos:]
+        parser.feed(data)
         try:
             for event in parser.events():
                 if type(event) is InterleavedFrame:

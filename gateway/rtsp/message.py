@@ -410,6 +410,11 @@ class RtspConnectionParser:
         """Bytes received but not yet returned as events."""
         return len(self._buffer)
 
+    @property
+    def idle(self) -> bool:
+        """Between units: nothing buffered and no message waiting for its body."""
+        return not self._buffer and self._head is None
+
     def feed(self, data: bytes) -> None:
         self._buffer += data
 
