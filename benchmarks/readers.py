@@ -12,8 +12,10 @@ simulated camera puts in an SEI in front of every video frame.
 
 Latency is then ``kernel receive time - stamp``: the camera sending the frame to the frame
 reaching this reader's socket through the relay, without the reader's own scheduling delay
-on the shared cores. ``time.time_ns()`` when the reader's Python code handles the read is
-kept as well, in a second histogram (``latency_app_us``), so that delay stays visible.
+on the shared cores. (For TCP, Linux reports the arrival of the last segment a read took,
+so when one read holds several packets their latency is overstated, never understated.)
+``time.time_ns()`` when the reader's Python code handles the read is kept as well, in a
+second histogram (``latency_app_us``), so that delay stays visible.
 
 Late readers (time to first keyframe) are :class:`gateway.rtsp.client.RtspReader`, which
 recognises complete keyframes.
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import re
 import resource
@@ -770,13 +773,16 @@ class LeanReader:
             if n == 0:
                 self._fail("connection closed by server")
                 return
-            received = kernel_receive_ns(ancillary)
+            received = kernel_receive_ns(ancillary) if ancillary else None
             if received is None:
                 read_stats.unstamped += 1
                 received = now
             else:
                 read_stats.kernel_stamped += 1
-            if not self._feed_received(walk, n, received, now):
+            try:
+                walk.received(n, received, now)
+            except ValueError as exc:
+                self._fail(f"protocol error from server: {exc}")
                 return
             if n < len(free):  # a short read: the socket is drained, save the EAGAIN call
                 return
@@ -787,14 +793,6 @@ class LeanReader:
             self.walk.feed(data, received_ns, now_ns)
         except ValueError as exc:
             self._fail(f"protocol error from server: {exc}")
-
-    def _feed_received(self, walk: InterleavedWalk, n: int, received_ns: int, now_ns: int) -> bool:
-        try:
-            walk.received(n, received_ns, now_ns)
-        except ValueError as exc:
-            self._fail(f"protocol error from server: {exc}")
-            return False
-        return True
 
     def _fail(self, error: str) -> None:
         if self.error is None:
@@ -909,6 +907,8 @@ async def run() -> int:
     app_latency = LatencyHistogram()
     read_stats = ReadStats()
     readers, errors = await attach(streams, latency, app_latency, read_stats)
+    # The sessions' objects live to the end: keep the cyclic collector from rescanning them.
+    gc.freeze()
     emit({"event": "attached", "ok": len(readers), "errors": errors[:20]})
     try:
         window = await next_message()
