@@ -297,8 +297,10 @@ class ScriptedServer:
         close_after_play: bool = False,
         play_status: int = 200,
         script: list[tuple[int, int, bytes, bool]] = SCRIPT,
+        unanswered: tuple[str, ...] = (),
     ) -> None:
         self.script = script
+        self.unanswered = unanswered
         self.requests: list[RtspRequest] = []
         self.close_after_play = close_after_play
         self.play_status = play_status
@@ -312,6 +314,8 @@ class ScriptedServer:
                 for event in parser.events():
                     if isinstance(event, RtspRequest):
                         self.requests.append(event)
+                        if event.method in self.unanswered:
+                            continue
                         writer.write(bytes(self.respond(event)))
                         if event.method == "PLAY" and self.play_status == 200:
                             writer.write(b"".join(interleave(4, rtp(*p)) for p in self.script))
@@ -457,6 +461,21 @@ async def test_server_closing_fails_waiters() -> None:
             await reader.run_for(5)
     finally:
         await reader.close()
+        listener.close()
+        await listener.wait_closed()
+
+
+async def test_close_gives_up_on_an_unanswered_teardown() -> None:
+    server = ScriptedServer(unanswered=("TEARDOWN",))
+    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    reader = RtspReader(f"rtsp://127.0.0.1:{port}/s")
+    try:
+        await reader.start()
+        await reader.wait_frames(9, timeout=10)
+        await reader.close()  # waits 2 s for the answer, then closes without raising
+        assert [r.method for r in server.requests][-1] == "TEARDOWN"
+    finally:
         listener.close()
         await listener.wait_closed()
 

@@ -877,7 +877,8 @@ class RtspReader:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keepalive
         if teardown and self._session is not None and self._error is None:
-            with contextlib.suppress(RtspClientError):
+            # A server too busy to answer TEARDOWN in time must not make closing fail.
+            with contextlib.suppress(RtspClientError, TimeoutError):
                 await asyncio.wait_for(self._send("TEARDOWN", self._session_url, None), 2.0)
         self._closed = True
         for track in self._tracks:
