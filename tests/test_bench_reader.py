@@ -228,19 +228,31 @@ def test_latency_uses_the_read_that_completed_the_packet() -> None:
 
 
 def test_kernel_receive_stamp_arrives_on_loopback_tcp() -> None:
-    """The premise of the reader: Linux attaches SCM_TIMESTAMPNS to TCP reads."""
+    """The premise of the reader: Linux attaches SCM_TIMESTAMPNS to TCP reads.
+
+    The kernel switches receive stamping on a moment after the first socket asks for it (a
+    deferred static key), so the first reads may come without; once they come, they stay.
+    """
     with socket.create_server(("127.0.0.1", 0)) as server:
         client = socket.create_connection(server.getsockname())
         client.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         peer, _ = server.accept()
+        buffer = bytearray(1000)
         with client, peer:
-            before = time.time_ns()
-            peer.sendall(b"x" * 100)
-            n, ancillary, _, _ = client.recvmsg_into([bytearray(1000)], socket.CMSG_SPACE(16))
-            after = time.time_ns()
-    stamp = kernel_receive_ns(ancillary)
-    assert n == 100 and stamp is not None
-    assert before <= stamp <= after
+
+            def one_read() -> tuple[int, int | None, int, int]:
+                before = time.time_ns()
+                peer.sendall(b"x" * 100)
+                n, ancillary, _, _ = client.recvmsg_into([buffer], socket.CMSG_SPACE(16))
+                return n, kernel_receive_ns(ancillary), before, time.time_ns()
+
+            deadline = time.monotonic() + 5.0
+            while one_read()[1] is None:
+                assert time.monotonic() < deadline, "no SCM_TIMESTAMPNS on loopback TCP"
+            for _ in range(20):
+                n, stamp, before, after = one_read()
+                assert n == 100 and stamp is not None
+                assert before <= stamp <= after
 
 
 # --------------------------------------------------------------------------- one session
@@ -350,8 +362,10 @@ async def test_session_counts_stamps_keeps_alive_and_records_the_close() -> None
         got = reader.counters()
         assert (got.video_frames, got.audio_frames, got.lost) == (2, 1, 1)
         assert latency.total == 1 and app_latency.total == 1
-        assert latency.percentile(1.0) is not None and latency.percentile(1.0) < 1000
-        assert reader.read_stats.kernel_stamped >= 1 and reader.read_stats.unstamped == 0
+        kernel_ms, app_ms = latency.percentile(1.0), app_latency.percentile(1.0)
+        assert kernel_ms is not None and app_ms is not None
+        assert kernel_ms <= app_ms < 1000  # the kernel got the bytes before the reader did
+        assert reader.read_stats.kernel_stamped >= 1  # the first reads may precede stamping
         assert reader.error is None
         await camera.stop()
         await asyncio.wait_for(reader.failed.wait(), 5.0)
