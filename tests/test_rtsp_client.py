@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import av
 import pytest
 
-from gateway.rtsp.client import ReceivedFrame, RtspClientError, RtspReader
+from gateway.rtsp.client import ReceivedFrame, RtspClientError, RtspReader, _ControlProtocol
 from gateway.rtsp.message import (
     RtspConnectionParser,
     RtspRequest,
@@ -463,6 +463,31 @@ async def test_server_closing_fails_waiters() -> None:
         await reader.close()
         listener.close()
         await listener.wait_closed()
+
+
+async def test_frames_cut_by_reads_anywhere_arrive_once_and_whole() -> None:
+    """The reader's fast path over received bytes: a "$" frame cut at any byte, and a
+    response between frames, give exactly what one whole read gives."""
+    answer = b"RTSP/1.0 200 OK\r\nCSeq: 99\r\nContent-Length: 3\r\n\r\nabc"
+    stream = b"".join(interleave(4, rtp(*p)) for p in PAYLOAD_SCRIPT[:4]) + answer
+    stream += b"".join(interleave(4, rtp(*p)) for p in PAYLOAD_SCRIPT[4:])
+
+    def play(chunks: list[bytes]) -> tuple[list[tuple[int, bool, list[bytes] | None]], int]:
+        frames: list[ReceivedFrame] = []
+        reader = RtspReader("rtsp://127.0.0.1:1/s", on_frame=frames.append, video_payloads=True)
+        reader._describe_tracks(SDP, "rtsp://127.0.0.1/s/")
+        reader._channels[4] = (reader._tracks[0], False)
+        protocol = _ControlProtocol(reader)
+        for chunk in chunks:
+            protocol.data_received(chunk)
+        assert reader._error is None
+        return [(f.timestamp, f.keyframe, f.payloads) for f in frames], reader.tracks[0].packets
+
+    whole = play([stream])
+    assert whole[1] == len(PAYLOAD_SCRIPT) and len(whole[0]) == 6
+    for cut in range(1, len(stream)):
+        assert play([stream[:cut], stream[cut:]]) == whole, cut
+    assert play([stream[i : i + 3] for i in range(0, len(stream), 3)]) == whole
 
 
 async def test_close_gives_up_on_an_unanswered_teardown() -> None:

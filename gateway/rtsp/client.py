@@ -252,6 +252,7 @@ class _ControlProtocol(asyncio.Protocol):
         self.reader = reader
         self.parser = RtspConnectionParser("client", max_body=256 * 1024)
         self.transport: asyncio.Transport | None = None
+        self._partial = b""  # the start of a "$" frame the last read cut (fast path)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, hence a cast, not a check.
@@ -266,9 +267,13 @@ class _ControlProtocol(asyncio.Protocol):
         parser = self.parser
         now = reader._loop.time()
         channels = reader._channels
+        if self._partial:
+            data = self._partial + data
+            self._partial = b""
         if parser.idle:
             # Fast path while playing: whole "$" frames straight from the received bytes,
-            # no event objects and no buffer copy; the parser takes over at anything else.
+            # no event objects; a frame cut by the read waits in ``_partial`` (at most one
+            # frame). The parser takes over at anything else (a response, a request).
             pos = 0
             size = len(data)
             while pos + 4 <= size and data[pos] == 0x24:
@@ -284,6 +289,9 @@ class _ControlProtocol(asyncio.Protocol):
                         reader._on_rtp(track, data[pos + 4 : end], now)
                 pos = end
             if pos == size:
+                return
+            if data[pos] == 0x24:
+                self._partial = data[pos:]
                 return
             if pos:
                 data = data[pos:]
@@ -306,6 +314,9 @@ class _ControlProtocol(asyncio.Protocol):
             reader._fail(RtspClientError(0, f"protocol error from server: {exc}"))
             if self.transport is not None:
                 self.transport.close()
+            return
+        # Back to the fast path once only the start of a "$" frame is left.
+        self._partial = parser.take_interleaved_start()
 
     def _answer_server_request(self, request: RtspRequest) -> None:
         # Servers may probe us (GET_PARAMETER/OPTIONS as keep-alive) or announce changes.

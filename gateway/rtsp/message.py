@@ -418,6 +418,16 @@ class RtspConnectionParser:
     def feed(self, data: bytes) -> None:
         self._buffer += data
 
+    def take_interleaved_start(self) -> bytes:
+        """The buffered bytes when they are only the start of a ``$`` frame (no message
+        pending), handed over so a caller can complete the frame itself; else ``b""``."""
+        buf = self._buffer
+        if self._head is not None or not buf or buf[0] != 0x24:
+            return b""
+        if len(buf) >= 4 and len(buf) >= 4 + ((buf[2] << 8) | buf[3]):
+            return b""  # a complete frame: still the parser's to return
+        return self.take_buffered()
+
     def take_buffered(self) -> bytes:
         """Hand over the bytes received but not yet parsed (when passing the connection to
         another process); the parser starts afresh."""
