@@ -37,6 +37,9 @@ def build_fleet(count: int, profile: str, codec: str, password: str) -> object:
         password=password,
         specs=specs,
         timestamp_sei=True,
+        # Independent cameras: keyframes out of step, as on a real site (all in step, every
+        # relay would face a burst of every camera's keyframe at once each GOP).
+        free_running=True,
     )
 
 

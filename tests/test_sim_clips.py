@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import gc
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 import av
 import numpy as np
 import pytest
 
 from gateway.codecs.h264 import split_annexb
+from gateway.media.hub import StreamHub
 from gateway.sim import clips
+from gateway.sim.camera import ClipPlayer
 from gateway.sim.clips import Clip, ClipSpec, load_clip
 
 H264_PCMU = ClipSpec(
@@ -249,3 +253,42 @@ def test_default_loop_length_depends_on_codec() -> None:
 def test_invalid_spec_raises_precise_error(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ClipSpec(**kwargs)  # type: ignore[arg-type]
+
+
+class PushRecorder:
+    """What a ClipPlayer calls on its hub, recorded."""
+
+    def __init__(self) -> None:
+        self.pushes: list[tuple[int, int, bool]] = []
+
+    def upstream_opened(self, params: object) -> None:
+        pass
+
+    def push_payloads(
+        self, track: int, pts: int, keyframe: bool, payloads: object, arrival: float
+    ) -> None:
+        self.pushes.append((track, pts, keyframe))
+
+
+@pytest.mark.parametrize("free_running", [False, True])
+async def test_player_starts_at_the_first_keyframe_or_free_running_mid_clip(
+    loaded: dict[ClipSpec, Clip], free_running: bool
+) -> None:
+    """Free running, a session joins the clip at a random frame with the audio of the same
+    instant (cameras connected together then send keyframes out of step)."""
+    clip = loaded[H264_PCMU]
+    assert clip.audio is not None
+    recorder = PushRecorder()
+    player = ClipPlayer(
+        cast(StreamHub, recorder), clip, free_running=free_running, rng=random.Random(7)
+    )
+    player.start()  # sends what is due at once, then re-arms a timer
+    player.stop()
+    index = random.Random(7).randrange(len(clip.video_frames)) if free_running else 0
+    video = [pts for track, pts, _ in recorder.pushes if track == 0]
+    audio = [pts for track, pts, _ in recorder.pushes if track == 1]
+    assert video == [clip.video_frames[index].pts]
+    assert index > 0 or not free_running  # the seed picks a frame after the first
+    joined = clip.video_frames[index].pts * clip.audio.clock_rate // 90000
+    first_audio = next(f.pts for f in clip.audio_frames if f.pts >= joined)
+    assert audio[:1] == [first_audio]

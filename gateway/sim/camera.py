@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import random
 import secrets
 import time
 from collections.abc import Sequence
@@ -60,11 +61,24 @@ class ClipPlayer:
     """Feeds one hub from a clip at real-time pace, looping seamlessly. UpstreamControl."""
 
     def __init__(
-        self, hub: StreamHub, clip: Clip, *, with_audio: bool = True, timestamp_sei: bool = False
+        self,
+        hub: StreamHub,
+        clip: Clip,
+        *,
+        with_audio: bool = True,
+        timestamp_sei: bool = False,
+        free_running: bool = False,
+        rng: random.Random | None = None,
     ) -> None:
         self.hub = hub
         self.clip = clip
         self.timestamp_sei = timestamp_sei
+        # Free running: a session joins the encoder wherever it is (a random point of the
+        # clip, usually mid-GOP), as with a camera whose encoder runs all the time; cameras
+        # connected together then do not send their keyframes in step. Otherwise every
+        # session starts at the clip's first keyframe.
+        self.free_running = free_running
+        self._rng = rng or random.Random()
         self.with_audio = with_audio and clip.audio is not None
         self._handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -82,7 +96,22 @@ class ClipPlayer:
         self.hub.upstream_opened(params)  # type: ignore[arg-type]
         self._t0 = self._loop.time()
         self._vi = self._ai = 0
+        if self.free_running:
+            self._join_at(self._rng.randrange(len(self.clip.video_frames)))
         self._tick()
+
+    def _join_at(self, index: int) -> None:
+        """Start at video frame ``index`` (and the audio from the same instant)."""
+        clip = self.clip
+        pts = clip.video_frames[index].pts
+        self._vi = index
+        self._t0 -= pts / 90000
+        if clip.audio is not None:
+            audio_pts = pts * clip.audio.clock_rate // 90000
+            self._ai = next(
+                (i for i, f in enumerate(clip.audio_frames) if f.pts >= audio_pts),
+                len(clip.audio_frames),
+            )
 
     def stop(self) -> None:
         if self._handle is not None:
@@ -152,10 +181,12 @@ class SimCamera:
         *,
         limits: ServerLimits | None = None,
         timestamp_sei: bool = False,
+        free_running: bool = False,
     ) -> None:
         self.device = device
         self.streams = streams
         self.timestamp_sei = timestamp_sei
+        self.free_running = free_running
         self.limits = limits or ServerLimits()
         self.hubs: dict[str, StreamHub] = {}
         self.players: dict[str, ClipPlayer] = {}
@@ -170,9 +201,12 @@ class SimCamera:
             spec = self.streams.sub if key.startswith("sub") else self.streams.main
             clip = await asyncio.to_thread(load_clip, spec)
             # Streams play only while someone watches, as a camera's RTSP server sends
-            # only to its clients; each session starts at a keyframe (clip frame 0).
+            # only to its clients; each session starts at a keyframe (clip frame 0) unless
+            # the encoder is free running.
             hub = StreamHub(f"{dev.name}/{key}", on_demand=True, linger=1.0)
-            player = ClipPlayer(hub, clip, timestamp_sei=self.timestamp_sei)
+            player = ClipPlayer(
+                hub, clip, timestamp_sei=self.timestamp_sei, free_running=self.free_running
+            )
             self.hubs[key] = hub
             self.players[key] = player
             hub.attach_upstream(player)

@@ -65,8 +65,11 @@ class SimFleet:
         timestamp_sei: bool = False,
         discovery: bool = False,
         overrides: dict[str, Any] | None = None,
+        free_running: bool = False,
     ) -> SimFleet:
-        """``rtsp_port``/``http_port``: first port (camera i gets port + i), 0 for any free."""
+        """``rtsp_port``/``http_port``: first port (camera i gets port + i), 0 for any free.
+        ``free_running``: sessions join each camera's clip at a random point (see
+        :class:`~gateway.sim.camera.ClipPlayer`)."""
         cameras = []
         vendors = ["hikvision"] * hikvision + ["dahua"] * dahua
         counts: dict[str, int] = {}
@@ -89,7 +92,11 @@ class SimFleet:
             )
             if discovery:
                 device.settings["onvif_discovery"] = True  # answer WS-Discovery probes
-            cameras.append(SimCamera(device, specs[vendor], timestamp_sei=timestamp_sei))
+            cameras.append(
+                SimCamera(
+                    device, specs[vendor], timestamp_sei=timestamp_sei, free_running=free_running
+                )
+            )
         return cls(cameras)
 
     async def start(self) -> None:
