@@ -32,6 +32,7 @@ from benchmarks.relays import (
     CameraStream,
     Relay,
     die_with_parent,
+    load_preexec,
     python_env,
     stop_process_group,
     wait_ready,
@@ -107,7 +108,7 @@ class CameraFleet:
                     stderr=stderr,
                     env=python_env(),
                     start_new_session=True,
-                    preexec_fn=die_with_parent,
+                    preexec_fn=load_preexec,
                 )
             finally:
                 stderr.close()
@@ -193,7 +194,7 @@ class ReaderProcess:
                 stderr=stderr,
                 env=python_env(),
                 start_new_session=True,
-                preexec_fn=die_with_parent,
+                preexec_fn=load_preexec,
                 limit=64 * 1024 * 1024,
             )
         finally:

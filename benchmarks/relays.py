@@ -91,6 +91,19 @@ def die_with_parent() -> None:
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
+# Whether cameras and readers run under SCHED_IDLE (``--load-priority idle``): they then get
+# only the CPU time the relay under test leaves unused, as if they ran on other machines.
+LOAD_IDLE = False
+
+
+def load_preexec() -> None:
+    """``preexec_fn`` for cameras and readers: as :func:`die_with_parent`, and under
+    SCHED_IDLE when :data:`LOAD_IDLE` is set."""
+    die_with_parent()
+    if LOAD_IDLE:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from benchmarks import relays as relays_mod
 from benchmarks import report
 from benchmarks.cameras import CODECS, prepare
 from benchmarks.harness import CameraFleet, Options, Step, measure, run_ladder
@@ -124,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="gateway,gstreamer",
         help="gateway, gateway-wK, "
         "gstreamer, direct (comma-separated; the first is the ratio baseline)",
+    )
+    ap.add_argument(
+        "--load-priority",
+        choices=("idle", "normal"),
+        default="idle",
+        help="idle: cameras and readers run under SCHED_IDLE, so they only get the CPU time "
+        "the relay under test leaves unused (as if they ran on other machines); normal: "
+        "they compete with the relay",
     )
     ap.add_argument("--codecs", default="H264,H265")
     ap.add_argument("--shapes", default="fanout,many")
@@ -257,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             skipped[relay.name] = reason
             log.warning("skipping %s: %s", relay.name, reason)
+    relays_mod.LOAD_IDLE = args.load_priority == "idle"
     log.info("preparing clips (encoded once, never inside a timed run)")
     prepare(args.profile, tuple(args.codecs.split(",")))
     opts = Options(
@@ -276,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": [round(x, 2) for x in load_average()],
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in opts.__dict__.items()},
         "skipped_relays": skipped,
+        "load_priority": args.load_priority,
     }
 
     def progress(result: dict[str, Any]) -> None:
