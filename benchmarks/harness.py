@@ -26,7 +26,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.procstat import TreeSample, load_average, sample_tree
+from benchmarks.procstat import (
+    TreeSample,
+    load_average,
+    machine_cpu_ticks,
+    sample_tree,
+    steal_share,
+)
 from benchmarks.readers import LatencyHistogram
 from benchmarks.relays import (
     CameraStream,
@@ -329,12 +335,14 @@ async def measure(
         await asyncio.sleep(max(0.0, start - time.time()))
         relay_start = _sample_relay(relay)
         cameras_start = fleet.cpu_seconds()
+        machine_start = machine_cpu_ticks()
         if opts.py_spy and relay.pid is not None and relay.name.startswith("gateway"):
             profiler = await start_py_spy(relay.pid, opts.duration, Path(opts.py_spy), workdir)
         await asyncio.sleep(opts.duration / 2)
         sessions = await fleet.sessions()
         await asyncio.sleep(max(0.0, end - time.time()))
         relay_end = _sample_relay(relay)
+        result["steal_share"] = steal_share(machine_start, machine_cpu_ticks())
         if relay.pid is not None and relay_end is None:
             result["relay_exited"] = True
         cameras_end = fleet.cpu_seconds()

@@ -116,3 +116,20 @@ def machine_description() -> dict[str, str | int | float]:
 
 def load_average() -> tuple[float, float, float]:
     return os.getloadavg()
+
+
+def machine_cpu_ticks() -> tuple[int, int]:
+    """(all CPU ticks, ticks stolen by the hypervisor) of the whole machine since boot."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0, 0
+    ticks = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
+    return sum(ticks), ticks[7] if len(ticks) > 7 else 0
+
+
+def steal_share(before: tuple[int, int], after: tuple[int, int]) -> float | None:
+    """Share of the machine's CPU time the hypervisor gave to others between two readings
+    (on a virtual machine, time neither the relay nor the load could use)."""
+    total = after[0] - before[0]
+    return round((after[1] - before[1]) / total, 3) if total > 0 else None

@@ -79,13 +79,13 @@ def results_table(results: list[dict[str, Any]]) -> list[str]:
         "| load (cameras x readers) | relay | held | frames min/expected | lost | "
         "Mbit/s out | relay CPU (cores) | CPU-s per Gbit | latency p50 / p99 ms | "
         "TTFF p50 / p99 ms | peak RSS MiB (per stream) | upstream per camera | "
-        "p99 app ms | reader CPU (cores) |"
+        "p99 app ms | reader CPU (cores) | steal |"
     )
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * 15]
     for r in results:
         if "error" in r and "readers_sustained" not in r:
             lines.append(
-                f"| {step_label(r)} | {r['relay']} | error: {r['error'][:80]} |" + " |" * 11
+                f"| {step_label(r)} | {r['relay']} | error: {r['error'][:80]} |" + " |" * 12
             )
             continue
         lines.append(
@@ -106,11 +106,16 @@ def results_table(results: list[dict[str, Any]]) -> list[str]:
                     _fmt(r.get("upstream_sessions_per_camera_max")),
                     _fmt(r.get("latency_app_p99_ms")),
                     _fmt(_per_second(r.get("reader_cpu_seconds"), r.get("duration"))),
+                    _percent(r.get("steal_share")),
                 ]
             )
             + " |"
         )
     return lines
+
+
+def _percent(share: float | None) -> str:
+    return "-" if share is None else f"{share * 100:.0f}%"
 
 
 def _per_second(seconds: float | None, duration: float | None) -> float | None:
@@ -199,7 +204,10 @@ def write_markdown(doc: dict[str, Any], path: Path, plot: Path | None, raw: Path
         "process handled the read, `time.time_ns()`); *TTFF* = PLAY to the first "
         "complete keyframe for a reader attached mid-run; *upstream per camera* = playing "
         "sessions the camera counts; *reader CPU* = CPU seconds per second of the reader "
-        "processes (they share the cores with the relay)." + receive_time_note(doc["results"]),
+        "processes (they share the cores with the relay, under SCHED_IDLE unless the "
+        "command says `--load-priority normal`); *steal* = share of the machine's CPU time "
+        "the hypervisor gave to other guests during the window (this is a virtual machine)."
+        + receive_time_note(doc["results"]),
         "",
         "## Peers as a ratio to the gateway in the same run",
         "",
