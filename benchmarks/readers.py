@@ -88,6 +88,7 @@ MAX_RTSP_HEAD = 16 * 1024
 MAX_RTSP_BODY = 256 * 1024
 # Reads per readiness callback: enough to drain a socket, few enough to stay fair to others.
 READS_PER_WAKEUP = 4
+RECEIVE_BUFFER = 4 * 1024 * 1024
 _START_LINE = re.compile(rb"RTSP/\d\.\d \d{3}(?: [^\r\n]*)?|[A-Z_]+ \S+ RTSP/\d\.\d")
 
 
@@ -602,6 +603,11 @@ class LeanReader:
         self._sock = sock
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # A receive buffer that holds a few seconds of video, as recorders use: a keyframe
+        # burst then lands in the kernel at once instead of waiting, in the relay, for this
+        # process to drain its socket (which would bill the reader's scheduling to the relay).
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         with contextlib.suppress(OSError):  # without it, reads are stamped in user space
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         try:
