@@ -78,6 +78,9 @@ async def test_metrics_pass_promtool_and_describe_the_streams(
         assert value("onvif_gateway_stream_upstream_sessions_total", **where) == 1
         assert value("onvif_gateway_stream_upstream_reconnects_total", **where) == 0
         assert value("onvif_gateway_stream_dropped_frames_total", **where) == 0
+        # PyAV ingest packetizes what FFmpeg hands over: nothing is relayed as it came.
+        assert value("onvif_gateway_stream_relayed_frames_total", **where) == 0
+        assert value("onvif_gateway_stream_repacketized_frames_total", **where) == 0
     hik = {"camera": "hik1", "stream": "main"}
     # The scrape happened while the reader was playing.
     assert value("onvif_gateway_stream_clients", **hik, kind="rtsp") == 1

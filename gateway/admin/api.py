@@ -192,6 +192,8 @@ class AdminContext:
                         "dropped_frames": stats.dropped_frames,
                         "slow_disconnects": stats.slow_disconnects,
                         "malformed": stats.malformed_frames,
+                        "relayed": stats.relayed_frames,
+                        "repacketized": stats.repacketized_frames,
                         "reconnects": stats.reconnects,
                         "upstream_sessions": hub.upstream_sessions,
                         "byte_rate": hub.bitrate / 8,

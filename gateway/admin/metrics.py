@@ -44,6 +44,16 @@ STREAM_COUNTERS = (
     ),
     ("stream_slow_client_disconnects", "Clients disconnected for stalling", "slow_disconnects"),
     ("stream_malformed_frames", "Frames from the camera that could not be packetized", "malformed"),
+    (
+        "stream_relayed_frames",
+        "Frames sent on as the camera's own RTP payloads (native ingest)",
+        "relayed",
+    ),
+    (
+        "stream_repacketized_frames",
+        "Camera frames that had to be depacketized and packetized again (native ingest)",
+        "repacketized",
+    ),
     ("stream_upstream_reconnects", "Times the camera stream came back after a loss", "reconnects"),
     ("stream_upstream_sessions", "Upstream sessions opened to the camera", "upstream_sessions"),
 )
