@@ -23,12 +23,17 @@ class Recorder:
 
     def __init__(self) -> None:
         self.frames: list[Frame] = []
+        self.batches: list[int] = []
         self.rtcp: list[tuple[int, bytes]] = []
         self.resyncs = 0
         self.closed: str | None = None
 
     def deliver(self, frame: Frame, now: float) -> None:
         self.frames.append(frame)
+
+    def deliver_many(self, frames: list[Frame], now: float) -> None:
+        self.batches.append(len(frames))
+        self.frames.extend(frames)
 
     def deliver_rtcp(self, track: int, packet: bytes) -> None:
         self.rtcp.append((track, packet))
@@ -205,6 +210,38 @@ def test_relayed_camera_payloads_go_out_as_they_came_or_are_rebuilt() -> None:
     hub.push_relayed(0, 14400, False, [truncated_stap_a], arrival=0.16)
     assert hub.stats.malformed_frames == 1
     assert len(sub.frames) == 3
+
+
+def test_batching_hub_delivers_what_arrived_together_at_flush() -> None:
+    """Native ingest: the frames of one socket read reach each client in one call (one write),
+    in order; a lone frame goes the usual way; a newcomer never gets a held frame twice."""
+    from gateway.media.hub import MAX_BATCH_FRAMES
+
+    hub = make_hub()
+    hub.batching = True
+    first = Recorder()
+    hub.subscribe(first)
+    hub.push(0, 0, True, access_unit(True), arrival=0.0)
+    hub.push(1, 0, False, b"\x7f" * 160, arrival=0.0)
+    assert first.frames == []
+    hub.flush()
+    assert first.batches == [2] and [f.track for f in first.frames] == [0, 1]
+    hub.push(0, 3600, False, access_unit(False), arrival=0.04)
+    hub.flush()
+    hub.flush()  # nothing held: nothing sent again
+    assert first.batches == [2] and len(first.frames) == 3
+
+    hub.push(1, 160, False, b"\x7f" * 160, arrival=0.06)
+    second = Recorder()
+    gop = hub.subscribe(second)  # the held frame goes to the first client, the GOP to the new
+    assert len(first.frames) == 4 and second.frames == []
+    assert [f.timestamp for f in gop] == [f.timestamp for f in first.frames]
+
+    for i in range(MAX_BATCH_FRAMES):  # a feeder that never flushes still gets them out
+        hub.push(1, 320 + 160 * i, False, b"\x7f" * 160, arrival=0.08)
+    assert second.batches == [MAX_BATCH_FRAMES]
+    seqs = [seq for f in first.frames for seq, *_ in rtp_fields(f) if f.track == 1]
+    assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(len(seqs))]
 
 
 def test_g711_blocks_split_across_packets_advance_timestamps() -> None:

@@ -19,6 +19,7 @@ import collections
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import WSCloseCode, web
@@ -87,6 +88,10 @@ class LiveViewer:
         self._queue.append(frame)
         self._queued_bytes += frame.size
         self._wake.set()
+
+    def deliver_many(self, frames: Sequence[Frame], now: float) -> None:
+        for frame in frames:
+            self.deliver(frame, now)
 
     def _skip(self, now: float) -> None:
         self.dropped += 1

@@ -34,6 +34,8 @@ log = logging.getLogger("gateway.media")
 _RTP_HEADER = struct.Struct("!cBHBBHII")  # '$', channel, length | V/P/X/CC, M/PT, seq, ts, ssrc
 _RTCP_PREFIX = struct.Struct("!cBH")
 
+# Frames a batching hub holds before it delivers on its own (its feeder should flush sooner).
+MAX_BATCH_FRAMES = 64
 # Cap on the bytes a GOP cache may hold; a camera with a very long GOP falls back to making
 # new clients wait for the next keyframe rather than holding unbounded memory.
 DEFAULT_GOP_CACHE_BYTES = 12 * 1024 * 1024
@@ -139,6 +141,9 @@ class Subscriber(Protocol):
 
     def deliver(self, frame: Frame, now: float) -> None: ...
 
+    def deliver_many(self, frames: Sequence[Frame], now: float) -> None:
+        """Several frames that arrived together, in order (one write where possible)."""
+
     def deliver_rtcp(self, track: int, packet: bytes) -> None: ...
 
     def resync(self) -> None:
@@ -211,6 +216,10 @@ class StreamHub:
         self._last_key_ts: int | None = None
         self._await_keyframe = True
         self.listeners: list[Callable[[str, StreamHub], None]] = []
+        # Batching: frames that arrive together (one socket read of the native ingest) are
+        # held until flush() and reach each client in one write instead of one per frame.
+        self.batching = False
+        self._batch: list[Frame] = []
 
     # ------------------------------------------------------------------ upstream side
 
@@ -262,6 +271,7 @@ class StreamHub:
             for sub in self.subscribers:
                 sub.resync()
         self._clear_gop()
+        self._batch = []  # anything held from the old session must not follow the resync
         self._last_key_ts = None
         self._await_keyframe = True
         self.state = "live"
@@ -387,10 +397,29 @@ class StreamHub:
         self._cache(frame, is_video)
 
         now = arrival
-        for sub in self.subscribers:
-            sub.deliver(frame, now)
+        if self.batching:
+            self._batch.append(frame)
+            if len(self._batch) >= MAX_BATCH_FRAMES:
+                self.flush()
+        else:
+            for sub in self.subscribers:
+                sub.deliver(frame, now)
         if now - self._last_sr >= SR_INTERVAL:
             self._send_sender_reports(now)
+
+    def flush(self) -> None:
+        """Deliver the frames held since the last flush (batching hubs)."""
+        batch = self._batch
+        if not batch:
+            return
+        self._batch = []
+        now = batch[-1].arrival
+        if len(batch) == 1:
+            for sub in self.subscribers:
+                sub.deliver(batch[0], now)
+        else:
+            for sub in self.subscribers:
+                sub.deliver_many(batch, now)
 
     def _stamp(
         self, track: Track, ts: int, keyframe: bool, payloads: Sequence[bytes], arrival: float
@@ -515,6 +544,8 @@ class StreamHub:
         """Add a client; returns the cached GOP it should be sent first."""
         self._cancel_linger()
         self._start_upstream()
+        # Held frames go to the clients that were there; the newcomer has them in the GOP.
+        self.flush()
         self.subscribers.append(sub)
         self._notify("client")
         return list(self.gop)

@@ -103,6 +103,10 @@ class NativeIngest:
             video_payloads=True,
             request_timeout=self.options.io_timeout,
         )
+        # Frames of one socket read (a video frame and the audio sent with it) go to each
+        # client in one write.
+        self.hub.batching = True
+        reader.on_batch_end = self.hub.flush
         try:
             try:
                 await reader.start()

@@ -288,10 +288,11 @@ class _ControlProtocol(asyncio.Protocol):
                     else:
                         reader._on_rtp(track, data[pos + 4 : end], now)
                 pos = end
-            if pos == size:
-                return
-            if data[pos] == 0x24:
-                self._partial = data[pos:]
+            if pos == size or data[pos] == 0x24:
+                if pos < size:
+                    self._partial = data[pos:]
+                if reader.on_batch_end is not None:
+                    reader.on_batch_end()
                 return
             if pos:
                 data = data[pos:]
@@ -317,6 +318,8 @@ class _ControlProtocol(asyncio.Protocol):
             return
         # Back to the fast path once only the start of a "$" frame is left.
         self._partial = parser.take_interleaved_start()
+        if reader.on_batch_end is not None:
+            reader.on_batch_end()
 
     def _answer_server_request(self, request: RtspRequest) -> None:
         # Servers may probe us (GET_PARAMETER/OPTIONS as keep-alive) or announce changes.
@@ -343,7 +346,10 @@ class _RtpDatagramProtocol(asyncio.DatagramProtocol):
         if self.is_rtcp:
             self.track.stats.rtcp_packets += 1
         else:
-            self.reader._on_rtp(self.track, data, self.reader._loop.time())
+            reader = self.reader
+            reader._on_rtp(self.track, data, reader._loop.time())
+            if reader.on_batch_end is not None:
+                reader.on_batch_end()
 
 
 class RtspReader:
@@ -373,6 +379,9 @@ class RtspReader:
         self._auth = DigestClient(username, password or "") if username else None
         self.transport_kind = transport
         self.on_frame = on_frame
+        # Called after the frames of each socket read were handed to on_frame (a relay then
+        # sends what arrived together in one write per client).
+        self.on_batch_end: Callable[[], None] | None = None
         self.depacketize = depacketize
         self.video_payloads = video_payloads
         self.media_filter = media
