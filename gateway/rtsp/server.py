@@ -124,13 +124,9 @@ class ServerSession:
             channel = self.channels.get(track)
             if channel is None:
                 return
-            transport = self.conn.transport
+            transport = self._writable_transport(now)
             if transport is None:
                 return
-            if transport.get_write_buffer_size() > self.budget:
-                self._skip(now)
-                return
-            self.over_since = None
             data = frame.interleaved(channel)
             transport.write(data)
             self.bytes_sent += len(data)
@@ -162,13 +158,9 @@ class ServerSession:
             for frame in frames:
                 self.deliver(frame, now)
             return
-        transport = self.conn.transport
+        transport = self._writable_transport(now)
         if transport is None:
             return
-        if transport.get_write_buffer_size() > self.budget:
-            self._skip(now)
-            return
-        self.over_since = None
         channels = self.channels
         parts = []
         for frame in frames:
@@ -188,6 +180,18 @@ class ServerSession:
         stats = self.hub.stats
         stats.bytes_out += size
         stats.frames_out += len(parts)
+
+    def _writable_transport(self, now: float) -> asyncio.Transport | None:
+        """The TCP transport when this client is within its send budget; over it, the frame
+        is skipped (see :meth:`_skip`) and None returned."""
+        transport = self.conn.transport
+        if transport is None:
+            return None
+        if transport.get_write_buffer_size() > self.budget:
+            self._skip(now)
+            return None
+        self.over_since = None
+        return transport
 
     def _skip(self, now: float) -> None:
         # Over budget: drop until the next keyframe so the client resumes cleanly, and give
