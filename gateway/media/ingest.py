@@ -288,15 +288,7 @@ class PyAVIngest:
             log.info("camera stream up", extra={"stream": hub.key, "url": self.display_url})
             hub.upstream_opened(item[1])  # type: ignore[arg-type]
         elif kind == "failed":
-            error = str(item[1])
-            if hub.state == "live":
-                log.warning("camera stream down", extra={"stream": hub.key, "reason": error})
-            else:
-                log.warning(
-                    "camera stream unavailable",
-                    extra={"stream": hub.key, "reason": error, "ratelimit": True},
-                )
-            hub.upstream_failed(error)
+            report_upstream_failure(hub, str(item[1]))
 
 
 def _frame_ticks(stream: av.stream.Stream) -> int:
@@ -324,3 +316,16 @@ def _describe_error(exc: Exception) -> str:
     if "timed out" in lowered or "invalid data" in lowered or "etimedout" in lowered:
         return f"no answer or no valid stream within the I/O timeout ({text})"
     return text
+
+
+def report_upstream_failure(hub: StreamHub, error: str) -> None:
+    """Log an upstream session that ended or could not open (loudly once it was live, rate
+    limited while it keeps failing) and tell the hub."""
+    if hub.state == "live":
+        log.warning("camera stream down", extra={"stream": hub.key, "reason": error})
+    else:
+        log.warning(
+            "camera stream unavailable",
+            extra={"stream": hub.key, "reason": error, "ratelimit": True},
+        )
+    hub.upstream_failed(error)

@@ -22,7 +22,7 @@ import time
 from gateway.codecs import SUPPORTED
 from gateway.codecs.base import CodecParams
 from gateway.media.hub import StreamHub
-from gateway.media.ingest import IngestOptions
+from gateway.media.ingest import IngestOptions, report_upstream_failure
 from gateway.rtsp.client import ReceivedFrame, RtspClientError, RtspReader
 
 log = logging.getLogger("gateway.ingest")
@@ -79,15 +79,7 @@ class NativeIngest:
             error = await self._session()
             if time.monotonic() - started > 30:
                 backoff = self.options.backoff_initial
-            hub = self.hub
-            if hub.state == "live":
-                log.warning("camera stream down", extra={"stream": hub.key, "reason": error})
-            else:
-                log.warning(
-                    "camera stream unavailable",
-                    extra={"stream": hub.key, "reason": error, "ratelimit": True},
-                )
-            hub.upstream_failed(error)
+            report_upstream_failure(self.hub, error)
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, self.options.backoff_max)
 
