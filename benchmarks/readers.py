@@ -49,12 +49,17 @@ from typing import Any
 from gateway.codecs import codec_name
 from gateway.codecs.sdp import parse_sdp
 from gateway.rtsp.auth import DigestClient
-from gateway.rtsp.client import ReceivedFrame, RtspClientError, RtspReader
+from gateway.rtsp.client import (
+    ReceivedFrame,
+    RtspClientError,
+    RtspReader,
+    answer_challenge,
+    build_request,
+)
 from gateway.rtsp.message import (
     InterleavedFrame,
     RtspConnectionParser,
     RtspProtocolError,
-    RtspRequest,
     RtspResponse,
     RtspUrl,
     SessionHeader,
@@ -686,15 +691,9 @@ class LeanReader:
 
     def _request_bytes(self, method: str, uri: str, headers: dict[str, str] | None) -> bytes:
         self._cseq += 1
-        request = RtspRequest(method, uri, {"CSeq": str(self._cseq), "User-Agent": USER_AGENT})
-        for name, value in (headers or {}).items():
-            request.headers.add(name, value)
-        if self._session is not None:
-            request.headers.add("Session", self._session)
-        if self._auth is not None:
-            authorization = self._auth.authorization(method, uri)
-            if authorization is not None:
-                request.headers.add("Authorization", authorization)
+        request = build_request(
+            method, uri, self._cseq, self._session, self._auth, headers, USER_AGENT
+        )
         return bytes(request)
 
     async def _request(
@@ -703,10 +702,7 @@ class LeanReader:
         """One request and its response; answers one 401 with credentials."""
         response = await self._exchange(method, uri, headers)
         if response.status == 401 and self._auth is not None:
-            try:
-                self._auth.handle_challenge(response.headers.get_all("WWW-Authenticate"))
-            except ValueError as exc:
-                raise RtspClientError(401, f"{method}: {exc}") from None
+            answer_challenge(self._auth, response, method)
             response = await self._exchange(method, uri, headers)
         return response
 

@@ -245,6 +245,36 @@ class _Track:
         self.udp_transports: list[asyncio.DatagramTransport] = []
 
 
+def build_request(
+    method: str,
+    uri: str,
+    cseq: int,
+    session: str | None,
+    auth: DigestClient | None,
+    headers: dict[str, str] | None = None,
+    user_agent: str = USER_AGENT,
+) -> RtspRequest:
+    """A client request with CSeq, User-Agent, the session and credentials when known."""
+    request = RtspRequest(method, uri, {"CSeq": str(cseq), "User-Agent": user_agent})
+    for name, value in (headers or {}).items():
+        request.headers.add(name, value)
+    if session is not None:
+        request.headers.add("Session", session)
+    if auth is not None:
+        authorization = auth.authorization(method, uri)
+        if authorization is not None:
+            request.headers.add("Authorization", authorization)
+    return request
+
+
+def answer_challenge(auth: DigestClient, response: RtspResponse, method: str) -> None:
+    """Take a 401's challenge so the retry carries credentials; RtspClientError if unusable."""
+    try:
+        auth.handle_challenge(response.headers.get_all("WWW-Authenticate"))
+    except ValueError as exc:
+        raise RtspClientError(401, f"{method}: {exc}") from None
+
+
 class _ControlProtocol(asyncio.Protocol):
     """The RTSP TCP connection: responses to the reader, ``$`` frames to the tracks."""
 
@@ -642,10 +672,7 @@ class RtspReader:
         """Send one request and await its response; answers one 401 with credentials."""
         response = await self._send(method, uri, headers)
         if response.status == 401 and self._auth is not None:
-            try:
-                self._auth.handle_challenge(response.headers.get_all("WWW-Authenticate"))
-            except ValueError as exc:
-                raise RtspClientError(401, f"{method}: {exc}") from None
+            answer_challenge(self._auth, response, method)
             # One retry: a second 401 means wrong credentials (the caller sees the 401).
             response = await self._send(method, uri, headers)
         return response
@@ -657,15 +684,7 @@ class RtspReader:
         if protocol is None or protocol.transport is None or protocol.transport.is_closing():
             raise RtspClientError(0, "not connected")
         self._cseq += 1
-        request = RtspRequest(method, uri, {"CSeq": str(self._cseq), "User-Agent": USER_AGENT})
-        for name, value in (headers or {}).items():
-            request.headers.add(name, value)
-        if self._session is not None:
-            request.headers.add("Session", self._session)
-        if self._auth is not None:
-            authorization = self._auth.authorization(method, uri)
-            if authorization is not None:
-                request.headers.add("Authorization", authorization)
+        request = build_request(method, uri, self._cseq, self._session, self._auth, headers)
         future: asyncio.Future[RtspResponse] = self._loop.create_future()
         self._pending[self._cseq] = future
         protocol.transport.write(bytes(request))
