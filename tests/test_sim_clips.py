@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import random
@@ -260,6 +261,8 @@ class PushRecorder:
 
     def __init__(self) -> None:
         self.pushes: list[tuple[int, int, bool]] = []
+        self.first_push_at: float | None = None
+        self.pushed = asyncio.Event()
 
     def upstream_opened(self, params: object) -> None:
         pass
@@ -267,7 +270,10 @@ class PushRecorder:
     def push_payloads(
         self, track: int, pts: int, keyframe: bool, payloads: object, arrival: float
     ) -> None:
+        if self.first_push_at is None:
+            self.first_push_at = asyncio.get_running_loop().time()
         self.pushes.append((track, pts, keyframe))
+        self.pushed.set()
 
 
 @pytest.mark.parametrize("free_running", [False, True])
@@ -275,16 +281,30 @@ async def test_player_starts_at_the_first_keyframe_or_free_running_mid_clip(
     loaded: dict[ClipSpec, Clip], free_running: bool
 ) -> None:
     """Free running, a session joins the clip at a random frame with the audio of the same
-    instant (cameras connected together then send keyframes out of step)."""
+    instant, at a random phase within one frame period (cameras connected together then
+    send neither keyframes nor frames in step)."""
     clip = loaded[H264_PCMU]
     assert clip.audio is not None
     recorder = PushRecorder()
     player = ClipPlayer(
         cast(StreamHub, recorder), clip, free_running=free_running, rng=random.Random(7)
     )
-    player.start()  # sends what is due at once, then re-arms a timer
+    started = asyncio.get_running_loop().time()
+    player.start()  # sends what is due (at once unless free running), then re-arms a timer
+    await asyncio.wait_for(recorder.pushed.wait(), 5)
     player.stop()
-    index = random.Random(7).randrange(len(clip.video_frames)) if free_running else 0
+    rng = random.Random(7)
+    index = rng.randrange(len(clip.video_frames)) if free_running else 0
+    assert recorder.first_push_at is not None
+    delay = recorder.first_push_at - started
+    if free_running:
+        frame_period = clip.duration / len(clip.video_frames) / 90000
+        phase = rng.random() * frame_period
+        assert phase > 0.005  # the seed picks a phase the timer cannot round away
+        # libuv timers have millisecond resolution and the player's slack may fire early.
+        assert phase - 0.003 <= delay < phase + 0.5
+    else:
+        assert delay < 0.5
     video = [pts for track, pts, _ in recorder.pushes if track == 0]
     audio = [pts for track, pts, _ in recorder.pushes if track == 1]
     assert video == [clip.video_frames[index].pts]

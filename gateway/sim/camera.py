@@ -98,6 +98,11 @@ class ClipPlayer:
         self._vi = self._ai = 0
         if self.free_running:
             self._join_at(self._rng.randrange(len(self.clip.video_frames)))
+            # Nor do independent cameras capture in phase: the encoder's frame clock starts
+            # anywhere within one frame period. (Cameras started together would otherwise
+            # send every frame in the same millisecond, a burst no real site produces.)
+            frame_period = self.clip.duration / len(self.clip.video_frames) / 90000
+            self._t0 += self._rng.random() * frame_period
         self._tick()
 
     def _join_at(self, index: int) -> None:
