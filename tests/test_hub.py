@@ -326,3 +326,28 @@ async def test_on_demand_upstream_started_for_describe_alone_stops_again() -> No
     assert hub.tracks and not feeder.stopped.is_set()
     await asyncio.wait_for(feeder.stopped.wait(), 5)
     assert hub.state == "idle"
+
+
+def test_relayed_g711_packets_keep_their_samples_and_timestamps() -> None:
+    """Native ingest: a camera's G.711 packet goes on as it came; one over our MTU is split
+    into whole 20 ms blocks with timestamps that advance per block."""
+    hub = StreamHub("cam/main")
+    hub.upstream_opened([H264, PCMU])
+    sub = Recorder()
+    hub.subscribe(sub)
+    hub.push(0, 0, True, access_unit(True), arrival=0.0)
+    samples = bytes(range(160))
+    hub.push_relayed(1, 8000, False, [samples], arrival=0.0)
+    assert hub.stats.relayed_frames == 1 and hub.stats.repacketized_frames == 0
+    audio = sub.frames[-1]
+    assert [bytes(p[12:]) for p in audio.packets()] == [samples]
+    assert rtp_fields(audio)[0][1] == audio.timestamp
+
+    jumbo = bytes(range(256)) * 10  # 320 ms of samples in one packet, over the MTU
+    hub.push_relayed(1, 8160, False, [jumbo], arrival=0.02)
+    assert hub.stats.repacketized_frames == 1
+    split = sub.frames[-1]
+    packets = [bytes(p[12:]) for p in split.packets()]
+    assert b"".join(packets) == jumbo and all(len(p) % 160 == 0 for p in packets[:-1])
+    timestamps = [ts for _, ts, _, _ in rtp_fields(split)]
+    assert timestamps[1] - timestamps[0] == len(packets[0])

@@ -405,7 +405,7 @@ async def test_rtp_accounting_with_wrap_loss_reorder_duplicate(
 FU_A_IDR = (bytes([0x7C, 0x85, 0x01]), bytes([0x7C, 0x45, 0x02]))  # start, end
 FU_A_P = (bytes([0x5C, 0x81, 0x03]), bytes([0x5C, 0x41, 0x04]))
 
-# For video_payloads: a frame joined mid-way, a fragmented keyframe, a lost marker (the next
+# For relay_payloads: a frame joined mid-way, a fragmented keyframe, a lost marker (the next
 # timestamp ends the frame), a frame with a lost packet, then a clean keyframe.
 PAYLOAD_SCRIPT = [
     (100, 1000, FU_A_IDR_MIDDLE, True),
@@ -419,13 +419,13 @@ PAYLOAD_SCRIPT = [
 ]
 
 
-async def test_video_payloads_hands_over_complete_frames_only() -> None:
+async def test_relay_payloads_hands_over_complete_frames_only() -> None:
     """The native ingest's mode: each complete frame as the camera's RTP payloads."""
     server = ScriptedServer(script=PAYLOAD_SCRIPT)
     listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
     frames: list[ReceivedFrame] = []
-    reader = RtspReader(f"rtsp://127.0.0.1:{port}/s", on_frame=frames.append, video_payloads=True)
+    reader = RtspReader(f"rtsp://127.0.0.1:{port}/s", on_frame=frames.append, relay_payloads=True)
     try:
         await reader.start()
         await reader.wait_frames(6, timeout=10)
@@ -474,7 +474,7 @@ async def test_frames_cut_by_reads_anywhere_arrive_once_and_whole() -> None:
 
     def play(chunks: list[bytes]) -> tuple[list[tuple[int, bool, list[bytes] | None]], int]:
         frames: list[ReceivedFrame] = []
-        reader = RtspReader("rtsp://127.0.0.1:1/s", on_frame=frames.append, video_payloads=True)
+        reader = RtspReader("rtsp://127.0.0.1:1/s", on_frame=frames.append, relay_payloads=True)
         reader._describe_tracks(SDP, "rtsp://127.0.0.1/s/")
         reader._channels[4] = (reader._tracks[0], False)
         protocol = _ControlProtocol(reader)
@@ -488,6 +488,35 @@ async def test_frames_cut_by_reads_anywhere_arrive_once_and_whole() -> None:
     for cut in range(1, len(stream)):
         assert play([stream[:cut], stream[cut:]]) == whole, cut
     assert play([stream[i : i + 3] for i in range(0, len(stream), 3)]) == whole
+
+
+AV_SDP = SDP + b"m=audio 0 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=control:trackID=1\r\n"
+
+
+async def test_relay_payloads_hands_over_each_g711_packet_as_a_frame() -> None:
+    """G.711 packets stand on their own: each goes over as it came, with its own timestamp,
+    and a lost one costs nothing but itself. Video frames are collected as before."""
+    frames: list[ReceivedFrame] = []
+    reader = RtspReader("rtsp://127.0.0.1:1/s", on_frame=frames.append, relay_payloads=True)
+    reader._describe_tracks(AV_SDP, "rtsp://127.0.0.1/s/")
+    reader._channels[0] = (reader._tracks[0], False)
+    reader._channels[2] = (reader._tracks[1], False)
+    assert reader._tracks[1].depacketizer is None  # nothing to reassemble
+
+    def pcmu(seq: int, ts: int, samples: bytes) -> bytes:
+        return struct.pack("!BBHII", 0x80, 0x80, seq, ts, 0x99) + samples
+
+    stream = interleave(2, pcmu(7, 160, b"\x7f" * 160))
+    stream += interleave(0, rtp(1, 3600, IDR, True))
+    stream += interleave(2, pcmu(9, 480, b"\x01" * 80))  # 8 lost
+    _ControlProtocol(reader).data_received(stream)
+    got = [(f.track, f.timestamp, f.keyframe, f.payloads, f.data) for f in frames]
+    assert got == [
+        (1, 160, False, [b"\x7f" * 160], None),
+        (0, 3600, True, [IDR], None),
+        (1, 480, False, [b"\x01" * 80], None),
+    ]
+    assert reader.tracks[1].lost == 1
 
 
 async def test_close_gives_up_on_an_unanswered_teardown() -> None:

@@ -15,6 +15,9 @@ from gateway.codecs.base import DEFAULT_MAX_PAYLOAD, CodecParams, Depacketizer, 
 from gateway.codecs.sdp import MediaDescription
 
 SUPPORTED = ("H264", "H265", "AAC", "PCMU", "PCMA")
+# Codecs whose every RTP payload is a whole frame on its own, so a relay can hand each packet
+# over as it comes (no reassembly, no frame boundaries to find).
+SELF_CONTAINED_PAYLOADS = ("PCMU", "PCMA")
 
 # SDP encoding names and FFmpeg codec names -> our codec names.
 _ALIASES = {
@@ -32,6 +35,7 @@ _ALIASES = {
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD",
+    "SELF_CONTAINED_PAYLOADS",
     "SUPPORTED",
     "CodecParams",
     "Depacketizer",

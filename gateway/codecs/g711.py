@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.codecs.base import DEFAULT_MAX_PAYLOAD, CodecParams, Depacketizer, Packetizer
+from gateway.codecs.base import (
+    DEFAULT_MAX_PAYLOAD,
+    RELAY_MAX_PAYLOAD,
+    CodecParams,
+    Depacketizer,
+    Packetizer,
+)
 
 CLOCK_RATE = 8000
 STATIC_PAYLOAD_TYPES = {"PCMU": 0, "PCMA": 8}
@@ -55,6 +61,15 @@ class G711Packetizer(Packetizer):
         view = memoryview(frame)
         step = self.chunk_size
         return [view[pos : pos + step].tobytes() for pos in range(0, len(frame), step)]
+
+    def relay(self, payloads: Sequence[bytes], keyframe: bool) -> list[bytes] | None:
+        """A camera's packets as they are: every G.711 payload is a block of whole samples that
+        stands on its own, so only the size (our MTU, whole samples) is checked."""
+        channels = self.params.channels
+        for payload in payloads:
+            if not 0 < len(payload) <= RELAY_MAX_PAYLOAD or len(payload) % channels:
+                return None
+        return payloads if isinstance(payloads, list) else list(payloads)
 
     def timestamp_offsets(self, payloads: Sequence[bytes]) -> list[int] | None:
         if len(payloads) < 2:

@@ -4,9 +4,9 @@ An alternative to the default PyAV ingest (``ingest = "native"``) for sites that
 cameras per core. FFmpeg's RTSP demuxer reads TCP-interleaved RTP with several small reads
 per packet and runs in a thread per stream; the asyncio reader parses whole socket buffers
 and hands each complete video frame to the hub as the camera's own RTP payloads, which go out
-as they came under the hub's RTP identity (no depacketizing and packetizing again); audio is
-depacketized. The hub then works exactly as with PyAV ingest (same RTP identity, GOP cache,
-reconnect continuity).
+as they came under the hub's RTP identity (no depacketizing and packetizing again). G.711
+audio packets go on as they came as well; AAC is depacketized and packetized again. The hub
+then works exactly as with PyAV ingest (same RTP identity, GOP cache, reconnect continuity).
 
 PyAV stays the default: it copes with more unusual camera SDPs and codecs.
 """
@@ -92,7 +92,7 @@ class NativeIngest:
             transport="udp" if self.options.transport == "udp" else "tcp",
             on_frame=self._on_frame,
             depacketize=True,
-            video_payloads=True,
+            relay_payloads=True,
             request_timeout=self.options.io_timeout,
         )
         # Frames of one socket read (a video frame and the audio sent with it) go to each

@@ -7,8 +7,9 @@ TEARDOWN on close. It is built on ``asyncio.Protocol`` (no streams, no task per 
 many readers fit in one process: per RTP packet it unpacks the fixed header, updates counters
 and, only if asked to, depacketizes with :mod:`gateway.codecs`. Without depacketizing, frames
 are counted by the marker bit (video) or per packet (audio), and keyframes are recognised from
-the H.264/H.265 payload headers. With ``video_payloads`` a complete H.264/H.265 frame is handed
-over as the list of its RTP payloads, for a relay that sends them on as they are.
+the H.264/H.265 payload headers. With ``relay_payloads`` a complete H.264/H.265 frame is handed
+over as the list of its RTP payloads, and a G.711 packet as a one-payload frame, for a relay
+that sends them on as they are.
 
 Run ``python3 -m gateway.rtsp.client URL`` for a quick manual check.
 """
@@ -29,7 +30,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
-from gateway.codecs import codec_name, depacketizer_for, params_from_sdp_media
+from gateway.codecs import (
+    SELF_CONTAINED_PAYLOADS,
+    codec_name,
+    depacketizer_for,
+    params_from_sdp_media,
+)
 from gateway.codecs.h264 import DEFAULT_MAX_FRAME_SIZE, split_annexb
 from gateway.codecs.sdp import SessionDescription, parse_sdp
 from gateway.rtsp.auth import DigestClient
@@ -128,8 +134,8 @@ class ReaderStats:
 @dataclass(frozen=True, slots=True)
 class ReceivedFrame:
     """Passed to ``on_frame``; ``data`` is the access unit when depacketizing, else None;
-    ``payloads`` are a complete video frame's RTP payloads with ``video_payloads``, else None
-    (also for a frame with a lost packet, or one joined mid-way)."""
+    ``payloads`` are a complete frame's RTP payloads with ``relay_payloads``, else None (also
+    for a video frame with a lost packet, or one joined mid-way)."""
 
     track: int
     timestamp: int
@@ -206,6 +212,7 @@ class _Track:
         "max_seq",
         "media",
         "packet_flags",
+        "payload_frames",
         "rtcp_channel",
         "rtp_channel",
         "server_ports",
@@ -235,8 +242,10 @@ class _Track:
         self.frame_open = False
         self.frame_clean = False
         self.frame_has_key = False
-        # The open frame's payloads when they are handed over (``video_payloads``), else None.
+        # The open frame's payloads when they are handed over (``relay_payloads``), else None.
         self.frame_payloads: list[bytes] | None = None
+        # Every payload handed over as a frame of its own (``relay_payloads``, G.711).
+        self.payload_frames = False
         self.frame_size = 0
         self.frame_ts = -1
         self.rtp_channel = -1
@@ -394,7 +403,7 @@ class RtspReader:
         on_frame: FrameCallback | None = None,
         *,
         depacketize: bool = False,
-        video_payloads: bool = False,
+        relay_payloads: bool = False,
         media: tuple[str, ...] = ("video", "audio"),
         request_timeout: float = 10.0,
         keepalive_interval: float | None = None,
@@ -413,7 +422,7 @@ class RtspReader:
         # sends what arrived together in one write per client).
         self.on_batch_end: Callable[[], None] | None = None
         self.depacketize = depacketize
-        self.video_payloads = video_payloads
+        self.relay_payloads = relay_payloads
         self.media_filter = media
         self.request_timeout = request_timeout
         self.keepalive_interval = keepalive_interval
@@ -559,8 +568,10 @@ class RtspReader:
             except (ValueError, KeyError, AttributeError) as exc:
                 log.debug("no codec parameters for %s track: %s", media.encoding, exc)
             self.codec_params.append(params)
-            if self.video_payloads and track.packet_flags is not None:
+            if self.relay_payloads and track.packet_flags is not None:
                 track.frame_payloads = []
+            elif self.relay_payloads and track.codec in SELF_CONTAINED_PAYLOADS:
+                track.payload_frames = True
             elif self.depacketize and params is not None:
                 try:
                     track.depacketizer = depacketizer_for(params)
@@ -776,6 +787,9 @@ class RtspReader:
             self._depacketize(track, packet[start:end], marker, timestamp, gap, now)
             return
         if not track.is_video:
+            if track.payload_frames:
+                self._frame_done(track, timestamp, False, now, payloads=[packet[start:end]])
+                return
             data = packet[start:end] if self.on_frame is not None else None
             self._frame_done(track, timestamp, False, now, data)
             return
