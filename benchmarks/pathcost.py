@@ -153,6 +153,8 @@ async def measure(rounds: int, profile: str = "bench") -> float:
         if mode in names:
             options[mode] = True
             break
+    if "on_span" in names:
+        options["on_span"] = ingest._on_span
     reader = client.RtspReader(URL, **options)
     reader._describe_tracks(SDP, URL + "/")
     for index, track in enumerate(reader._tracks):

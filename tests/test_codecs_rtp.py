@@ -19,6 +19,7 @@ from gateway.codecs.rtp import (
     SourceDescription,
     build_packets,
     dlsr_units,
+    interleaved_payloads,
     ntp_from_unix,
     ntp_short,
     parse_rtcp_compound,
@@ -241,3 +242,21 @@ def test_rtp_round_trip_property(
         b1 & 0x7F, seq, ts, ssrc, payload, bool(b1 & 0x80), tuple(csrc), padding_size=padding
     )
     assert RtpPacket.parse(bytes(packet)) == packet
+
+
+def test_interleaved_payloads_of_a_span_and_framing_that_does_not_add_up() -> None:
+    def framed(channel: int, seq: int, payload: bytes) -> bytes:
+        packet = struct.pack("!BBHII", 0x80, 96, seq, 0, 1) + payload
+        return b"$" + bytes((channel,)) + len(packet).to_bytes(2, "big") + packet
+
+    span = b"junk" + framed(0, 1, b"\x41abc") + framed(0, 2, b"\x7c\x85" + b"x" * 300) + b"tail"
+    end = len(span) - 4
+    assert interleaved_payloads(span, 4, end) == [b"\x41abc", b"\x7c\x85" + b"x" * 300]
+    assert interleaved_payloads(bytearray(span), 4, end)[0] == b"\x41abc"
+    assert interleaved_payloads(span, 4, 4) == []
+    with pytest.raises(ValueError, match="no interleaved frame at offset 0"):
+        interleaved_payloads(span, 0, end)
+    with pytest.raises(ValueError, match="does not fit its span"):
+        interleaved_payloads(span, 4, end - 1)
+    with pytest.raises(ValueError, match="does not fit its span"):
+        interleaved_payloads(b"$\x00\x00\x04abcd", 0, 8)  # shorter than an RTP header

@@ -351,3 +351,62 @@ def test_relayed_g711_packets_keep_their_samples_and_timestamps() -> None:
     assert b"".join(packets) == jumbo and all(len(p) % 160 == 0 for p in packets[:-1])
     timestamps = [ts for _, ts, _, _ in rtp_fields(split)]
     assert timestamps[1] - timestamps[0] == len(packets[0])
+
+
+def interleaved_span(payloads: list[bytes], seq: int = 500, ts: int = 9000) -> bytes:
+    """A camera's packets of one frame as they arrive on an interleaved connection."""
+    out = b""
+    for i, payload in enumerate(payloads):
+        marker = 0x80 if i == len(payloads) - 1 else 0
+        packet = struct.pack("!BBHII", 0x80, marker | 96, seq + i, ts, 0xCAFE) + payload
+        out += b"$\x00" + len(packet).to_bytes(2, "big") + packet
+    return out
+
+
+def test_spans_go_out_as_relayed_payloads_do_or_take_their_way() -> None:
+    """push_span writes the hub's headers over the camera's: the same packets as push_relayed
+    would send for those payloads, in sequence. Keyframes (parameter sets), aggregation
+    packets, oversized payloads and broken framing take push_relayed's way."""
+    from gateway.codecs.h264 import H264Packetizer
+
+    hub = make_hub()
+    sub = Recorder()
+    hub.subscribe(sub)
+    camera = H264Packetizer(H264, max_payload=1200)
+    key = camera.packetize(access_unit(True), True)
+    span = b"junk" + interleaved_span(key) + b"more"
+    hub.push_span(0, 0, True, span, 4, len(span) - 4, arrival=0.0)
+    delta = camera.packetize(access_unit(False), False)
+    span = interleaved_span(delta)
+    hub.push_span(0, 3600, False, span, 0, len(span), arrival=0.04)
+    assert hub.stats.relayed_frames == 2 and hub.stats.repacketized_frames == 0
+    assert [bytes(p[12:]) for p in sub.frames[0].packets()] == key
+    assert [bytes(p[12:]) for p in sub.frames[1].packets()] == delta
+    twin = make_hub()
+    twin.subscribe(twin_sub := Recorder())
+    twin.push_relayed(0, 0, True, key, arrival=0.0)
+    twin.push_relayed(0, 3600, False, delta, arrival=0.04)
+    ours, theirs = sub.frames[1], twin_sub.frames[1]
+    assert (ours.size, ours.lengths, ours.keyframe) == (theirs.size, theirs.lengths, False)
+    assert [(m, ts - sub.frames[0].timestamp) for _, ts, _, m in rtp_fields(ours)] == [
+        (m, ts - twin_sub.frames[0].timestamp) for _, ts, _, m in rtp_fields(theirs)
+    ]
+    assert {ssrc for _, _, ssrc, _ in rtp_fields(ours)} == {hub.tracks[0].ssrc}
+
+    stap_a = b"\x18" + len(b"\x06sei").to_bytes(2, "big") + b"\x06sei"
+    stap_a += len(delta[0]).to_bytes(2, "big") + delta[0]
+    span = interleaved_span([stap_a, *delta[1:]])  # sound: relayed by the list way
+    hub.push_span(0, 7200, False, span, 0, len(span), arrival=0.08)
+    assert hub.stats.relayed_frames == 3
+    assert bytes(sub.frames[2].packets()[0][12:]) == stap_a
+    jumbo = H264Packetizer(H264, max_payload=8000).packetize(access_unit(False, 6000), False)
+    span = interleaved_span(jumbo)
+    hub.push_span(0, 10800, False, span, 0, len(span), arrival=0.12)
+    assert hub.stats.repacketized_frames == 1
+    assert all(len(p) <= 1412 for p in sub.frames[3].packets())
+    hub.push_span(0, 14400, False, span, 0, len(span) - 1, arrival=0.16)  # cut short
+    assert hub.stats.malformed_frames == 1 and len(sub.frames) == 4
+
+    seqs = [seq for f in sub.frames for seq, *_ in rtp_fields(f)]
+    assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(len(seqs))]
+    assert sum(len(f.lengths) for f in sub.frames) == hub.tracks[0].packet_count

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import av
 import pytest
 
+from gateway.codecs.rtp import interleaved_payloads
 from gateway.rtsp.client import ReceivedFrame, RtspClientError, RtspReader, _ControlProtocol
 from gateway.rtsp.message import (
     RtspConnectionParser,
@@ -517,6 +518,73 @@ async def test_relay_payloads_hands_over_each_g711_packet_as_a_frame() -> None:
         (1, 480, False, [b"\x01" * 80], None),
     ]
     assert reader.tracks[1].lost == 1
+
+
+async def test_frames_back_to_back_in_a_read_go_over_as_spans_of_the_same_payloads() -> None:
+    """A frame whose packets lie back to back in one read is handed over as that span of the
+    read buffer (no payload copies); one cut by a read, broken by another track's packet or
+    with a CSRC list goes over as its list of payloads. Either way, at every cut, the same
+    frames with the same payloads."""
+
+    def pcmu(seq: int, ts: int) -> bytes:
+        return struct.pack("!BBHII", 0x80, 0, seq, ts, 0x99) + b"\x7f" * 160
+
+    def with_csrc(seq: int, ts: int, payload: bytes) -> bytes:
+        return struct.pack("!BBHIII", 0x81, 0x80 | 96, seq, ts, 0x1234, 0xABCD) + payload
+
+    stream = b"".join(interleave(4, rtp(*p)) for p in PAYLOAD_SCRIPT[:2])
+    stream += interleave(2, pcmu(1, 160))  # audio between the keyframe's two packets
+    stream += b"".join(interleave(4, rtp(*p)) for p in PAYLOAD_SCRIPT[2:])
+    stream += interleave(4, with_csrc(109, 22600, P_SLICE))
+    stream += interleave(4, rtp(110, 26200, FU_A_P[0]))
+    stream += interleave(4, rtp(111, 26200, FU_A_P[1], True))
+
+    Got = list[tuple[int, int, bool, list[bytes] | None, str]]
+
+    def play(chunks: list[bytes], spans: bool) -> Got:
+        got: Got = []
+
+        def on_frame(frame: ReceivedFrame) -> None:
+            got.append((frame.track, frame.timestamp, frame.keyframe, frame.payloads, "list"))
+
+        def on_span(
+            track: int, ts: int, key: bool, buf: bytes, start: int, end: int, at: float
+        ) -> None:
+            got.append((track, ts, key, interleaved_payloads(buf, start, end), "span"))
+
+        reader = RtspReader(
+            "rtsp://127.0.0.1:1/s",
+            on_frame=on_frame,
+            relay_payloads=True,
+            on_span=on_span if spans else None,
+        )
+        reader._describe_tracks(AV_SDP, "rtsp://127.0.0.1/s/")
+        reader._channels[4] = (reader._tracks[0], False)
+        reader._channels[2] = (reader._tracks[1], False)
+        protocol = _ControlProtocol(reader)
+        for chunk in chunks:
+            protocol.data_received(chunk)
+        assert reader._error is None
+        return got
+
+    def frames(got: Got) -> list[tuple[int, int, bool, list[bytes] | None]]:
+        return [frame[:4] for frame in got]
+
+    whole = play([stream], spans=True)
+    assert frames(whole) == frames(play([stream], spans=False))
+    assert [(track, ts, how) for track, ts, _, _, how in whole] == [
+        (0, 1000, "list"),  # joined mid-way: no payloads
+        (1, 160, "span"),
+        (0, 4600, "list"),  # the audio packet broke it
+        (0, 8200, "span"),
+        (0, 11800, "span"),
+        (0, 15400, "list"),  # a lost packet: no payloads
+        (0, 19000, "span"),
+        (0, 22600, "list"),  # CSRC list
+        (0, 26200, "span"),
+    ]
+    for cut in range(1, len(stream)):
+        assert frames(play([stream[:cut], stream[cut:]], spans=True)) == frames(whole), cut
 
 
 async def test_close_gives_up_on_an_unanswered_teardown() -> None:

@@ -45,6 +45,11 @@ class Packetizer(ABC):
 
     params: CodecParams
     payload_type: int
+    # For relaying packets straight from a receive buffer (StreamHub.push_span): indexed by a
+    # payload's first byte, non-zero when a payload starting with it, of relay_min_payload to
+    # RELAY_MAX_PAYLOAD bytes, may go on as it is. None when formats must see whole payloads.
+    relay_table: bytes | None = None
+    relay_min_payload = 1
 
     @abstractmethod
     def packetize(self, frame: bytes, keyframe: bool) -> list[bytes]:

@@ -49,6 +49,8 @@ class G711Packetizer(Packetizer):
         self.chunk_size = (max_payload // block) * block or (
             max_payload - max_payload % params.channels
         )
+        # Any mono payload up to our MTU is whole samples; multi-channel ones need a size check.
+        self.relay_table = b"\x01" * 256 if params.channels == 1 else None
 
     def packetize(self, frame: bytes, keyframe: bool) -> list[bytes]:
         if len(frame) % self.params.channels:

@@ -163,6 +163,17 @@ class NalPacketizer(Packetizer):
         """Whether one RTP payload is a packet type our SDP's packetization mode allows."""
 
     @abstractmethod
+    def is_plainly_relayable(self, first_byte: int) -> bool:
+        """Whether a payload starting with this byte is relayable with no look further in: a
+        single NAL unit or a fragment. Aggregation packets are not (their inside is checked
+        by :meth:`is_relayable`)."""
+
+    def _relay_table(self) -> bytes | None:
+        if not self.relay_allowed:
+            return None
+        return bytes(self.is_plainly_relayable(b) for b in range(256))
+
+    @abstractmethod
     def aggregation_header(self, nals: Sequence[Nal]) -> bytes:
         """Payload header of an aggregation packet (STAP-A / AP) holding ``nals``."""
 
@@ -484,6 +495,7 @@ class H264Packetizer(NalPacketizer):
         super().__init__(params, payload_type, max_payload)
         # Modes 0 and 1 send what our packetization-mode=1 allows; mode 2 interleaves.
         self.relay_allowed = params.extra.get("packetization-mode", "0").strip() in ("0", "1")
+        self.relay_table = self._relay_table()
 
     def nal_type(self, nal: Nal) -> int:
         return nal[0] & 0x1F
@@ -498,6 +510,10 @@ class H264Packetizer(NalPacketizer):
         nal_type = payload[0] & 0x1F
         if nal_type == NAL_STAP_A:
             return aggregation_is_sound(payload, 1)
+        return 0 < nal_type < NAL_STAP_A or nal_type == NAL_FU_A
+
+    def is_plainly_relayable(self, first_byte: int) -> bool:
+        nal_type = first_byte & 0x1F
         return 0 < nal_type < NAL_STAP_A or nal_type == NAL_FU_A
 
     def aggregation_header(self, nals: Sequence[Nal]) -> bytes:

@@ -56,6 +56,7 @@ class H265Packetizer(NalPacketizer):
         # A source that sends decoding-order numbers (DONL) cannot be relayed to clients
         # offered an SDP without them.
         self.relay_allowed = params.extra.get("sprop-max-don-diff", "0").strip() in ("", "0")
+        self.relay_table = self._relay_table()
 
     def nal_type(self, nal: Nal) -> int:
         return (nal[0] >> 1) & 0x3F
@@ -72,6 +73,12 @@ class H265Packetizer(NalPacketizer):
         packet_type = (payload[0] >> 1) & 0x3F
         if packet_type == NAL_AP:
             return aggregation_is_sound(payload, 2)
+        return packet_type < NAL_AP or packet_type == NAL_FU
+
+    relay_min_payload = 3  # a two-byte payload header and something after it
+
+    def is_plainly_relayable(self, first_byte: int) -> bool:
+        packet_type = (first_byte >> 1) & 0x3F
         return packet_type < NAL_AP or packet_type == NAL_FU
 
     def aggregation_header(self, nals: Sequence[Nal]) -> bytes:

@@ -215,6 +215,23 @@ def build_packets(
     return [header + payload for header, payload in zip(headers, payloads, strict=True)]
 
 
+def interleaved_payloads(data: bytes | bytearray, start: int, end: int) -> list[bytes]:
+    """The payloads of the RTSP-interleaved RTP packets in ``data[start:end]``, each framed
+    as ``$``, channel, 16-bit length, then a packet with a plain 12-byte header (no CSRC,
+    extension or padding). ValueError when the framing does not add up."""
+    payloads = []
+    pos = start
+    while pos < end:
+        if end - pos < 4 or data[pos] != 0x24:
+            raise ValueError(f"no interleaved frame at offset {pos}")
+        stop = pos + 4 + ((data[pos + 2] << 8) | data[pos + 3])
+        if stop > end or stop - pos < 16:
+            raise ValueError(f"interleaved frame at offset {pos} does not fit its span")
+        payloads.append(bytes(data[pos + 16 : stop]))
+        pos = stop
+    return payloads
+
+
 def seq_distance(newer: int, older: int) -> int:
     """Signed distance between two 16-bit sequence numbers, in -32768..32767."""
     return ((newer - older + 0x8000) & 0xFFFF) - 0x8000

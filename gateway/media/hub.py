@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.codecs import depacketizer_for, packetizer_for
-from gateway.codecs.base import CodecParams, Packetizer
+from gateway.codecs.base import RELAY_MAX_PAYLOAD, CodecParams, Packetizer
+from gateway.codecs.rtp import interleaved_payloads
 
 log = logging.getLogger("gateway.media")
 
@@ -92,7 +93,7 @@ class Frame:
         keyframe: bool,
         timestamp: int,
         first_seq: int,
-        blob: bytes,
+        blob: bytes | bytearray,
         lengths: list[int],
         arrival: float,
     ) -> None:
@@ -107,7 +108,7 @@ class Frame:
         self._udp: list[memoryview] | None = None
         self._by_channel: dict[int, bytes] | None = None
 
-    def interleaved(self, channel: int) -> bytes:
+    def interleaved(self, channel: int) -> bytes | bytearray:
         """The frame framed for ``channel``; built at most once per channel layout."""
         if channel == self.track * 2:
             return self.blob
@@ -353,6 +354,39 @@ class StreamHub:
             extra={"stream": self.key, "error": str(error), "ratelimit": True},
         )
 
+    def push_span(
+        self,
+        track_index: int,
+        timestamp: int,
+        keyframe: bool,
+        data: bytes,
+        start: int,
+        end: int,
+        arrival: float,
+    ) -> None:
+        """One complete frame as it came in on a TCP-interleaved connection (native ingest):
+        ``data[start:end]`` holds its RTP packets, each with its ``$`` prefix and a plain
+        12-byte header. They go out with the headers rewritten to the hub's RTP identity, the
+        payloads untouched and copied once, when the codec passes every payload as it is;
+        keyframes and everything else take :meth:`push_relayed`'s way."""
+        track = self.tracks[track_index]
+        table = track.packetizer.relay_table
+        if table is not None and not keyframe:
+            ts = self._admit(track, timestamp, keyframe, arrival)
+            if ts < 0:
+                return
+            frame = self._stamp_span(track, ts, data, start, end, arrival, table)
+            if frame is not None:
+                self.stats.relayed_frames += 1
+                self._publish(track, frame, keyframe, ts, arrival)
+                return
+        try:
+            payloads = interleaved_payloads(data, start, end)
+        except ValueError as exc:
+            self._drop_malformed(exc)
+            return
+        self.push_relayed(track_index, timestamp, keyframe, payloads, arrival)
+
     def push_payloads(
         self,
         track_index: int,
@@ -365,11 +399,19 @@ class StreamHub:
         if not payloads:
             return
         track = self.tracks[track_index]
+        ts = self._admit(track, timestamp, keyframe, arrival)
+        if ts >= 0:
+            frame = self._stamp(track, ts, keyframe, payloads, arrival)
+            self._publish(track, frame, keyframe, ts, arrival)
+
+    def _admit(self, track: Track, timestamp: int, keyframe: bool, arrival: float) -> int:
+        """The outgoing RTP timestamp for a frame about to be stamped, or -1 to drop it.
+        Calling it again for the same frame gives the same answer."""
         if self._await_keyframe:
             # After an upstream (re)connect nothing is stamped before the first video
             # keyframe: clients resume on it with no gap in their RTP sequence numbers.
             if not (keyframe and track.is_video):
-                return
+                return -1
             self._await_keyframe = False
         if track.rebase:
             if track.last_ts is None:
@@ -383,8 +425,9 @@ class StreamHub:
         ts = (timestamp + track.ts_offset) & 0xFFFFFFFF
         track.last_ts = ts
         track.last_wallclock = arrival
-        frame = self._stamp(track, ts, keyframe, payloads, arrival)
+        return ts
 
+    def _publish(self, track: Track, frame: Frame, keyframe: bool, ts: int, arrival: float) -> None:
         stats = self.stats
         stats.frames_in += 1
         stats.bytes_in += frame.size
@@ -448,6 +491,44 @@ class StreamHub:
         blob = b"".join(parts)
         track.octet_count += len(blob) - 16 * len(lengths)
         return Frame(track.index, keyframe, ts, first_seq, blob, lengths, arrival)
+
+    def _stamp_span(
+        self,
+        track: Track,
+        ts: int,
+        data: bytes,
+        start: int,
+        end: int,
+        arrival: float,
+        table: bytes,
+    ) -> Frame | None:
+        """The frame from interleaved packets with our headers written over theirs, or None
+        (and the track untouched) when a payload may not go on as it is."""
+        blob = bytearray(memoryview(data)[start:end])
+        size = end - start
+        pack_into = _RTP_HEADER.pack_into
+        channel = track.index * 2
+        pt = track.payload_type
+        ssrc = track.ssrc
+        seq = first_seq = track.seq
+        shortest = track.packetizer.relay_min_payload + 12
+        longest = RELAY_MAX_PAYLOAD + 12
+        lengths: list[int] = []
+        pos = 0
+        while pos < size:
+            length = (blob[pos + 2] << 8) | blob[pos + 3]
+            stop = pos + 4 + length
+            if not shortest <= length <= longest or stop > size or not table[blob[pos + 16]]:
+                return None
+            marker = 0x80 if stop == size else 0
+            pack_into(blob, pos, b"$", channel, length, 0x80, pt | marker, seq, ts, ssrc)
+            lengths.append(length)
+            seq = (seq + 1) & 0xFFFF
+            pos = stop
+        track.seq = seq
+        track.packet_count += len(lengths)
+        track.octet_count += size - 16 * len(lengths)
+        return Frame(track.index, False, ts, first_seq, blob, lengths, arrival)
 
     def _on_keyframe(self, now: float, ts: int, clock_rate: int) -> None:
         # GOP length and frame rate from RTP timestamps, not arrival times, so network

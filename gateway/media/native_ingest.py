@@ -4,7 +4,9 @@ An alternative to the default PyAV ingest (``ingest = "native"``) for sites that
 cameras per core. FFmpeg's RTSP demuxer reads TCP-interleaved RTP with several small reads
 per packet and runs in a thread per stream; the asyncio reader parses whole socket buffers
 and hands each complete video frame to the hub as the camera's own RTP payloads, which go out
-as they came under the hub's RTP identity (no depacketizing and packetizing again). G.711
+as they came under the hub's RTP identity (no depacketizing and packetizing again). A frame
+whose packets lie back to back in one read goes over as that span of the buffer, and the hub
+writes its headers over the camera's in one copy of the bytes. G.711
 audio packets go on as they came as well; AAC is depacketized and packetized again. The hub
 then works exactly as with PyAV ingest (same RTP identity, GOP cache, reconnect continuity).
 
@@ -93,6 +95,7 @@ class NativeIngest:
             on_frame=self._on_frame,
             depacketize=True,
             relay_payloads=True,
+            on_span=self._on_span,
             request_timeout=self.options.io_timeout,
         )
         # Frames of one socket read (a video frame and the audio sent with it) go to each
@@ -170,6 +173,23 @@ class NativeIngest:
             now = time.monotonic()
             self._last_frame = now
             self.hub.push(index, frame.timestamp, frame.keyframe, frame.data, now)
+
+    def _on_span(
+        self,
+        track: int,
+        timestamp: int,
+        keyframe: bool,
+        data: bytes,
+        start: int,
+        end: int,
+        arrival: float,
+    ) -> None:
+        index = self._track_map.get(track)
+        if index is None or self.hub.state != "live":
+            return
+        now = time.monotonic()
+        self._last_frame = now
+        self.hub.push_span(index, timestamp, keyframe, data, start, end, now)
 
 
 def _describe(exc: RtspClientError) -> str:

@@ -37,6 +37,7 @@ from gateway.codecs import (
     params_from_sdp_media,
 )
 from gateway.codecs.h264 import DEFAULT_MAX_FRAME_SIZE, split_annexb
+from gateway.codecs.rtp import interleaved_payloads
 from gateway.codecs.sdp import SessionDescription, parse_sdp
 from gateway.rtsp.auth import DigestClient
 from gateway.rtsp.message import (
@@ -146,6 +147,9 @@ class ReceivedFrame:
 
 
 FrameCallback = Callable[[ReceivedFrame], None]
+# (track, timestamp, keyframe, buffer, start, end, arrival): a complete frame whose packets lie
+# back to back in ``buffer[start:end]`` as received, "$"-framed with plain 12-byte headers.
+SpanCallback = Callable[[int, int, bool, bytes, int, int, float], None]
 
 
 def _h264_packet_flags(packet: bytes, start: int, end: int) -> tuple[bool, bool]:
@@ -216,6 +220,9 @@ class _Track:
         "rtcp_channel",
         "rtp_channel",
         "server_ports",
+        "span_buffer",
+        "span_end",
+        "span_start",
         "stats",
         "udp_transports",
     )
@@ -246,6 +253,10 @@ class _Track:
         self.frame_payloads: list[bytes] | None = None
         # Every payload handed over as a frame of its own (``relay_payloads``, G.711).
         self.payload_frames = False
+        # The open frame as a span of one read buffer (see RtspReader._collect), if it is one.
+        self.span_buffer: bytes | None = None
+        self.span_start = 0
+        self.span_end = 0
         self.frame_size = 0
         self.frame_ts = -1
         self.rtp_channel = -1
@@ -325,7 +336,7 @@ class _ControlProtocol(asyncio.Protocol):
                     if is_rtcp:
                         track.stats.rtcp_packets += 1
                     else:
-                        reader._on_rtp(track, data[pos + 4 : end], now)
+                        reader._on_rtp_at(track, data, pos + 4, end, now, True)
                 pos = end
             if pos == size or data[pos] == 0x24:
                 if pos < size:
@@ -404,6 +415,7 @@ class RtspReader:
         *,
         depacketize: bool = False,
         relay_payloads: bool = False,
+        on_span: SpanCallback | None = None,
         media: tuple[str, ...] = ("video", "audio"),
         request_timeout: float = 10.0,
         keepalive_interval: float | None = None,
@@ -423,6 +435,7 @@ class RtspReader:
         self.on_batch_end: Callable[[], None] | None = None
         self.depacketize = depacketize
         self.relay_payloads = relay_payloads
+        self.on_span = on_span if relay_payloads else None
         self.media_filter = media
         self.request_timeout = request_timeout
         self.keepalive_interval = keepalive_interval
@@ -726,12 +739,19 @@ class RtspReader:
     # -- media
 
     def _on_rtp(self, track: _Track, packet: bytes, now: float) -> None:
+        self._on_rtp_at(track, packet, 0, len(packet), now, False)
+
+    def _on_rtp_at(
+        self, track: _Track, buf: bytes, at: int, end: int, now: float, framed: bool
+    ) -> None:
+        """The RTP packet ``buf[at:end]``; ``framed`` when it sits in an interleaved read
+        buffer right after its ``$`` prefix (then a frame may be handed over as a span)."""
         stats = track.stats
-        size = len(packet)
-        if size < 12 or packet[0] >> 6 != 2:
+        size = end - at
+        if size < 12 or buf[at] >> 6 != 2:
             stats.malformed += 1
             return
-        b0, b1, seq, timestamp, ssrc = _RTP_FIXED.unpack_from(packet)
+        b0, b1, seq, timestamp, ssrc = _RTP_FIXED.unpack_from(buf, at)
         stats.packets += 1
         stats.bytes += size
         stats.last_packet_at = now
@@ -770,35 +790,44 @@ class RtspReader:
         track.last_ts = timestamp
         marker = bool(b1 & 0x80)
 
-        start = 12 + 4 * (b0 & 0x0F)
-        end = size
+        start = at + 12 + 4 * (b0 & 0x0F)
+        stop = end
         if b0 & 0x30:  # header extension and/or padding: rare, so checked only then
             if b0 & 0x10:
-                if end < start + 4:
+                if stop < start + 4:
                     stats.malformed += 1
                     return
-                start += 4 + 4 * ((packet[start + 2] << 8) | packet[start + 3])
+                start += 4 + 4 * ((buf[start + 2] << 8) | buf[start + 3])
             if b0 & 0x20:
-                end -= packet[-1]
-        if end <= start:
+                stop -= buf[end - 1]
+        if stop <= start:
             stats.malformed += 1
             return
         if track.depacketizer is not None:
-            self._depacketize(track, packet[start:end], marker, timestamp, gap, now)
+            self._depacketize(track, buf[start:stop], marker, timestamp, gap, now)
             return
         if not track.is_video:
             if track.payload_frames:
-                self._frame_done(track, timestamp, False, now, payloads=[packet[start:end]])
+                if framed and b0 == 0x80 and self.on_span is not None:
+                    self._count_frame(track, False, now)
+                    self.on_span(stats.index, timestamp, False, buf, at - 4, end, now)
+                    if self._waiters:
+                        self._check_waiters()
+                else:
+                    self._frame_done(track, timestamp, False, now, payloads=[buf[start:stop]])
                 return
-            data = packet[start:end] if self.on_frame is not None else None
+            data = buf[start:stop] if self.on_frame is not None else None
             self._frame_done(track, timestamp, False, now, data)
             return
         keyframe = continuation = False
         if track.packet_flags is not None:
-            keyframe, continuation = track.packet_flags(packet, start, end)
+            keyframe, continuation = track.packet_flags(buf, start, stop)
         collected = track.frame_payloads
         if collected is not None:
-            self._collect(track, collected, packet[start:end], timestamp, continuation, gap, now)
+            spannable = framed and b0 == 0x80 and self.on_span is not None
+            self._collect(
+                track, collected, buf, at, start, stop, spannable, timestamp, continuation, gap, now
+            )
             if keyframe:
                 track.frame_has_key = True
             if marker:
@@ -820,12 +849,21 @@ class RtspReader:
         self,
         track: _Track,
         collected: list[bytes],
-        payload: bytes,
+        buf: bytes,
+        at: int,
+        start: int,
+        stop: int,
+        spannable: bool,
         timestamp: int,
         continuation: bool,
         gap: bool,
         now: float,
     ) -> None:
+        """Add the payload ``buf[start:stop]`` of the packet at ``at`` to the open frame.
+
+        While a frame's packets lie back to back in one read buffer (``spannable``: framed,
+        plain 12-byte headers), only where they start and end is kept; the frame is handed
+        over as that span. Anything else turns it into a list of payloads."""
         if track.frame_open and timestamp != track.frame_ts:
             # The marker was lost: the timestamp change ends the previous frame.
             self._collected_frame_done(track, now)
@@ -840,17 +878,51 @@ class RtspReader:
             track.frame_clean = False
         if not track.frame_clean:
             collected.clear()
+            track.span_buffer = None
             return
-        track.frame_size += len(payload)
+        track.frame_size += stop - start
         if track.frame_size > DEFAULT_MAX_FRAME_SIZE:
             track.frame_clean = False  # bounded memory when a sender never ends a frame
             collected.clear()
+            track.span_buffer = None
             return
-        collected.append(payload)
+        span = track.span_buffer
+        if spannable:
+            if span is None:
+                if not collected:
+                    track.span_buffer = buf
+                    track.span_start = at - 4
+                    track.span_end = stop
+                    return
+            elif span is buf and track.span_end == at - 4:
+                track.span_end = stop
+                return
+        if span is not None:
+            collected.extend(interleaved_payloads(span, track.span_start, track.span_end))
+            track.span_buffer = None
+        collected.append(buf[start:stop])
 
     def _collected_frame_done(self, track: _Track, now: float) -> None:
         track.frame_open = False
         complete = track.frame_clean
+        span = track.span_buffer
+        if span is not None:
+            track.span_buffer = None
+            if complete and self.on_span is not None:
+                keyframe = track.frame_has_key
+                self._count_frame(track, keyframe, now)
+                self.on_span(
+                    track.stats.index,
+                    track.frame_ts,
+                    keyframe,
+                    span,
+                    track.span_start,
+                    track.span_end,
+                    now,
+                )
+                if self._waiters:
+                    self._check_waiters()
+                return
         payloads = track.frame_payloads if complete else None
         track.frame_payloads = []
         self._frame_done(
@@ -882,6 +954,14 @@ class RtspReader:
         data: bytes | None = None,
         payloads: list[bytes] | None = None,
     ) -> None:
+        self._count_frame(track, keyframe, now)
+        if self.on_frame is not None:
+            index = track.stats.index
+            self.on_frame(ReceivedFrame(index, timestamp, keyframe, now, data, payloads))
+        if self._waiters:
+            self._check_waiters()
+
+    def _count_frame(self, track: _Track, keyframe: bool, now: float) -> None:
         stats = track.stats
         stats.frames += 1
         stats.frame_arrivals.append(now)
@@ -894,10 +974,6 @@ class RtspReader:
                 sent = self.stats.play_sent_at
                 if track.is_video and sent is not None and self.stats.first_frame_time is None:
                     self.stats.first_frame_time = now - sent
-        if self.on_frame is not None:
-            self.on_frame(ReceivedFrame(stats.index, timestamp, keyframe, now, data, payloads))
-        if self._waiters:
-            self._check_waiters()
 
     def _enough_frames(self, n: int, media: str | None) -> bool:
         tracks = [t for t in self.stats.tracks if media is None or t.media == media]
