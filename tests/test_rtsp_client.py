@@ -587,6 +587,93 @@ async def test_frames_back_to_back_in_a_read_go_over_as_spans_of_the_same_payloa
         assert frames(play([stream[:cut], stream[cut:]], spans=True)) == frames(whole), cut
 
 
+async def test_runs_of_packets_taken_at_once_account_exactly_as_one_by_one() -> None:
+    """Runs of packets that simply continue a span are taken a run at a time. Whatever ends a
+    run (another track, a lost packet, a new timestamp without a marker, a new source, a
+    CSRC list, the end of a read) gives the same frames and the same counters as the
+    packet-by-packet path, at every cut."""
+    sei = b"\x06\x05\x10" + b"s" * 16
+    idr = [b"\x7c\x85" + b"i" * 50, b"\x7c\x05" + b"j" * 50, b"\x7c\x45" + b"k" * 50]
+    p_slice = [b"\x5c\x81" + b"p" * 40, b"\x5c\x01" + b"q" * 40, b"\x5c\x41" + b"r" * 40]
+
+    def frame(seq: int, ts: int, payloads: list[bytes], marker: bool = True) -> bytes:
+        last = len(payloads) - 1
+        return b"".join(
+            interleave(4, rtp(seq + i, ts, p, marker and i == last)) for i, p in enumerate(payloads)
+        )
+
+    def other_ssrc(seq: int, ts: int, payload: bytes) -> bytes:
+        return interleave(4, struct.pack("!BBHII", 0x80, 96, seq, ts, 0x5678) + payload)
+
+    def pcmu(seq: int) -> bytes:
+        return interleave(2, struct.pack("!BBHII", 0x80, 0, seq, seq * 160, 0x99) + b"\x7f" * 8)
+
+    stream = frame(1, 3600, [sei, *idr])  # a keyframe found inside a run
+    stream += frame(5, 7200, [sei, *p_slice])
+    stream += frame(9, 10800, [sei, *p_slice[:2]], marker=False) + pcmu(1)  # audio: run ends
+    stream += frame(12, 10800, p_slice[2:])
+    stream += frame(13, 14400, [sei, p_slice[0]], marker=False)
+    stream += frame(16, 14400, p_slice[1:])  # 15 lost
+    stream += frame(18, 18000, [sei, *p_slice[:2]], marker=False)  # marker lost: new timestamp
+    stream += frame(21, 21600, [sei, *p_slice])
+    stream += frame(25, 25200, [sei, p_slice[0]], marker=False) + other_ssrc(27, 25200, p_slice[1])
+    stream += frame(28, 28800, [sei, *p_slice])
+    csrc = struct.pack("!BBHIII", 0x81, 96, 34, 32400, 0x1234, 0xABCD) + p_slice[1]
+    stream += frame(32, 32400, [sei, p_slice[0]], marker=False) + interleave(4, csrc)
+    stream += frame(35, 32400, p_slice[2:]) + pcmu(2)
+    stream += frame(36, 36000, [sei, *idr])
+
+    def play(chunks: list[bytes], spans: bool) -> tuple[list[tuple[object, ...]], list[object]]:
+        got: list[tuple[object, ...]] = []
+
+        def on_frame(f: ReceivedFrame) -> None:
+            got.append((f.track, f.timestamp, f.keyframe, f.payloads))
+
+        def on_span(
+            track: int, ts: int, key: bool, buf: bytes, start: int, end: int, at: float
+        ) -> None:
+            got.append((track, ts, key, interleaved_payloads(buf, start, end)))
+
+        reader = RtspReader(
+            "rtsp://127.0.0.1:1/s",
+            on_frame=on_frame,
+            relay_payloads=True,
+            on_span=on_span if spans else None,
+        )
+        reader._describe_tracks(AV_SDP, "rtsp://127.0.0.1/s/")
+        reader._channels[4] = (reader._tracks[0], False)
+        reader._channels[2] = (reader._tracks[1], False)
+        protocol = _ControlProtocol(reader)
+        for chunk in chunks:
+            protocol.data_received(chunk)
+        assert reader._error is None
+        counters = [
+            {k: v for k, v in t.as_dict().items() if not k.endswith(("_at", "_gap"))}
+            for t in reader.tracks
+        ]
+        return got, counters
+
+    reference = play([stream], spans=False)
+    frames, counters = reference
+    assert [(ts, key) for track, ts, key, _ in frames if track == 0] == [
+        (3600, True),
+        (7200, False),
+        (10800, False),
+        (14400, False),  # a packet lost: no payloads
+        (18000, False),
+        (21600, False),
+        (25200, False),  # the source changed inside it (counted, sequence unbroken)
+        (28800, False),
+        (32400, False),
+        (36000, True),
+    ]
+    assert [ts for track, ts, _, payloads in frames if payloads is None] == [14400]
+    assert counters[0]["lost"] == 1 and counters[0]["ssrc_changes"] == 2
+    assert play([stream], spans=True) == reference
+    for cut in range(1, len(stream)):
+        assert play([stream[:cut], stream[cut:]], spans=True) == reference, cut
+
+
 async def test_close_gives_up_on_an_unanswered_teardown() -> None:
     server = ScriptedServer(unanswered=("TEARDOWN",))
     listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)

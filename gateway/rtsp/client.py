@@ -211,6 +211,8 @@ class _Track:
         "frame_payloads",
         "frame_size",
         "frame_ts",
+        "fu_start_offset",
+        "fu_types",
         "is_video",
         "last_ts",
         "max_seq",
@@ -236,10 +238,17 @@ class _Track:
         except ValueError:
             self.codec = stats.encoding
         self.packet_flags: Callable[[bytes, int, int], tuple[bool, bool]] | None = None
+        # Fragmentation units by payload header byte, and where their start bit is.
+        self.fu_types = bytes(256)
+        self.fu_start_offset = 0
         if self.codec == "H264":
             self.packet_flags = _h264_packet_flags
+            self.fu_types = bytes(b & 0x1F in (28, 29) for b in range(256))  # FU-A, FU-B
+            self.fu_start_offset = 1
         elif self.codec == "H265":
             self.packet_flags = _h265_packet_flags
+            self.fu_types = bytes((b >> 1) & 0x3F == 49 for b in range(256))
+            self.fu_start_offset = 2
         self.depacketizer: Any = None
         self.max_seq = -1
         self.cycles = 0
@@ -336,6 +345,11 @@ class _ControlProtocol(asyncio.Protocol):
                     if is_rtcp:
                         track.stats.rtcp_packets += 1
                     else:
+                        if track.span_buffer is data and track.span_end == pos:
+                            taken = reader._extend_span(track, data, pos, size, now)
+                            if taken > pos:
+                                pos = taken
+                                continue
                         reader._on_rtp_at(track, data, pos + 4, end, now, True)
                 pos = end
             if pos == size or data[pos] == 0x24:
@@ -740,6 +754,59 @@ class RtspReader:
 
     def _on_rtp(self, track: _Track, packet: bytes, now: float) -> None:
         self._on_rtp_at(track, packet, 0, len(packet), now, False)
+
+    def _extend_span(self, track: _Track, buf: bytes, pos: int, size: int, now: float) -> int:
+        """Take the "$" frames from ``pos`` on, as long as each simply continues the frame
+        collected as a span ending there: same channel, plain header, next sequence number,
+        same timestamp and source, no marker. Returns where the walk stopped (``pos`` when
+        nothing was taken). Most packets are taken here, a run at a time; they skip the full
+        accounting of :meth:`_on_rtp_at`, which would give the same result for them."""
+        channel = buf[pos + 1]
+        stats = track.stats
+        seq = track.max_seq
+        timestamp = track.frame_ts
+        ssrc = stats.ssrc
+        room = DEFAULT_MAX_FRAME_SIZE - track.frame_size
+        unpack = _RTP_FIXED.unpack_from
+        fu_types = track.fu_types
+        fu = track.fu_start_offset
+        packet_flags = track.packet_flags
+        need_key = not track.frame_has_key
+        start = pos
+        packets = 0
+        while pos + 16 < size and buf[pos] == 0x24 and buf[pos + 1] == channel:
+            end = pos + 4 + ((buf[pos + 2] << 8) | buf[pos + 3])
+            payload_size = end - pos - 16
+            if end > size or payload_size <= 0 or payload_size > room:
+                break
+            b0, b1, next_seq, next_ts, next_ssrc = unpack(buf, pos + 4)
+            if (
+                b0 != 0x80
+                or b1 >= 0x80
+                or next_seq != seq + 1
+                or next_ts != timestamp
+                or next_ssrc != ssrc
+            ):
+                break
+            if need_key:
+                # A fragment that continues a NAL unit has the type its start already showed.
+                at = pos + 16
+                continues_nal = fu and fu_types[buf[at]] and not buf[at + fu] & 0x80
+                if not continues_nal and packet_flags is not None and packet_flags(buf, at, end)[0]:
+                    track.frame_has_key = True
+                    need_key = False
+            room -= payload_size
+            seq = next_seq
+            packets += 1
+            pos = end
+        if packets:
+            track.max_seq = seq
+            track.frame_size = DEFAULT_MAX_FRAME_SIZE - room
+            track.span_end = pos
+            stats.packets += packets
+            stats.bytes += pos - start - 4 * packets
+            stats.last_packet_at = now
+        return pos
 
     def _on_rtp_at(
         self, track: _Track, buf: bytes, at: int, end: int, now: float, framed: bool
