@@ -520,6 +520,38 @@ async def test_relay_payloads_hands_over_each_g711_packet_as_a_frame() -> None:
     assert reader.tracks[1].lost == 1
 
 
+RelayedFrame = tuple[int, int, bool, list[bytes] | None, str]
+
+
+def play_relay(chunks: list[bytes], spans: bool) -> tuple[list[RelayedFrame], RtspReader]:
+    """Feed reads to a relay-mode reader (video on channel 4, PCMU on 2): what it handed
+    over, each as (track, timestamp, keyframe, payloads, "span" | "list"), and the reader."""
+    got: list[RelayedFrame] = []
+
+    def on_frame(frame: ReceivedFrame) -> None:
+        got.append((frame.track, frame.timestamp, frame.keyframe, frame.payloads, "list"))
+
+    def on_span(
+        track: int, ts: int, key: bool, buf: bytes, start: int, end: int, at: float
+    ) -> None:
+        got.append((track, ts, key, interleaved_payloads(buf, start, end), "span"))
+
+    reader = RtspReader(
+        "rtsp://127.0.0.1:1/s",
+        on_frame=on_frame,
+        relay_payloads=True,
+        on_span=on_span if spans else None,
+    )
+    reader._describe_tracks(AV_SDP, "rtsp://127.0.0.1/s/")
+    reader._channels[4] = (reader._tracks[0], False)
+    reader._channels[2] = (reader._tracks[1], False)
+    protocol = _ControlProtocol(reader)
+    for chunk in chunks:
+        protocol.data_received(chunk)
+    assert reader._error is None
+    return got, reader
+
+
 async def test_frames_back_to_back_in_a_read_go_over_as_spans_of_the_same_payloads() -> None:
     """A frame whose packets lie back to back in one read is handed over as that span of the
     read buffer (no payload copies); one cut by a read, broken by another track's packet or
@@ -539,35 +571,10 @@ async def test_frames_back_to_back_in_a_read_go_over_as_spans_of_the_same_payloa
     stream += interleave(4, rtp(110, 26200, FU_A_P[0]))
     stream += interleave(4, rtp(111, 26200, FU_A_P[1], True))
 
-    Got = list[tuple[int, int, bool, list[bytes] | None, str]]
+    def play(chunks: list[bytes], spans: bool) -> list[RelayedFrame]:
+        return play_relay(chunks, spans)[0]
 
-    def play(chunks: list[bytes], spans: bool) -> Got:
-        got: Got = []
-
-        def on_frame(frame: ReceivedFrame) -> None:
-            got.append((frame.track, frame.timestamp, frame.keyframe, frame.payloads, "list"))
-
-        def on_span(
-            track: int, ts: int, key: bool, buf: bytes, start: int, end: int, at: float
-        ) -> None:
-            got.append((track, ts, key, interleaved_payloads(buf, start, end), "span"))
-
-        reader = RtspReader(
-            "rtsp://127.0.0.1:1/s",
-            on_frame=on_frame,
-            relay_payloads=True,
-            on_span=on_span if spans else None,
-        )
-        reader._describe_tracks(AV_SDP, "rtsp://127.0.0.1/s/")
-        reader._channels[4] = (reader._tracks[0], False)
-        reader._channels[2] = (reader._tracks[1], False)
-        protocol = _ControlProtocol(reader)
-        for chunk in chunks:
-            protocol.data_received(chunk)
-        assert reader._error is None
-        return got
-
-    def frames(got: Got) -> list[tuple[int, int, bool, list[bytes] | None]]:
+    def frames(got: list[RelayedFrame]) -> list[tuple[int, int, bool, list[bytes] | None]]:
         return [frame[:4] for frame in got]
 
     whole = play([stream], spans=True)
@@ -623,35 +630,13 @@ async def test_runs_of_packets_taken_at_once_account_exactly_as_one_by_one() -> 
     stream += frame(35, 32400, p_slice[2:]) + pcmu(2)
     stream += frame(36, 36000, [sei, *idr])
 
-    def play(chunks: list[bytes], spans: bool) -> tuple[list[tuple[object, ...]], list[object]]:
-        got: list[tuple[object, ...]] = []
-
-        def on_frame(f: ReceivedFrame) -> None:
-            got.append((f.track, f.timestamp, f.keyframe, f.payloads))
-
-        def on_span(
-            track: int, ts: int, key: bool, buf: bytes, start: int, end: int, at: float
-        ) -> None:
-            got.append((track, ts, key, interleaved_payloads(buf, start, end)))
-
-        reader = RtspReader(
-            "rtsp://127.0.0.1:1/s",
-            on_frame=on_frame,
-            relay_payloads=True,
-            on_span=on_span if spans else None,
-        )
-        reader._describe_tracks(AV_SDP, "rtsp://127.0.0.1/s/")
-        reader._channels[4] = (reader._tracks[0], False)
-        reader._channels[2] = (reader._tracks[1], False)
-        protocol = _ControlProtocol(reader)
-        for chunk in chunks:
-            protocol.data_received(chunk)
-        assert reader._error is None
+    def play(chunks: list[bytes], spans: bool) -> tuple[list[object], list[object]]:
+        got, reader = play_relay(chunks, spans)
         counters = [
             {k: v for k, v in t.as_dict().items() if not k.endswith(("_at", "_gap"))}
             for t in reader.tracks
         ]
-        return got, counters
+        return [frame[:4] for frame in got], counters
 
     reference = play([stream], spans=False)
     frames, counters = reference
