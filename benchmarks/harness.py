@@ -64,6 +64,7 @@ class Options:
     camera_procs: int = 1
     py_spy: str | None = None  # where to write a py-spy raw profile of the next gateway run
     workdir: Path | None = None
+    stall_probe: bool = True  # run benchmarks.stalls through each window
 
 
 @dataclass(frozen=True)
@@ -302,6 +303,7 @@ async def measure(
     readers: list[ReaderProcess] = []
     watch: MemoryWatch | None = None
     profiler: asyncio.subprocess.Process | None = None
+    stall_probe: asyncio.subprocess.Process | None = None
     try:
         await relay.start(streams, workdir)
         if relay.pid is not None:
@@ -333,6 +335,8 @@ async def measure(
                 {"start": start, "end": end, "late": late, "late_timeout": opts.late_timeout}
             )
         await asyncio.sleep(max(0.0, start - time.time()))
+        if opts.stall_probe:
+            stall_probe = await start_stall_probe(opts.duration)
         relay_start = _sample_relay(relay)
         cameras_start = fleet.cpu_seconds()
         machine_start = machine_cpu_ticks()
@@ -356,6 +360,8 @@ async def measure(
             summarize(reports, step, opts, relay_start, relay_end, watch, sessions, len(streams))
         )
         result["camera_cpu_seconds"] = round(cameras_end - cameras_start, 3)
+        if stall_probe is not None:
+            result["vcpu_stalls"] = await read_stall_probe(stall_probe)
     except RuntimeError as exc:
         log.error("%s %s failed: %s", relay.name, step.label, exc)
         result["error"] = str(exc)
@@ -367,9 +373,39 @@ async def measure(
             result.setdefault("peak_rss_mib", round(watch.peak_rss / 2**20, 1))
         if profiler is not None:
             await stop_process_group(profiler, grace=5.0)
+        if stall_probe is not None:
+            await stop_process_group(stall_probe, grace=1.0)
         await relay.stop()
     result["held"] = held(result)
     return result
+
+
+async def start_stall_probe(seconds: float) -> asyncio.subprocess.Process:
+    """``benchmarks.stalls`` through the window: how long the virtual CPUs stood still."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "benchmarks.stalls",
+        "--seconds",
+        str(seconds),
+        "--json",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=python_env(),
+        start_new_session=True,
+        preexec_fn=die_with_parent,
+    )
+
+
+async def read_stall_probe(proc: asyncio.subprocess.Process) -> dict[str, Any] | None:
+    """The probe's counts, or None when it gave none (the row then shows "-")."""
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 30.0)
+        report = json.loads(out.decode().strip().splitlines()[-1])
+    except (TimeoutError, ValueError, IndexError):
+        return None
+    return report if isinstance(report, dict) else None
 
 
 def summarize(

@@ -79,13 +79,13 @@ def results_table(results: list[dict[str, Any]]) -> list[str]:
         "| load (cameras x readers) | relay | held | frames min/expected | lost | "
         "Mbit/s out | relay CPU (cores) | CPU-s per Gbit | latency p50 / p99 ms | "
         "TTFF p50 / p99 ms | peak RSS MiB (per stream) | upstream per camera | "
-        "p99 app ms | reader CPU (cores) | steal |"
+        "p99 app ms | reader CPU (cores) | steal | vCPU stalls > 10 ms (longest) |"
     )
-    lines = [head, "|" + "---|" * 15]
+    lines = [head, "|" + "---|" * 16]
     for r in results:
         if "error" in r and "readers_sustained" not in r:
             lines.append(
-                f"| {step_label(r)} | {r['relay']} | error: {r['error'][:80]} |" + " |" * 12
+                f"| {step_label(r)} | {r['relay']} | error: {r['error'][:80]} |" + " |" * 13
             )
             continue
         lines.append(
@@ -107,11 +107,18 @@ def results_table(results: list[dict[str, Any]]) -> list[str]:
                     _fmt(r.get("latency_app_p99_ms")),
                     _fmt(_per_second(r.get("reader_cpu_seconds"), r.get("duration"))),
                     _percent(r.get("steal_share")),
+                    _stalls(r.get("vcpu_stalls")),
                 ]
             )
             + " |"
         )
     return lines
+
+
+def _stalls(report: dict[str, Any] | None) -> str:
+    if not report:
+        return "-"
+    return f"{report.get('over_10ms', '-')} ({report.get('max_ms', '-')} ms)"
 
 
 def _percent(share: float | None) -> str:
@@ -206,8 +213,10 @@ def write_markdown(doc: dict[str, Any], path: Path, plot: Path | None, raw: Path
         "sessions the camera counts; *reader CPU* = CPU seconds per second of the reader "
         "processes (they share the cores with the relay, under SCHED_IDLE unless the "
         "command says `--load-priority normal`); *steal* = share of the machine's CPU time "
-        "the hypervisor gave to other guests during the window (this is a virtual machine)."
-        + receive_time_note(doc["results"]),
+        "the hypervisor gave to other guests during the window (this is a virtual machine); "
+        "*vCPU stalls* = wake-ups of a 1 ms SCHED_FIFO sleeper (`python3 -m benchmarks.stalls`) "
+        "more than 10 ms late during the window, and the latest: times when its virtual CPU, "
+        "and so every process on it, did not run at all." + receive_time_note(doc["results"]),
         "",
         "## Peers as a ratio to the gateway in the same run",
         "",

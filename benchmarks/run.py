@@ -163,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         help="readers attached during the window, for time to first frame",
     )
+    ap.add_argument(
+        "--no-stall-probe",
+        dest="stall_probe",
+        action="store_false",
+        help="do not run benchmarks.stalls (vCPU stalls) through each window",
+    )
     ap.add_argument("--reader-procs", type=int, default=1)
     ap.add_argument("--camera-procs", type=int, default=1)
     ap.add_argument(
@@ -277,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         reader_procs=args.reader_procs,
         camera_procs=args.camera_procs,
         workdir=args.workdir,
+        stall_probe=args.stall_probe,
     )
     doc: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),

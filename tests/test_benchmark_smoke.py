@@ -58,6 +58,10 @@ def test_run_writes_results_for_gateway_and_gstreamer(tmp_path: Path) -> None:
         assert result["ttff_samples"] == 2, (name, result["ttff_errors"])
         # One upstream session per camera, however many readers.
         assert result["upstream_sessions_per_camera_max"] == 1, name
+        # The stall probe ran through the 2 s window (1 ms sleeps).
+        stalls = result["vcpu_stalls"]
+        assert 100 <= stalls["samples"] <= 2000, (name, stalls)
+        assert 0 <= stalls["over_20ms"] <= stalls["over_10ms"] <= stalls["over_5ms"], name
     if "gstreamer" in by_relay:
         (ratio,) = doc["ratios"]
         assert ratio["relay"] == "gstreamer" and ratio["cpu_s_per_gbit"] is not None
@@ -65,7 +69,7 @@ def test_run_writes_results_for_gateway_and_gstreamer(tmp_path: Path) -> None:
     assert "| many H264 2x2 | gateway |" in markdown
     assert "python3 -m benchmarks.run --profile test" in markdown
     assert "kernel receive timestamp of the reader's socket (SO_TIMESTAMPNS)" in markdown
-    assert "| p99 app ms | reader CPU (cores) |" in markdown
+    assert "| p99 app ms | reader CPU (cores) | steal | vCPU stalls > 10 ms (longest) |" in markdown
 
 
 class LossyProxy(Relay):
@@ -210,3 +214,18 @@ async def test_pathcost_drives_frames_through_the_native_path() -> None:
     from benchmarks import pathcost
 
     assert await pathcost.measure(1, "test") > 0
+
+
+def test_stall_count_by_threshold() -> None:
+    from benchmarks.stalls import StallCount
+
+    count = StallCount()
+    for late in (0.02, 4.9, 5.1, 12.0, 25.5, 0.3):
+        count.add(late)
+    assert count.as_dict() == {
+        "samples": 6,
+        "max_ms": 25.5,
+        "over_5ms": 3,
+        "over_10ms": 2,
+        "over_20ms": 1,
+    }
