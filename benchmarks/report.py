@@ -85,7 +85,7 @@ def results_table(results: list[dict[str, Any]]) -> list[str]:
     for r in results:
         if "error" in r and "readers_sustained" not in r:
             lines.append(
-                f"| {step_label(r)} | {r['relay']} | error: {r['error'][:80]} |" + " |" * 13
+                f"| {step_label(r)} | {r['relay']} | error: {_one_line(r['error'])} |" + " |" * 13
             )
             continue
         lines.append(
@@ -113,6 +113,12 @@ def results_table(results: list[dict[str, Any]]) -> list[str]:
             + " |"
         )
     return lines
+
+
+def _one_line(text: str, limit: int = 80) -> str:
+    """The start of a message for a table cell: its first line, without pipes."""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return first.replace("|", "/")[:limit]
 
 
 def _stalls(report: dict[str, Any] | None) -> str:

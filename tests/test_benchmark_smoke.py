@@ -229,3 +229,21 @@ def test_stall_count_by_threshold() -> None:
         "over_10ms": 2,
         "over_20ms": 1,
     }
+
+
+def test_a_failed_step_is_one_table_row() -> None:
+    """A relay's error (often with its stderr's tail) stays on its own row of the table."""
+    from benchmarks.report import results_table
+
+    failed = {
+        "relay": "gateway",
+        "shape": "many",
+        "codec": "H264",
+        "cameras": 64,
+        "readers_per_stream": 4,
+        "error": "gateway not ready within 60s; its stderr ends with:\nINFO | camera up\n",
+        "held": False,
+    }
+    head, rule, row = results_table([failed])
+    assert row.startswith("| many H264 64x4 | gateway | error: gateway not ready within 60s")
+    assert "\n" not in row and row.count("|") == head.count("|") == rule.count("|")
