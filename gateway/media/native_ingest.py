@@ -6,9 +6,9 @@ per packet and runs in a thread per stream; the asyncio reader parses whole sock
 and hands each complete video frame to the hub as the camera's own RTP payloads, which go out
 as they came under the hub's RTP identity (no depacketizing and packetizing again). A frame
 whose packets lie back to back in one read goes over as that span of the buffer, and the hub
-writes its headers over the camera's in one copy of the bytes. G.711
-audio packets go on as they came as well; AAC is depacketized and packetized again. The hub
-then works exactly as with PyAV ingest (same RTP identity, GOP cache, reconnect continuity).
+writes its headers over the camera's in one copy of the bytes. G.711 audio packets go on as
+they came as well; AAC is depacketized and packetized again. The hub then works exactly as
+with PyAV ingest (same RTP identity, GOP cache, reconnect continuity).
 
 PyAV stays the default: it copes with more unusual camera SDPs and codecs.
 """
