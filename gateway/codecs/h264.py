@@ -507,10 +507,9 @@ class H264Packetizer(NalPacketizer):
         return 1 <= nal_type <= 5
 
     def is_relayable(self, payload: bytes) -> bool:
-        nal_type = payload[0] & 0x1F
-        if nal_type == NAL_STAP_A:
+        if payload[0] & 0x1F == NAL_STAP_A:
             return aggregation_is_sound(payload, 1)
-        return 0 < nal_type < NAL_STAP_A or nal_type == NAL_FU_A
+        return self.is_plainly_relayable(payload[0])
 
     def is_plainly_relayable(self, first_byte: int) -> bool:
         nal_type = first_byte & 0x1F

@@ -70,10 +70,9 @@ class H265Packetizer(NalPacketizer):
     def is_relayable(self, payload: bytes) -> bool:
         if len(payload) <= 2:
             return False
-        packet_type = (payload[0] >> 1) & 0x3F
-        if packet_type == NAL_AP:
+        if (payload[0] >> 1) & 0x3F == NAL_AP:
             return aggregation_is_sound(payload, 2)
-        return packet_type < NAL_AP or packet_type == NAL_FU
+        return self.is_plainly_relayable(payload[0])
 
     relay_min_payload = 3  # a two-byte payload header and something after it
 
