@@ -876,10 +876,7 @@ class RtspReader:
         if not track.is_video:
             if track.payload_frames:
                 if framed and b0 == 0x80 and self.on_span is not None:
-                    self._count_frame(track, False, now)
-                    self.on_span(stats.index, timestamp, False, buf, at - 4, end, now)
-                    if self._waiters:
-                        self._check_waiters()
+                    self._span_done(track, timestamp, False, buf, at - 4, end, now)
                 else:
                     self._frame_done(track, timestamp, False, now, payloads=[buf[start:stop]])
                 return
@@ -976,19 +973,15 @@ class RtspReader:
         if span is not None:
             track.span_buffer = None
             if complete and self.on_span is not None:
-                keyframe = track.frame_has_key
-                self._count_frame(track, keyframe, now)
-                self.on_span(
-                    track.stats.index,
+                self._span_done(
+                    track,
                     track.frame_ts,
-                    keyframe,
+                    track.frame_has_key,
                     span,
                     track.span_start,
                     track.span_end,
                     now,
                 )
-                if self._waiters:
-                    self._check_waiters()
                 return
         payloads = track.frame_payloads if complete else None
         track.frame_payloads = []
@@ -1025,6 +1018,23 @@ class RtspReader:
         if self.on_frame is not None:
             index = track.stats.index
             self.on_frame(ReceivedFrame(index, timestamp, keyframe, now, data, payloads))
+        if self._waiters:
+            self._check_waiters()
+
+    def _span_done(
+        self,
+        track: _Track,
+        timestamp: int,
+        keyframe: bool,
+        buf: bytes,
+        start: int,
+        end: int,
+        now: float,
+    ) -> None:
+        """A complete frame handed over as ``buf[start:end]`` (see :data:`SpanCallback`)."""
+        assert self.on_span is not None
+        self._count_frame(track, keyframe, now)
+        self.on_span(track.stats.index, timestamp, keyframe, buf, start, end, now)
         if self._waiters:
             self._check_waiters()
 
