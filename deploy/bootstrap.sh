@@ -15,8 +15,9 @@ shift || true
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
-# Runtime: FFmpeg is bundled in PyAV's wheels; nftables/iproute2 for egress isolation.
-RUNTIME_PACKAGES=(python3-venv python3-dev nftables iproute2 ca-certificates)
+# Runtime: FFmpeg is bundled in PyAV's wheels; nftables/iproute2 for egress isolation;
+# gcc and the Python headers build the C part of the relay path (gateway/codecs/_spans.c).
+RUNTIME_PACKAGES=(python3-venv python3-dev gcc nftables iproute2 ca-certificates)
 # Tests: real RTSP clients (ffmpeg, GStreamer), GStreamer's RTSP server (peer relay and
 # reference server), onvif-util, promtool, Chromium for the dashboard, Node for npm clients.
 TEST_PACKAGES=(ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good

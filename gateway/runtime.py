@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import log as gwlog
+from gateway.codecs import spans
 from gateway.config import CameraConfig, Config, iter_secrets
 from gateway.media.hub import StreamHub
 from gateway.media.ingest import IngestOptions, PyAVIngest
@@ -101,7 +102,13 @@ class Gateway:
             cfg.server.bind, cfg.server.rtsp_port, reuse_port=self.shard is not None
         )
         log.info(
-            "RTSP server listening", extra={"address": cfg.server.bind, "port": self.rtsp.port}
+            "RTSP server listening",
+            extra={
+                "address": cfg.server.bind,
+                "port": self.rtsp.port,
+                # The C build of the relay's per-packet loops, or their Python reference.
+                "span_walks": "C" if spans.ACCELERATED else "Python (C part not built)",
+            },
         )
         if self.start_services:
             for module_name, func, site_wide in SERVICE_STARTERS:

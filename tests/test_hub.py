@@ -95,10 +95,13 @@ def test_interleaved_blob_is_shared_and_rebuilt_only_for_other_channels() -> Non
     assert other[1] == 4 and other[4:] != b"" and len(other) == len(frame.blob)
     # Every '$' header of the other layout names channel 4, payloads untouched.
     pos = 0
-    for length in frame.lengths:
+    for packet in frame.packets():
+        length = len(packet)
         assert other[pos] == 0x24 and other[pos + 1] == 4
-        assert other[pos + 4 : pos + 4 + length] == frame.blob[pos + 4 : pos + 4 + length]
+        assert other[pos + 2 : pos + 4] == length.to_bytes(2, "big")
+        assert other[pos + 4 : pos + 4 + length] == packet
         pos += 4 + length
+    assert pos == len(other) and frame.packet_count > 1
 
 
 def test_gop_cache_starts_at_the_latest_keyframe() -> None:
@@ -387,7 +390,12 @@ def test_spans_go_out_as_relayed_payloads_do_or_take_their_way() -> None:
     twin.push_relayed(0, 0, True, key, arrival=0.0)
     twin.push_relayed(0, 3600, False, delta, arrival=0.04)
     ours, theirs = sub.frames[1], twin_sub.frames[1]
-    assert (ours.size, ours.lengths, ours.keyframe) == (theirs.size, theirs.lengths, False)
+    assert [len(p) for p in ours.packets()] == [len(p) for p in theirs.packets()]
+    assert (ours.size, ours.packet_count, ours.keyframe) == (
+        theirs.size,
+        theirs.packet_count,
+        False,
+    )
     assert [(m, ts - sub.frames[0].timestamp) for _, ts, _, m in rtp_fields(ours)] == [
         (m, ts - twin_sub.frames[0].timestamp) for _, ts, _, m in rtp_fields(theirs)
     ]
@@ -409,4 +417,4 @@ def test_spans_go_out_as_relayed_payloads_do_or_take_their_way() -> None:
 
     seqs = [seq for f in sub.frames for seq, *_ in rtp_fields(f)]
     assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(len(seqs))]
-    assert sum(len(f.lengths) for f in sub.frames) == hub.tracks[0].packet_count
+    assert sum(f.packet_count for f in sub.frames) == hub.tracks[0].packet_count

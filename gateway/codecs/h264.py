@@ -85,6 +85,24 @@ def nal_to_rbsp(nal: bytes | memoryview) -> bytes:
         pos = found + 3
 
 
+def rtp_packet_flags(packet: bytes | bytearray, start: int, end: int) -> tuple[bool, bool]:
+    """(carries IDR data, continues a fragmented NAL) for one H.264 RTP payload."""
+    nal_type = packet[start] & 0x1F
+    if nal_type == 28 or nal_type == 29:  # FU-A / FU-B
+        if end - start < 2:
+            return False, True
+        fu_header = packet[start + 1]
+        return (fu_header & 0x1F) == 5, not fu_header & 0x80
+    if nal_type == 24:  # STAP-A: walk the aggregated NAL headers
+        pos = start + 1
+        while pos + 2 < end:
+            if packet[pos + 2] & 0x1F == 5:
+                return True, False
+            pos += 2 + ((packet[pos] << 8) | packet[pos + 1])
+        return False, False
+    return nal_type == 5, False
+
+
 class BitReader:
     """MSB-first bit reader with Exp-Golomb codes, for parameter sets (not the hot path)."""
 

@@ -40,6 +40,24 @@ def nal_type(nal: Nal) -> int:
     return (nal[0] >> 1) & 0x3F
 
 
+def rtp_packet_flags(packet: bytes | bytearray, start: int, end: int) -> tuple[bool, bool]:
+    """(carries IRAP data, continues a fragmented NAL) for one H.265 RTP payload."""
+    if end - start < 3:
+        return False, False
+    nal_type = (packet[start] >> 1) & 0x3F
+    if nal_type == 49:  # FU
+        fu_header = packet[start + 2]
+        return 16 <= (fu_header & 0x3F) <= 21, not fu_header & 0x80
+    if nal_type == 48:  # AP
+        pos = start + 2
+        while pos + 2 < end:
+            if 16 <= (packet[pos + 2] >> 1) & 0x3F <= 21:
+                return True, False
+            pos += 2 + ((packet[pos] << 8) | packet[pos + 1])
+        return False, False
+    return 16 <= nal_type <= 21, False
+
+
 class H265Packetizer(NalPacketizer):
     codec = "H.265"
     header_size = 2

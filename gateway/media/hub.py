@@ -29,6 +29,7 @@ from typing import Protocol
 from gateway.codecs import depacketizer_for, packetizer_for
 from gateway.codecs.base import RELAY_MAX_PAYLOAD, CodecParams, Packetizer
 from gateway.codecs.rtp import interleaved_payloads
+from gateway.codecs.spans import stamp_span
 
 log = logging.getLogger("gateway.media")
 
@@ -81,7 +82,7 @@ class Frame:
         "blob",
         "first_seq",
         "keyframe",
-        "lengths",
+        "packet_count",
         "size",
         "timestamp",
         "track",
@@ -94,7 +95,7 @@ class Frame:
         timestamp: int,
         first_seq: int,
         blob: bytes | bytearray,
-        lengths: list[int],
+        packet_count: int,
         arrival: float,
     ) -> None:
         self.track = track
@@ -102,7 +103,7 @@ class Frame:
         self.timestamp = timestamp
         self.first_seq = first_seq
         self.blob = blob
-        self.lengths = lengths
+        self.packet_count = packet_count
         self.size = len(blob)
         self.arrival = arrival
         self._udp: list[memoryview] | None = None
@@ -117,10 +118,8 @@ class Frame:
         blob = self._by_channel.get(channel)
         if blob is None:
             out = bytearray(self.blob)
-            pos = 0
-            for length in self.lengths:
+            for pos in self._packet_offsets():
                 out[pos + 1] = channel
-                pos += 4 + length
             blob = self._by_channel[channel] = bytes(out)
         return blob
 
@@ -128,13 +127,22 @@ class Frame:
         """RTP packets without interleaving prefixes, for UDP (zero-copy slices)."""
         if self._udp is None:
             view = memoryview(self.blob)
-            out = []
-            pos = 0
-            for length in self.lengths:
-                out.append(view[pos + 4 : pos + 4 + length])
-                pos += 4 + length
-            self._udp = out
+            blob = self.blob
+            self._udp = [
+                view[pos + 4 : pos + 4 + ((blob[pos + 2] << 8) | blob[pos + 3])]
+                for pos in self._packet_offsets()
+            ]
         return self._udp
+
+    def _packet_offsets(self) -> list[int]:
+        """Where each packet's "$" prefix starts in ``blob``."""
+        blob = self.blob
+        out = []
+        pos = 0
+        for _ in range(self.packet_count):
+            out.append(pos)
+            pos += 4 + ((blob[pos + 2] << 8) | blob[pos + 3])
+        return out
 
 
 class Subscriber(Protocol):
@@ -473,7 +481,6 @@ class StreamHub:
         ssrc = track.ssrc
         seq = first_seq = track.seq
         parts: list[bytes] = []
-        lengths: list[int] = []
         last = len(payloads) - 1
         # G.711 blocks split across packets advance the timestamp per packet.
         offsets = track.packetizer.timestamp_offsets(payloads)
@@ -484,13 +491,13 @@ class StreamHub:
                 pack(b"$", channel, length, 0x80, pt | 0x80 if i == last else pt, seq, pts, ssrc)
             )
             parts.append(payload)
-            lengths.append(length)
             seq = (seq + 1) & 0xFFFF
         track.seq = seq
-        track.packet_count += len(lengths)
+        count = len(payloads)
+        track.packet_count += count
         blob = b"".join(parts)
-        track.octet_count += len(blob) - 16 * len(lengths)
-        return Frame(track.index, keyframe, ts, first_seq, blob, lengths, arrival)
+        track.octet_count += len(blob) - 16 * count
+        return Frame(track.index, keyframe, ts, first_seq, blob, count, arrival)
 
     def _stamp_span(
         self,
@@ -504,31 +511,27 @@ class StreamHub:
     ) -> Frame | None:
         """The frame from interleaved packets with our headers written over theirs, or None
         (and the track untouched) when a payload may not go on as it is."""
-        blob = bytearray(memoryview(data)[start:end])
-        size = end - start
-        pack_into = _RTP_HEADER.pack_into
-        channel = track.index * 2
-        pt = track.payload_type
-        ssrc = track.ssrc
-        seq = first_seq = track.seq
-        shortest = track.packetizer.relay_min_payload + 12
-        longest = RELAY_MAX_PAYLOAD + 12
-        lengths: list[int] = []
-        pos = 0
-        while pos < size:
-            length = (blob[pos + 2] << 8) | blob[pos + 3]
-            stop = pos + 4 + length
-            if not shortest <= length <= longest or stop > size or not table[blob[pos + 16]]:
-                return None
-            marker = 0x80 if stop == size else 0
-            pack_into(blob, pos, b"$", channel, length, 0x80, pt | marker, seq, ts, ssrc)
-            lengths.append(length)
-            seq = (seq + 1) & 0xFFFF
-            pos = stop
-        track.seq = seq
-        track.packet_count += len(lengths)
-        track.octet_count += size - 16 * len(lengths)
-        return Frame(track.index, False, ts, first_seq, blob, lengths, arrival)
+        stamped = stamp_span(
+            data,
+            start,
+            end,
+            track.index * 2,
+            track.payload_type,
+            track.seq,
+            ts,
+            track.ssrc,
+            track.packetizer.relay_min_payload + 12,
+            RELAY_MAX_PAYLOAD + 12,
+            table,
+        )
+        if stamped is None:
+            return None
+        blob, count = stamped
+        first_seq = track.seq
+        track.seq = (first_seq + count) & 0xFFFF
+        track.packet_count += count
+        track.octet_count += end - start - 16 * count
+        return Frame(track.index, False, ts, first_seq, blob, count, arrival)
 
     def _on_keyframe(self, now: float, ts: int, clock_rate: int) -> None:
         # GOP length and frame rate from RTP timestamps, not arrival times, so network

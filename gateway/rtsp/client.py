@@ -37,8 +37,11 @@ from gateway.codecs import (
     params_from_sdp_media,
 )
 from gateway.codecs.h264 import DEFAULT_MAX_FRAME_SIZE, split_annexb
+from gateway.codecs.h264 import rtp_packet_flags as h264_packet_flags
+from gateway.codecs.h265 import rtp_packet_flags as h265_packet_flags
 from gateway.codecs.rtp import interleaved_payloads
 from gateway.codecs.sdp import SessionDescription, parse_sdp
+from gateway.codecs.spans import KEY_H264, KEY_H265, KEY_NONE, SPAN_END, SPAN_KEY, continue_span
 from gateway.rtsp.auth import DigestClient
 from gateway.rtsp.message import (
     InterleavedFrame,
@@ -152,42 +155,6 @@ FrameCallback = Callable[[ReceivedFrame], None]
 SpanCallback = Callable[[int, int, bool, bytes, int, int, float], None]
 
 
-def _h264_packet_flags(packet: bytes, start: int, end: int) -> tuple[bool, bool]:
-    """(carries IDR data, continues a fragmented NAL) for one H.264 RTP payload."""
-    nal_type = packet[start] & 0x1F
-    if nal_type == 28 or nal_type == 29:  # FU-A / FU-B
-        if end - start < 2:
-            return False, True
-        fu_header = packet[start + 1]
-        return (fu_header & 0x1F) == 5, not fu_header & 0x80
-    if nal_type == 24:  # STAP-A: walk the aggregated NAL headers
-        pos = start + 1
-        while pos + 2 < end:
-            if packet[pos + 2] & 0x1F == 5:
-                return True, False
-            pos += 2 + ((packet[pos] << 8) | packet[pos + 1])
-        return False, False
-    return nal_type == 5, False
-
-
-def _h265_packet_flags(packet: bytes, start: int, end: int) -> tuple[bool, bool]:
-    """(carries IRAP data, continues a fragmented NAL) for one H.265 RTP payload."""
-    if end - start < 3:
-        return False, False
-    nal_type = (packet[start] >> 1) & 0x3F
-    if nal_type == 49:  # FU
-        fu_header = packet[start + 2]
-        return 16 <= (fu_header & 0x3F) <= 21, not fu_header & 0x80
-    if nal_type == 48:  # AP
-        pos = start + 2
-        while pos + 2 < end:
-            if 16 <= (packet[pos + 2] >> 1) & 0x3F <= 21:
-                return True, False
-            pos += 2 + ((packet[pos] << 8) | packet[pos + 1])
-        return False, False
-    return 16 <= nal_type <= 21, False
-
-
 def _annexb_is_keyframe(codec: str, frame: bytes) -> bool:
     try:
         nals = split_annexb(frame)
@@ -211,9 +178,8 @@ class _Track:
         "frame_payloads",
         "frame_size",
         "frame_ts",
-        "fu_start_offset",
-        "fu_types",
         "is_video",
+        "key_codec",
         "last_ts",
         "max_seq",
         "media",
@@ -238,17 +204,13 @@ class _Track:
         except ValueError:
             self.codec = stats.encoding
         self.packet_flags: Callable[[bytes, int, int], tuple[bool, bool]] | None = None
-        # Fragmentation units by payload header byte, and where their start bit is.
-        self.fu_types = bytes(256)
-        self.fu_start_offset = 0
+        self.key_codec = KEY_NONE  # the same rules, for continue_span
         if self.codec == "H264":
-            self.packet_flags = _h264_packet_flags
-            self.fu_types = bytes(b & 0x1F in (28, 29) for b in range(256))  # FU-A, FU-B
-            self.fu_start_offset = 1
+            self.packet_flags = h264_packet_flags
+            self.key_codec = KEY_H264
         elif self.codec == "H265":
-            self.packet_flags = _h265_packet_flags
-            self.fu_types = bytes((b >> 1) & 0x3F == 49 for b in range(256))
-            self.fu_start_offset = 2
+            self.packet_flags = h265_packet_flags
+            self.key_codec = KEY_H265
         self.depacketizer: Any = None
         self.max_seq = -1
         self.cycles = 0
@@ -757,56 +719,36 @@ class RtspReader:
 
     def _extend_span(self, track: _Track, buf: bytes, pos: int, size: int, now: float) -> int:
         """Take the "$" frames from ``pos`` on, as long as each simply continues the frame
-        collected as a span ending there: same channel, plain header, next sequence number,
-        same timestamp and source, no marker. Returns where the walk stopped (``pos`` when
-        nothing was taken). Most packets are taken here, a run at a time; they skip the full
-        accounting of :meth:`_on_rtp_at`, which would give the same result for them."""
-        channel = buf[pos + 1]
+        collected as a span ending there (see :func:`continue_span`), up to and including
+        its marker packet. Returns where the walk stopped (``pos`` when nothing was taken).
+        Most packets are taken here, a run at a time; they skip the full accounting of
+        :meth:`_on_rtp_at`, which would give the same result for them."""
         stats = track.stats
-        seq = track.max_seq
-        timestamp = track.frame_ts
-        ssrc = stats.ssrc
-        room = DEFAULT_MAX_FRAME_SIZE - track.frame_size
-        unpack = _RTP_FIXED.unpack_from
-        fu_types = track.fu_types
-        fu = track.fu_start_offset
-        packet_flags = track.packet_flags
-        need_key = not track.frame_has_key
-        start = pos
-        packets = 0
-        while pos + 16 < size and buf[pos] == 0x24 and buf[pos + 1] == channel:
-            end = pos + 4 + ((buf[pos + 2] << 8) | buf[pos + 3])
-            payload_size = end - pos - 16
-            if end > size or payload_size <= 0 or payload_size > room:
-                break
-            b0, b1, next_seq, next_ts, next_ssrc = unpack(buf, pos + 4)
-            if (
-                b0 != 0x80
-                or b1 >= 0x80
-                or next_seq != seq + 1
-                or next_ts != timestamp
-                or next_ssrc != ssrc
-            ):
-                break
-            if need_key:
-                # A fragment that continues a NAL unit has the type its start already showed.
-                at = pos + 16
-                continues_nal = fu and fu_types[buf[at]] and not buf[at + fu] & 0x80
-                if not continues_nal and packet_flags is not None and packet_flags(buf, at, end)[0]:
-                    track.frame_has_key = True
-                    need_key = False
-            room -= payload_size
-            seq = next_seq
-            packets += 1
-            pos = end
-        if packets:
-            track.max_seq = seq
-            track.frame_size = DEFAULT_MAX_FRAME_SIZE - room
-            track.span_end = pos
-            stats.packets += packets
-            stats.bytes += pos - start - 4 * packets
-            stats.last_packet_at = now
-        return pos
+        first_seq = track.max_seq
+        end, seq, room, flags = continue_span(
+            buf,
+            pos,
+            size,
+            first_seq,
+            track.frame_ts,
+            -1 if stats.ssrc is None else stats.ssrc,  # set by the span's first packet
+            DEFAULT_MAX_FRAME_SIZE - track.frame_size,
+            KEY_NONE if track.frame_has_key else track.key_codec,
+        )
+        if end == pos:
+            return pos
+        packets = seq - first_seq
+        track.max_seq = seq
+        track.frame_size = DEFAULT_MAX_FRAME_SIZE - room
+        track.span_end = end
+        stats.packets += packets
+        stats.bytes += end - pos - 4 * packets
+        stats.last_packet_at = now
+        if flags & SPAN_KEY:
+            track.frame_has_key = True
+        if flags & SPAN_END:
+            self._collected_frame_done(track, now)
+        return end
 
     def _on_rtp_at(
         self, track: _Track, buf: bytes, at: int, end: int, now: float, framed: bool
