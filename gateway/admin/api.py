@@ -142,7 +142,7 @@ class AdminContext:
             "viewers": [
                 {k: v for k, v in c.items() if k not in ("camera", "stream")} for c in viewers
             ],
-            "picture": bool(hub.gop),
+            "picture": hub.has_keyframe,
             "snapshot_url": f"/snapshot/{camera}/{stream}.jpg",
             "live_url": f"/api/v1/live/{camera}/{stream}",
             "mse_mime": mime,

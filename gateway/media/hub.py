@@ -72,6 +72,11 @@ class Track:
         return self.params.media == "video"
 
 
+# Frame's fields in Frame.__init__'s order: track, keyframe, timestamp, first_seq, blob,
+# packet_count, arrival.
+CachedFrame = tuple[int, bool, int, int, bytes | bytearray, int, float]
+
+
 class Frame:
     """One access unit as RTP, laid out for the default interleaved channel (2 x track)."""
 
@@ -122,6 +127,18 @@ class Frame:
                 out[pos + 1] = channel
             blob = self._by_channel[channel] = bytes(out)
         return blob
+
+    def cached(self) -> CachedFrame:
+        """The fields, as ``Frame(*cached)`` takes them."""
+        return (
+            self.track,
+            self.keyframe,
+            self.timestamp,
+            self.first_seq,
+            self.blob,
+            self.packet_count,
+            self.arrival,
+        )
 
     def packets(self) -> list[memoryview]:
         """RTP packets without interleaving prefixes, for UDP (zero-copy slices)."""
@@ -208,7 +225,11 @@ class StreamHub:
         self.clock = clock
         self.tracks: list[Track] = []
         self.subscribers: list[Subscriber] = []
-        self.gop: list[Frame] = []
+        # The frames since the last keyframe, as the exact tuples Frame.cached() gives: the
+        # cyclic GC stops tracking such a tuple once it has seen it, so a few thousand cached
+        # frames add nothing to each collection's walk (as Frame objects they made the
+        # young-generation passes take milliseconds, with nothing ever to collect).
+        self._gop: list[CachedFrame] = []
         self._gop_bytes = 0
         self.stats = StreamStats()
         self.state = "idle"  # idle | connecting | live | down
@@ -565,21 +586,34 @@ class StreamHub:
         return self._bitrate_bytes * 8 / span if span > 0 else 0.0
 
     def _cache(self, frame: Frame, is_video: bool) -> None:
+        gop = self._gop
         if is_video and frame.keyframe:
-            self.gop = [frame]
+            gop.clear()  # (the same list: an old object, outside the young generations)
+            gop.append(frame.cached())
             self._gop_bytes = frame.size
             return
-        if not self.gop:
+        if not gop:
             return  # nothing decodable to start from until the next keyframe
         if self._gop_bytes + frame.size > self.gop_cache_bytes:
             self._clear_gop()
             return
-        self.gop.append(frame)
+        gop.append(frame.cached())
         self._gop_bytes += frame.size
 
     def _clear_gop(self) -> None:
-        self.gop = []
+        self._gop.clear()
         self._gop_bytes = 0
+
+    @property
+    def gop(self) -> list[Frame]:
+        """The cached frames from the last keyframe on, for a new client to start with."""
+        return [Frame(*cached) for cached in self._gop]
+
+    @property
+    def has_keyframe(self) -> bool:
+        """A keyframe is cached: a new client gets a picture at once (and a snapshot can be
+        taken)."""
+        return bool(self._gop)
 
     def _send_sender_reports(self, now: float) -> None:
         self._last_sr = now
@@ -632,7 +666,7 @@ class StreamHub:
         self.flush()
         self.subscribers.append(sub)
         self._notify("client")
-        return list(self.gop)
+        return self.gop
 
     def unsubscribe(self, sub: Subscriber) -> None:
         try:
@@ -693,9 +727,9 @@ class StreamHub:
 
     def keyframe_access_unit(self) -> tuple[CodecParams, bytes] | None:
         """The latest video keyframe's access unit, for snapshots (depacketized lazily)."""
-        if not self.gop or not self.tracks:
+        if not self._gop or not self.tracks:
             return None
-        first = self.gop[0]
+        first = Frame(*self._gop[0])
         track = self.tracks[first.track]
         depack = depacketizer_for(track.params)
         units: list[bytes] = []
