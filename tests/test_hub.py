@@ -418,3 +418,29 @@ def test_spans_go_out_as_relayed_payloads_do_or_take_their_way() -> None:
     seqs = [seq for f in sub.frames for seq, *_ in rtp_fields(f)]
     assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(len(seqs))]
     assert sum(f.packet_count for f in sub.frames) == hub.tracks[0].packet_count
+
+
+def test_cached_frames_and_the_bitrate_window_add_no_objects_for_the_cyclic_gc() -> None:
+    """A GOP's worth of frames in the cache and the bitrate window must not be objects the
+    cyclic GC tracks: with thousands a second, each young-generation pass walked them all
+    (milliseconds of the event loop, with nothing to collect)."""
+    import gc
+
+    hub = make_hub()
+    hub.push(0, 0, True, access_unit(True), arrival=0.0)
+    hub.subscribe(sub := Recorder())
+    gc.collect()
+    before = len(gc.get_objects())
+    for i in range(1, 400):
+        hub.push(0, 3600 * i, False, access_unit(False, 600), arrival=i / 25)
+        hub.push_payloads(1, 160 * i, False, [b"\xff" * 160], arrival=i / 25)
+    last_sent = sub.frames[-1]
+    sub.frames.clear()  # the recorder's Frames are tracked objects of its own
+    gc.collect()
+    assert len(hub.gop) == 799 and hub.bitrate > 0
+    assert len(gc.get_objects()) - before < 50
+    # What the cache gives back is what went out.
+    fields = ("track", "keyframe", "timestamp", "first_seq", "blob", "packet_count", "arrival")
+    cached = hub.gop[-1]
+    assert [getattr(cached, f) for f in fields] == [getattr(last_sent, f) for f in fields]
+    assert (cached.track, cached.packet_count, cached.arrival) == (1, 1, 399 / 25)

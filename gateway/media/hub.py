@@ -16,6 +16,7 @@ Everything here runs on the event loop thread; ingest threads hand frames over t
 
 from __future__ import annotations
 
+import array
 import asyncio
 import collections
 import logging
@@ -72,11 +73,6 @@ class Track:
         return self.params.media == "video"
 
 
-# Frame's fields in Frame.__init__'s order: track, keyframe, timestamp, first_seq, blob,
-# packet_count, arrival.
-CachedFrame = tuple[int, bool, int, int, bytes | bytearray, int, float]
-
-
 class Frame:
     """One access unit as RTP, laid out for the default interleaved channel (2 x track)."""
 
@@ -128,18 +124,6 @@ class Frame:
             blob = self._by_channel[channel] = bytes(out)
         return blob
 
-    def cached(self) -> CachedFrame:
-        """The fields, as ``Frame(*cached)`` takes them."""
-        return (
-            self.track,
-            self.keyframe,
-            self.timestamp,
-            self.first_seq,
-            self.blob,
-            self.packet_count,
-            self.arrival,
-        )
-
     def packets(self) -> list[memoryview]:
         """RTP packets without interleaving prefixes, for UDP (zero-copy slices)."""
         if self._udp is None:
@@ -160,6 +144,61 @@ class Frame:
             out.append(pos)
             pos += 4 + ((blob[pos + 2] << 8) | blob[pos + 3])
         return out
+
+
+class GopCache:
+    """The frames from the last keyframe on, kept for new clients, as plain numbers and blobs.
+
+    At 64 cameras some 5,000 frames a second pass through the caches. Kept as Frame objects
+    (or tuples), each was one more object for every young-generation pass of the cyclic GC
+    to walk: the passes found nothing to collect yet took milliseconds of the event loop.
+    Here a cached frame adds six numbers to an array and its blob to a list."""
+
+    __slots__ = ("_blobs", "_fields", "size")
+    _WIDTH = 6  # track, keyframe, timestamp, first_seq, packet_count, arrival
+
+    def __init__(self) -> None:
+        self._blobs: list[bytes | bytearray] = []
+        self._fields = array.array("d")  # integers below 2**53 are exact in a double
+        self.size = 0  # bytes of RTP held
+
+    def __len__(self) -> int:
+        return len(self._blobs)
+
+    def append(self, frame: Frame) -> None:
+        self._blobs.append(frame.blob)
+        self._fields.extend(
+            (
+                frame.track,
+                frame.keyframe,
+                frame.timestamp,
+                frame.first_seq,
+                frame.packet_count,
+                frame.arrival,
+            )
+        )
+        self.size += frame.size
+
+    def clear(self) -> None:
+        self._blobs.clear()
+        del self._fields[:]
+        self.size = 0
+
+    def frame(self, index: int) -> Frame:
+        f = self._fields
+        k = index * self._WIDTH
+        return Frame(
+            int(f[k]),
+            bool(f[k + 1]),
+            int(f[k + 2]),
+            int(f[k + 3]),
+            self._blobs[index],
+            int(f[k + 4]),
+            f[k + 5],
+        )
+
+    def frames(self) -> list[Frame]:
+        return [self.frame(i) for i in range(len(self._blobs))]
 
 
 class Subscriber(Protocol):
@@ -225,12 +264,7 @@ class StreamHub:
         self.clock = clock
         self.tracks: list[Track] = []
         self.subscribers: list[Subscriber] = []
-        # The frames since the last keyframe, as the exact tuples Frame.cached() gives: the
-        # cyclic GC stops tracking such a tuple once it has seen it, so a few thousand cached
-        # frames add nothing to each collection's walk (as Frame objects they made the
-        # young-generation passes take milliseconds, with nothing ever to collect).
-        self._gop: list[CachedFrame] = []
-        self._gop_bytes = 0
+        self._gop = GopCache()
         self.stats = StreamStats()
         self.state = "idle"  # idle | connecting | live | down
         self.last_error = ""
@@ -239,7 +273,10 @@ class StreamHub:
         self._ready = asyncio.Event()
         self._linger_handle: asyncio.TimerHandle | None = None
         self._last_sr = 0.0
-        self._bitrate_window: collections.deque[tuple[float, int]] = collections.deque()
+        # Arrival times and sizes of the last 5 s of frames, in two deques of numbers: a deque
+        # of (time, size) tuples put thousands of objects a second before the cyclic GC.
+        self._bitrate_times: collections.deque[float] = collections.deque()
+        self._bitrate_sizes: collections.deque[int] = collections.deque()
         self._bitrate_bytes = 0
         self.fps = 0.0
         self._frames_since_key = 0
@@ -570,44 +607,44 @@ class StreamHub:
         stats.keyframes += 1
 
     def _account_bitrate(self, now: float, size: int) -> None:
-        window = self._bitrate_window
-        window.append((now, size))
+        times = self._bitrate_times
+        sizes = self._bitrate_sizes
+        times.append(now)
+        sizes.append(size)
         self._bitrate_bytes += size
-        while window and now - window[0][0] > 5.0:
-            self._bitrate_bytes -= window.popleft()[1]
+        while now - times[0] > 5.0:
+            times.popleft()
+            self._bitrate_bytes -= sizes.popleft()
 
     @property
     def bitrate(self) -> float:
         """Bits per second over the last few seconds of ingest (RTP payload and headers)."""
-        window = self._bitrate_window
-        if len(window) < 2:
+        times = self._bitrate_times
+        if len(times) < 2:
             return 0.0
-        span = window[-1][0] - window[0][0]
+        span = times[-1] - times[0]
         return self._bitrate_bytes * 8 / span if span > 0 else 0.0
 
     def _cache(self, frame: Frame, is_video: bool) -> None:
         gop = self._gop
         if is_video and frame.keyframe:
-            gop.clear()  # (the same list: an old object, outside the young generations)
-            gop.append(frame.cached())
-            self._gop_bytes = frame.size
+            gop.clear()
+            gop.append(frame)
             return
         if not gop:
             return  # nothing decodable to start from until the next keyframe
-        if self._gop_bytes + frame.size > self.gop_cache_bytes:
+        if gop.size + frame.size > self.gop_cache_bytes:
             self._clear_gop()
             return
-        gop.append(frame.cached())
-        self._gop_bytes += frame.size
+        gop.append(frame)
 
     def _clear_gop(self) -> None:
         self._gop.clear()
-        self._gop_bytes = 0
 
     @property
     def gop(self) -> list[Frame]:
         """The cached frames from the last keyframe on, for a new client to start with."""
-        return [Frame(*cached) for cached in self._gop]
+        return self._gop.frames()
 
     @property
     def has_keyframe(self) -> bool:
@@ -729,7 +766,7 @@ class StreamHub:
         """The latest video keyframe's access unit, for snapshots (depacketized lazily)."""
         if not self._gop or not self.tracks:
             return None
-        first = Frame(*self._gop[0])
+        first = self._gop.frame(0)
         track = self.tracks[first.track]
         depack = depacketizer_for(track.params)
         units: list[bytes] = []
