@@ -334,9 +334,10 @@ async def measure(
             await reader.send(
                 {"start": start, "end": end, "late": late, "late_timeout": opts.late_timeout}
             )
-        await asyncio.sleep(max(0.0, start - time.time()))
         if opts.stall_probe:
-            stall_probe = await start_stall_probe(opts.duration)
+            # Started now, it begins at the window: its own start-up is not in the window.
+            stall_probe = await start_stall_probe(opts.duration, start)
+        await asyncio.sleep(max(0.0, start - time.time()))
         relay_start = _sample_relay(relay)
         cameras_start = fleet.cpu_seconds()
         machine_start = machine_cpu_ticks()
@@ -380,14 +381,17 @@ async def measure(
     return result
 
 
-async def start_stall_probe(seconds: float) -> asyncio.subprocess.Process:
-    """``benchmarks.stalls`` through the window: how long the virtual CPUs stood still."""
+async def start_stall_probe(seconds: float, start_at: float) -> asyncio.subprocess.Process:
+    """``benchmarks.stalls`` through the window from ``start_at`` (epoch seconds): how long
+    the virtual CPUs stood still."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "benchmarks.stalls",
         "--seconds",
         str(seconds),
+        "--start-at",
+        repr(start_at),
         "--json",
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,

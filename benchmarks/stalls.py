@@ -8,8 +8,10 @@ the relay under test included, lost the same time, and each frame that arrived m
 waited for it. The harness runs this probe through every measured window, so each row's
 latency tail can be read against the stalls of the same window.
 
-``--seconds S`` (default 10) sets the duration; ``--json`` prints one JSON object instead of
-a line of text.
+``--seconds S`` (default 10) sets the duration; ``--start-at T`` (seconds since the epoch)
+waits until then to begin, so the harness can start the probe before a window and keep the
+interpreter's own start-up out of it; ``--json`` prints one JSON object instead of a line of
+text.
 """
 
 from __future__ import annotations
@@ -71,9 +73,11 @@ def probe(seconds: float) -> StallCount:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m benchmarks.stalls", description=__doc__)
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--start-at", type=float, default=0.0, help="epoch seconds to begin at")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     realtime = realtime_priority()
+    time.sleep(max(0.0, args.start_at - time.time()))
     count = probe(args.seconds)
     report = {**count.as_dict(), "realtime": realtime}
     if args.json:
