@@ -444,3 +444,23 @@ def test_cached_frames_and_the_bitrate_window_add_no_objects_for_the_cyclic_gc()
     cached = hub.gop[-1]
     assert [getattr(cached, f) for f in fields] == [getattr(last_sent, f) for f in fields]
     assert (cached.track, cached.packet_count, cached.arrival) == (1, 1, 399 / 25)
+
+
+def test_rate_meter_averages_over_its_window_and_forgets_what_is_older() -> None:
+    from gateway.media.hub import RateMeter
+
+    meter = RateMeter(window=5.0, bucket=0.5)
+    assert meter.rate() == 0.0
+    meter.add(0.0, 1000)
+    assert meter.rate() == 0.0  # one addition: no time to divide by
+    meter.add(0.04, 1000)
+    assert meter.rate() == pytest.approx(50_000)
+    for i in range(2, 250):  # 25 frames of 1000 bytes a second for 10 s
+        meter.add(i * 0.04, 1000)
+    assert meter.rate() == pytest.approx(25_000, rel=0.03)
+    for i in range(250, 500):  # then twice the rate: the first 10 s are out of the window
+        meter.add(i * 0.04, 2000)
+    assert meter.rate() == pytest.approx(50_000, rel=0.03)
+    meter.add(60.0, 10)  # after a minute of silence nothing old is left to average
+    meter.add(61.0, 10)
+    assert meter.rate() == pytest.approx(20.0)  # both over the one second between them

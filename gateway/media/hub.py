@@ -16,7 +16,6 @@ Everything here runs on the event loop thread; ingest threads hand frames over t
 
 from __future__ import annotations
 
-import array
 import asyncio
 import collections
 import logging
@@ -146,20 +145,72 @@ class Frame:
         return out
 
 
+class RateMeter:
+    """Bytes per second over the last ``window`` seconds, in buckets of ``bucket`` seconds.
+
+    Sans-IO (times are passed in). Adding a frame is a comparison and an addition; a
+    per-frame record (what this replaced) cost several times that on the hot path."""
+
+    __slots__ = (
+        "_bucket",
+        "_bucket_bytes",
+        "_bucket_end",
+        "_bucket_start",
+        "_done",
+        "_last",
+        "_window",
+    )
+
+    def __init__(self, window: float = 5.0, bucket: float = 0.5) -> None:
+        self._window = window
+        self._bucket = bucket
+        self._bucket_start = self._bucket_end = float("-inf")
+        self._bucket_bytes = 0
+        self._last = float("-inf")
+        self._done: collections.deque[tuple[float, float, int]] = collections.deque()
+
+    def add(self, now: float, size: int) -> None:
+        if now >= self._bucket_end:
+            self._roll(now)
+        self._bucket_bytes += size
+        self._last = now
+
+    def _roll(self, now: float) -> None:
+        if self._bucket_bytes:
+            # It lasted until this frame came (a bucket followed by silence lasts long, and
+            # ages out by its start like the others).
+            self._done.append((self._bucket_start, now, self._bucket_bytes))
+        while self._done and now - self._done[0][0] > self._window:
+            self._done.popleft()
+        self._bucket_start = now
+        self._bucket_end = now + self._bucket
+        self._bucket_bytes = 0
+
+    def rate(self) -> float:
+        """Bytes per second: what the window holds over the time from its first bucket's
+        start to the last addition (0 until two additions were apart in time)."""
+        start = self._done[0][0] if self._done else self._bucket_start
+        span = self._last - start
+        if not span > 0:
+            return 0.0
+        return (sum(n for _, _, n in self._done) + self._bucket_bytes) / span
+
+
 class GopCache:
     """The frames from the last keyframe on, kept for new clients, as plain numbers and blobs.
 
     At 64 cameras some 5,000 frames a second pass through the caches. Kept as Frame objects
     (or tuples), each was one more object for every young-generation pass of the cyclic GC
     to walk: the passes found nothing to collect yet took milliseconds of the event loop.
-    Here a cached frame adds six numbers to an array and its blob to a list."""
+    Here a cached frame adds a packed record to a bytearray and its blob to a list."""
 
     __slots__ = ("_blobs", "_fields", "size")
-    _WIDTH = 6  # track, keyframe, timestamp, first_seq, packet_count, arrival
+    # track, keyframe, timestamp, first_seq, packet_count, arrival
+    _FIELDS = struct.Struct("=B?IHId")
 
     def __init__(self) -> None:
         self._blobs: list[bytes | bytearray] = []
-        self._fields = array.array("d")  # integers below 2**53 are exact in a double
+        self._fields = bytearray()  # the other fields, packed, one record per frame
         self.size = 0  # bytes of RTP held
 
     def __len__(self) -> int:
@@ -167,35 +218,26 @@ class GopCache:
 
     def append(self, frame: Frame) -> None:
         self._blobs.append(frame.blob)
-        self._fields.extend(
-            (
-                frame.track,
-                frame.keyframe,
-                frame.timestamp,
-                frame.first_seq,
-                frame.packet_count,
-                frame.arrival,
-            )
+        self._fields += self._FIELDS.pack(
+            frame.track,
+            frame.keyframe,
+            frame.timestamp,
+            frame.first_seq,
+            frame.packet_count,
+            frame.arrival,
         )
         self.size += frame.size
 
     def clear(self) -> None:
         self._blobs.clear()
-        del self._fields[:]
+        self._fields.clear()
         self.size = 0
 
     def frame(self, index: int) -> Frame:
-        f = self._fields
-        k = index * self._WIDTH
-        return Frame(
-            int(f[k]),
-            bool(f[k + 1]),
-            int(f[k + 2]),
-            int(f[k + 3]),
-            self._blobs[index],
-            int(f[k + 4]),
-            f[k + 5],
+        track, keyframe, timestamp, first_seq, count, arrival = self._FIELDS.unpack_from(
+            self._fields, index * self._FIELDS.size
         )
+        return Frame(track, keyframe, timestamp, first_seq, self._blobs[index], count, arrival)
 
     def frames(self) -> list[Frame]:
         return [self.frame(i) for i in range(len(self._blobs))]
@@ -273,11 +315,7 @@ class StreamHub:
         self._ready = asyncio.Event()
         self._linger_handle: asyncio.TimerHandle | None = None
         self._last_sr = 0.0
-        # Arrival times and sizes of the last 5 s of frames, in two deques of numbers: a deque
-        # of (time, size) tuples put thousands of objects a second before the cyclic GC.
-        self._bitrate_times: collections.deque[float] = collections.deque()
-        self._bitrate_sizes: collections.deque[int] = collections.deque()
-        self._bitrate_bytes = 0
+        self._bitrate = RateMeter()
         self.fps = 0.0
         self._frames_since_key = 0
         self._last_key_ts: int | None = None
@@ -502,7 +540,7 @@ class StreamHub:
             if keyframe:
                 self._on_keyframe(arrival, ts, track.clock_rate)
             self._frames_since_key += 1
-        self._account_bitrate(arrival, frame.size)
+        self._bitrate.add(arrival, frame.size)
         self._cache(frame, is_video)
 
         now = arrival
@@ -606,24 +644,10 @@ class StreamHub:
         stats.last_keyframe_ts = now
         stats.keyframes += 1
 
-    def _account_bitrate(self, now: float, size: int) -> None:
-        times = self._bitrate_times
-        sizes = self._bitrate_sizes
-        times.append(now)
-        sizes.append(size)
-        self._bitrate_bytes += size
-        while now - times[0] > 5.0:
-            times.popleft()
-            self._bitrate_bytes -= sizes.popleft()
-
     @property
     def bitrate(self) -> float:
         """Bits per second over the last few seconds of ingest (RTP payload and headers)."""
-        times = self._bitrate_times
-        if len(times) < 2:
-            return 0.0
-        span = times[-1] - times[0]
-        return self._bitrate_bytes * 8 / span if span > 0 else 0.0
+        return self._bitrate.rate() * 8
 
     def _cache(self, frame: Frame, is_video: bool) -> None:
         gop = self._gop
