@@ -472,6 +472,8 @@ def summarize(
         cpu = relay_end.cpu_seconds - relay_start.cpu_seconds
         out["relay_cpu_seconds"] = round(cpu, 3)
         out["relay_cpu_share"] = round(cpu / opts.duration, 3)  # cores busy
+        waited = relay_end.run_wait_seconds - relay_start.run_wait_seconds
+        out["relay_run_wait_share"] = round(waited / opts.duration, 3)
         gbit = relayed_bits / 1e9
         out["cpu_s_per_gbit"] = round(cpu / gbit, 4) if gbit else None
     if watch is not None:

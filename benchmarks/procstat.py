@@ -23,6 +23,8 @@ class TreeSample:
     cpu_seconds: float  # user + system of every live process, plus reaped children
     rss_bytes: int  # sum of VmRSS now
     hwm_bytes: int  # sum of VmHWM (each process's own peak; an upper bound of the tree's)
+    # Time the tree's threads were ready to run but waited for a CPU (schedstat), seconds.
+    run_wait_seconds: float = 0.0
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -69,7 +71,7 @@ def sample_tree(root: int) -> TreeSample:
     """CPU and memory of ``root`` and its descendants; raises ProcessLookupError if gone."""
     pids = descendants(root)
     cpu_ticks = 0
-    rss = hwm = 0
+    rss = hwm = wait_ns = 0
     alive = []
     for pid in pids:
         fields = _stat_fields(pid)
@@ -85,7 +87,25 @@ def sample_tree(root: int) -> TreeSample:
             cpu_ticks += cutime + cstime
         rss += _status_kib(pid, "VmRSS:") * 1024
         hwm += _status_kib(pid, "VmHWM:") * 1024
-    return TreeSample(tuple(alive), cpu_ticks / CLOCK_TICKS, rss, hwm)
+        wait_ns += run_queue_wait_ns(pid)
+    return TreeSample(tuple(alive), cpu_ticks / CLOCK_TICKS, rss, hwm, wait_ns / 1e9)
+
+
+def run_queue_wait_ns(pid: int) -> int:
+    """Nanoseconds the threads of ``pid`` have spent runnable but not running, waiting for a
+    CPU (the second field of each thread's /proc schedstat; 0 where the kernel has none)."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", encoding="ascii") as fh:
+                total += int(fh.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
 
 
 def machine_description() -> dict[str, str | int | float]:

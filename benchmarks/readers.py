@@ -48,6 +48,7 @@ from typing import Any
 
 from gateway.codecs import codec_name
 from gateway.codecs.sdp import parse_sdp
+from gateway.codecs.spans import SPAN_END, continue_span
 from gateway.rtsp.auth import DigestClient
 from gateway.rtsp.client import (
     ReceivedFrame,
@@ -82,6 +83,7 @@ _TIMESPEC = struct.Struct("@ll")  # struct timespec: tv_sec, tv_nsec (native lon
 _ANCILLARY_SIZE = socket.CMSG_SPACE(_TIMESPEC.size)
 _RTP_HEAD = struct.Struct("!BBHI")  # V/P/X/CC, M/PT, sequence number, timestamp
 _FRAME_HEAD = struct.Struct("!xBHBBHI")  # "$", channel, length, then the RTP head as above
+_SSRC = struct.Struct("!I")
 
 USER_AGENT = "onvif-gateway-bench-reader/0.1"
 DEFAULT_SESSION_TIMEOUT = 60
@@ -359,6 +361,7 @@ class InterleavedWalk:
         incomplete or malformed packet), which :meth:`_walk` then handles."""
         buf = self._buffer
         unpack_frame = _FRAME_HEAD.unpack_from
+        unpack_ssrc = _SSRC.unpack_from
         expect = track.next_seq
         last_ts = track.last_ts
         packets = size_sum = frames = backwards = 0
@@ -385,6 +388,19 @@ class InterleavedWalk:
                 frames += 1
             if table is not None and not b0 & 0x10:
                 self._look_for_stamp(table, pos + 16 + 4 * (b0 & 0x0F), stop, received_ns, now_ns)
+            if b0 == 0x80 and not b1 & 0x80 and not every_packet_is_a_frame:
+                # The rest of this frame, as far as it simply continues, in one call to the
+                # gateway's C walk: it stops before any payload the stamp search must see.
+                run_end, run_seq, _, run_flags = continue_span(
+                    buf, stop, end, seq, timestamp, unpack_ssrc(buf, pos + 12)[0], 1 << 30, 0, table
+                )
+                if run_end > stop:
+                    taken = run_seq - seq
+                    packets += taken
+                    size_sum += run_end - stop - 4 * taken
+                    frames += run_flags & SPAN_END and 1
+                    expect = (run_seq + 1) & 0xFFFF
+                    stop = run_end
             pos = stop
         if packets:
             track.packets += packets

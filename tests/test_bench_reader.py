@@ -216,6 +216,10 @@ def test_sei_stamp_gives_kernel_and_app_latency(codec: str, wrap: object) -> Non
     fragment = (b"\x7c\x85" if codec == "H264" else b"\x62\x01\x93") + payload
     walk.feed(video(5, payload=fragment), T0, T0)
     assert walk.latency.total == 2
+    # Mid-frame, after packets the C walk takes a run at a time: it stops before the stamp.
+    middle = b"".join(video(s, marker=False, payload=b"\x7c\x01" + bytes(40)) for s in (6, 7, 8))
+    walk.feed(middle + video(9, marker=False, payload=payload) + video(10), T0, T0)
+    assert walk.latency.total == 3
 
 
 def test_latency_uses_the_read_that_completed_the_packet() -> None:
@@ -394,3 +398,35 @@ async def test_refused_connection_is_an_error() -> None:
         reader = LeanReader(f"rtsp://127.0.0.1:{port}/x", "a", "b")
         with pytest.raises(RtspClientError, match="cannot connect"):
             await reader.start()
+
+
+def test_run_queue_wait_is_read_from_schedstat_and_grows_under_contention() -> None:
+    """benchmarks.procstat reads the kernel's run-queue wait: two busy processes on one CPU
+    must between them wait about as long as one of them runs."""
+    import os
+    import subprocess
+    import sys
+
+    from benchmarks.procstat import run_queue_wait_ns
+
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    spin = "import time\nend = time.monotonic() + 0.4\nwhile time.monotonic() < end: pass\n"
+    spin += "print('done', flush=True)\ntime.sleep(30)\n"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", spin],
+            stdout=subprocess.PIPE,
+            preexec_fn=lambda: os.sched_setaffinity(0, {cpu}),
+        )
+        for _ in range(2)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdout.readline() == b"done\n"
+        waited = sum(run_queue_wait_ns(proc.pid) for proc in procs)
+        assert waited > 150_000_000, waited  # each spun 0.4 s while the other held the CPU
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    assert run_queue_wait_ns(2**22 + 1) == 0  # no such process: nothing, not an error
