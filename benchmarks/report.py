@@ -180,7 +180,7 @@ def write_markdown(doc: dict[str, Any], path: Path, plot: Path | None, raw: Path
         "",
         f"Machine: {m['nproc']} cores ({m['cpu_model']}), {m['memory_gib']} GiB, {m['kernel']}; "
         f"Python {m['python']}, uvloop {m['uvloop']}, PyAV {m['pyav']} (FFmpeg {m['ffmpeg']}), "
-        f"GStreamer {m['gstreamer']}.",
+        f"GStreamer {m['gstreamer']}; gateway span walks: {m.get('span_walks', 'Python')}.",
         "",
         f"Load average before the run: {doc['load_average_before']}; after: "
         f"{doc['load_average_after']}. {doc['machine_note']}",

@@ -46,7 +46,12 @@ def versions() -> dict[str, str]:
     import av
     import uvloop
 
+    from gateway.codecs import spans
+
     out = {
+        # The relay path's per-packet walks: the C build, or the Python reference (the
+        # gateway runs from this checkout: `python3 setup.py build_ext --inplace` builds it).
+        "span_walks": "C" if spans.ACCELERATED else "Python (C part not built)",
         "python": platform.python_version(),
         "uvloop": uvloop.__version__,
         "pyav": av.__version__,
