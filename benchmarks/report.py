@@ -79,7 +79,7 @@ def results_table(results: list[dict[str, Any]]) -> list[str]:
         "| load (cameras x readers) | relay | held | frames min/expected | lost | "
         "Mbit/s out | relay CPU (cores) | CPU-s per Gbit | latency p50 / p99 ms | "
         "TTFF p50 / p99 ms | peak RSS MiB (per stream) | upstream per camera | "
-        "p99 app ms | reader CPU (cores) | relay waited for a CPU | steal | "
+        "p99 app ms | reader CPU (cores) | relay threads waiting for a CPU | steal | "
         "vCPU stalls > 10 ms (longest) |"
     )
     lines = [head, "|" + "---|" * 17]
@@ -107,7 +107,7 @@ def results_table(results: list[dict[str, Any]]) -> list[str]:
                     _fmt(r.get("upstream_sessions_per_camera_max")),
                     _fmt(r.get("latency_app_p99_ms")),
                     _fmt(_per_second(r.get("reader_cpu_seconds"), r.get("duration"))),
-                    _percent(r.get("relay_run_wait_share")),
+                    _fmt(r.get("relay_run_wait_share")),
                     _percent(r.get("steal_share")),
                     _stalls(r.get("vcpu_stalls")),
                 ]
@@ -220,10 +220,11 @@ def write_markdown(doc: dict[str, Any], path: Path, plot: Path | None, raw: Path
         "complete keyframe for a reader attached mid-run; *upstream per camera* = playing "
         "sessions the camera counts; *reader CPU* = CPU seconds per second of the reader "
         "processes (they share the cores with the relay, under SCHED_IDLE unless the "
-        "command says `--load-priority normal`); *relay waited for a CPU* = time the relay's "
-        "threads were ready to run but not running, as a share of the window (the kernel's "
-        "schedstat run-queue wait: another task, or kernel work that cannot be preempted, held "
-        "the CPU); *steal* = share of the machine's CPU time "
+        "command says `--load-priority normal`); *relay threads waiting for a CPU* = seconds "
+        "per second that the relay's threads were ready to run but not running, summed over "
+        "its threads (the kernel's schedstat run-queue wait: another task, or kernel work "
+        "that cannot be preempted, held the CPU); for a relay on one event loop thread, the "
+        "share of the window it waited; *steal* = share of the machine's CPU time "
         "the hypervisor gave to other guests during the window (this is a virtual machine); "
         "*vCPU stalls* = wake-ups of a 1 ms SCHED_FIFO sleeper (`python3 -m benchmarks.stalls`) "
         "more than 10 ms late during the window, and the latest: times when its virtual CPU, "

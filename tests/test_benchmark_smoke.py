@@ -62,8 +62,8 @@ def test_run_writes_results_for_gateway_and_gstreamer(tmp_path: Path) -> None:
         stalls = result["vcpu_stalls"]
         assert 100 <= stalls["samples"] <= 2000, (name, stalls)
         assert 0 <= stalls["over_20ms"] <= stalls["over_10ms"] <= stalls["over_5ms"], name
-        # The relay's run-queue wait was read from schedstat: a share of the window.
-        assert 0 <= result["relay_run_wait_share"] < 1, name
+        # The relay's run-queue wait was read from schedstat (thread-seconds per second).
+        assert 0 <= result["relay_run_wait_share"] < 64, name
     if "gstreamer" in by_relay:
         (ratio,) = doc["ratios"]
         assert ratio["relay"] == "gstreamer" and ratio["cpu_s_per_gbit"] is not None
@@ -72,7 +72,7 @@ def test_run_writes_results_for_gateway_and_gstreamer(tmp_path: Path) -> None:
     assert "python3 -m benchmarks.run --profile test" in markdown
     assert "kernel receive timestamp of the reader's socket (SO_TIMESTAMPNS)" in markdown
     assert (
-        "| p99 app ms | reader CPU (cores) | relay waited for a CPU | steal | "
+        "| p99 app ms | reader CPU (cores) | relay threads waiting for a CPU | steal | "
         "vCPU stalls > 10 ms (longest) |"
     ) in markdown
 

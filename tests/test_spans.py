@@ -150,6 +150,8 @@ def test_bad_arguments_are_value_errors() -> None:
             walk(b"$\x00", 0, 3, 0, 0, 0, 0, 0)
         with pytest.raises(ValueError, match="outside the buffer"):
             walk(b"$\x00", -1, 2, 0, 0, 0, 0, 0)
+        with pytest.raises(ValueError, match="key_codec"):
+            walk(b"$\x00", 0, 2, 0, 0, 0, 0, 3)
     for stamp in (spans.stamp_span, reference_stamp_span):
         with pytest.raises(ValueError, match="outside the buffer"):
             stamp(b"abc", 2, 1, 0, 96, 0, 0, 0, 13, 1500, RELAY_ALL)

@@ -87,6 +87,11 @@ static PyObject *continue_span(PyObject *module, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "span outside the buffer");
         return NULL;
     }
+    if (key_codec < KEY_NONE || key_codec > KEY_H265) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "key_codec must be KEY_NONE, KEY_H264 or KEY_H265");
+        return NULL;
+    }
     const uint8_t *stop_table = NULL;
     if (stop_before != Py_None) {
         if (PyObject_GetBuffer(stop_before, &stop_view, PyBUF_SIMPLE) < 0) {

@@ -65,6 +65,8 @@ def continue_span(
     none was taken."""
     if pos < 0 or size > len(buf):
         raise ValueError("span outside the buffer")
+    if key_codec not in _FRAGMENTS:
+        raise ValueError("key_codec must be KEY_NONE, KEY_H264 or KEY_H265")
     if stop_before is not None and len(stop_before) != 256:
         raise ValueError("stop_before must have 256 entries")
     flags = 0
