@@ -366,11 +366,20 @@ def interleaved_span(payloads: list[bytes], seq: int = 500, ts: int = 9000) -> b
     return out
 
 
-def test_spans_go_out_as_relayed_payloads_do_or_take_their_way() -> None:
+@pytest.mark.parametrize("stamp", ["C", "Python reference"])
+def test_spans_go_out_as_relayed_payloads_do_or_take_their_way(
+    stamp: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """push_span writes the hub's headers over the camera's: the same packets as push_relayed
     would send for those payloads, in sequence. Keyframes (parameter sets), aggregation
-    packets, oversized payloads and broken framing take push_relayed's way."""
+    packets, oversized payloads and broken framing take push_relayed's way. Both builds of
+    the stamping (C, and the Python a checkout without a compiler runs)."""
+    import gateway.media.hub as hub_module
+    from gateway.codecs import spans
     from gateway.codecs.h264 import H264Packetizer
+
+    if stamp != "C":
+        monkeypatch.setattr(hub_module, "stamp_span", spans.reference_stamp_span)
 
     hub = make_hub()
     sub = Recorder()

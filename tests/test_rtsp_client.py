@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import av
 import pytest
 
+import gateway.rtsp.client as client_module
 from gateway.codecs.rtp import interleaved_payloads
 from gateway.rtsp.client import ReceivedFrame, RtspClientError, RtspReader, _ControlProtocol
 from gateway.rtsp.message import (
@@ -594,11 +595,19 @@ async def test_frames_back_to_back_in_a_read_go_over_as_spans_of_the_same_payloa
         assert frames(play([stream[:cut], stream[cut:]], spans=True)) == frames(whole), cut
 
 
-async def test_runs_of_packets_taken_at_once_account_exactly_as_one_by_one() -> None:
+@pytest.mark.parametrize("walk", ["C", "Python reference"])
+async def test_runs_of_packets_taken_at_once_account_exactly_as_one_by_one(
+    walk: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Runs of packets that simply continue a span are taken a run at a time. Whatever ends a
     run (another track, a lost packet, a new timestamp without a marker, a new source, a
     CSRC list, the end of a read) gives the same frames and the same counters as the
-    packet-by-packet path, at every cut."""
+    packet-by-packet path, at every cut. Both builds of the walk (C, and the Python a
+    checkout without a compiler runs)."""
+    from gateway.codecs import spans as spans_module
+
+    if walk != "C":
+        monkeypatch.setattr(client_module, "continue_span", spans_module.reference_continue_span)
     sei = b"\x06\x05\x10" + b"s" * 16
     idr = [b"\x7c\x85" + b"i" * 50, b"\x7c\x05" + b"j" * 50, b"\x7c\x45" + b"k" * 50]
     p_slice = [b"\x5c\x81" + b"p" * 40, b"\x5c\x01" + b"q" * 40, b"\x5c\x41" + b"r" * 40]
