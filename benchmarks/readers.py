@@ -48,7 +48,7 @@ from typing import Any
 
 from gateway.codecs import codec_name
 from gateway.codecs.sdp import parse_sdp
-from gateway.codecs.spans import SPAN_END, continue_span
+from gateway.codecs.spans import KEY_NONE, SPAN_END, continue_span
 from gateway.rtsp.auth import DigestClient
 from gateway.rtsp.client import (
     ReceivedFrame,
@@ -82,8 +82,7 @@ SCM_TIMESTAMPNS = getattr(socket, "SCM_TIMESTAMPNS", SO_TIMESTAMPNS)
 _TIMESPEC = struct.Struct("@ll")  # struct timespec: tv_sec, tv_nsec (native longs)
 _ANCILLARY_SIZE = socket.CMSG_SPACE(_TIMESPEC.size)
 _RTP_HEAD = struct.Struct("!BBHI")  # V/P/X/CC, M/PT, sequence number, timestamp
-_FRAME_HEAD = struct.Struct("!xBHBBHI")  # "$", channel, length, then the RTP head as above
-_SSRC = struct.Struct("!I")
+_FRAME_HEAD = struct.Struct("!xBHBBHII")  # "$", channel, length, the RTP head as above, SSRC
 
 USER_AGENT = "onvif-gateway-bench-reader/0.1"
 DEFAULT_SESSION_TIMEOUT = 60
@@ -361,14 +360,13 @@ class InterleavedWalk:
         incomplete or malformed packet), which :meth:`_walk` then handles."""
         buf = self._buffer
         unpack_frame = _FRAME_HEAD.unpack_from
-        unpack_ssrc = _SSRC.unpack_from
         expect = track.next_seq
         last_ts = track.last_ts
         packets = size_sum = frames = backwards = 0
         every_packet_is_a_frame = not track.is_video
         table = track.sei_first_bytes if self.recording else None
         while end - pos >= 16 and buf[pos] == 0x24:
-            frame_channel, size, b0, b1, seq, timestamp = unpack_frame(buf, pos)
+            frame_channel, size, b0, b1, seq, timestamp, ssrc = unpack_frame(buf, pos)
             stop = pos + 4 + size
             if (
                 seq != expect
@@ -392,13 +390,14 @@ class InterleavedWalk:
                 # The rest of this frame, as far as it simply continues, in one call to the
                 # gateway's C walk: it stops before any payload the stamp search must see.
                 run_end, run_seq, _, run_flags = continue_span(
-                    buf, stop, end, seq, timestamp, unpack_ssrc(buf, pos + 12)[0], 1 << 30, 0, table
+                    buf, stop, end, seq, timestamp, ssrc, 1 << 30, KEY_NONE, table
                 )
                 if run_end > stop:
                     taken = run_seq - seq
                     packets += taken
                     size_sum += run_end - stop - 4 * taken
-                    frames += run_flags & SPAN_END and 1
+                    if run_flags & SPAN_END:
+                        frames += 1
                     expect = (run_seq + 1) & 0xFFFF
                     stop = run_end
             pos = stop

@@ -33,7 +33,9 @@ SDES_CNAME = 1
 # Seconds from the NTP epoch (1900-01-01) to the Unix epoch (1970-01-01).
 NTP_UNIX_OFFSET = 2_208_988_800
 
-_FIXED_HEADER = struct.Struct("!BBHII")
+FIXED_HEADER = struct.Struct("!BBHII")  # V/P/X/CC, M/PT, sequence number, timestamp, SSRC
+# A TCP-interleaved packet's "$", channel and length (RFC 2326 10.12), then the fixed header.
+INTERLEAVED_HEADER = struct.Struct("!cBHBBHII")
 _EXTENSION_HEADER = struct.Struct("!HH")
 _RTCP_HEADER = struct.Struct("!BBH")
 _SENDER_INFO = struct.Struct("!IQIII")  # SSRC, NTP timestamp, RTP timestamp, packets, octets
@@ -81,7 +83,7 @@ class RtpPacket:
         data = bytes(data)
         if len(data) < RTP_HEADER_SIZE:
             raise ValueError(f"RTP packet too short: {len(data)} bytes")
-        b0, b1, seq, timestamp, ssrc = _FIXED_HEADER.unpack_from(data)
+        b0, b1, seq, timestamp, ssrc = FIXED_HEADER.unpack_from(data)
         version = b0 >> 6
         if version != RTP_VERSION:
             raise ValueError(f"RTP version must be 2, got {version}")
@@ -141,7 +143,7 @@ class RtpPacket:
         if self.extension_profile is not None:
             b0 |= 0x10
         parts = [
-            _FIXED_HEADER.pack(
+            FIXED_HEADER.pack(
                 b0,
                 (0x80 if self.marker else 0) | self.payload_type,
                 self.sequence_number,
@@ -191,7 +193,7 @@ def rtp_headers(
         raise ValueError(f"{len(timestamp_offsets)} timestamp offsets given for {count} packets")
     else:
         timestamps = [(timestamp + offset) & 0xFFFFFFFF for offset in timestamp_offsets]
-    pack = _FIXED_HEADER.pack
+    pack = FIXED_HEADER.pack
     last = count - 1
     marked = payload_type | 0x80
     return [

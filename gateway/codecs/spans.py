@@ -15,10 +15,9 @@ uses when it was built: ``ACCELERATED`` says which. Tests hold the two to the sa
 
 from __future__ import annotations
 
-import struct
-
 from gateway.codecs.h264 import rtp_packet_flags as _h264_flags
 from gateway.codecs.h265 import rtp_packet_flags as _h265_flags
+from gateway.codecs.rtp import FIXED_HEADER, INTERLEAVED_HEADER
 
 # Which codec's rules say whether a payload carries keyframe data (``key_codec``).
 KEY_NONE = 0
@@ -29,14 +28,12 @@ KEY_H265 = 2
 SPAN_KEY = 1  # a packet taken carries keyframe data (H.264 IDR, H.265 IRAP)
 SPAN_END = 2  # the last packet taken has the marker bit: the frame is complete
 
-_FIXED = struct.Struct("!BBHII")
 # Per key_codec: fragmentation units by payload header byte, and where their start bit is.
 _FRAGMENTS = {
     KEY_NONE: (bytes(256), 0),
     KEY_H264: (bytes(b & 0x1F in (28, 29) for b in range(256)), 1),  # FU-A, FU-B
     KEY_H265: (bytes((b >> 1) & 0x3F == 49 for b in range(256)), 2),
 }
-_HEADER = struct.Struct("!cBHBBHII")  # "$", channel, length, then the fixed RTP header
 
 
 def continue_span(
@@ -73,7 +70,7 @@ def continue_span(
     if pos + 1 >= size:
         return pos, seq, room, flags
     channel = buf[pos + 1]
-    unpack = _FIXED.unpack_from
+    unpack = FIXED_HEADER.unpack_from
     fu_types, fu_start = _FRAGMENTS[key_codec]
     while pos + 16 < size and buf[pos] == 0x24 and buf[pos + 1] == channel:
         end = pos + 4 + ((buf[pos + 2] << 8) | buf[pos + 3])
@@ -134,7 +131,7 @@ def stamp_span(
         raise ValueError("shortest must leave a payload byte and table have 256 entries")
     blob = bytearray(memoryview(data)[start:end])
     size = end - start
-    pack_into = _HEADER.pack_into
+    pack_into = INTERLEAVED_HEADER.pack_into
     packets = 0
     pos = 0
     while pos < size:

@@ -28,12 +28,11 @@ from typing import Protocol
 
 from gateway.codecs import depacketizer_for, packetizer_for
 from gateway.codecs.base import RELAY_MAX_PAYLOAD, CodecParams, Packetizer
-from gateway.codecs.rtp import interleaved_payloads
+from gateway.codecs.rtp import INTERLEAVED_HEADER, interleaved_payloads
 from gateway.codecs.spans import stamp_span
 
 log = logging.getLogger("gateway.media")
 
-_RTP_HEADER = struct.Struct("!cBHBBHII")  # '$', channel, length | V/P/X/CC, M/PT, seq, ts, ssrc
 _RTCP_PREFIX = struct.Struct("!cBH")
 
 # Frames a batching hub holds before it delivers on its own (its feeder should flush sooner).
@@ -571,7 +570,7 @@ class StreamHub:
     def _stamp(
         self, track: Track, ts: int, keyframe: bool, payloads: Sequence[bytes], arrival: float
     ) -> Frame:
-        pack = _RTP_HEADER.pack
+        pack = INTERLEAVED_HEADER.pack
         channel = track.index * 2
         pt = track.payload_type
         ssrc = track.ssrc

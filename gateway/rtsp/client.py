@@ -23,7 +23,6 @@ import itertools
 import json
 import logging
 import socket
-import struct
 import sys
 from collections import deque
 from collections.abc import Callable
@@ -39,7 +38,7 @@ from gateway.codecs import (
 from gateway.codecs.h264 import DEFAULT_MAX_FRAME_SIZE, split_annexb
 from gateway.codecs.h264 import rtp_packet_flags as h264_packet_flags
 from gateway.codecs.h265 import rtp_packet_flags as h265_packet_flags
-from gateway.codecs.rtp import interleaved_payloads
+from gateway.codecs.rtp import FIXED_HEADER, interleaved_payloads
 from gateway.codecs.sdp import SessionDescription, parse_sdp
 from gateway.codecs.spans import KEY_H264, KEY_H265, KEY_NONE, SPAN_END, SPAN_KEY, continue_span
 from gateway.rtsp.auth import DigestClient
@@ -63,7 +62,6 @@ USER_AGENT = "onvif-gateway-reader/0.1"
 DEFAULT_SESSION_TIMEOUT = 60
 # Frame arrival times kept per track (enough for a few seconds of jitter statistics).
 ARRIVAL_HISTORY = 512
-_RTP_FIXED = struct.Struct("!BBHII")
 _UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
 
 
@@ -760,7 +758,7 @@ class RtspReader:
         if size < 12 or buf[at] >> 6 != 2:
             stats.malformed += 1
             return
-        b0, b1, seq, timestamp, ssrc = _RTP_FIXED.unpack_from(buf, at)
+        b0, b1, seq, timestamp, ssrc = FIXED_HEADER.unpack_from(buf, at)
         stats.packets += 1
         stats.bytes += size
         stats.last_packet_at = now

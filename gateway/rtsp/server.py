@@ -113,8 +113,6 @@ class ServerSession:
     # -- Subscriber
 
     def deliver(self, frame: Frame, now: float) -> None:
-        # The hot path: called for every frame and client, so TCP is written out in full
-        # here (no helper calls) and UDP has a method of its own.
         if not self.playing:
             return
         track = frame.track
@@ -126,15 +124,12 @@ class ServerSession:
             self._deliver_udp(frame, now)
             return
         channel = self.channels.get(track)
-        transport = self.conn.transport
-        if channel is None or transport is None:
+        if channel is None:
             return
-        if transport.get_write_buffer_size() > self.budget:
-            self._skip(now)
+        transport = self._writable_transport(now)
+        if transport is None:
             return
-        self.over_since = None
-        # On the channel the hub framed it for (the usual case) the frame goes as it is.
-        data = frame.blob if channel == track * 2 else frame.interleaved(channel)
+        data = frame.interleaved(channel)
         transport.write(data)
         size = len(data)
         self.bytes_sent += size
