@@ -26,20 +26,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks import relays as relays_mod
 from benchmarks.procstat import (
     TreeSample,
     load_average,
+    load_below_relay,
     machine_cpu_ticks,
     sample_tree,
+    scheduling,
     steal_share,
 )
 from benchmarks.readers import LatencyHistogram
 from benchmarks.relays import (
+    OWN_PROCESS_GROUP,
     CameraStream,
     Relay,
+    camera_preexec,
     die_with_parent,
-    load_preexec,
     python_env,
+    reader_preexec,
     stop_process_group,
     wait_ready,
 )
@@ -114,8 +119,8 @@ class CameraFleet:
                     stdout=asyncio.subprocess.PIPE,
                     stderr=stderr,
                     env=python_env(),
-                    start_new_session=True,
-                    preexec_fn=load_preexec,
+                    process_group=OWN_PROCESS_GROUP,
+                    preexec_fn=camera_preexec,
                 )
             finally:
                 stderr.close()
@@ -200,8 +205,8 @@ class ReaderProcess:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=stderr,
                 env=python_env(),
-                start_new_session=True,
-                preexec_fn=load_preexec,
+                process_group=OWN_PROCESS_GROUP,
+                preexec_fn=reader_preexec,
                 limit=64 * 1024 * 1024,
             )
         finally:
@@ -339,6 +344,7 @@ async def measure(
             stall_probe = await start_stall_probe(opts.duration, start)
         await asyncio.sleep(max(0.0, start - time.time()))
         relay_start = _sample_relay(relay)
+        result["scheduling"] = load_scheduling(relay, fleet, readers)
         cameras_start = fleet.cpu_seconds()
         machine_start = machine_cpu_ticks()
         if opts.py_spy and relay.pid is not None and relay.name.startswith("gateway"):
@@ -397,7 +403,7 @@ async def start_stall_probe(seconds: float, start_at: float) -> asyncio.subproce
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
         env=python_env(),
-        start_new_session=True,
+        process_group=OWN_PROCESS_GROUP,
         preexec_fn=die_with_parent,
     )
 
@@ -488,6 +494,26 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
 
+def load_scheduling(
+    relay: Relay, fleet: CameraFleet, readers: list[ReaderProcess]
+) -> dict[str, Any]:
+    """How the relay and the load processes are scheduled, and (with ``--load-priority low``)
+    every way the load is not below the relay."""
+    try:
+        cameras = [scheduling(p.pid) for p in fleet.processes]
+        readers_ = [scheduling(r.proc.pid) for r in readers if r.proc is not None]
+        # No relay process ("direct"): the harness's own scheduling stands in.
+        ours = scheduling(relay.pid if relay.pid is not None else os.getpid())
+    except ProcessLookupError as exc:
+        return {"error": f"process {exc} exited"}
+    out: dict[str, Any] = {"relay": ours, "cameras": cameras, "readers": readers_}
+    if relays_mod.LOAD_LOW:
+        out["problems"] = load_below_relay(ours, cameras, readers_)
+        for problem in out["problems"]:
+            log.warning("load not below the relay: %s", problem)
+    return out
+
+
 def _sample_relay(relay: Relay) -> TreeSample | None:
     """The relay's tree now; None when it has no process or its process is gone."""
     if relay.pid is None:
@@ -531,7 +557,7 @@ async def start_py_spy(
             stdin=asyncio.subprocess.DEVNULL,
             stdout=stderr,
             stderr=stderr,
-            start_new_session=True,
+            process_group=OWN_PROCESS_GROUP,
             preexec_fn=die_with_parent,
         )
     finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -106,6 +107,51 @@ def run_queue_wait_ns(pid: int) -> int:
         except (OSError, ValueError, IndexError):
             continue
     return total
+
+
+_POLICY_NAMES = {
+    os.SCHED_OTHER: "SCHED_OTHER",
+    os.SCHED_BATCH: "SCHED_BATCH",
+    os.SCHED_IDLE: "SCHED_IDLE",
+    os.SCHED_FIFO: "SCHED_FIFO",
+    os.SCHED_RR: "SCHED_RR",
+}
+
+
+def scheduling(pid: int) -> dict[str, str | int | None]:
+    """How ``pid`` is scheduled: policy, nice and autogroup (None where the kernel has no
+    autogroups). Raises ProcessLookupError if the process is gone."""
+    policy = os.sched_getscheduler(pid)
+    nice = os.getpriority(os.PRIO_PROCESS, pid)
+    try:
+        # "/autogroup-12 nice 0": the group's name is what tells two groups apart.
+        autogroup: str | None = Path(f"/proc/{pid}/autogroup").read_text().split()[0]
+    except (OSError, IndexError):
+        autogroup = None
+    return {"policy": _POLICY_NAMES.get(policy, str(policy)), "nice": nice, "autogroup": autogroup}
+
+
+def load_below_relay(
+    relay: dict[str, Any], cameras: list[dict[str, Any]], readers: list[dict[str, Any]]
+) -> list[str]:
+    """Why the load is not scheduled below the relay (empty when it is): cameras under
+    SCHED_IDLE, readers at a higher nice than the relay or under SCHED_IDLE, and all of them
+    in the relay's autogroup, where a policy or nice value counts against the relay at all."""
+    problems = []
+    for i, cam in enumerate(cameras):
+        if cam["policy"] != "SCHED_IDLE":
+            problems.append(f"camera process {i} runs {cam['policy']}, not SCHED_IDLE")
+    for i, rdr in enumerate(readers):
+        if rdr["policy"] != "SCHED_IDLE" and rdr["nice"] <= relay["nice"]:
+            problems.append(f"reader process {i} runs at nice {rdr['nice']}, not below the relay")
+    for name, procs in (("camera", cameras), ("reader", readers)):
+        for i, proc in enumerate(procs):
+            if proc["autogroup"] != relay["autogroup"]:
+                problems.append(
+                    f"{name} process {i} is in {proc['autogroup']}, the relay in "
+                    f"{relay['autogroup']}: groups share the CPU as equals"
+                )
+    return problems
 
 
 def machine_description() -> dict[str, str | int | float]:

@@ -91,17 +91,37 @@ def die_with_parent() -> None:
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
-# Whether cameras and readers run under SCHED_IDLE (``--load-priority idle``): they then get
-# only the CPU time the relay under test leaves unused, as if they ran on other machines.
-LOAD_IDLE = False
+# Whether the load runs below the relay (``--load-priority low``), as if on other machines:
+# the relay under test gets the CPU first, the readers next, the cameras last. The readers
+# come before the cameras because a reader held off the CPU overstates latency (a read's
+# kernel receive stamp is that of its last segment, so every frame before it in the same
+# read looks late), while a camera held off the CPU only sends later: it stamps a frame as
+# it sends it.
+LOAD_LOW = False
+READER_NICE = 19  # weight 15 against the relay's 1024 at nice 0
 
 
-def load_preexec() -> None:
-    """``preexec_fn`` for cameras and readers: as :func:`die_with_parent`, and under
-    SCHED_IDLE when :data:`LOAD_IDLE` is set."""
+def camera_preexec() -> None:
+    """``preexec_fn`` for camera processes: as :func:`die_with_parent`, and under SCHED_IDLE
+    when :data:`LOAD_LOW` is set."""
     die_with_parent()
-    if LOAD_IDLE:
+    if LOAD_LOW:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+
+def reader_preexec() -> None:
+    """``preexec_fn`` for reader processes: as :func:`die_with_parent`, and at
+    :data:`READER_NICE` when :data:`LOAD_LOW` is set."""
+    die_with_parent()
+    if LOAD_LOW:
+        os.setpriority(os.PRIO_PROCESS, 0, READER_NICE)
+
+
+# Every child is put in a process group of its own (so it can be stopped with everything it
+# started) but stays in the harness's session: with sched_autogroup on, each new session
+# is a scheduling group of its own with a nice-0 share, and a SCHED_IDLE process alone in
+# its group would compete with the relay as an equal.
+OWN_PROCESS_GROUP = 0
 
 
 def free_port() -> int:
@@ -207,7 +227,7 @@ class Relay:
                 stderr=stderr,
                 cwd=workdir,
                 env=python_env(),
-                start_new_session=True,
+                process_group=OWN_PROCESS_GROUP,
                 preexec_fn=die_with_parent,
             )
         finally:

@@ -144,6 +144,22 @@ def receive_time_note(results: list[dict[str, Any]]) -> str:
     return f" Receive time actually taken: {'; '.join(odd)}." if odd else ""
 
 
+def scheduling_note(doc: dict[str, Any]) -> str:
+    """How the load was scheduled against the relay, as checked at each window's start."""
+    if doc.get("load_priority") != "low":
+        return " Cameras and readers competed with the relay as equals (`--load-priority normal`)."
+    checked = [r["scheduling"] for r in doc["results"] if "problems" in r.get("scheduling", {})]
+    problems = sorted({p for sched in checked for p in sched["problems"]})
+    if not checked:
+        return ""
+    if problems:
+        return " The load was NOT scheduled below the relay: " + "; ".join(problems) + "."
+    return (
+        " Cameras ran under SCHED_IDLE and readers at nice 19, in the relay's scheduling "
+        f"autogroup (checked at the start of {len(checked)} windows)."
+    )
+
+
 def ratio_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| load | relay | CPU per Gbit | latency p99 | TTFF p99 | peak RSS |",
@@ -213,14 +229,15 @@ def write_markdown(doc: dict[str, Any], path: Path, plot: Path | None, raw: Path
         "seconds per second of the relay's process tree; *CPU-s per Gbit* = relay CPU "
         "seconds per Gbit of RTP delivered to readers; *latency* = reader receive time minus "
         "the camera's send stamp (SEI) for every video frame, where reader receive = kernel "
-        "receive timestamp of the reader's socket (SO_TIMESTAMPNS), so the readers' own "
-        "scheduling on the shared cores is not billed to the relay; the reader process's own "
-        "handling time is shown as *p99 app* (the same stamp against the time the reader "
-        "process handled the read, `time.time_ns()`); *TTFF* = PLAY to the first "
+        "receive timestamp of the reader's socket (SO_TIMESTAMPNS) for the read that "
+        "completed the frame (a read holding several frames dates them all by its last segment, "
+        "so a reader late to read overstates latency, never understates it); the reader "
+        "process's own handling time is shown as *p99 app* (the same stamp against the "
+        "time the reader process handled the read, `time.time_ns()`); *TTFF* = PLAY to the first "
         "complete keyframe for a reader attached mid-run; *upstream per camera* = playing "
         "sessions the camera counts; *reader CPU* = CPU seconds per second of the reader "
-        "processes (they share the cores with the relay, under SCHED_IDLE unless the "
-        "command says `--load-priority normal`); *relay threads waiting for a CPU* = seconds "
+        "processes (they share the cores with the relay, below it unless the command says "
+        "`--load-priority normal`); *relay threads waiting for a CPU* = seconds "
         "per second that the relay's threads were ready to run but not running, summed over "
         "its threads (the kernel's schedstat run-queue wait: another task, or kernel work "
         "that cannot be preempted, held the CPU); for a relay on one event loop thread, the "
@@ -228,7 +245,9 @@ def write_markdown(doc: dict[str, Any], path: Path, plot: Path | None, raw: Path
         "the hypervisor gave to other guests during the window (this is a virtual machine); "
         "*vCPU stalls* = wake-ups of a 1 ms SCHED_FIFO sleeper (`python3 -m benchmarks.stalls`) "
         "more than 10 ms late during the window, and the latest: times when its virtual CPU, "
-        "and so every process on it, did not run at all." + receive_time_note(doc["results"]),
+        "and so every process on it, did not run at all."
+        + receive_time_note(doc["results"])
+        + scheduling_note(doc),
         "",
         "## Peers as a ratio to the gateway in the same run",
         "",

@@ -133,11 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--load-priority",
-        choices=("idle", "normal"),
-        default="idle",
-        help="idle: cameras and readers run under SCHED_IDLE, so they only get the CPU time "
-        "the relay under test leaves unused (as if they ran on other machines); normal: "
-        "they compete with the relay",
+        choices=("low", "normal"),
+        default="low",
+        help="low: the load runs below the relay, as if on other machines (cameras under "
+        "SCHED_IDLE, readers at nice 19, all in the relay's scheduling autogroup); normal: "
+        "cameras and readers compete with the relay as equals",
     )
     ap.add_argument("--codecs", default="H264,H265")
     ap.add_argument("--shapes", default="fanout,many")
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             skipped[relay.name] = reason
             log.warning("skipping %s: %s", relay.name, reason)
-    relays_mod.LOAD_IDLE = args.load_priority == "idle"
+    relays_mod.LOAD_LOW = args.load_priority == "low"
     log.info("preparing clips (encoded once, never inside a timed run)")
     prepare(args.profile, tuple(args.codecs.split(",")))
     opts = Options(

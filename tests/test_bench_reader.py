@@ -430,3 +430,46 @@ def test_run_queue_wait_is_read_from_schedstat_and_grows_under_contention() -> N
             proc.kill()
             proc.wait()
     assert run_queue_wait_ns(2**22 + 1) == 0  # no such process: nothing, not an error
+
+
+def test_load_scheduling_is_read_and_a_load_in_another_autogroup_is_flagged() -> None:
+    """benchmarks.procstat reads each process's policy, nice and autogroup; a camera process
+    in a session of its own lands in another autogroup (where SCHED_IDLE no longer keeps it
+    below the relay), and the check says so."""
+    import os
+    import subprocess
+    import sys
+
+    from benchmarks.procstat import load_below_relay, scheduling
+
+    def idle() -> None:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+
+    def nice() -> None:
+        os.setpriority(os.PRIO_PROCESS, 0, 19)
+
+    sleep = [sys.executable, "-c", "import time; time.sleep(30)"]
+    camera = subprocess.Popen(sleep, process_group=0, preexec_fn=idle)
+    reader = subprocess.Popen(sleep, process_group=0, preexec_fn=nice)
+    stray = subprocess.Popen(sleep, start_new_session=True, preexec_fn=idle)
+    try:
+        relay = scheduling(os.getpid())
+        cam, rdr, alone = scheduling(camera.pid), scheduling(reader.pid), scheduling(stray.pid)
+        assert cam["policy"] == "SCHED_IDLE" and rdr["policy"] == "SCHED_OTHER"
+        assert rdr["nice"] == 19
+        assert cam["autogroup"] == rdr["autogroup"] == relay["autogroup"]
+        assert load_below_relay(relay, [cam], [rdr]) == []
+        problems = load_below_relay(relay, [cam, alone], [relay])
+        assert "reader process 0 runs at nice 0, not below the relay" in problems
+        if relay["autogroup"] is not None:  # a kernel with autogroups
+            assert alone["autogroup"] != relay["autogroup"]
+            assert any(p.startswith("camera process 1 is in /autogroup-") for p in problems)
+        assert load_below_relay(relay, [relay], [])[0] == (
+            "camera process 0 runs SCHED_OTHER, not SCHED_IDLE"
+        )
+    finally:
+        for proc in (camera, reader, stray):
+            proc.kill()
+            proc.wait()
+    with pytest.raises(ProcessLookupError):
+        scheduling(2**22 + 1)

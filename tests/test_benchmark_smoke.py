@@ -64,6 +64,13 @@ def test_run_writes_results_for_gateway_and_gstreamer(tmp_path: Path) -> None:
         assert 0 <= stalls["over_20ms"] <= stalls["over_10ms"] <= stalls["over_5ms"], name
         # The relay's run-queue wait was read from schedstat (thread-seconds per second).
         assert 0 <= result["relay_run_wait_share"] < 64, name
+        # The load ran below the relay, and in its autogroup where the kernel has them.
+        sched = result["scheduling"]
+        assert sched["problems"] == [], (name, sched)
+        assert [c["policy"] for c in sched["cameras"]] == ["SCHED_IDLE"], name
+        assert [r["nice"] for r in sched["readers"]] == [19], name
+        groups = {p["autogroup"] for p in (sched["relay"], *sched["cameras"], *sched["readers"])}
+        assert len(groups) == 1, (name, sched)
     if "gstreamer" in by_relay:
         (ratio,) = doc["ratios"]
         assert ratio["relay"] == "gstreamer" and ratio["cpu_s_per_gbit"] is not None
@@ -71,6 +78,7 @@ def test_run_writes_results_for_gateway_and_gstreamer(tmp_path: Path) -> None:
     assert "| many H264 2x2 | gateway |" in markdown
     assert "python3 -m benchmarks.run --profile test" in markdown
     assert "kernel receive timestamp of the reader's socket (SO_TIMESTAMPNS)" in markdown
+    assert "readers at nice 19, in the relay's scheduling autogroup" in markdown
     assert (
         "| p99 app ms | reader CPU (cores) | relay threads waiting for a CPU | steal | "
         "vCPU stalls > 10 ms (longest) |"
