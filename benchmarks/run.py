@@ -51,7 +51,7 @@ def versions() -> dict[str, str]:
     out = {
         # The relay path's per-packet walks: the C build, or the Python reference (the
         # gateway runs from this checkout: `python3 setup.py build_ext --inplace` builds it).
-        "span_walks": "C" if spans.ACCELERATED else "Python (C part not built)",
+        "span_walks": spans.IMPLEMENTATION,
         "python": platform.python_version(),
         "uvloop": uvloop.__version__,
         "pyav": av.__version__,

@@ -107,7 +107,7 @@ class Gateway:
                 "address": cfg.server.bind,
                 "port": self.rtsp.port,
                 # The C build of the relay's per-packet loops, or their Python reference.
-                "span_walks": "C" if spans.ACCELERATED else "Python (C part not built)",
+                "span_walks": spans.IMPLEMENTATION,
             },
         )
         if self.start_services:

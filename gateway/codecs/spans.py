@@ -161,3 +161,5 @@ except ImportError:  # not built (a plain checkout): the Python versions above
     ACCELERATED = False
 else:
     ACCELERATED = True
+# For the start-up log and the benchmark's machine line.
+IMPLEMENTATION = "C" if ACCELERATED else "Python (C part not built)"

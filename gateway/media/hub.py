@@ -342,7 +342,7 @@ class StreamHub:
             self.upstream.stop()
             self.state = "idle"
             self._ready.clear()
-            self._clear_gop()
+            self._gop.clear()
 
     def upstream_opened(self, params: Sequence[CodecParams]) -> None:
         """A new upstream session is up with these tracks (first video, then audio)."""
@@ -374,7 +374,7 @@ class StreamHub:
             # that missed the end of the old one.
             for sub in self.subscribers:
                 sub.resync()
-        self._clear_gop()
+        self._gop.clear()
         self._batch = []  # anything held from the old session must not follow the resync
         self._last_key_ts = None
         self._await_keyframe = True
@@ -389,7 +389,7 @@ class StreamHub:
         if self.state != "idle":
             self.state = "down"
         self.last_error = error
-        self._clear_gop()
+        self._gop.clear()
         if was_live:
             self._notify("down")
 
@@ -657,12 +657,9 @@ class StreamHub:
         if not gop:
             return  # nothing decodable to start from until the next keyframe
         if gop.size + frame.size > self.gop_cache_bytes:
-            self._clear_gop()
+            gop.clear()
             return
         gop.append(frame)
-
-    def _clear_gop(self) -> None:
-        self._gop.clear()
 
     @property
     def gop(self) -> list[Frame]:

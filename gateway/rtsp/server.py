@@ -131,12 +131,7 @@ class ServerSession:
             return
         data = frame.interleaved(channel)
         transport.write(data)
-        size = len(data)
-        self.bytes_sent += size
-        self.frames_sent += 1
-        stats = self.hub.stats
-        stats.bytes_out += size
-        stats.frames_out += 1
+        self._count_sent(len(data), 1)
 
     def _deliver_udp(self, frame: Frame, now: float) -> None:
         target = self.udp_targets.get(frame.track)
@@ -151,11 +146,7 @@ class ServerSession:
         addr = target[0]
         for packet in frame.packets():
             sendto(packet, addr)
-        self.bytes_sent += frame.size
-        self.frames_sent += 1
-        stats = self.hub.stats
-        stats.bytes_out += frame.size
-        stats.frames_out += 1
+        self._count_sent(frame.size, 1)
 
     def deliver_many(self, frames: Sequence[Frame], now: float) -> None:
         """Frames that arrived together: the same choices as :meth:`deliver` frame by frame,
@@ -182,12 +173,14 @@ class ServerSession:
         if not parts:
             return
         transport.writelines(parts)
-        size = sum(map(len, parts))
+        self._count_sent(sum(map(len, parts)), len(parts))
+
+    def _count_sent(self, size: int, frames: int) -> None:
         self.bytes_sent += size
-        self.frames_sent += len(parts)
+        self.frames_sent += frames
         stats = self.hub.stats
         stats.bytes_out += size
-        stats.frames_out += len(parts)
+        stats.frames_out += frames
 
     def _writable_transport(self, now: float) -> asyncio.Transport | None:
         """The TCP transport when this client is within its send budget; over it, the frame
