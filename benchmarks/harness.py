@@ -519,7 +519,7 @@ def _sample_relay(relay: Relay) -> TreeSample | None:
     if relay.pid is None:
         return None
     try:
-        return sample_tree(relay.pid)
+        return sample_tree(relay.pid, run_wait=True)
     except ProcessLookupError:
         return None
 

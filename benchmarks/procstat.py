@@ -24,7 +24,8 @@ class TreeSample:
     cpu_seconds: float  # user + system of every live process, plus reaped children
     rss_bytes: int  # sum of VmRSS now
     hwm_bytes: int  # sum of VmHWM (each process's own peak; an upper bound of the tree's)
-    # Time the tree's threads were ready to run but waited for a CPU (schedstat), seconds.
+    # Time the tree's threads were ready to run but waited for a CPU (schedstat), seconds;
+    # 0 unless sampled with run_wait.
     run_wait_seconds: float = 0.0
 
 
@@ -68,8 +69,10 @@ def descendants(root: int) -> list[int]:
     return out
 
 
-def sample_tree(root: int) -> TreeSample:
-    """CPU and memory of ``root`` and its descendants; raises ProcessLookupError if gone."""
+def sample_tree(root: int, run_wait: bool = False) -> TreeSample:
+    """CPU and memory of ``root`` and its descendants, and with ``run_wait`` their threads'
+    run-queue wait (a file per thread: read at a window's edges, not at every memory
+    sample); raises ProcessLookupError if gone."""
     pids = descendants(root)
     cpu_ticks = 0
     rss = hwm = wait_ns = 0
@@ -88,7 +91,8 @@ def sample_tree(root: int) -> TreeSample:
             cpu_ticks += cutime + cstime
         rss += _status_kib(pid, "VmRSS:") * 1024
         hwm += _status_kib(pid, "VmHWM:") * 1024
-        wait_ns += run_queue_wait_ns(pid)
+        if run_wait:
+            wait_ns += run_queue_wait_ns(pid)
     return TreeSample(tuple(alive), cpu_ticks / CLOCK_TICKS, rss, hwm, wait_ns / 1e9)
 
 
