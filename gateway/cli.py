@@ -105,6 +105,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except OSError as exc:
+        # An expected failure of the machine (missing or unreadable file, full disk, port in
+        # use): one line that names it, never a traceback.
+        print(f"onvif-gateway {args.command}: {describe_os_error(exc)}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except Exception as exc:  # a bug: say so in one line; -v shows where
+        if args.verbose:
+            raise
+        print(
+            f"onvif-gateway {args.command}: internal error: {type(exc).__name__}: {exc} "
+            "(run with -v for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return EXIT_RUNTIME
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``exc`` as one line: what failed and on which file, without Python's decoration."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    return f"{what}: {' -> '.join(names)}" if names else what
 
 
 if __name__ == "__main__":

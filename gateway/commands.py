@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import logging
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import config as cfgmod
+from gateway import files
 from gateway.cli import EXIT_FINDINGS, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, console
 
 log = logging.getLogger("gateway")
@@ -34,7 +36,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         '{"event": "ready", "rtsp_port": N}.',
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", "-c", required=True, metavar="FILE")
+    cfgmod.add_config_argument(p)
     # Set by the supervisor when [server] workers > 1 (gateway.workers); not for operators.
     p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker-count", type=int, default=None, help=argparse.SUPPRESS)
@@ -47,7 +49,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Validate a configuration file without starting anything. "
         "Exit 0 when valid, 1 with every problem listed otherwise.",
     )
-    p.add_argument("--config", "-c", required=True, metavar="FILE")
+    cfgmod.add_config_argument(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=cmd_check)
 
@@ -58,7 +60,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "[admin] section of FILE) for every camera's live status. Exit 0 when every enabled "
         "camera streams, 1 when some do not, 3 when the admin API cannot be reached.",
     )
-    p.add_argument("--config", "-c", required=True, metavar="FILE")
+    cfgmod.add_config_argument(p)
     p.add_argument("--json", action="store_true", help="print the API's JSON")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
     p.set_defaults(handler=cmd_status)
@@ -91,9 +93,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "init",
         help="write a commented starter configuration",
         description="Write a commented starter configuration with freshly "
-        "generated VMS and admin passwords (there are no default passwords).",
+        "generated VMS and admin passwords (there are no default passwords). It passes "
+        "'check' as written and starts with no cameras; add a [[camera]] block per camera. "
+        "The file is mode 0640 in group onvif-gateway when that group exists (the production "
+        "install creates it), else 0600. An existing file is kept unless --force.",
     )
-    p.add_argument("--output", "-o", default="onvif-gateway.toml", metavar="FILE")
+    p.add_argument(
+        "--output",
+        "-o",
+        "--config",
+        "-c",
+        dest="output",
+        default=cfgmod.default_path(),
+        metavar="FILE",
+        help=f"where to write it (default: ${cfgmod.PATH_ENV}, else {cfgmod.DEFAULT_PATH}); "
+        "missing directories are created 0750",
+    )
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(handler=cmd_init)
 
@@ -157,6 +172,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"[green]{config.source}: valid[/]; {len(config.cameras)} camera(s), RTSP on "
         f"{config.server.bind}:{config.server.rtsp_port}{admin}"
     )
+    if not summary["cameras"]:
+        out.print("no [[camera]] yet: add one block per camera", markup=False)
+        return EXIT_OK
     table = Table("camera", "vendor", "host", "streams", "on demand", "enabled")
     for cam in summary["cameras"]:
         table.add_row(
@@ -332,21 +350,45 @@ def _log_reload_failure(task: asyncio.Future[Any]) -> None:
 
 def cmd_init(args: argparse.Namespace) -> int:
     out = Path(args.output)
+    if out.is_dir():
+        print(f"{out} is a directory; give the file to write", file=sys.stderr)
+        return EXIT_USAGE
     if out.exists() and not args.force:
         print(f"{out} exists; use --force to overwrite", file=sys.stderr)
         return EXIT_USAGE
     text = STARTER_CONFIG.format(
         vms_password=secrets.token_urlsafe(18), admin_password=secrets.token_urlsafe(18)
     )
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(out, 0o600)
+    gid = files.service_gid()
+    try:
+        _make_parents(out.parent, gid)
+        mode = files.write_atomically(out, text.encode(), mode=0o640, gid=gid)
+    except OSError as exc:
+        from gateway.cli import describe_os_error
+
+        print(f"cannot write {out}: {describe_os_error(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    owner = f"group {files.SERVICE_GROUP}, " if mode == 0o640 else ""
     print(
-        f"wrote {out} (mode 0600) with generated VMS and admin passwords; "
-        f"edit the [[camera]] blocks, then run: onvif-gateway check --config {out}"
+        f"wrote {out} ({owner}mode {mode:04o}) with generated VMS and admin passwords; "
+        f"add [[camera]] blocks, then run: onvif-gateway check --config {out}"
     )
     return EXIT_OK
+
+
+def _make_parents(directory: Path, gid: int | None) -> None:
+    """Create ``directory`` and its missing parents 0750, in the service's group if any."""
+    missing = []
+    for parent in (directory, *directory.parents):
+        if parent.exists():
+            break
+        missing.append(parent)
+    for path in reversed(missing):
+        path.mkdir(mode=0o750)
+        os.chmod(path, 0o750)  # whatever the umask
+        if gid is not None:
+            with contextlib.suppress(PermissionError):
+                os.chown(path, -1, gid)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -487,8 +529,10 @@ async def _demo(args: argparse.Namespace) -> int:
 
 STARTER_CONFIG = """\
 # onvif-gateway configuration. Validate with: onvif-gateway check --config THIS_FILE
-# Passwords below were generated by 'onvif-gateway init'; keep this file mode 0600.
-# Any password may instead be given as password_env = "VAR" or password_file = "/path".
+# Passwords below were generated by 'onvif-gateway init'; keep this file private (0640,
+# group onvif-gateway, or 0600). Any password may instead be given as password_env = "VAR"
+# or password_file = "/path"; under systemd's LoadCredential=, password_file =
+# "${{CREDENTIALS_DIRECTORY}}/NAME".
 
 # Where the inventory, findings, audit log and egress records are kept (SQLite).
 state_dir = "/var/lib/onvif-gateway"
@@ -520,16 +564,18 @@ password = "{admin_password}"
 # ntp_server = true
 # allow = []
 
-# One block per camera. The stream paths are /<name>/main and /<name>/sub.
-[[camera]]
-name = "lobby"
-vendor = "hikvision"        # hikvision | dahua | generic
-host = "192.168.50.10"
-rtsp_port = 554
-http_port = 80              # the camera's web/ISAPI/CGI/ONVIF port
-username = "admin"
-password_env = "LOBBY_CAMERA_PASSWORD"
-channel = 1                 # NVR channel (Hikvision 101/102, Dahua channel=1&subtype=0/1)
+# One block per camera; the stream paths are /<name>/main and /<name>/sub. Uncomment and
+# edit this one, and copy it for each camera ('onvif-gateway discover' prints blocks ready
+# to paste). Give the camera's password from the environment, a file, or inline.
+# [[camera]]
+# name = "lobby"
+# vendor = "hikvision"      # hikvision | dahua | generic
+# host = "192.168.50.10"
+# rtsp_port = 554
+# http_port = 80            # the camera's web/ISAPI/CGI/ONVIF port
+# username = "admin"
+# password_file = "/etc/onvif-gateway/lobby.password"
+# channel = 1               # NVR channel (Hikvision 101/102, Dahua channel=1&subtype=0/1)
 # main_url = "rtsp://..."   # override the vendor template (generic cameras, odd firmware)
 # sub_url = "rtsp://..."
 # on_demand = false         # true: connect upstream only while a VMS client watches

@@ -8,6 +8,7 @@ Secrets are wrapped in :class:`Secret`, whose ``repr``/``str`` never reveal them
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import os
 import re
@@ -17,6 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
+
+# Where every command looks for the configuration unless --config or the environment says
+# otherwise; the production install (deploy/install.sh) puts it there.
+DEFAULT_PATH = "/etc/onvif-gateway/gateway.toml"
+PATH_ENV = "ONVIF_GATEWAY_CONFIG"
 
 VENDORS = ("hikvision", "dahua", "generic")
 INGESTS = ("pyav", "native")
@@ -64,6 +70,9 @@ class ServerConfig:
     bind: str = "127.0.0.1"
     rtsp_port: int = 8554
     onvif_base_port: int = 8000
+    # WS-Discovery's UDP port: 3702 is what every VMS probes; another one only serves two
+    # gateways side by side on one host (testing) or clients told to probe it.
+    discovery_port: int = 3702
     # Seconds a VMS RTSP session may stay silent before it is reaped (advertised in Session:).
     session_timeout: int = 60
     # Worker processes, each owning a shard of the cameras (see gateway.media.workers).
@@ -263,7 +272,11 @@ class _Reader:
                 self.error(opt, f"environment variable {raw} is empty")
                 return None
             return Secret(value)
-        path = Path(raw)
+        expanded, missing = expand_env(raw)
+        if missing:
+            self.error(opt, f"environment variable {missing} is not set (used in {raw!r})")
+            return None
+        path = Path(expanded)
         if not path.is_absolute():
             path = self.base_dir / path
         try:
@@ -279,6 +292,20 @@ class _Reader:
     def finish(self) -> None:
         for name in sorted(set(self.table) - self.used):
             self.error(name, "unknown key (check the spelling)")
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(text: str) -> tuple[str, str | None]:
+    """``text`` with every ``${VAR}`` replaced by the variable's value, and the name of the
+    first variable that is not set (then the text is returned unchanged). Only the braced form
+    is expanded, so a path with a plain ``$`` in it stays what it says. systemd's
+    ``LoadCredential=`` is used as ``password_file = "${CREDENTIALS_DIRECTORY}/vms"``."""
+    for name in _ENV_REF.findall(text):
+        if name not in os.environ:
+            return text, name
+    return _ENV_REF.sub(lambda m: os.environ[m.group(1)], text), None
 
 
 def _article(names: str) -> str:
@@ -334,6 +361,22 @@ def _table(reader: _Reader, name: str, required: bool) -> dict[str, Any] | None:
 DELEGATED_SECTIONS: set[str] = {"policy", "onvif", "telemetry", "firmware", "sim"}
 
 
+def default_path() -> str:
+    """The configuration file a command uses when not given ``--config``."""
+    return os.environ.get(PATH_ENV) or DEFAULT_PATH
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    """``--config/-c FILE`` as every command takes it, with the default above."""
+    parser.add_argument(
+        "--config",
+        "-c",
+        metavar="FILE",
+        default=default_path(),
+        help=f"configuration file (default: ${PATH_ENV}, else {DEFAULT_PATH})",
+    )
+
+
 def load(path: str | os.PathLike[str]) -> Config:
     """Read and validate a configuration file, or raise :class:`ConfigError`."""
     source = str(path)
@@ -361,6 +404,7 @@ def loads(text: str, *, source: str = "<config>", base_dir: Path | None = None) 
         bind=sr.get("bind", str, "127.0.0.1", _ip),
         rtsp_port=sr.get("rtsp_port", int, 8554, _port),
         onvif_base_port=sr.get("onvif_base_port", int, 8000, _port),
+        discovery_port=sr.get("discovery_port", int, 3702, _port),
         session_timeout=sr.get("session_timeout", int, 60, _positive),
         workers=sr.get("workers", int, 1, lambda v: None if 1 <= v <= 64 else "must be 1..64"),
         client_send_budget=sr.get(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import socket
@@ -42,14 +43,22 @@ async def test_help_lists_commands_and_exit_codes() -> None:
 
 
 async def test_init_writes_a_config_check_accepts_with_fresh_passwords(tmp_path: Path) -> None:
-    first, second = tmp_path / "a.toml", tmp_path / "b.toml"
+    # A new box: the directory does not exist yet.
+    first, second = tmp_path / "etc" / "onvif-gateway" / "a.toml", tmp_path / "b.toml"
     for path in (first, second):
         code, out, err = await gateway_cli("init", "--output", str(path))
         assert code == 0, err
         assert str(path) in out
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600  # no onvif-gateway group here
+    for made in (first.parent, first.parent.parent):
+        assert stat.S_IMODE(made.stat().st_mode) == 0o750
+    before = first.read_bytes()
     code, _, err = await gateway_cli("init", "--output", str(first))
     assert code == 2 and "--force" in err
+    assert first.read_bytes() == before
+    code, _, err = await gateway_cli("init", "-c", str(first), "--force")
+    assert code == 0, err
+    assert first.read_bytes() != before
 
     def passwords(path: Path) -> list[str]:
         return re.findall(r'^password = "([^"]+)"', path.read_text(), re.M)
@@ -61,20 +70,86 @@ async def test_init_writes_a_config_check_accepts_with_fresh_passwords(tmp_path:
     text = first.read_text().lower()
     assert "changeme" not in text and 'password = "admin"' not in text
 
-    # The starter camera takes its password from the environment.
-    code, _, err = await gateway_cli("check", "--config", str(first))
-    assert code == 1 and "LOBBY_CAMERA_PASSWORD is not set" in err
-    env = {"LOBBY_CAMERA_PASSWORD": "s3cret-camera"}
-    code, out, err = await gateway_cli("check", "--config", str(first), env=env)
+    # As written it is valid: no camera yet, and the example block is ready to uncomment.
+    code, out, err = await gateway_cli("check", "--config", str(first))
     assert code == 0, err
-    assert "valid" in out and "lobby" in out and "/lobby/main" in out
+    assert "valid" in out and "no [[camera]] yet" in out
     assert not ANSI.search(out), "colours on a pipe"
-    code, out, _ = await gateway_cli("check", "--config", str(first), "--json", env=env)
+    camera_password = tmp_path / "lobby.password"
+    camera_password.write_text("s3cret-camera\n")
+    edited = first.read_text().replace(
+        "# [[camera]]\n# name", "[[camera]]\nname"
+    )  # uncomment the block's first lines as an integrator would
+    for key in ("vendor", "host", "rtsp_port", "http_port", "username", "channel"):
+        edited = re.sub(rf"^# ({key} = )", r"\1", edited, count=1, flags=re.M)
+    edited = edited.replace(
+        '# password_file = "/etc/onvif-gateway/lobby.password"',
+        f'password_file = "{camera_password}"',
+    )
+    first.write_text(edited)
+    code, out, _ = await gateway_cli("check", "--config", str(first), "--json")
     summary = json.loads(out)
-    assert code == 0 and summary["valid"] is True
+    assert code == 0 and summary["valid"] is True, out
     assert summary["cameras"][0]["streams"] == ["/lobby/main", "/lobby/sub"]
     assert summary["admin"] == "http://127.0.0.1:8080/"
     assert "s3cret-camera" not in out
+
+
+async def test_init_failures_are_one_line(tmp_path: Path) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    for target, words in (
+        (a_file / "sub" / "gateway.toml", "Not a directory"),
+        (tmp_path, "is a directory"),
+    ):
+        code, _, err = await gateway_cli("init", "--output", str(target))
+        assert code == 2, err
+        assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_init_gives_the_file_to_the_service_group(tmp_path: Path) -> None:
+    from gateway.files import write_atomically
+
+    path = tmp_path / "gateway.toml"
+    mode = write_atomically(path, b"x = 1\n", mode=0o640, gid=os.getgid())
+    assert mode == 0o640 and stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert path.stat().st_gid == os.getgid()
+    mode = write_atomically(path, b"x = 2\n", mode=0o640, gid=None)
+    assert mode == 0o600 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text() == "x = 2\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["gateway.toml"]  # no temporary left
+
+
+async def test_every_command_finds_the_config_by_default_and_in_the_environment(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "site.toml"
+    code, _, err = await gateway_cli("init", env={"ONVIF_GATEWAY_CONFIG": str(config)})
+    assert code == 0 and config.is_file(), err
+    env = {"ONVIF_GATEWAY_CONFIG": str(config)}
+    code, out, err = await gateway_cli("check", env=env)
+    assert code == 0 and str(config) in out, err
+    for command in (["check"], ["run"], ["status"], ["audit"], ["egress", "render"]):
+        code, out, _ = await gateway_cli(*command, "--help")
+        assert code == 0 and "--config" in out and "ONVIF_GATEWAY_CONFIG" in out, command
+    missing = tmp_path / "nowhere.toml"
+    code, _, err = await gateway_cli("check", env={"ONVIF_GATEWAY_CONFIG": str(missing)})
+    assert code == 2 and str(missing) in err and "Traceback" not in err
+
+
+async def test_password_files_may_name_systemd_credentials(tmp_path: Path) -> None:
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    (creds / "vms").write_text("vms-from-credential\n")
+    config = tmp_path / "g.toml"
+    config.write_text('[vms]\nusername = "vms"\npassword_file = "${CREDENTIALS_DIRECTORY}/vms"\n')
+    code, _, err = await gateway_cli("check", "-c", str(config))
+    assert code == 1 and "CREDENTIALS_DIRECTORY is not set" in err
+    code, out, err = await gateway_cli(
+        "check", "-c", str(config), env={"CREDENTIALS_DIRECTORY": str(creds)}
+    )
+    assert code == 0, err
+    assert "vms-from-credential" not in out
 
 
 async def test_check_exit_codes_for_invalid_and_missing_files(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     def action(name: str, help_text: str, handler: Callable[[argparse.Namespace], int]) -> Any:
         parser = sub.add_parser(name, help=help_text, description=help_text)
-        parser.add_argument("--config", required=True, metavar="FILE", help="gateway config")
+        gateway_config.add_config_argument(parser)
         parser.set_defaults(handler=handler)
         return parser
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.config import Config, ConfigError, load
+from gateway.config import Config, ConfigError, add_config_argument, load
 from gateway.policy.config import parse_policy
 from gateway.store import Store
 
@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", required=True, metavar="FILE", help="configuration file")
+    add_config_argument(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 

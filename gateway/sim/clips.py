@@ -26,7 +26,6 @@ import json
 import os
 import struct
 import sys
-import tempfile
 import threading
 import time
 import weakref
@@ -41,6 +40,7 @@ import numpy as np
 
 from gateway.codecs.base import CodecParams
 from gateway.codecs.h264 import split_annexb
+from gateway.files import write_atomically
 
 VIDEO_CLOCK_RATE = 90_000
 VIDEO_CODECS = ("H264", "H265")
@@ -573,21 +573,6 @@ def _read_cached(path: Path, spec: ClipSpec) -> Clip | None:
         return None  # corrupt or stale: the caller regenerates and replaces it
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, rename: readers see all or nothing."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-
-
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     """Exclusive lock across processes so N simulators starting together encode a clip once."""
@@ -626,7 +611,7 @@ def load_clip(
             clip = None if force else _read_cached(path, spec)
             if clip is None:
                 clip = generate_clip(spec)
-                _write_atomically(path, clip_to_bytes(clip))
+                write_atomically(path, clip_to_bytes(clip))
         _loaded[key] = clip
         return clip
 
