@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import os
 import secrets
 import shutil
 import socket
-from collections.abc import AsyncIterator, Callable
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -42,6 +45,40 @@ def free_ports(n: int) -> list[int]:
         if ok:
             return ports
     raise RuntimeError("no free port range")
+
+
+@contextlib.contextmanager
+def private_network() -> Iterator[None]:
+    """Run the calling thread, and the processes it starts, in a network namespace of its
+    own with only loopback up: for the clients that insist on a well-known port (npm onvif
+    probes 239.255.255.250:3702 and nothing else), which something on the host may hold.
+    Sockets opened inside stay in it. Skips without root or iproute2."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 for a private network namespace")
+    name = f"og-test-{secrets.token_hex(4)}"
+    made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot create a network namespace: {made.stderr.strip()}")
+    libc = ctypes.CDLL(None, use_errno=True)
+    clone_newnet = 0x40000000
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+        try:
+            if libc.setns(target, clone_newnet) != 0:
+                err = ctypes.get_errno()
+                pytest.skip(f"cannot enter a network namespace: {os.strerror(err)}")
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            if libc.setns(home, clone_newnet) != 0:
+                raise OSError(ctypes.get_errno(), "cannot return to the test's network namespace")
+    finally:
+        os.close(home)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
 def require(*tools: str) -> None:

@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -19,9 +20,14 @@ from aiohttp import web
 from gateway import config as cfgmod
 from gateway.onvif.commands import camera_name, tell_vendor, vendor_from_answer
 from gateway.sim.runner import SimFleet, default_stream_specs
-from tests.conftest import run_tool
+from tests.conftest import free_port, run_tool
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+# The simulated cameras answer WS-Discovery on a port of their own, not 3702, which
+# something else on the host may hold; `discover --port` probes it.
+DISCOVERY_PORT = free_port(socket.SOCK_DGRAM)
 
 
 @pytest.fixture
@@ -31,6 +37,7 @@ async def fleet(camera_password: str) -> AsyncIterator[SimFleet]:
     )
     for cam in fleet.cameras:
         cam.device.settings["onvif_discovery"] = True
+        cam.device.settings["onvif_discovery_port"] = DISCOVERY_PORT
     await fleet.start()
     try:
         yield fleet
@@ -44,6 +51,8 @@ async def discover(*args: str, env: dict[str, str] | None = None) -> tuple[int, 
         "-m",
         "gateway",
         "discover",
+        "--port",
+        str(DISCOVERY_PORT),
         *args,
         timeout=60,
         env={"PYTHONPATH": str(REPO), **(env or {})},

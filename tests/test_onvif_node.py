@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import private_network
 from tests.test_onvif_gateway import (  # noqa: F401  (fixtures)
     PASSWORD,
     USER,
@@ -76,11 +77,13 @@ async def test_npm_onvif_discovery_probe(streams, sim_camera):  # noqa: F811
         f'[vms]\nusername = "{USER}"\npassword = "{PASSWORD}"\n'
         '[[camera]]\nname = "cam1"\nvendor = "hikvision"\nhost = "127.0.0.1"\n'
     )
-    servers = await start_onvif(config, {"cam1": ClipBackend(streams, None, sim_camera)})
-    try:
-        result = await run_node("npm_onvif_discover.js", "2000", "lo")
-    finally:
-        await servers.close()
+    # npm onvif probes port 3702 only: gateway and client meet in a namespace of their own.
+    with private_network():
+        servers = await start_onvif(config, {"cam1": ClipBackend(streams, None, sim_camera)})
+        try:
+            result = await run_node("npm_onvif_discover.js", "2000", "lo")
+        finally:
+            await servers.close()
     ours = [f for f in result["found"] if f["address"] == servers.devices[0].uuid]
     assert ours, result
     assert ours[0]["xaddrs"] == f"http://127.0.0.1:{base}/onvif/device_service"

@@ -26,7 +26,13 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 
 from gateway.config import CAMERA_NAME_RE, ConfigError, load
-from gateway.onvif.discovery import MULTICAST_GROUP, ProbeMatch, interface_address, probe
+from gateway.onvif.discovery import (
+    MULTICAST_GROUP,
+    PORT,
+    ProbeMatch,
+    interface_address,
+    probe,
+)
 
 EXIT_FOUND, EXIT_NONE, EXIT_USAGE, EXIT_RUNTIME = 0, 1, 2, 3
 SCOPE_PREFIX = "onvif://www.onvif.org/"
@@ -60,6 +66,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--timeout", type=float, default=3.0, help="seconds to collect answers (default 3)"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=PORT,
+        help=f"WS-Discovery UDP port the devices listen on (default {PORT})",
     )
     parser.add_argument(
         "--no-vendor-probe", action="store_true", help="do not ask found devices for their vendor"
@@ -147,10 +159,10 @@ def _endpoint(match: ProbeMatch) -> tuple[str, int] | None:
 
 
 async def discover(
-    address: str, targets: list[str], timeout: float, vendor_probe: bool
+    address: str, targets: list[str], timeout: float, vendor_probe: bool, port: int = PORT
 ) -> list[FoundCamera]:
-    probes = [probe(address, timeout=timeout, target=MULTICAST_GROUP)]
-    probes += [probe(address, timeout=timeout, target=t, types="") for t in targets]
+    probes = [probe(address, timeout=timeout, target=MULTICAST_GROUP, port=port)]
+    probes += [probe(address, timeout=timeout, target=t, types="", port=port) for t in targets]
     matches: dict[str, ProbeMatch] = {}
     for found in await asyncio.gather(*probes):
         for match in found:
@@ -243,6 +255,9 @@ def cmd_discover(args: argparse.Namespace) -> int:
     if args.timeout <= 0 or args.timeout > 60:
         print("discover: --timeout must be between 0 and 60 seconds", file=sys.stderr)
         return EXIT_USAGE
+    if not 1 <= args.port <= 65535:
+        print("discover: --port must be between 1 and 65535", file=sys.stderr)
+        return EXIT_USAGE
     try:
         address = _address(args)
     except ConfigError as exc:
@@ -255,7 +270,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         cameras = asyncio.run(
-            discover(address, list(args.target), args.timeout, not args.no_vendor_probe)
+            discover(address, list(args.target), args.timeout, not args.no_vendor_probe, args.port)
         )
     except OSError as exc:
         print(f"discover: cannot probe from {address}: {exc}", file=sys.stderr)

@@ -207,14 +207,14 @@ class ProbeMatch:
 # --------------------------------------------------------------------------- asyncio layer
 
 
-def _multicast_socket(interface_ip: str) -> socket.socket:
+def _multicast_socket(interface_ip: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     with contextlib.suppress(AttributeError, OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     # Bound to the group, not the wildcard: only probes sent to the group arrive here, and
     # the membership below is on the VMS-side interface alone.
-    sock.bind((MULTICAST_GROUP, PORT))
+    sock.bind((MULTICAST_GROUP, port))
     mreq = struct.pack("4s4s", socket.inet_aton(MULTICAST_GROUP), socket.inet_aton(interface_ip))
     sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
     sock.setblocking(False)
@@ -246,8 +246,10 @@ class _Receiver(asyncio.DatagramProtocol):
 class DiscoveryResponder:
     """Answers probes for ``devices`` (VirtualDevice objects) on ``bind``'s interface."""
 
-    def __init__(self, bind: str, devices: Sequence[object]) -> None:
+    def __init__(self, bind: str, devices: Sequence[object], port: int = PORT) -> None:
         self.bind = bind
+        # 3702 on a real network; another port lets two gateways (or a test) share a host.
+        self.port = port
         self.devices = list(devices)
         self.instance_id = int(time.time())
         self.message_number = 0
@@ -257,25 +259,27 @@ class DiscoveryResponder:
         self._next_key = 0
 
     @classmethod
-    async def start(cls, bind: str, devices: Sequence[object]) -> DiscoveryResponder:
+    async def start(
+        cls, bind: str, devices: Sequence[object], port: int = PORT
+    ) -> DiscoveryResponder:
         address = ipaddress.ip_address(bind)
         if address.version != 4 or address.is_unspecified:
             raise OSError(f"WS-Discovery needs one IPv4 VMS-side address, not {bind}")
-        responder = cls(bind, devices)
+        responder = cls(bind, devices, port)
         loop = asyncio.get_running_loop()
-        unicast = _unicast_socket(bind, PORT)
+        unicast = _unicast_socket(bind, port)
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _Receiver(responder, multicast=False), sock=unicast
         )
         responder._unicast = transport
         responder._transports.append(transport)
-        group = _multicast_socket(bind)
+        group = _multicast_socket(bind, port)
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _Receiver(responder, multicast=True), sock=group
         )
         responder._transports.append(transport)
         for ep in responder.endpoints():
-            responder._send(hello(ep, responder._seq()), (MULTICAST_GROUP, PORT))
+            responder._send(hello(ep, responder._seq()), (MULTICAST_GROUP, port))
         return responder
 
     def endpoints(self) -> list[Endpoint]:
@@ -301,13 +305,13 @@ class DiscoveryResponder:
         """Answer probes for ``dev`` from now on, and announce it with Hello."""
         self.devices.append(dev)
         with contextlib.suppress(OSError):
-            self._send(hello(self.endpoint(dev), self._seq()), (MULTICAST_GROUP, PORT))
+            self._send(hello(self.endpoint(dev), self._seq()), (MULTICAST_GROUP, self.port))
 
     def remove(self, dev: object) -> None:
         """Say Bye for ``dev`` and stop answering probes for it."""
         if dev in self.devices:
             with contextlib.suppress(OSError):
-                self._send(bye(self.endpoint(dev), self._seq()), (MULTICAST_GROUP, PORT))
+                self._send(bye(self.endpoint(dev), self._seq()), (MULTICAST_GROUP, self.port))
             self.devices.remove(dev)
 
     def _seq(self) -> tuple[int, int]:
@@ -346,7 +350,7 @@ class DiscoveryResponder:
         self._pending.clear()
         for ep in self.endpoints():
             with contextlib.suppress(OSError):
-                self._send(bye(ep, self._seq()), (MULTICAST_GROUP, PORT))
+                self._send(bye(ep, self._seq()), (MULTICAST_GROUP, self.port))
         await asyncio.sleep(0)  # let the Bye datagrams leave before the sockets close
         for transport in self._transports:
             transport.close()
@@ -378,6 +382,7 @@ async def probe(
     timeout: float = 3.0,
     target: str = MULTICAST_GROUP,
     types: str = "dn:NetworkVideoTransmitter",
+    port: int = PORT,
 ) -> list[ProbeMatch]:
     """Send one Probe from ``address`` (multicast on its interface, or directed to
     ``target``) and collect the ProbeMatches that arrive within ``timeout`` seconds."""
@@ -388,7 +393,7 @@ async def probe(
         lambda: _Collector(message_id), sock=sock
     )
     try:
-        transport.sendto(probe_message(message_id, types), (target, PORT))
+        transport.sendto(probe_message(message_id, types), (target, port))
         await asyncio.sleep(timeout)
     finally:
         transport.close()

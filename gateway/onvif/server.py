@@ -356,7 +356,9 @@ async def start_onvif(
             from gateway.onvif.discovery import DiscoveryResponder
 
             try:
-                servers.discovery = await DiscoveryResponder.start(config.server.bind, devices)
+                servers.discovery = await DiscoveryResponder.start(
+                    config.server.bind, devices, config.server.discovery_port
+                )
             except OSError as exc:
                 # Discovery is a convenience; devices stay reachable at their XAddrs.
                 log.warning("WS-Discovery not started on %s: %s", config.server.bind, exc)

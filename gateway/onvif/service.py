@@ -385,7 +385,7 @@ class OnvifService:
             if self.settings.discovery:
                 try:
                     self.discovery = await DiscoveryResponder.start(
-                        self.config.server.bind, self.devices
+                        self.config.server.bind, self.devices, self.config.server.discovery_port
                     )
                 except OSError as exc:
                     # Discovery is a convenience; devices stay reachable at their XAddrs.
@@ -477,7 +477,9 @@ class OnvifService:
                 log.error("ONVIF: NVR device not started: %s", exc)
         if everything and settings.discovery and self.devices:
             try:
-                self.discovery = await DiscoveryResponder.start(config.server.bind, self.devices)
+                self.discovery = await DiscoveryResponder.start(
+                    config.server.bind, self.devices, config.server.discovery_port
+                )
             except OSError as exc:
                 log.warning("WS-Discovery not started on %s: %s", config.server.bind, exc)
 

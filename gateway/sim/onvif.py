@@ -549,7 +549,11 @@ def install(
             from gateway.onvif.discovery import DiscoveryResponder
 
             # Like real cameras: answer WS-Discovery probes on the camera's own address.
-            responder = await DiscoveryResponder.start(device.host, [_DiscoveryView(virtual)])
+            responder = await DiscoveryResponder.start(
+                device.host,
+                [_DiscoveryView(virtual)],
+                int(device.settings.get("onvif_discovery_port", 3702)),
+            )
         yield
         if responder is not None:
             await responder.close()
