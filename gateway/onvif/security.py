@@ -113,36 +113,76 @@ class UsernameToken:
         )
 
 
+@dataclass
+class _Use:
+    expiry: float
+    first: float
+    source: str | None
+    repeats: int = 0
+
+
 class ReplayCache:
     """Keys (nonces) seen within the last ``window`` seconds, bounded to ``max_entries``.
 
     Entries are kept in insertion order with their expiry; since ``now`` only grows, the
     oldest entry expires first and pruning pops from the front.
+
+    One narrow repeat is let through (:meth:`add` with ``read_only``): libonvif before 3.1.10
+    (Debian's onvif-util and onvif-gui) seeds ``rand()`` with ``time()`` for every token, so
+    requests made within one second carry the same nonce, and requests a fraction of a
+    millisecond apart share ``Created`` too; their bodies can be byte-identical, so nothing
+    in the request tells them from a replay. A key may therefore come again from the address
+    that first used it, within :attr:`REPEAT_WINDOW` seconds, at most :attr:`MAX_REPEATS`
+    times, for a read-only operation. From another address, later, more often, or for an
+    operation that changes state, it is a replay.
     """
+
+    REPEAT_WINDOW = 1.0
+    MAX_REPEATS = 3
 
     def __init__(self, window: float, max_entries: int = 65536) -> None:
         self.window = window
         self.max_entries = max_entries
-        self._seen: OrderedDict[bytes, float] = OrderedDict()
+        self._seen: OrderedDict[bytes, _Use] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._seen)
 
     def prune(self, now: float) -> None:
         while self._seen:
-            key, expiry = next(iter(self._seen.items()))
-            if expiry > now:
+            key, use = next(iter(self._seen.items()))
+            if use.expiry > now:
                 break
             del self._seen[key]
 
-    def add(self, key: bytes, now: float) -> None:
-        """Remember ``key`` or raise :class:`AuthError` if it was seen in the window."""
+    def add(
+        self, key: bytes, now: float, *, source: str | None = None, read_only: bool = False
+    ) -> None:
+        """Remember ``key`` or raise :class:`AuthError` if it was seen in the window (but
+        for the repeat described above, which needs ``source`` and ``read_only``)."""
         self.prune(now)
-        if key in self._seen:
-            raise AuthError("nonce replayed")
+        use = self._seen.get(key)
+        if use is not None:
+            repeat_ok = (
+                read_only
+                and source is not None
+                and source == use.source
+                and now - use.first <= self.REPEAT_WINDOW
+                and use.repeats < self.MAX_REPEATS
+            )
+            if not repeat_ok:
+                raise AuthError("nonce replayed")
+            use.repeats += 1
+            return
         if len(self._seen) >= self.max_entries:
             raise AuthError("replay cache full; refusing until older nonces expire")
-        self._seen[key] = now + self.window
+        self._seen[key] = _Use(now + self.window, now, source)
+
+
+def is_read_only(operation: str) -> bool:
+    """Whether an ONVIF operation (local name) only reads: every Get* does, nothing else is
+    assumed to."""
+    return operation.startswith("Get")
 
 
 def verify_username_token(
@@ -153,8 +193,12 @@ def verify_username_token(
     now: float,
     window: float,
     replay: ReplayCache,
+    source: str | None = None,
+    operation: str = "",
 ) -> None:
-    """Raise :class:`AuthError` unless ``token`` proves ``username``/``password`` now."""
+    """Raise :class:`AuthError` unless ``token`` proves ``username``/``password`` now.
+    ``source`` (the client's address) and ``operation`` (the SOAP operation's local name)
+    decide whether a repeated nonce may pass (see :class:`ReplayCache`)."""
     if not hmac.compare_digest(token.username.encode(), username.encode()):
         raise AuthError(f"unknown user {token.username!r}")
     if token.digest:
@@ -173,7 +217,12 @@ def verify_username_token(
         # Keyed on nonce and Created together: the digest binds both, so a captured request
         # replayed as-is is still refused, while clients that reuse a weak nonce within one
         # second with a fresh Created (libonvif seeds rand() with time() per token) still work.
-        replay.add(b"ws:" + token.nonce + b"|" + (token.created or "").encode(), now)
+        replay.add(
+            b"ws:" + token.nonce + b"|" + (token.created or "").encode(),
+            now,
+            source=source,
+            read_only=is_read_only(operation),
+        )
 
 
 # --------------------------------------------------------------------------- HTTP Digest

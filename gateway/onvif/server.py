@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from lxml import etree
 
 from gateway.config import Config
 from gateway.onvif import device as device_service
@@ -82,6 +83,8 @@ class Guard:
                 now=now,
                 window=self.window,
                 replay=self.replay,
+                source=request.remote,
+                operation=etree.QName(soap.operation).localname if soap is not None else "",
             )
             return
         header = request.headers.get("Authorization")
