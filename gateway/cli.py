@@ -69,6 +69,20 @@ def console(stream: TextIO | None = None) -> Console:
     )
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the version, and whether the relay path's C part was built (installs
+    and the container build check it), looked up only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from gateway.codecs import spans
+
+        print(f"onvif-gateway {__version__} (span walks: {spans.IMPLEMENTATION})")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="onvif-gateway",
@@ -76,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--version", action=_VersionAction, help="print the version and the relay's build, exit"
+    )
     parser.add_argument("--log-json", action="store_true", help="log as JSON lines")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

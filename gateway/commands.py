@@ -109,6 +109,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help=f"where to write it (default: ${cfgmod.PATH_ENV}, else {cfgmod.DEFAULT_PATH}); "
         "missing directories are created 0750",
     )
+    p.add_argument(
+        "--state-dir",
+        default="/var/lib/onvif-gateway",
+        metavar="DIR",
+        help="state_dir to write into it (default /var/lib/onvif-gateway)",
+    )
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(handler=cmd_init)
 
@@ -357,7 +363,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"{out} exists; use --force to overwrite", file=sys.stderr)
         return EXIT_USAGE
     text = STARTER_CONFIG.format(
-        vms_password=secrets.token_urlsafe(18), admin_password=secrets.token_urlsafe(18)
+        vms_password=secrets.token_urlsafe(18),
+        admin_password=secrets.token_urlsafe(18),
+        state_dir=json.dumps(args.state_dir),
     )
     gid = files.service_gid()
     try:
@@ -535,7 +543,7 @@ STARTER_CONFIG = """\
 # "${{CREDENTIALS_DIRECTORY}}/NAME".
 
 # Where the inventory, findings, audit log and egress records are kept (SQLite).
-state_dir = "/var/lib/onvif-gateway"
+state_dir = {state_dir}
 
 [server]
 bind = "127.0.0.1"          # the gateway's address on the VMS network

@@ -43,8 +43,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     apply_p = action("apply", "load the ruleset atomically and check it is in place", _apply)
     apply_p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _if_configured(apply_p, "the systemd unit applies this way before every start and reload")
     status_p = action("status", "blocked-packet counters per camera (stored as deltas)", _status)
     status_p.add_argument("--json", action="store_true", help="print the counters as JSON")
+    _if_configured(status_p, "onvif-gateway-egress-counters.timer reads them this way")
     report_p = action("report", "per camera: blocked connections and DNS phone-home", _report)
     report_p.add_argument("--json", action="store_true", help="print the report as JSON")
     report_p.add_argument(
@@ -63,6 +65,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve_p.add_argument(
         "--poll-interval", type=float, default=60.0, help="seconds between counter reads (0: off)"
     )
+
+
+def _if_configured(parser: argparse.ArgumentParser, why: str) -> None:
+    parser.add_argument(
+        "--if-configured",
+        action="store_true",
+        help=f"do nothing (exit 0) when the config has no [camera_network]; {why}",
+    )
+
+
+def _unconfigured(args: argparse.Namespace, config: gateway_config.Config) -> bool:
+    """True (and said) when ``--if-configured`` was given and there is nothing to do."""
+    if args.if_configured and config.camera_network is None:
+        print(f"{config.source}: no [camera_network]: nothing to do", file=sys.stderr)
+        return True
+    return False
 
 
 def _load_config(args: argparse.Namespace) -> gateway_config.Config | None:
@@ -105,6 +123,8 @@ def _apply(args: argparse.Namespace) -> int:
     config = _load_config(args)
     if config is None:
         return EXIT_CONFIG
+    if _unconfigured(args, config):
+        return EXIT_OK
     try:
         ruleset, state = nftables.apply(config)
     except nftables.EgressConfigError as exc:
@@ -138,6 +158,8 @@ def _status(args: argparse.Namespace) -> int:
     config = _load_config(args)
     if config is None:
         return EXIT_CONFIG
+    if _unconfigured(args, config):
+        return EXIT_OK
     try:
         store = _open_store(config)
         result = refresh(config, store)

@@ -417,6 +417,21 @@ class Nft:
         return done.stdout
 
 
+_CAP_NET_ADMIN = 12
+
+
+def may_read() -> bool:
+    """Whether this process may read the ruleset's counters (CAP_NET_ADMIN is effective)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> _CAP_NET_ADMIN & 1)
+    except (OSError, ValueError):
+        pass
+    return False
+
+
 def check(text: str, nft: Nft | None = None) -> None:
     """Have nft parse and validate the ruleset without loading it (``nft -c -f``)."""
     _load(text, nft or Nft(), check_only=True)

@@ -141,6 +141,11 @@ async def start_egress_services(
                     await dns.close()
                 raise
             log.info("ntp server listening", extra={"address": network.address, "port": ntp.port})
+    if network is not None and poll_interval > 0 and nft is None and not nftables.may_read():
+        # The systemd unit keeps CAP_NET_ADMIN out of the long-running process; its
+        # onvif-gateway-egress-counters.timer reads the counters into the store instead.
+        log.info("egress counters are not read by this process (no CAP_NET_ADMIN)")
+        poll_interval = 0.0
     services = EgressServices(
         config,
         store,
