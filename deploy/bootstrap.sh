@@ -12,57 +12,41 @@ cd "$(dirname "$0")/.."
 mode="${1:-install}"
 shift || true
 
-SUDO=""
-if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-
-# Runtime: FFmpeg is bundled in PyAV's wheels; nftables/iproute2 for egress isolation;
-# gcc and the Python headers build the C part of the relay path (gateway/codecs/_spans.c).
-RUNTIME_PACKAGES=(python3-venv python3-dev gcc nftables iproute2 ca-certificates)
+# shellcheck source=deploy/lib.sh
+. deploy/lib.sh
 # Tests: real RTSP clients (ffmpeg, GStreamer), GStreamer's RTSP server (peer relay and
-# reference server), onvif-util, promtool, Chromium for the dashboard, Node for npm clients.
+# reference server), onvif-util, promtool, Chromium for the dashboard, Node for npm clients,
+# systemd-analyze for the unit files.
 TEST_PACKAGES=(ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
                gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
                gir1.2-gst-rtsp-server-1.0 python3-gi onvif-tools prometheus chromium
-               chromium-driver procps)
-
-apt_install() {
-    local missing=()
-    for pkg in "$@"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
-            || missing+=("$pkg")
-    done
-    if ! command -v node >/dev/null 2>&1 && [ "$mode" = test ]; then
-        missing+=(nodejs npm)
-    fi
-    if [ ${#missing[@]} -gt 0 ]; then
-        echo "==> apt-get install ${missing[*]}"
-        $SUDO apt-get update -q
-        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
-            "${missing[@]}"
-    fi
-}
+               chromium-driver procps systemd)
+if [ "$mode" = test ] && ! command -v node >/dev/null 2>&1; then
+    TEST_PACKAGES+=(nodejs npm)
+fi
 
 python_bin="${PYTHON:-python3}"
+# venv_setup REQUIREMENT: .venv with the checkout installed editable ("." or ".[test]").
 venv_setup() {
-    local extras="$1"
+    local requirement="$1"
     if [ ! -x .venv/bin/python ]; then
         echo "==> creating .venv"
         "$python_bin" -m venv .venv
     fi
     .venv/bin/python -m pip install -q --upgrade pip
-    echo "==> pip install -e .[$extras]"
-    .venv/bin/python -m pip install -q -e ".[$extras]"
+    echo "==> pip install -e $requirement"
+    .venv/bin/python -m pip install -q -e "$requirement"
 }
 
 case "$mode" in
     install)
         apt_install "${RUNTIME_PACKAGES[@]}"
-        venv_setup ""
-        echo "==> installed: .venv/bin/onvif-gateway"
+        venv_setup .
+        echo "==> installed: .venv/bin/onvif-gateway ($(.venv/bin/onvif-gateway --version))"
         ;;
     test)
         apt_install "${RUNTIME_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
-        venv_setup "test"
+        venv_setup ".[test]"
         if [ -f tests/node/package.json ]; then
             echo "==> npm ci (tests/node)"
             (cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
