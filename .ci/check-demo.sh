@@ -59,8 +59,9 @@ echo "    $probe"
     || { echo "FAIL: ffprobe did not read a video stream from $url" >&2; exit 1; }
 echo "ok: the printed stream plays"
 
-echo "==> [readme] curl $dashboard"
-page="$(curl --fail --silent --show-error --max-time 20 --insecure "$dashboard")"
+echo "==> [readme] curl $dashboard (as a browser: redirected to the sign-in page)"
+page="$(curl --fail --silent --show-error --max-time 20 --insecure --location \
+    --header "Accept: text/html" "$dashboard")"
 grep -qi "password" <<< "$page" \
     || { echo "FAIL: the dashboard did not serve its sign-in page" >&2; exit 1; }
 echo "ok: the dashboard serves its sign-in page"
