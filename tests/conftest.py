@@ -165,11 +165,12 @@ def stream_url(
 
 
 async def run_tool(
-    *argv: str, timeout: float = 60.0, env: dict[str, str] | None = None
+    *argv: str, timeout: float = 60.0, env: dict[str, str] | None = None, cwd: str | None = None
 ) -> tuple[int, str, str]:
     """Run a real client to completion; returns (exit code, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
+        cwd=cwd,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         stdin=asyncio.subprocess.DEVNULL,

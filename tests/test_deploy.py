@@ -39,15 +39,41 @@ def cli_accepts(argv: list[str]) -> None:
     assert getattr(args, "handler", None) is not None, argv
 
 
+def command_lines(directives: dict[str, list[str]], *keys: str) -> list[list[str]]:
+    """The unit's command lines for ``keys``, split, without systemd's '+-!@' prefixes."""
+    return [shlex.split(v.lstrip("+-!@")) for k in keys for v in directives.get(k, [])]
+
+
+async def verify_units(tmp_path: Path, *names: str) -> str:
+    """systemd-analyze verify on copies whose /opt/onvif-gateway binary is `true` (verify
+    needs every executable to exist); returns the copy of the first unit."""
+    true = shutil.which("true") or "/bin/true"
+    copies = []
+    for name in names:
+        text = (DEPLOY / name).read_text().replace("/opt/onvif-gateway/bin/onvif-gateway", true)
+        (tmp_path / name).write_text(text)
+        copies.append(str(tmp_path / name))
+    code, out, err = await run_tool("systemd-analyze", "verify", *copies)
+    assert code == 0 and not (out + err).strip(), out + err
+    return copies[0]
+
+
 async def test_systemd_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
     require("systemd-analyze")
-    text = (DEPLOY / "onvif-gateway.service").read_text()
-    d = unit_directives(text)
-    assert d["CapabilityBoundingSet"] == ["CAP_NET_BIND_SERVICE CAP_NET_ADMIN"]
-    assert d["AmbientCapabilities"] == ["CAP_NET_BIND_SERVICE CAP_NET_ADMIN"]
+    d = unit_directives((DEPLOY / "onvif-gateway.service").read_text())
+    # Its own user, made by deploy/install.sh, which can read the 0640 root:onvif-gateway
+    # configuration that init writes (a DynamicUser could not).
+    assert d["User"] == ["onvif-gateway"] and d["Group"] == ["onvif-gateway"]
+    assert "DynamicUser" not in d
+    # While running, only low ports; CAP_NET_ADMIN only in the '+' egress steps.
+    assert d["CapabilityBoundingSet"] == ["CAP_NET_BIND_SERVICE"]
+    assert d["AmbientCapabilities"] == ["CAP_NET_BIND_SERVICE"]
+    privileged = [v for k in ("ExecStartPre", "ExecReload") for v in d[k] if v.startswith("+")]
+    assert privileged and all(" egress apply --if-configured " in v for v in privileged)
     assert d["NoNewPrivileges"] == ["yes"] and d["ProtectSystem"] == ["strict"]
-    assert d["DynamicUser"] == ["yes"] and "/var/lib/onvif-gateway" in d["ReadWritePaths"]
-    assert d["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert d["StateDirectory"] == ["onvif-gateway"] and d["StateDirectoryMode"] == ["0700"]
+    assert "/var/lib/onvif-gateway" in d["ReadWritePaths"]
+    assert d["ExecReload"][-1] == "/bin/kill -HUP $MAINPID"
     assert set(d["RestrictAddressFamilies"][0].split()) == {
         "AF_INET",
         "AF_INET6",
@@ -55,22 +81,51 @@ async def test_systemd_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
         "AF_UNIX",
     }
     assert any(v.startswith("@system-service") for v in d["SystemCallFilter"])
-    for key in ("ExecStart", "ExecStartPre"):
-        argv = shlex.split(d[key][0])
-        assert argv[0] == "/usr/local/bin/onvif-gateway"
+    assert "LoadCredential" not in d  # documented, commented: only when the site uses it
+    for argv in command_lines(d, "ExecStartPre", "ExecStart", "ExecReload"):
+        if argv[0] == "/bin/kill":
+            continue
+        assert argv[0] == "/opt/onvif-gateway/bin/onvif-gateway", argv
+        assert argv[argv.index("--config") + 1] == cfgmod.DEFAULT_PATH
         cli_accepts(argv[1:])
-    # verify needs the executable to exist: check a copy pointing at one that does.
-    copy = tmp_path / "onvif-gateway.service"
-    copy.write_text(text.replace("/usr/local/bin/onvif-gateway", shutil.which("true") or ""))
-    code, out, err = await run_tool("systemd-analyze", "verify", str(copy))
-    assert code == 0 and not (out + err).strip(), out + err
+    copy = await verify_units(
+        tmp_path,
+        "onvif-gateway.service",
+        "onvif-gateway-egress-counters.service",
+        "onvif-gateway-egress-counters.timer",
+    )
     # --threshold is in tenths of the printed exposure level (0.0 safest .. 10.0).
     code, out, err = await run_tool(
-        "systemd-analyze", "security", "--offline=true", "--threshold=30", str(copy)
+        "systemd-analyze", "security", "--offline=true", "--threshold=30", copy
     )
     assert code == 0, out + err
     exposure = re.search(r"Overall exposure level for \S+: ([\d.]+)", out)
     assert exposure is not None and float(exposure.group(1)) <= 3.0
+
+
+def test_egress_counter_job_holds_net_admin_as_the_service_user() -> None:
+    d = unit_directives((DEPLOY / "onvif-gateway-egress-counters.service").read_text())
+    assert d["User"] == ["onvif-gateway"] and d["Type"] == ["oneshot"]
+    assert d["CapabilityBoundingSet"] == ["CAP_NET_ADMIN"]
+    assert d["AmbientCapabilities"] == ["CAP_NET_ADMIN"]
+    [argv] = command_lines(d, "ExecStart")
+    assert argv[1:4] == ["egress", "status", "--if-configured"]
+    cli_accepts(argv[1:])
+    main = unit_directives((DEPLOY / "onvif-gateway.service").read_text())
+    assert "onvif-gateway-egress-counters.timer" in main["Wants"][0]
+    timer = unit_directives((DEPLOY / "onvif-gateway-egress-counters.timer").read_text())
+    assert timer["PartOf"] == ["onvif-gateway.service"] and timer["OnUnitActiveSec"]
+
+
+def test_install_script_installs_what_the_units_name() -> None:
+    script = (DEPLOY / "install.sh").read_text()
+    for name in ("onvif-gateway.service", "onvif-gateway-egress-counters.service"):
+        for path in ("/opt/onvif-gateway", "/etc/onvif-gateway", "/var/lib/onvif-gateway"):
+            if path in (DEPLOY / name).read_text():
+                assert f"s|{path}|" in script, (name, path)
+    for unit in DEPLOY.glob("onvif-gateway*.*"):
+        assert unit.name in script, unit.name
+    assert "useradd --system" in script and "init --output" in script
 
 
 def containerfile_instructions(text: str) -> list[tuple[str, str]]:
@@ -84,20 +139,37 @@ def containerfile_instructions(text: str) -> list[tuple[str, str]]:
     return out
 
 
+def stages(instructions: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    out: list[list[tuple[str, str]]] = []
+    for kw, rest in instructions:
+        if kw == "FROM":
+            out.append([])
+        out[-1].append((kw, rest))
+    return out
+
+
 def test_containerfile() -> None:
     instructions = containerfile_instructions((DEPLOY / "Containerfile").read_text())
-    froms = [rest for kw, rest in instructions if kw == "FROM"]
-    assert froms and all(f.split()[0].endswith("debian:12-slim") for f in froms)
-    final = instructions[max(i for i, (kw, _) in enumerate(instructions) if kw == "FROM") :]
+    build, final = stages(instructions)
+    assert all(stage[0][1].split()[0].endswith("debian:12-slim") for stage in (build, final))
+    assert build[0][1].endswith(" AS build")
+    # The compiler lives in the build stage only; the venv moves on.
+    build_runs = " ".join(rest for kw, rest in build if kw == "RUN")
+    assert "gcc" in build_runs and "python3-dev" in build_runs
+    assert "deploy/build-venv.sh /opt/onvif-gateway /src" in build_runs
+    final_runs = " ".join(rest for kw, rest in final if kw == "RUN")
+    assert "gcc" not in final_runs and "span walks: C" in final_runs
+    assert ("COPY", "--from=build /opt/onvif-gateway /opt/onvif-gateway") in final
     users = [rest for kw, rest in final if kw == "USER"]
     assert users and users[-1].split(":")[0] not in ("0", "root")
+    ignored = (ROOT / ".containerignore").read_text().split()
+    assert ".venv" in ignored and ".git" in ignored
+    assert (ROOT / ".dockerignore").resolve() == (ROOT / ".containerignore").resolve()
     for kw, rest in instructions:
         if kw == "COPY" and not rest.startswith("--from"):
             for source in rest.split()[:-1]:
                 assert (ROOT / source).exists(), source
-    assert any(
-        kw == "RUN" and "pip install" in rest and "/src" in rest for kw, rest in instructions
-    )
+                assert source.split("/")[0] not in ignored, source
     health = next(rest for kw, rest in final if kw == "HEALTHCHECK")
     assert "/healthz" in health and "8080" in health
     entrypoint = yaml.safe_load(next(rest for kw, rest in final if kw == "ENTRYPOINT"))
@@ -105,6 +177,38 @@ def test_containerfile() -> None:
     assert entrypoint[0] == "onvif-gateway"
     cli_accepts([*entrypoint[1:], *cmd])
     assert not any(kw in ("ENV", "ARG") and "PASSWORD" in rest.upper() for kw, rest in instructions)
+
+
+@pytest.mark.slow
+async def test_container_build_stage_compiles_the_c_part(tmp_path: Path) -> None:
+    """No container builder runs here, so the build stage's own steps run instead: its COPY
+    instructions into a scratch /src, then its RUN that builds the venv, with /src and
+    /opt/onvif-gateway moved under tmp_path. The built gateway must load the C part."""
+    require("gcc")
+    build, _ = stages(containerfile_instructions((DEPLOY / "Containerfile").read_text()))
+    src, venv = tmp_path / "src", tmp_path / "opt" / "onvif-gateway"
+    for kw, rest in build:
+        if kw == "COPY":
+            *sources, target = rest.split()
+            for source in sources:
+                dest = Path(str(src) + target.removeprefix("/src"))
+                if target.endswith("/"):
+                    dest = dest / Path(source).name
+                if (ROOT / source).is_dir():
+                    shutil.copytree(ROOT / source, dest, ignore=shutil.ignore_patterns("*.so"))
+                else:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(ROOT / source, dest)
+    [command] = [rest for kw, rest in build if kw == "RUN" and "build-venv.sh" in rest]
+    command = command.replace("/opt/onvif-gateway", str(venv)).replace("/src", str(src))
+    code, out, err = await run_tool("bash", "-c", command, timeout=600)
+    assert code == 0, out + err
+    code, out, err = await run_tool(
+        str(venv / "bin" / "python"), "-c", "import gateway.codecs._spans", cwd=str(tmp_path)
+    )
+    assert code == 0, err
+    code, out, _ = await run_tool(str(venv / "bin" / "onvif-gateway"), "--version")
+    assert code == 0 and "span walks: C" in out
 
 
 def k8s_documents() -> dict[str, dict[str, Any]]:
