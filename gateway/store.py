@@ -9,6 +9,7 @@ statements, trigger bodies included (statements are split where SQLite says one 
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -18,11 +19,30 @@ from typing import Any
 DB_NAME = "gateway.sqlite3"
 
 
+def _create_private(path: Path) -> None:
+    """Create the database file 0600 whatever the umask (it holds inventory and audit
+    records), owned by whoever owns the state directory: root running a CLI command against
+    an installed gateway's state must not leave a file the service user cannot write.
+    SQLite gives its -wal and -shm files the database file's owner and mode."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    try:
+        if os.geteuid() == 0:
+            owner = path.parent.stat()
+            if (owner.st_uid, owner.st_gid) != (0, 0):
+                os.fchown(fd, owner.st_uid, owner.st_gid)
+    finally:
+        os.close(fd)
+
+
 class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _create_private(self.path)
         # One connection guarded by a lock: callers are the event loop and the odd worker
         # thread; statements are short.
         self._conn = sqlite3.connect(

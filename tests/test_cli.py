@@ -291,3 +291,22 @@ async def test_status_without_a_running_gateway(tmp_path: Path) -> None:
     no_admin.write_text('[vms]\nusername = "vms"\npassword = "unused"\n')
     code, _, err = await gateway_cli("status", "--config", str(no_admin))
     assert code == 2 and "no [admin] section" in err
+
+
+def test_the_state_database_is_private_and_stays_the_services(tmp_path: Path) -> None:
+    from gateway.store import Store
+
+    state = tmp_path / "state"
+    state.mkdir()
+    Store.in_state_dir(state).close()
+    db = state / "gateway.sqlite3"
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+    if os.geteuid() == 0:  # root (an operator's sudo) in a service-owned state directory
+        other = tmp_path / "service"
+        other.mkdir()
+        os.chown(other, 4242, 4243)
+        store = Store.in_state_dir(other)
+        store.execute("CREATE TABLE t (x)")
+        store.close()
+        for path in other.iterdir():
+            assert (path.stat().st_uid, path.stat().st_gid) == (4242, 4243), path.name
