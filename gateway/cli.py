@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
@@ -125,6 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # An expected failure of the machine (missing or unreadable file, full disk, port in
         # use): one line that names it, never a traceback.
         print(f"onvif-gateway {args.command}: {describe_os_error(exc)}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except sqlite3.Error as exc:  # the state database: full disk, read-only, corrupt
+        print(f"onvif-gateway {args.command}: state database: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
     except Exception as exc:  # a bug: say so in one line; -v shows where
         if args.verbose:

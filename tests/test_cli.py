@@ -310,3 +310,17 @@ def test_the_state_database_is_private_and_stays_the_services(tmp_path: Path) ->
         store.close()
         for path in other.iterdir():
             assert (path.stat().st_uid, path.stat().st_gid) == (4242, 4243), path.name
+
+
+async def test_a_state_directory_that_cannot_be_used_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    config = tmp_path / "g.toml"
+    config.write_text(
+        f'state_dir = "{blocker / "state"}"\n[vms]\nusername = "vms"\npassword = "vms-pw"\n'
+        "[policy]\n"
+    )
+    code, _, err = await gateway_cli("audit", "--config", str(config))
+    assert code in (2, 3), err
+    assert "Traceback" not in err and str(blocker) in err
+    assert len(err.strip().splitlines()) <= 2, err
