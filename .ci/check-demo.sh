@@ -50,6 +50,12 @@ dashboard="$(sed -n 's/^Dashboard: *\(http[^ ]*\)$/\1/p' "$log")"
 [ -n "$password" ] && [ -n "$url" ] && [ -n "$dashboard" ] \
     || { echo "FAIL: the demo did not print a VMS password, an RTSP URL and a dashboard" >&2; exit 1; }
 
+# The checks' own tools, installed only now, so that they cannot hide a package the README's
+# command forgot.
+# shellcheck source=deploy/lib.sh
+. deploy/lib.sh
+apt_install ffmpeg curl
+
 echo "==> [readme] ffprobe $url (as vms)"
 probe="$(timeout 60 ffprobe -v error -rtsp_transport tcp -select_streams v:0 \
     -show_entries stream=codec_name,width,height -of csv=p=0 \

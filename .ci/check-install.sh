@@ -6,6 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The checks' own tools (systemd-analyze, runuser, pgrep).
+# shellcheck source=deploy/lib.sh
+. deploy/lib.sh
+apt_install systemd util-linux procps
+
 root="$(mktemp -d /tmp/og-install.XXXXXX)"
 chmod 0755 "$root"  # the service user must reach the venv and the config under it
 gateway_pid=""
