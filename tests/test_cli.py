@@ -44,12 +44,20 @@ async def test_help_lists_commands_and_exit_codes() -> None:
 
 async def test_init_writes_a_config_check_accepts_with_fresh_passwords(tmp_path: Path) -> None:
     # A new box: the directory does not exist yet.
+    from gateway.files import service_gid
+
+    gid = service_gid()
     first, second = tmp_path / "etc" / "onvif-gateway" / "a.toml", tmp_path / "b.toml"
     for path in (first, second):
         code, out, err = await gateway_cli("init", "--output", str(path))
         assert code == 0, err
         assert str(path) in out
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600  # no onvif-gateway group here
+        # 0640 in the service's group where the production install made it (and this
+        # process may give files to it), 0600 elsewhere.
+        if gid is not None and os.geteuid() == 0:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o640 and path.stat().st_gid == gid
+        else:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600
     for made in (first.parent, first.parent.parent):
         assert stat.S_IMODE(made.stat().st_mode) == 0o750
     before = first.read_bytes()
