@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import config as cfgmod
-from gateway import files
+from gateway import files, sections
 from gateway.cli import EXIT_FINDINGS, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, console
 
 log = logging.getLogger("gateway")
@@ -121,7 +121,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def load_config_or_exit(path: str) -> cfgmod.Config | int:
     try:
-        return cfgmod.load(path)
+        return sections.load(path)
     except cfgmod.ConfigError as exc:
         print(f"configuration error:\n{exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -132,7 +132,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{args.config}: cannot read the file (no such file)", file=sys.stderr)
         return EXIT_USAGE
     try:
-        config = cfgmod.load(args.config)
+        config = sections.load(args.config)
     except cfgmod.ConfigError as exc:
         if args.json:
             print(
@@ -140,7 +140,13 @@ def cmd_check(args: argparse.Namespace) -> int:
                     {
                         "valid": False,
                         "problems": [
-                            {"file": exc.source, "key": k, "message": m} for k, m in exc.problems
+                            {
+                                "file": exc.source,
+                                "key": k,
+                                "message": m,
+                                "where": exc.describe(k, m).removesuffix(f": {m}"),
+                            }
+                            for k, m in exc.problems
                         ],
                     }
                 )
@@ -331,7 +337,7 @@ async def _run(config: cfgmod.Config, path: str, shard: Any = None) -> int:
 
     def reload() -> None:
         try:
-            new = cfgmod.load(path)
+            new = sections.load(path)
         except cfgmod.ConfigError as exc:
             log.error("reload refused: configuration invalid", extra={"problems": str(exc)})
             return
@@ -571,6 +577,14 @@ password = "{admin_password}"
 # dns_sinkhole = true
 # ntp_server = true
 # allow = []
+
+# Firmware and telemetry policy ('onvif-gateway audit' / 'enforce'): cloud (P2P), UPnP,
+# DDNS, telnet, SSH, e-mail, FTP, SNMP, Bonjour and multicast are switched off on every
+# camera. Cameras should take their time from the gateway's NTP server once [camera_network]
+# is set up: then write ntp = "gateway" (or ntp_server = "ADDRESS" for the site's own
+# server). Until then, their NTP is left as it is.
+[policy.telemetry]
+ntp = "allowed"
 
 # One block per camera; the stream paths are /<name>/main and /<name>/sub. Uncomment and
 # edit this one, and copy it for each camera ('onvif-gateway discover' prints blocks ready

@@ -9,11 +9,12 @@ Secrets are wrapped in :class:`Secret`, whose ``repr``/``str`` never reveal them
 from __future__ import annotations
 
 import argparse
+import difflib
 import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,13 +31,32 @@ CAMERA_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 
 class ConfigError(Exception):
-    """One or more configuration problems; ``problems`` holds ``(key, message)`` pairs."""
+    """One or more configuration problems; ``problems`` holds ``(key, message)`` pairs.
 
-    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+    ``where`` names a table for a person: ``camera[2]`` is shown as
+    ``camera "lobby" (camera[2], line 41)``; the keys themselves stay as they are, for
+    scripts (``check --json``)."""
+
+    def __init__(
+        self, source: str, problems: list[tuple[str, str]], where: dict[str, str] | None = None
+    ) -> None:
         self.source = source
         self.problems = problems
-        lines = [f"{source}: {key}: {msg}" if key else f"{source}: {msg}" for key, msg in problems]
-        super().__init__("\n".join(lines))
+        self.where = where or {}
+        super().__init__("\n".join(f"{source}: {self.describe(k, m)}" for k, m in problems))
+
+    def describe(self, key: str, message: str) -> str:
+        """One problem as a person reads it: where, which key, what is wrong."""
+        if not key:
+            return message
+        table, dot, rest = key.partition(".")
+        if table in self.where:
+            return (
+                f"{self.where[table]}: {rest}: {message}"
+                if dot
+                else f"{self.where[table]}: {message}"
+            )
+        return f"{key}: {message}"
 
 
 class Secret:
@@ -291,7 +311,27 @@ class _Reader:
 
     def finish(self) -> None:
         for name in sorted(set(self.table) - self.used):
-            self.error(name, "unknown key (check the spelling)")
+            self.error(name, "unknown key" + did_you_mean(name, self.used, "check the spelling"))
+
+
+def did_you_mean(word: str, choices: Iterable[str], otherwise: str = "") -> str:
+    """`` (did you mean "x"?)`` for the nearest of ``choices``, else `` (otherwise)``."""
+    near = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    if near:
+        return f' (did you mean "{near[0]}"?)'
+    return f" ({otherwise})" if otherwise else ""
+
+
+def one_of(*choices: str) -> Callable[[str], str | None]:
+    """A check that the value is one of ``choices``, suggesting the nearest when not."""
+
+    def check(value: str) -> str | None:
+        if value in choices:
+            return None
+        listed = ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else choices[0]
+        return f"must be {listed}, not {value!r}" + did_you_mean(value, choices)
+
+    return check
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -435,7 +475,16 @@ def loads(text: str, *, source: str = "<config>", base_dir: Path | None = None) 
         top.error("camera", "must be an array of tables ([[camera]])")
         cam_list = []
     seen_names: set[str] = set()
+    where: dict[str, str] = {}
+    lines = _array_table_lines(text, "camera")
+    # Each camera with its index in the file: a port clash names the right [[camera]] even
+    # when an invalid one before it was dropped.
+    indexed: list[tuple[int, CameraConfig]] = []
     for i, cam_t in enumerate(cam_list):
+        line = f", line {lines[i]}" if i < len(lines) else ""
+        name = cam_t.get("name") if isinstance(cam_t, dict) else None
+        named = f"camera {json_quote(name)} " if isinstance(name, str) and name else "camera "
+        where[f"camera[{i}]"] = f"{named}(camera[{i}]{line})"
         if not isinstance(cam_t, dict):
             top.error(f"camera[{i}]", "must be a table")
             continue
@@ -448,6 +497,7 @@ def loads(text: str, *, source: str = "<config>", base_dir: Path | None = None) 
             cameras_reader.error("name", f"duplicate camera name {cam.name!r}")
         seen_names.add(cam.name)
         cameras.append(cam)
+        indexed.append((i, cam))
 
     admin = None
     admin_t = _table(top, "admin", False)
@@ -497,12 +547,13 @@ def loads(text: str, *, source: str = "<config>", base_dir: Path | None = None) 
     _claim(ports, server.rtsp_port, "server.rtsp_port", problems)
     if admin is not None:
         _claim(ports, admin.port, "admin.port", problems)
-    for i, cam in enumerate(cameras):
-        port = cam.onvif_port or (server.onvif_base_port + i)
-        _claim(ports, port, f"camera[{i}].onvif_port", problems)
+    for k, (i, cam) in enumerate(indexed):
+        # Camera k of the valid ones gets base + k, as gateway.onvif.config assigns them.
+        port = cam.onvif_port or (server.onvif_base_port + k)
+        _claim(ports, port, f"camera[{i}].onvif_port", problems, where)
 
     if problems:
-        raise ConfigError(source, problems)
+        raise ConfigError(source, problems, where)
     return Config(
         source=source,
         server=server,
@@ -516,11 +567,38 @@ def loads(text: str, *, source: str = "<config>", base_dir: Path | None = None) 
     )
 
 
-def _claim(ports: dict[int, str], port: int, key: str, problems: list[tuple[str, str]]) -> None:
+def _claim(
+    ports: dict[int, str],
+    port: int,
+    key: str,
+    problems: list[tuple[str, str]],
+    where: dict[str, str] | None = None,
+) -> None:
     if port in ports:
-        problems.append((key, f"port {port} is already used by {ports[port]}"))
+        holder = ports[port]
+        table, _, rest = holder.partition(".")
+        if where and table in where:
+            holder = f"{where[table]} {rest}"
+        problems.append((key, f"port {port} is already used by {holder}"))
     else:
         ports[port] = key
+
+
+_ARRAY_TABLE = re.compile(r"^\s*\[\[\s*([A-Za-z0-9_.-]+)\s*\]\]")
+
+
+def _array_table_lines(text: str, name: str) -> list[int]:
+    """The 1-based line of each ``[[name]]`` header, in order (the i-th is element i)."""
+    return [
+        n
+        for n, line in enumerate(text.splitlines(), start=1)
+        if (m := _ARRAY_TABLE.match(line)) and m.group(1) == name
+    ]
+
+
+def json_quote(text: str) -> str:
+    """``text`` in double quotes, as TOML and a person write a name."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _camera(r: _Reader) -> CameraConfig | None:
@@ -534,12 +612,9 @@ def _camera(r: _Reader) -> CameraConfig | None:
             else "must be 1-63 letters, digits, '-' or '_' (it becomes the stream path)"
         ),
     )
-    vendor = r.get(
-        "vendor",
-        str,
-        "generic",
-        lambda v: None if v in VENDORS else f"must be one of {', '.join(VENDORS)}",
-    )
+    vendor: str | None = r.get("vendor", str, "generic", one_of(*VENDORS))
+    if r.table.get("vendor", "generic") not in VENDORS:
+        vendor = None  # reported once; nothing below judges the camera by a vendor it is not
     host = r.get("host", str, ..., _host)
     main_url = r.get("main_url", str, None, _rtsp_url)
     sub_url = r.get("sub_url", str, None, _rtsp_url)
@@ -553,7 +628,7 @@ def _camera(r: _Reader) -> CameraConfig | None:
     )
     cam = CameraConfig(
         name=name or "",
-        vendor=vendor,
+        vendor=vendor or "generic",
         host=host or "",
         username=r.get("username", str, ""),
         password=r.secret("password", required="username" in r.table) or Secret(""),
@@ -586,7 +661,7 @@ def _camera(r: _Reader) -> CameraConfig | None:
     )
     for k in ("model", "firmware", "serial", "location", "mac"):
         r.get(k, str, None)
-    return cam if name else None
+    return cam if name and vendor else None
 
 
 def _camera_network(r: _Reader) -> CameraNetworkConfig:

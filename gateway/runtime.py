@@ -185,6 +185,13 @@ class Gateway:
         await asyncio.gather(*(asyncio.to_thread(i.join, 6.0) for i in ingests))
         self.stopped.set()
 
+    def validate(self, config: Config) -> None:
+        """Raise ConfigError when a section other subsystems own is invalid (see
+        gateway.sections): the admin API's reload refuses such a file as `check` does."""
+        from gateway import sections
+
+        sections.validate(config)
+
     async def reload(self, config: Config) -> dict[str, list[str]]:
         """Apply ``config`` (the site's); streams of unchanged cameras keep running."""
         site = config

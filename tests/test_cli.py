@@ -170,6 +170,7 @@ async def test_check_exit_codes_for_invalid_and_missing_files(tmp_path: Path) ->
         "file": str(bad),
         "key": "admin.password",
         "message": problems[0]["message"],
+        "where": "admin.password",
     } in problems
     code, _, err = await gateway_cli("check", "--config", str(tmp_path / "missing.toml"))
     assert code == 2 and "cannot read" in err

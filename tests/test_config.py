@@ -83,7 +83,7 @@ on_demand = "yes"
     assert found["vms.username"] == "must not be empty"
     assert found["vms.password"].startswith("is required")
     assert "letters, digits" in found["camera[0].name"]
-    assert found["camera[0].vendor"] == "must be one of hikvision, dahua, generic"
+    assert found["camera[0].vendor"] == "must be hikvision, dahua or generic, not 'axis'"
     assert found["camera[0].colour"] == "unknown key (check the spelling)"
     assert "is required for vendor 'generic'" in found["camera[1].main_url"]
     assert found["camera[1].on_demand"] == "must be a bool, not str 'yes'"
@@ -145,3 +145,79 @@ def test_secret_never_prints() -> None:
     assert "hunter22" not in repr(secret) and "hunter22" not in str(secret)
     assert f"{secret}" == "Secret('********')"
     assert secret.reveal() == "hunter22"
+
+
+def test_errors_name_the_camera_its_line_and_the_nearest_word() -> None:
+    text = """[vms]
+username = "vms"
+password = "x"
+
+[[camera]]
+name = "lobby"
+vendor = "hikvison"
+host = "192.0.2.10"
+pasword = "x"
+
+[[camera]]
+name = "yard"
+vendor = "dahua"
+host = "192.0.2.11"
+onvif_port = 8000
+"""
+    with pytest.raises(cfgmod.ConfigError) as caught:
+        cfgmod.loads(text, source="site.toml")
+    lines = str(caught.value).splitlines()
+    assert lines[0] == (
+        'site.toml: camera "lobby" (camera[0], line 5): vendor: must be hikvision, dahua or '
+        "generic, not 'hikvison' (did you mean \"hikvision\"?)"
+    )
+    assert lines[1] == (
+        'site.toml: camera "lobby" (camera[0], line 5): pasword: unknown key '
+        '(did you mean "password"?)'
+    )
+    # A misspelt vendor is one problem, not also "generic needs main_url".
+    assert not any("main_url" in line for line in lines)
+    # Keys for scripts stay as they were.
+    assert [k for k, _ in caught.value.problems] == ["camera[0].vendor", "camera[0].pasword"]
+
+
+def test_port_clash_names_the_camera_in_the_file_after_an_invalid_one() -> None:
+    text = """[vms]
+username = "vms"
+password = "x"
+[server]
+onvif_base_port = 8000
+[[camera]]
+name = "bad name!"
+host = "192.0.2.1"
+[[camera]]
+name = "lobby"
+vendor = "hikvision"
+host = "192.0.2.10"
+[[camera]]
+name = "yard"
+vendor = "dahua"
+host = "192.0.2.11"
+onvif_port = 8000
+"""
+    found = problems(text)
+    # lobby (the first valid camera) has 8000; the clash is yard's, camera[2] in the file.
+    assert (
+        "camera[2].onvif_port",
+        'port 8000 is already used by camera "lobby" (camera[1], line 9) onvif_port',
+    ) in found
+
+
+def test_every_section_is_validated_as_check_and_run_see_it() -> None:
+    from gateway import sections
+
+    config = cfgmod.loads(
+        '[vms]\nusername = "vms"\npassword = "x"\n[policy]\nauto_enforc = true\n'
+        "[onvif]\nauth_windw = 60\n",
+        source="site.toml",
+    )
+    with pytest.raises(cfgmod.ConfigError) as caught:
+        sections.validate(config)
+    found = dict(caught.value.problems)
+    assert found["policy.auto_enforc"] == 'unknown key (did you mean "auto_enforce"?)'
+    assert "onvif.auth_windw" in found

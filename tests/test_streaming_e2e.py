@@ -390,8 +390,8 @@ def test_cli_check_reports_every_problem(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     assert f"{bad}: vms.password: is required" in proc.stderr
-    assert f"{bad}: camera[0].name:" in proc.stderr
-    assert f"{bad}: camera[0].colour: unknown key" in proc.stderr
+    assert f'{bad}: camera "a b" (camera[0], line 3): name:' in proc.stderr
+    assert f'{bad}: camera "a b" (camera[0], line 3): colour: unknown key' in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

@@ -630,6 +630,7 @@ async def reload_config(request: web.Request) -> web.Response:
     async with ctx.reload_lock:
         try:
             config = cfgmod.load(source)
+            ctx.gateway.validate(config)
         except cfgmod.ConfigError as exc:
             _audit(request, "reload", result="refused: configuration invalid")
             return error(
