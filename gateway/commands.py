@@ -9,6 +9,7 @@ import gc
 import json
 import logging
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -316,8 +317,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _event_loop_run(_run(loaded, args.config, shard))
 
 
+def raise_fd_limit() -> int:
+    """Raise the soft limit on open files to the hard one (systemd's LimitNOFILE=, a
+    container's ulimit): every VMS connection, camera session and listener is a descriptor,
+    and a default of 1024 is what an idle-connection attack exhausts first. Returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError):
+            pass
+    return soft
+
+
 async def _run(config: cfgmod.Config, path: str, shard: Any = None) -> int:
     from gateway.runtime import Gateway
+
+    log.info("open file limit", extra={"nofile": raise_fd_limit()})
 
     gateway = Gateway(config, shard=shard)
     try:

@@ -333,3 +333,41 @@ async def test_a_state_directory_that_cannot_be_used_is_one_line(tmp_path: Path)
     assert code in (2, 3), err
     assert "Traceback" not in err and str(blocker) in err
     assert len(err.strip().splitlines()) <= 2, err
+
+
+@pytest.mark.slow
+async def test_sim_writes_its_gateway_config_private_and_valid(tmp_path: Path) -> None:
+    config = tmp_path / "site.toml"
+    proc = await asyncio.create_subprocess_exec(
+        *GATEWAY,
+        *("sim", "--profile", "test", "--gateway-config", str(config)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        ready = await read_json_line(proc.stdout, 120)
+        assert ready["event"] == "ready"
+        assert stat.S_IMODE(config.stat().st_mode) == 0o600
+        text = config.read_text()
+        assert f'state_dir = "{tmp_path / "site-state"}"' in text
+        code, _, err = await gateway_cli("check", "--config", str(config))
+        assert code == 0, err
+    finally:
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 20)
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
+    import resource
+
+    from gateway.commands import raise_fd_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        lowered = min(256, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowered, hard))
+        assert raise_fd_limit() == hard
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -8,8 +8,10 @@ import json
 import secrets
 import signal
 import sys
+from pathlib import Path
 
 from gateway.cli import EXIT_OK, EXIT_RUNTIME
+from gateway.files import write_atomically
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -104,17 +106,24 @@ async def _sim(args: argparse.Namespace) -> int:
         await fleet.stop()
         return EXIT_RUNTIME
     if args.gateway_config:
-        with open(args.gateway_config, "w", encoding="utf-8") as fh:
-            fh.write(
-                fleet.gateway_config(
-                    bind="127.0.0.1",
-                    rtsp_port=8554,
-                    vms_user="vms",
-                    vms_password=secrets.token_urlsafe(12),
-                    state_dir="/tmp/onvif-gateway-sim-state",
-                    policy=True,
-                )
-            )
+        target = Path(args.gateway_config)
+        # The state beside the file it belongs to, not in a shared, guessable /tmp path.
+        state_dir = target.resolve().parent / f"{target.stem}-state"
+        text = fleet.gateway_config(
+            bind="127.0.0.1",
+            rtsp_port=8554,
+            vms_user="vms",
+            vms_password=secrets.token_urlsafe(12),
+            state_dir=str(state_dir),
+            policy=True,
+        )
+        try:
+            # It holds the cameras' and the VMS's passwords: 0600 whatever the umask.
+            write_atomically(target, text.encode(), mode=0o600)
+        except OSError as exc:
+            print(f"cannot write {target}: {exc.strerror or exc}", file=sys.stderr)
+            await fleet.stop()
+            return EXIT_RUNTIME
     ready = {"event": "ready", "cameras": fleet.describe()}
     if not args.password:
         ready["password"] = password  # generated: the operator needs it once
