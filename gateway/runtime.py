@@ -18,11 +18,11 @@ from typing import Any
 from gateway import log as gwlog
 from gateway.codecs import spans
 from gateway.config import CameraConfig, Config, iter_secrets
+from gateway.digest import DigestAuthenticator
 from gateway.media.hub import StreamHub
 from gateway.media.ingest import IngestOptions, PyAVIngest
 from gateway.media.native_ingest import NativeIngest
 from gateway.media.snapshot import SnapshotCache, encode_jpeg
-from gateway.rtsp.auth import DigestAuthenticator
 from gateway.rtsp.server import RtspServer, ServerLimits
 from gateway.workers import HandoffServer, Shard, nonce_secret, owner_of, shard_config
 

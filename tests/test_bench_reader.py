@@ -20,7 +20,7 @@ from benchmarks.readers import (
     TrackCount,
     kernel_receive_ns,
 )
-from gateway.rtsp.auth import DigestAuthenticator
+from gateway.digest import DigestAuthenticator
 from gateway.rtsp.client import RtspClientError
 from gateway.rtsp.message import RtspConnectionParser, RtspRequest, RtspResponse, interleave
 from gateway.sim.latency import latency_sei

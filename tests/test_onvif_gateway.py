@@ -550,7 +550,7 @@ async def test_authentication_matrix(gateway):
         await post(port, envelope("<tev:GetServiceCapabilities/>"), path="/onvif/events_service")
     )[0] == 200
     # HTTP Digest as the alternative.
-    from gateway.rtsp.auth import DigestClient
+    from gateway.digest import DigestClient
 
     client = DigestClient(USER, PASSWORD, allow_basic=False)
     client.handle_challenge([headers["WWW-Authenticate"]])

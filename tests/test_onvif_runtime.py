@@ -25,11 +25,11 @@ import av
 import pytest
 
 from gateway import config as cfgmod
+from gateway.digest import DigestClient
 from gateway.media.hub import StreamHub
 from gateway.onvif.backend import VENDOR_NAMES, DeviceIdentity, device_uuid
 from gateway.onvif.service import OnvifService
 from gateway.policy.db import PolicyStore
-from gateway.rtsp.auth import DigestClient
 from gateway.rtsp.client import RtspReader
 from gateway.runtime import Gateway
 from gateway.sim.runner import SimFleet, default_stream_specs

@@ -13,7 +13,7 @@ import av
 import pytest
 
 from gateway import config as cfgmod
-from gateway.rtsp.auth import DigestClient
+from gateway.digest import DigestClient
 from gateway.rtsp.client import ReceivedFrame, RtspReader
 from gateway.rtsp.message import RtspConnectionParser, RtspRequest, RtspResponse
 from gateway.runtime import Gateway

@@ -23,7 +23,7 @@ from gateway.devices.errors import (
     DeviceProtocolError,
     DeviceTimeoutError,
 )
-from gateway.rtsp.auth import DigestClient, parse_auth_params, split_scheme
+from gateway.digest import DigestClient, parse_auth_params, split_scheme
 
 DEFAULT_TIMEOUT = 10.0
 MAX_BODY = 1024 * 1024

@@ -41,9 +41,9 @@ from lxml import etree
 from yarl import URL
 
 from gateway.config import CameraConfig
+from gateway.digest import DigestClient
 from gateway.onvif.backend import MotionEvent
 from gateway.onvif.xml import NS, SOAP12, child, child_text, children, el, parse_xml
-from gateway.rtsp.auth import DigestClient
 
 log = logging.getLogger(__name__)
 

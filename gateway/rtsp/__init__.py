@@ -1,13 +1,13 @@
-"""RTSP: sans-IO messages, parser, auth and Transport header; asyncio server and client on top.
+"""RTSP: sans-IO messages, parser and Transport header; asyncio server and client on top.
+
+Authentication is :mod:`gateway.digest`.
 
 - :mod:`gateway.rtsp.message`: requests/responses, ``$`` framing, connection parser, helpers
-- :mod:`gateway.rtsp.auth`: Digest/Basic, server (:class:`DigestAuthenticator`) and client
 - :mod:`gateway.rtsp.transport`: the Transport header
 - :mod:`gateway.rtsp.server`: the asyncio RTSP server
 - :mod:`gateway.rtsp.client`: an efficient asyncio RTSP reader (tests, benchmarks, CLI)
 """
 
-from gateway.rtsp.auth import AuthResult, DigestAuthenticator, DigestClient
 from gateway.rtsp.message import (
     NEED_DATA,
     Headers,
@@ -23,9 +23,6 @@ from gateway.rtsp.transport import TransportSpec, parse_transport_header
 
 __all__ = [
     "NEED_DATA",
-    "AuthResult",
-    "DigestAuthenticator",
-    "DigestClient",
     "Headers",
     "InterleavedFrame",
     "RtspConnectionParser",

@@ -1,7 +1,7 @@
 """An efficient asyncio RTSP reader: the client used by integration tests and benchmarks.
 
 One :class:`RtspReader` plays one URL: OPTIONS, DESCRIBE (Digest/Basic through
-:class:`~gateway.rtsp.auth.DigestClient`), SETUP of every audio/video track (TCP interleaved
+:class:`~gateway.digest.DigestClient`), SETUP of every audio/video track (TCP interleaved
 or UDP with two local sockets per track), PLAY, keep-alive at half the session timeout and
 TEARDOWN on close. It is built on ``asyncio.Protocol`` (no streams, no task per packet) so
 many readers fit in one process: per RTP packet it unpacks the fixed header, updates counters
@@ -41,7 +41,7 @@ from gateway.codecs.h265 import rtp_packet_flags as h265_packet_flags
 from gateway.codecs.rtp import FIXED_HEADER, interleaved_payloads
 from gateway.codecs.sdp import SessionDescription, parse_sdp
 from gateway.codecs.spans import KEY_H264, KEY_H265, KEY_NONE, SPAN_END, SPAN_KEY, continue_span
-from gateway.rtsp.auth import DigestClient
+from gateway.digest import DigestClient
 from gateway.rtsp.message import (
     InterleavedFrame,
     RtspConnectionParser,

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import cast
 
 from gateway.codecs.sdp import SdpTrack, session_sdp
+from gateway.digest import DigestAuthenticator
 from gateway.media.hub import Frame, StreamHub
-from gateway.rtsp.auth import DigestAuthenticator
 from gateway.rtsp.message import (
     NEED_DATA,
     InterleavedFrame,

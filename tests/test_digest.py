@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from gateway.rtsp.auth import (
+from gateway.digest import (
     DigestAuthenticator,
     DigestClient,
     digest_response,
