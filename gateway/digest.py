@@ -107,6 +107,9 @@ class AuthResult:
     username: str | None
     stale: bool = False
     reason: str = ""
+    # What made this Digest answer unique (nonce, and nc and cnonce under qop=auth), for a
+    # caller that keeps its own replay cache instead of the nonce counts (ONVIF).
+    answer: str = ""
 
 
 class DigestAuthenticator:
@@ -121,7 +124,12 @@ class DigestAuthenticator:
         allow_basic: bool = False,
         offer_qop: bool = True,
         max_tracked_nonces: int = 4096,
+        algorithms: Sequence[str] = ("MD5",),
+        count_nonces: bool = True,
     ) -> None:
+        """``algorithms``: what a client's answer may use (the challenge offers MD5, which
+        every client knows). ``count_nonces=False`` leaves replay checks to the caller, who
+        remembers each result's ``answer``; else nonce counts must grow (qop=auth)."""
         if '"' in realm or "\\" in realm:
             raise ValueError("realm must not contain quotes or backslashes")
         if len(secret) < 16:
@@ -133,6 +141,10 @@ class DigestAuthenticator:
         self.allow_basic = allow_basic
         self.offer_qop = offer_qop
         self.max_tracked_nonces = max_tracked_nonces
+        self.algorithms = frozenset(a.upper() for a in algorithms)
+        if not self.algorithms <= _HASHES.keys():
+            raise ValueError(f"unsupported digest algorithms {sorted(algorithms)}")
+        self.count_nonces = count_nonces
         # nonce -> highest nc accepted, least recently used first.
         self._nonce_counts: OrderedDict[str, int] = OrderedDict()
         # Issue time of the newest nonce evicted from _nonce_counts: older untracked nonces
@@ -228,8 +240,8 @@ class DigestAuthenticator:
         for name in ("username", "realm", "nonce", "uri", "response"):
             if name not in params:
                 return AuthResult(None, reason=f"Digest without {name}")
-        algorithm = params.get("algorithm", "MD5")
-        if algorithm.upper() != "MD5":
+        algorithm = params.get("algorithm", "MD5").upper()
+        if algorithm not in self.algorithms:
             return AuthResult(None, reason=f"unsupported algorithm {algorithm[:20]!r}")
         if params["realm"] != self.realm:
             return AuthResult(None, reason="wrong realm")
@@ -248,7 +260,7 @@ class DigestAuthenticator:
             if nc is None or cnonce is None or not re.fullmatch(r"[0-9a-fA-F]{8}", nc):
                 return AuthResult(None, reason="qop=auth needs an 8-hex-digit nc and a cnonce")
         expected = digest_response(
-            "MD5",
+            algorithm,
             username,
             self.realm,
             password if password is not None else "",
@@ -271,8 +283,10 @@ class DigestAuthenticator:
         if now - issued > self.nonce_lifetime:
             return AuthResult(None, stale=True, reason="nonce expired")
         if qop is not None and nc is not None:
+            if not self.count_nonces:
+                return AuthResult(username, answer=f"{nonce}:{nc}:{cnonce}")
             return self._check_count(username, nonce, issued, int(nc, 16))
-        return AuthResult(username)
+        return AuthResult(username, answer=nonce)
 
     def _check_count(self, username: str, nonce: str, issued: int, count: int) -> AuthResult:
         last = self._nonce_counts.get(nonce)

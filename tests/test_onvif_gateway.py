@@ -559,6 +559,10 @@ async def test_authentication_matrix(gateway):
     assert (
         status == 200 and etree.QName(body_child(data)).localname == "GetDeviceInformationResponse"
     )
+    # The same answer replayed is refused; the next nonce count is accepted.
+    assert (await post(port, envelope(op), headers={"Authorization": auth}))[0] == 400
+    auth = client.authorization("POST", "/onvif/device_service")
+    assert (await post(port, envelope(op), headers={"Authorization": auth}))[0] == 200
 
 
 async def test_repeated_failures_are_slowed_down(gateway):
