@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import log as gwlog
-from gateway.codecs import spans
 from gateway.config import CameraConfig, Config, iter_secrets
 from gateway.digest import DigestAuthenticator
 from gateway.media.hub import StreamHub
 from gateway.media.ingest import IngestOptions, PyAVIngest
 from gateway.media.native_ingest import NativeIngest
 from gateway.media.snapshot import SnapshotCache, encode_jpeg
+from gateway.rtp import spans
 from gateway.rtsp.server import RtspServer, ServerLimits
 from gateway.workers import HandoffServer, Shard, nonce_secret, owner_of, shard_config
 

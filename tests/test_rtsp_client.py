@@ -16,7 +16,7 @@ import av
 import pytest
 
 import gateway.rtsp.client as client_module
-from gateway.codecs.rtp import interleaved_payloads
+from gateway.rtp.packet import interleaved_payloads
 from gateway.rtsp.client import ReceivedFrame, RtspClientError, RtspReader, _ControlProtocol
 from gateway.rtsp.message import (
     RtspConnectionParser,
@@ -604,7 +604,7 @@ async def test_runs_of_packets_taken_at_once_account_exactly_as_one_by_one(
     CSRC list, the end of a read) gives the same frames and the same counters as the
     packet-by-packet path, at every cut. Both builds of the walk (C, and the Python a
     checkout without a compiler runs)."""
-    from gateway.codecs import spans as spans_module
+    from gateway.rtp import spans as spans_module
 
     if walk != "C":
         monkeypatch.setattr(client_module, "continue_span", spans_module.reference_continue_span)

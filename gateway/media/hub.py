@@ -28,8 +28,8 @@ from typing import Protocol
 
 from gateway.codecs import depacketizer_for, packetizer_for
 from gateway.codecs.base import RELAY_MAX_PAYLOAD, CodecParams, Packetizer
-from gateway.codecs.rtp import INTERLEAVED_HEADER, interleaved_payloads
-from gateway.codecs.spans import stamp_span
+from gateway.rtp.packet import INTERLEAVED_HEADER, interleaved_payloads
+from gateway.rtp.spans import stamp_span
 
 log = logging.getLogger("gateway.media")
 

@@ -38,10 +38,10 @@ from gateway.codecs import (
 from gateway.codecs.h264 import DEFAULT_MAX_FRAME_SIZE, split_annexb
 from gateway.codecs.h264 import rtp_packet_flags as h264_packet_flags
 from gateway.codecs.h265 import rtp_packet_flags as h265_packet_flags
-from gateway.codecs.rtp import FIXED_HEADER, interleaved_payloads
 from gateway.codecs.sdp import SessionDescription, parse_sdp
-from gateway.codecs.spans import KEY_H264, KEY_H265, KEY_NONE, SPAN_END, SPAN_KEY, continue_span
 from gateway.digest import DigestClient
+from gateway.rtp.packet import FIXED_HEADER, interleaved_payloads
+from gateway.rtp.spans import KEY_H264, KEY_H265, KEY_NONE, SPAN_END, SPAN_KEY, continue_span
 from gateway.rtsp.message import (
     InterleavedFrame,
     RtspConnectionParser,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.codecs.rtp import (
+from gateway.rtp.packet import (
     NTP_UNIX_OFFSET,
     Bye,
     ReceiverReport,
