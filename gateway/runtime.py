@@ -8,6 +8,7 @@ configuration did not change.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import logging
 import socket
@@ -24,7 +25,14 @@ from gateway.media.native_ingest import NativeIngest
 from gateway.media.snapshot import SnapshotCache, encode_jpeg
 from gateway.rtp import spans
 from gateway.rtsp.server import RtspServer, ServerLimits
-from gateway.workers import HandoffServer, Shard, nonce_secret, owner_of, shard_config
+from gateway.workers import (
+    HandoffServer,
+    Shard,
+    nonce_secret,
+    owner_of,
+    send_connection,
+    shard_config,
+)
 
 log = logging.getLogger("gateway")
 
@@ -236,8 +244,8 @@ class Gateway:
         cam = self.cameras.get(parts[0])
         return cam.hubs.get(parts[1]) if cam else None
 
-    def _handoff_target(self, path: str) -> str | None:
-        """The hand-off socket of the worker owning ``path``'s camera, if not this one."""
+    def _handoff_target(self, path: str) -> Callable[[socket.socket, bytes], None] | None:
+        """How to pass a connection to the worker owning ``path``'s camera, if not this one."""
         assert self.shard is not None
         camera = path.strip("/").split("/", 1)[0]
         if camera in self.cameras:
@@ -245,7 +253,7 @@ class Gateway:
         owner = owner_of(self.site_config, self.shard, camera)
         if owner is None or owner == self.shard.index:
             return None
-        return self.shard.socket_path(owner)
+        return functools.partial(send_connection, self.shard.socket_path(owner))
 
     def _adopt_connection(self, sock: socket.socket, data: bytes) -> None:
         assert self.rtsp is not None

@@ -553,7 +553,7 @@ async def test_on_demand_camera_has_profiles_before_anyone_plays_it(
         assert cam.rtsp is not None
 
         def upstream_closed() -> bool:
-            return not any(s.hub is cam.hubs["main"] for s in cam.rtsp.sessions.values())
+            return not any(c.source is cam.hubs["main"] for c in cam.rtsp.clients())
 
         await wait_for(upstream_closed, 40, "the upstream to close after the linger time")
         assert hub.state == "idle"

@@ -28,7 +28,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 def camera_sessions(cam: SimCamera, stream: str) -> int:
     """RTSP sessions the simulated camera has open on one stream (its upstream count)."""
     assert cam.rtsp is not None
-    return sum(1 for s in cam.rtsp.sessions.values() if s.hub is cam.hubs[stream])
+    return sum(1 for c in cam.rtsp.clients() if c.source is cam.hubs[stream])
 
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])
