@@ -14,7 +14,8 @@ import pytest
 
 from gateway import config as cfgmod
 from gateway.digest import DigestClient
-from gateway.rtsp.client import ReceivedFrame, RtspReader
+from gateway.rtp.receiver import ReceivedFrame
+from gateway.rtsp.client import RtspReader
 from gateway.rtsp.message import RtspConnectionParser, RtspRequest, RtspResponse
 from gateway.runtime import Gateway
 from gateway.sim.camera import SimCamera

@@ -25,7 +25,8 @@ from gateway.codecs import SUPPORTED
 from gateway.codecs.base import CodecParams
 from gateway.media.hub import StreamHub
 from gateway.media.ingest import IngestOptions, report_upstream_failure
-from gateway.rtsp.client import ReceivedFrame, RtspClientError, RtspReader
+from gateway.rtp.receiver import ReceivedFrame
+from gateway.rtsp.client import RtspClientError, RtspReader
 
 log = logging.getLogger("gateway.ingest")
 

@@ -5,7 +5,9 @@ Authentication is :mod:`gateway.digest`.
 - :mod:`gateway.rtsp.message`: requests/responses, ``$`` framing, connection parser, helpers
 - :mod:`gateway.rtsp.transport`: the Transport header
 - :mod:`gateway.rtsp.server`: the asyncio RTSP server
-- :mod:`gateway.rtsp.client`: an efficient asyncio RTSP reader (tests, benchmarks, CLI)
+- :mod:`gateway.rtsp.source`: the :class:`StreamSource` protocol the server serves
+- :mod:`gateway.rtsp.client_connection`: the client end of a connection, sans-IO
+- :mod:`gateway.rtsp.client`: the asyncio RTSP reader (native ingest, tests, benchmarks)
 """
 
 from gateway.rtsp.message import (
