@@ -20,7 +20,7 @@ from gateway.codecs import h264, h265, packetizer_for
 from gateway.codecs.base import CodecParams
 from gateway.codecs.h264 import split_annexb
 from gateway.codecs.sdp import SdpTrack, session_sdp
-from gateway.rtp.packet import RtpPacket, build_packets
+from tests.rtp_wire import RtpPacket, build_packets
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import pytest
 
 import gateway.rtp.receiver as receiver_module
 from gateway.codecs.sdp import parse_sdp
-from gateway.rtp.packet import interleaved_payloads
+from gateway.rtp.interleaved import interleave, interleaved_payloads
 from gateway.rtp.receiver import ReceivedFrame, RtpReceiver, SpanCallback, receiver_for
 from gateway.rtsp.client import RtspClientError, RtspReader
 from gateway.rtsp.client_connection import ClientConnection
@@ -25,7 +25,6 @@ from gateway.rtsp.message import (
     RtspConnectionParser,
     RtspRequest,
     RtspResponse,
-    interleave,
 )
 
 GST_PYTHON = "/usr/bin/python3"

@@ -29,7 +29,8 @@ from typing import Protocol
 from gateway.codecs import depacketizer_for, packetizer_for
 from gateway.codecs.base import RELAY_MAX_PAYLOAD, CodecParams, Packetizer
 from gateway.rtp.frame import Frame, Subscriber
-from gateway.rtp.packet import INTERLEAVED_HEADER, interleaved_payloads
+from gateway.rtp.interleaved import INTERLEAVED_HEADER, interleaved_payloads
+from gateway.rtp.packet import SenderReport, ntp_from_unix
 from gateway.rtp.spans import stamp_span
 
 log = logging.getLogger("gateway.media")
@@ -586,24 +587,19 @@ class StreamHub:
 
     def _send_sender_reports(self, now: float) -> None:
         self._last_sr = now
-        wall = time.time()
-        ntp_sec = int(wall) + 2208988800
-        ntp_frac = int((wall % 1) * (1 << 32)) & 0xFFFFFFFF
+        ntp = ntp_from_unix(time.time())
         for track in self.tracks:
             if track.last_ts is None:
                 continue
             rtp_now = track.last_ts + int((now - track.last_wallclock) * track.clock_rate)
-            packet = struct.pack(
-                "!BBHIIIIII",
-                0x80,
-                200,
-                6,
-                track.ssrc,
-                ntp_sec & 0xFFFFFFFF,
-                ntp_frac,
-                rtp_now & 0xFFFFFFFF,
-                track.packet_count & 0xFFFFFFFF,
-                track.octet_count & 0xFFFFFFFF,
+            packet = bytes(
+                SenderReport(
+                    track.ssrc,
+                    ntp,
+                    rtp_now & 0xFFFFFFFF,
+                    track.packet_count & 0xFFFFFFFF,
+                    track.octet_count & 0xFFFFFFFF,
+                )
             )
             for sub in self.subscribers:
                 sub.deliver_rtcp(track.index, packet)

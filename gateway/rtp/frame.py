@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from gateway.rtp.interleaved import frame_offsets
+
 
 class Frame:
     """One access unit as RTP, laid out for the default interleaved channel (2 x track)."""
@@ -74,13 +76,7 @@ class Frame:
 
     def _packet_offsets(self) -> list[int]:
         """Where each packet's "$" prefix starts in ``blob``."""
-        blob = self.blob
-        out = []
-        pos = 0
-        for _ in range(self.packet_count):
-            out.append(pos)
-            pos += 4 + ((blob[pos + 2] << 8) | blob[pos + 3])
-        return out
+        return frame_offsets(self.blob, self.packet_count)
 
 
 class Subscriber(Protocol):

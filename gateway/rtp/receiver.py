@@ -33,7 +33,8 @@ from gateway.codecs.h264 import DEFAULT_MAX_FRAME_SIZE, split_annexb
 from gateway.codecs.h264 import rtp_packet_flags as h264_packet_flags
 from gateway.codecs.h265 import rtp_packet_flags as h265_packet_flags
 from gateway.codecs.sdp import MediaDescription
-from gateway.rtp.packet import FIXED_HEADER, interleaved_payloads
+from gateway.rtp.interleaved import interleaved_payloads
+from gateway.rtp.packet import FIXED_HEADER
 from gateway.rtp.spans import KEY_H264, KEY_H265, KEY_NONE, SPAN_END, SPAN_KEY, continue_span
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from gateway.codecs.h264 import rtp_packet_flags as _h264_flags
 from gateway.codecs.h265 import rtp_packet_flags as _h265_flags
-from gateway.rtp.packet import FIXED_HEADER, INTERLEAVED_HEADER
+from gateway.rtp.interleaved import INTERLEAVED_HEADER
+from gateway.rtp.packet import FIXED_HEADER
 
 # Which codec's rules say whether a payload carries keyframe data (``key_codec``).
 KEY_NONE = 0

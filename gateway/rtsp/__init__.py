@@ -18,8 +18,6 @@ from gateway.rtsp.message import (
     RtspProtocolError,
     RtspRequest,
     RtspResponse,
-    interleave,
-    interleave_many,
 )
 from gateway.rtsp.transport import TransportSpec, parse_transport_header
 
@@ -32,7 +30,5 @@ __all__ = [
     "RtspRequest",
     "RtspResponse",
     "TransportSpec",
-    "interleave",
-    "interleave_many",
     "parse_transport_header",
 ]

@@ -28,6 +28,7 @@ from typing import cast
 from gateway.codecs.sdp import SdpTrack, session_sdp
 from gateway.digest import DigestAuthenticator
 from gateway.rtp.frame import Frame
+from gateway.rtp.interleaved import interleave
 from gateway.rtsp.message import (
     NEED_DATA,
     InterleavedFrame,
@@ -234,9 +235,7 @@ class ServerSession:
             if channel is None or transport is None:
                 return
             if transport.get_write_buffer_size() <= self.budget:
-                transport.write(
-                    b"$" + bytes((channel + 1,)) + len(packet).to_bytes(2, "big") + packet
-                )
+                transport.write(interleave(channel + 1, packet))
         else:
             target = self.udp_targets.get(track)
             if target is not None and self.server.udp_rtcp is not None:
