@@ -24,6 +24,7 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
 from gateway.codecs import depacketizer_for, packetizer_for
@@ -189,6 +190,26 @@ class StreamStats:
     gop_seconds: float = 0.0
 
 
+class HubState(StrEnum):
+    """Where a hub's upstream is; the values are what the admin API and metrics show."""
+
+    IDLE = "idle"  # no upstream wanted (on demand without clients, or closed)
+    CONNECTING = "connecting"  # started, no session yet
+    LIVE = "live"  # a session is delivering
+    DOWN = "down"  # wanted but failed; the feeder retries on its own
+
+
+# Every state change a hub makes: event -> {state before: state after}. A state missing
+# from an event's map stays as it is.
+_TRANSITIONS: dict[str, dict[HubState, HubState]] = {
+    "start": {HubState.IDLE: HubState.CONNECTING},
+    "stop": {s: HubState.IDLE for s in (HubState.CONNECTING, HubState.LIVE, HubState.DOWN)},
+    "opened": {s: HubState.LIVE for s in HubState},
+    "failed": {s: HubState.DOWN for s in (HubState.CONNECTING, HubState.LIVE, HubState.DOWN)},
+    "closed": {s: HubState.IDLE for s in HubState},
+}
+
+
 class UpstreamControl(Protocol):
     """The hub's handle on whatever feeds it (ingest thread, simulator clip player)."""
 
@@ -220,7 +241,7 @@ class StreamHub:
         self.subscribers: list[Subscriber] = []
         self._gop = GopCache()
         self.stats = StreamStats()
-        self.state = "idle"  # idle | connecting | live | down
+        self._state = HubState.IDLE
         self.last_error = ""
         self.upstream: UpstreamControl | None = None
         self.upstream_sessions = 0
@@ -238,6 +259,17 @@ class StreamHub:
         self.batching = False
         self._batch: list[Frame] = []
 
+    @property
+    def state(self) -> HubState:
+        return self._state
+
+    def _move(self, event: str) -> bool:
+        """Apply ``event`` to the state (see _TRANSITIONS); True if the state changed."""
+        after = _TRANSITIONS[event].get(self._state, self._state)
+        changed = after is not self._state
+        self._state = after
+        return changed
+
     # ------------------------------------------------------------------ upstream side
 
     def attach_upstream(self, upstream: UpstreamControl) -> None:
@@ -246,14 +278,13 @@ class StreamHub:
             self._start_upstream()
 
     def _start_upstream(self) -> None:
-        if self.upstream is not None and self.state in ("idle",):
-            self.state = "connecting"
+        if self.upstream is not None and self._move("start"):
             self.upstream.start()
 
     def _stop_upstream(self) -> None:
-        if self.upstream is not None and self.state != "idle":
+        if self.upstream is not None and self._state is not HubState.IDLE:
             self.upstream.stop()
-            self.state = "idle"
+            self._move("stop")
             self._ready.clear()
             self._gop.clear()
 
@@ -291,16 +322,15 @@ class StreamHub:
         self._batch = []  # anything held from the old session must not follow the resync
         self._last_key_ts = None
         self._await_keyframe = True
-        self.state = "live"
+        self._move("opened")
         self.last_error = ""
         self._ready.set()
         self._notify("up")
 
     def upstream_failed(self, error: str) -> None:
         """The upstream session ended or could not open; the feeder retries on its own."""
-        was_live = self.state == "live"
-        if self.state != "idle":
-            self.state = "down"
+        was_live = self._state is HubState.LIVE
+        self._move("failed")
         self.last_error = error
         self._gop.clear()
         if was_live:
@@ -671,7 +701,7 @@ class StreamHub:
 
     def restart_upstream(self) -> None:
         """Reconnect the camera (SystemReboot, admin action); clients stay connected."""
-        if self.upstream is not None and self.state != "idle":
+        if self.upstream is not None and self._state is not HubState.IDLE:
             self.upstream.restart()
 
     def close(self) -> None:
@@ -681,7 +711,7 @@ class StreamHub:
         self.subscribers.clear()
         if self.upstream is not None:
             self.upstream.stop()
-        self.state = "idle"
+        self._move("closed")
 
     def _notify(self, event: str) -> None:
         for listener in self.listeners:

@@ -30,7 +30,7 @@ import av
 
 from gateway.codecs import SUPPORTED, h264, h265
 from gateway.codecs.base import CodecParams
-from gateway.media.hub import FrameInbox, StreamHub
+from gateway.media.hub import FrameInbox, HubState, StreamHub
 
 log = logging.getLogger("gateway.ingest")
 
@@ -282,7 +282,7 @@ class PyAVIngest:
         hub = self.hub
         if kind == "frame":
             _, track, ts, keyframe, data, arrival = item
-            if hub.state == "live":
+            if hub.state is HubState.LIVE:
                 hub.push(track, ts, keyframe, data, arrival)  # type: ignore[arg-type]
         elif kind == "opened":
             log.info("camera stream up", extra={"stream": hub.key, "url": self.display_url})
@@ -321,7 +321,7 @@ def _describe_error(exc: Exception) -> str:
 def report_upstream_failure(hub: StreamHub, error: str) -> None:
     """Log an upstream session that ended or could not open (loudly once it was live, rate
     limited while it keeps failing) and tell the hub."""
-    if hub.state == "live":
+    if hub.state is HubState.LIVE:
         log.warning("camera stream down", extra={"stream": hub.key, "reason": error})
     else:
         log.warning(

@@ -23,7 +23,7 @@ import time
 
 from gateway.codecs import SUPPORTED
 from gateway.codecs.base import CodecParams
-from gateway.media.hub import StreamHub
+from gateway.media.hub import HubState, StreamHub
 from gateway.media.ingest import IngestOptions, report_upstream_failure
 from gateway.rtp.receiver import ReceivedFrame
 from gateway.rtsp.client import RtspClientError, RtspReader
@@ -164,7 +164,7 @@ class NativeIngest:
 
     def _on_frame(self, frame: ReceivedFrame) -> None:
         index = self._track_map.get(frame.track)
-        if index is None or self.hub.state != "live":
+        if index is None or self.hub.state is not HubState.LIVE:
             return
         if frame.payloads:
             now = time.monotonic()
@@ -186,7 +186,7 @@ class NativeIngest:
         arrival: float,
     ) -> None:
         index = self._track_map.get(track)
-        if index is None or self.hub.state != "live":
+        if index is None or self.hub.state is not HubState.LIVE:
             return
         now = time.monotonic()
         self._last_frame = now

@@ -21,7 +21,8 @@ import secrets
 import socket
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -449,8 +450,10 @@ class RtspConnection(asyncio.Protocol):
         self.peer: tuple[str, int] = ("", 0)
         self.local: tuple[str, int] = ("", 0)
         self.sessions: set[str] = set()
-        self._queue: list[RtspRequest] = []
-        self._busy = False
+        # Requests waiting for their answer, served in order by one task at a time.
+        self._queue: deque[RtspRequest] = deque()
+        self._serving: asyncio.Task[None] | None = None
+        self._handing_off = False
         self.handoff_allowed = True
         self._closed = False
 
@@ -506,8 +509,8 @@ class RtspConnection(asyncio.Protocol):
                     self._reject(RtspProtocolError(400, "too many pipelined requests"))
                     return
                 self._queue.append(event)
-                if not self._busy:
-                    self._process_queue()
+                if self._serving is None and not self._handing_off:
+                    self._serving = asyncio.ensure_future(self._serve())
             # Responses from a client are not expected; ignore them.
 
     def _reject(self, exc: RtspProtocolError) -> None:
@@ -523,22 +526,20 @@ class RtspConnection(asyncio.Protocol):
             if session is not None and channel - 1 in session.channels.values():
                 session.last_activity = now
 
-    def _process_queue(self) -> None:
-        while self._queue and not self._closed:
-            if self.handoff_allowed and self._hand_off():
-                return
-            request = self._queue.pop(0)
-            handler = Handler(self, request)
-            result = handler.run()
-            if isinstance(result, asyncio.Future | asyncio.Task):
-                self._busy = True
-                result.add_done_callback(lambda _f: self._resume())
-                return
-        self._busy = False
-
-    def _resume(self) -> None:
-        self._busy = False
-        self._process_queue()
+    async def _serve(self) -> None:
+        """Answer the queued requests in order; ends when the queue is empty."""
+        try:
+            while self._queue and not self._closed:
+                if self.handoff_allowed and self._hand_off():
+                    return
+                waiting = Handler(self, self._queue.popleft()).run()
+                if waiting is not None:
+                    try:
+                        await waiting
+                    except Exception:  # one failed request must not stall the connection
+                        log.exception("RTSP request failed", extra={"peer": self.peer_text})
+        finally:
+            self._serving = None
 
     def _hand_off(self) -> bool:
         """Pass this connection to the worker owning the first request's camera, if that is
@@ -556,7 +557,7 @@ class RtspConnection(asyncio.Protocol):
         # Everything read so far, re-serialised in order, goes with the socket.
         data = b"".join(bytes(r) for r in self._queue) + self.parser.take_buffered()
         self._queue.clear()
-        self._busy = True
+        self._handing_off = True
         self.transport.pause_reading()
         task = asyncio.ensure_future(asyncio.to_thread(send, sock, data))
         task.add_done_callback(lambda t: self._handed_off(t, data))
@@ -573,7 +574,7 @@ class RtspConnection(asyncio.Protocol):
                     "error": str(None if task.cancelled() else task.exception()),
                 },
             )
-            self._busy = False
+            self._handing_off = False
             if self.transport is not None:
                 self.transport.resume_reading()
             self.data_received(data)
@@ -614,7 +615,8 @@ class Handler:
     ) -> None:
         self.conn.send(RtspResponse.for_request(self.request, status, headers, body))
 
-    def run(self) -> asyncio.Task[None] | None:
+    def run(self) -> Coroutine[None, None, None] | None:
+        """Answer the request; what is left to await when it must wait, else None."""
         req = self.request
         try:
             if req.cseq is None:
@@ -639,9 +641,9 @@ class Handler:
         if not self._authorized():
             return None
         if method == "DESCRIBE":
-            return asyncio.ensure_future(self.describe())
+            return self.describe()
         if method == "SETUP":
-            return asyncio.ensure_future(self.setup())
+            return self.setup()
         with contextlib.suppress(_Answered):
             getattr(self, method.lower())()
         return None
