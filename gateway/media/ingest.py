@@ -19,7 +19,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
-import random
 import threading
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Any
 
 import av
 
+from gateway.backoff import Backoff
 from gateway.codecs import SUPPORTED, h264, h265
 from gateway.codecs.base import CodecParams
 from gateway.media.hub import FrameInbox, HubState, StreamHub
@@ -68,6 +68,10 @@ class IngestOptions:
     io_timeout: float = 5.0
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+
+    def backoff(self) -> Backoff:
+        """Reconnect timing: jitter around each delay spreads a site-wide outage."""
+        return Backoff(self.backoff_initial, self.backoff_max, jitter=(0.5, 1.5))
 
 
 def codec_params_from_stream(stream: av.stream.Stream) -> CodecParams | None:
@@ -175,18 +179,16 @@ class PyAVIngest:
         }
 
     def _run(self, generation: int) -> None:
-        backoff = self.options.backoff_initial
+        backoff = self.options.backoff()
         while not self._stop.is_set() and generation == self._generation:
             started = time.monotonic()
             error = self._session(generation)
             if self._stop.is_set() or generation != self._generation:
                 break
             if time.monotonic() - started > 30:
-                backoff = self.options.backoff_initial  # it was up for a while: retry soon
+                backoff.reset()  # it was up for a while: retry soon
             self.inbox.put(("failed", error))
-            delay = backoff * (0.5 + random.random())  # jitter spreads a site-wide outage
-            backoff = min(backoff * 2, self.options.backoff_max)
-            if self._stop.wait(delay):
+            if self._stop.wait(backoff.next_delay()):
                 break
 
     def _session(self, generation: int) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 
 from gateway.codecs import SUPPORTED
@@ -76,15 +75,14 @@ class NativeIngest:
     # -- session loop
 
     async def _run(self) -> None:
-        backoff = self.options.backoff_initial
+        backoff = self.options.backoff()
         while True:
             started = time.monotonic()
             error = await self._session()
             if time.monotonic() - started > 30:
-                backoff = self.options.backoff_initial
+                backoff.reset()
             report_upstream_failure(self.hub, error)
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, self.options.backoff_max)
+            await asyncio.sleep(backoff.next_delay())
 
     async def _session(self) -> str:
         self._restart.clear()

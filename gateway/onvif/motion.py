@@ -28,7 +28,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import random
 import re
 import time
 from collections.abc import Callable
@@ -40,6 +39,7 @@ import aiohttp
 from lxml import etree
 from yarl import URL
 
+from gateway.backoff import Backoff
 from gateway.config import CameraConfig
 from gateway.devices.errors import DeviceError
 from gateway.devices.http import CameraHttp
@@ -299,23 +299,6 @@ def soap_body(data: bytes) -> etree._Element:
 
 
 # --------------------------------------------------------------------------- asyncio layer
-
-
-class Backoff:
-    """Capped exponential backoff with jitter: ``base * 2**n`` up to ``cap``, times 0.5..1."""
-
-    def __init__(self, base: float = 1.0, cap: float = 60.0) -> None:
-        self.base = base
-        self.cap = cap
-        self.failures = 0
-
-    def next_delay(self) -> float:
-        delay = min(self.cap, self.base * 2**self.failures)
-        self.failures = min(self.failures + 1, 32)
-        return delay * random.uniform(0.5, 1.0)
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 # What ends one event session (and is retried); anything else is a bug, logged in full.

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.backoff import Backoff
 from gateway.config import CameraConfig, Config, ConfigError
 from gateway.devices.base import DeviceIdentity as InventoryIdentity
 from gateway.onvif.backend import (
@@ -36,7 +36,7 @@ from gateway.onvif.backend import (
 from gateway.onvif.config import camera_ports, nvr_port_of, parse_settings
 from gateway.onvif.core import CameraSlot, VirtualDevice
 from gateway.onvif.discovery import DiscoveryResponder
-from gateway.onvif.motion import Backoff, CameraMotion, motion_source_for
+from gateway.onvif.motion import CameraMotion, motion_source_for
 from gateway.onvif.ptz import OnvifPtzForwarder
 from gateway.onvif.server import serve_device
 from gateway.onvif.xml import SoapFault
@@ -268,7 +268,7 @@ class RuntimeCamera:
         """An on-demand camera is not streamed until a client plays it, yet a VMS adding it
         needs its profiles: connect once to learn each stream's format (the hub stops the
         upstream again after its linger time), retrying while the camera is unreachable."""
-        delay = 5.0
+        backoff = Backoff(5.0, 300.0, jitter=(0.5, 1.5))
         for stream in self.camera.stream_names():
             while True:
                 hub = self.gateway.hub(self.camera.name, stream)
@@ -276,8 +276,7 @@ class RuntimeCamera:
                     return  # camera removed or disabled
                 if await hub.wait_ready(15.0):
                     break
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 300.0)
+                await asyncio.sleep(backoff.next_delay())
 
     def identity(self) -> DeviceIdentity:
         return self.identities.identity(self.camera) or identity_from_config(self.camera)
@@ -397,7 +396,7 @@ class OnvifService:
     async def _add_camera(self, cam: CameraConfig, port: int) -> None:
         """Serve ``cam``'s virtual device; raises OSError if its port cannot be bound."""
         motion = motion_source_for(cam)
-        ptz = PtzDetection(cam, fresh_backoff(self._retry)) if cam.ptz != "disabled" else None
+        ptz = PtzDetection(cam, self._retry.fresh()) if cam.ptz != "disabled" else None
         backend = RuntimeCamera(self.gateway, cam, self.identities, motion, ptz)
         device = self._virtual(cam.name, [CameraSlot(cam, backend)], nvr=False, port=port)
         try:
@@ -491,11 +490,6 @@ class OnvifService:
         for entry in reversed(entries):
             await self._remove(entry)
         self.identities.close()
-
-
-def fresh_backoff(template: Backoff) -> Backoff:
-    """A fresh backoff with ``template``'s timing (each camera counts its own failures)."""
-    return Backoff(template.base, template.cap)
 
 
 async def start(gateway: Any) -> OnvifService:
