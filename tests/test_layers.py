@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "policy": 2,
     "egress": 2,
     "admin": 2,
+    "view": 2,
     "runtime": 3,
     "cli": 3,
     "commands": 3,
