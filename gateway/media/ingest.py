@@ -38,7 +38,7 @@ log = logging.getLogger("gateway.ingest")
 def _glibc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt, libc.malloc_trim  # noqa: B018 - glibc only
+        libc.mallopt  # noqa: B018 - glibc only
     except (OSError, AttributeError):
         return None
     return libc
@@ -49,13 +49,6 @@ if _LIBC is not None:
     # glibc gives each new thread its own malloc arena (up to 8 per core); with one reader
     # thread per camera stream that multiplies resident memory for nothing.
     _LIBC.mallopt(-8, 2)  # M_ARENA_MAX
-
-
-def _release_probe_memory() -> None:
-    """FFmpeg decodes a few frames while probing a stream and frees them; hand that memory
-    back to the OS instead of keeping it in the heap of every reader."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
 
 
 _VIDEO_NAMES = {"h264": "H264", "hevc": "H265"}
