@@ -1,7 +1,7 @@
-"""Build of the optional C part: the relay path's per-packet loops (gateway/codecs/_spans.c).
+"""Build of the optional C part: the relay path's per-packet loops (gateway/rtp/_spans.c).
 
 Everything else is in pyproject.toml. Without a C compiler the build goes on without it and
-the gateway uses the same functions in Python (gateway/codecs/spans.py), only slower.
+the gateway uses the same functions in Python (gateway/rtp/spans.py), only slower.
 """
 
 from setuptools import Extension, setup
@@ -9,8 +9,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "gateway.codecs._spans",
-            ["gateway/codecs/_spans.c"],
+            "gateway.rtp._spans",
+            ["gateway/rtp/_spans.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"],
             optional=True,
         )

@@ -157,9 +157,12 @@ async def measure(rounds: int, profile: str = "bench") -> float:
         options["on_span"] = ingest._on_span
     reader = client.RtspReader(URL, **options)
     reader._describe_tracks(SDP, URL + "/")
+    # The sans-IO connection holds the channel map from this checkout on.
+    connection = getattr(reader, "connection", None)
+    channels = reader._channels if connection is None else connection.channels
     for index, track in enumerate(reader._tracks):
-        reader._channels[2 * index] = (track, False)
-        reader._channels[2 * index + 1] = (track, True)
+        channels[2 * index] = (track, False)
+        channels[2 * index + 1] = (track, True)
     if hasattr(hub, "flush"):  # as NativeIngest's session sets it up
         hub.batching = True
         reader.on_batch_end = hub.flush

@@ -48,10 +48,10 @@ from typing import Any
 
 from gateway.codecs import codec_name
 from gateway.codecs.sdp import parse_sdp
-from gateway.codecs.spans import KEY_NONE, SPAN_END, continue_span
-from gateway.rtsp.auth import DigestClient
+from gateway.digest import DigestClient
+from gateway.rtp.receiver import ReceivedFrame
+from gateway.rtp.spans import KEY_NONE, SPAN_END, continue_span
 from gateway.rtsp.client import (
-    ReceivedFrame,
     RtspClientError,
     RtspReader,
     answer_challenge,

@@ -46,7 +46,7 @@ def versions() -> dict[str, str]:
     import av
     import uvloop
 
-    from gateway.codecs import spans
+    from gateway.rtp import spans
 
     out = {
         # The relay path's per-packet walks: the C build, or the Python reference (the

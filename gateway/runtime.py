@@ -8,7 +8,8 @@ configuration did not change.
 from __future__ import annotations
 
 import asyncio
-import importlib
+import dataclasses
+import functools
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -16,15 +17,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import log as gwlog
-from gateway.codecs import spans
+from gateway.admin import service as admin_service
 from gateway.config import CameraConfig, Config, iter_secrets
+from gateway.digest import DigestAuthenticator
+from gateway.egress import service as egress_service
 from gateway.media.hub import StreamHub
 from gateway.media.ingest import IngestOptions, PyAVIngest
 from gateway.media.native_ingest import NativeIngest
 from gateway.media.snapshot import SnapshotCache, encode_jpeg
-from gateway.rtsp.auth import DigestAuthenticator
+from gateway.onvif import service as onvif_service
+from gateway.policy import service as policy_service
+from gateway.rtp import spans
 from gateway.rtsp.server import RtspServer, ServerLimits
-from gateway.workers import HandoffServer, Shard, nonce_secret, owner_of, shard_config
+from gateway.view import GatewayView, StreamStatus
+from gateway.workers import (
+    HandoffServer,
+    Shard,
+    nonce_secret,
+    owner_of,
+    send_connection,
+    shard_config,
+)
 
 log = logging.getLogger("gateway")
 
@@ -41,14 +54,15 @@ class CameraRuntime:
             hub.close()
 
 
-# Optional services: (module, start function, site-wide). Each start function takes the
-# Gateway and returns an object with ``async close()``; subsystems not present are skipped.
-# Site-wide services run once per site: in worker 0 when the cameras are sharded.
-SERVICE_STARTERS = (
-    ("gateway.onvif.service", "start", False),
-    ("gateway.admin.service", "start", False),
-    ("gateway.policy.service", "start", True),
-    ("gateway.egress.service", "start", True),
+# The services started with the gateway, in order: (start function, site-wide). Each takes
+# the gateway (a GatewayView) and returns an object with ``async close()``. Site-wide
+# services run once per site: in worker 0 when the cameras are sharded.
+ServiceStarter = Callable[[GatewayView], Awaitable[Any]]
+SERVICE_STARTERS: tuple[tuple[ServiceStarter, bool], ...] = (
+    (onvif_service.start, False),
+    (admin_service.start, False),
+    (policy_service.start, True),
+    (egress_service.start, True),
 )
 
 
@@ -111,16 +125,10 @@ class Gateway:
             },
         )
         if self.start_services:
-            for module_name, func, site_wide in SERVICE_STARTERS:
+            for start, site_wide in SERVICE_STARTERS:
                 if site_wide and self.shard is not None and self.shard.index:
                     continue
-                try:
-                    module = importlib.import_module(module_name)
-                except ModuleNotFoundError as exc:
-                    if exc.name == module_name:
-                        continue
-                    raise
-                self.services.append(await getattr(module, func)(self))
+                self.services.append(await start(self))
 
     def _authenticator(self, cfg: Config) -> DigestAuthenticator:
         return DigestAuthenticator(
@@ -243,8 +251,8 @@ class Gateway:
         cam = self.cameras.get(parts[0])
         return cam.hubs.get(parts[1]) if cam else None
 
-    def _handoff_target(self, path: str) -> str | None:
-        """The hand-off socket of the worker owning ``path``'s camera, if not this one."""
+    def _handoff_target(self, path: str) -> Callable[[socket.socket, bytes], None] | None:
+        """How to pass a connection to the worker owning ``path``'s camera, if not this one."""
         assert self.shard is not None
         camera = path.strip("/").split("/", 1)[0]
         if camera in self.cameras:
@@ -252,7 +260,7 @@ class Gateway:
         owner = owner_of(self.site_config, self.shard, camera)
         if owner is None or owner == self.shard.index:
             return None
-        return self.shard.socket_path(owner)
+        return functools.partial(send_connection, self.shard.socket_path(owner))
 
     def _adopt_connection(self, sock: socket.socket, data: bytes) -> None:
         assert self.rtsp is not None
@@ -290,7 +298,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         return await self.snapshots.get((camera, stream, max_width), loop.time(), produce)
 
-    def stream_info(self, camera: str, stream: str) -> dict[str, Any] | None:
+    def stream_status(self, camera: str, stream: str) -> StreamStatus | None:
         """What the stream carries as ingested (not configured): codec, size, rate, GOP."""
         hub = self.hub(camera, stream)
         if hub is None:
@@ -298,28 +306,33 @@ class Gateway:
         video = next((t for t in hub.tracks if t.is_video), None)
         audio = next((t for t in hub.tracks if not t.is_video), None)
         stats = hub.stats
-        return {
-            "camera": camera,
-            "stream": stream,
-            "path": f"/{camera}/{stream}",
-            "state": hub.state,
-            "last_error": hub.last_error,
-            "codec": video.params.name if video else None,
-            "profile": video.params.profile if video else None,
-            "width": video.params.width if video else 0,
-            "height": video.params.height if video else 0,
-            "fps": round(hub.fps, 2),
-            "bitrate": int(hub.bitrate),
-            "gop_frames": stats.gop_frames,
-            "gop_seconds": round(stats.gop_seconds, 3),
-            "audio_codec": audio.params.name if audio else None,
-            "audio_rate": audio.params.clock_rate if audio else 0,
-            "audio_channels": audio.params.channels if audio else 0,
-            "clients": len(hub.subscribers),
-            "upstream_sessions": hub.upstream_sessions,
-            "reconnects": stats.reconnects,
-            "frames_in": stats.frames_in,
-            "bytes_in": stats.bytes_in,
-            "dropped_frames": stats.dropped_frames,
-            "slow_disconnects": stats.slow_disconnects,
-        }
+        return StreamStatus(
+            camera=camera,
+            stream=stream,
+            path=f"/{camera}/{stream}",
+            state=hub.state.value,
+            last_error=hub.last_error,
+            codec=video.params.name if video else None,
+            profile=video.params.profile if video else None,
+            width=video.params.width if video else 0,
+            height=video.params.height if video else 0,
+            fps=round(hub.fps, 2),
+            bitrate=int(hub.bitrate),
+            gop_frames=stats.gop_frames,
+            gop_seconds=round(stats.gop_seconds, 3),
+            audio_codec=audio.params.name if audio else None,
+            audio_rate=audio.params.clock_rate if audio else 0,
+            audio_channels=audio.params.channels if audio else 0,
+            clients=len(hub.subscribers),
+            upstream_sessions=hub.upstream_sessions,
+            reconnects=stats.reconnects,
+            frames_in=stats.frames_in,
+            bytes_in=stats.bytes_in,
+            dropped_frames=stats.dropped_frames,
+            slow_disconnects=stats.slow_disconnects,
+        )
+
+    def stream_info(self, camera: str, stream: str) -> dict[str, Any] | None:
+        """:meth:`stream_status` as a dict (what the admin API serialises)."""
+        status = self.stream_status(camera, stream)
+        return dataclasses.asdict(status) if status is not None else None

@@ -16,8 +16,8 @@ from openapi_spec_validator import validate as validate_spec
 
 from gateway.admin.live import LiveViewer
 from gateway.codecs.base import CodecParams
+from gateway.digest import DigestClient
 from gateway.media.hub import StreamHub
-from gateway.rtsp.auth import DigestClient
 from gateway.rtsp.client import RtspReader
 from gateway.sim.runner import SimFleet
 from tests.admin_support import AdminGateway, OpenApi, admin_gateway

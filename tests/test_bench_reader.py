@@ -20,9 +20,10 @@ from benchmarks.readers import (
     TrackCount,
     kernel_receive_ns,
 )
-from gateway.rtsp.auth import DigestAuthenticator
+from gateway.digest import DigestAuthenticator
+from gateway.rtp.interleaved import interleave
 from gateway.rtsp.client import RtspClientError
-from gateway.rtsp.message import RtspConnectionParser, RtspRequest, RtspResponse, interleave
+from gateway.rtsp.message import RtspConnectionParser, RtspRequest, RtspResponse
 from gateway.sim.latency import latency_sei
 
 T0 = 1_700_000_000_000_000_000  # a wall-clock time in ns

@@ -21,7 +21,7 @@ from gateway.codecs.aac import (
 )
 from gateway.codecs.base import CodecParams
 from gateway.codecs.g711 import G711Depacketizer, G711Packetizer
-from gateway.codecs.rtp import RtpPacket, build_packets
+from tests.rtp_wire import RtpPacket, build_packets
 
 
 def raises_exactly(message: str) -> pytest.RaisesExc[ValueError]:

@@ -15,8 +15,9 @@ import pytest
 
 from gateway.codecs import depacketizer_for, params_from_sdp_media
 from gateway.codecs.h264 import split_annexb
-from gateway.codecs.rtp import RtpPacket, SenderReport, parse_rtcp_compound, unix_from_ntp
 from gateway.codecs.sdp import parse_sdp
+from gateway.rtp.packet import SenderReport, unix_from_ntp
+from tests.rtp_wire import RtpPacket, parse_rtcp_compound
 
 
 def _bind_pair() -> tuple[socket.socket, socket.socket]:

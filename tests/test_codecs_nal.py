@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from gateway.codecs import h264, h265
 from gateway.codecs.base import DEFAULT_MAX_PAYLOAD, CodecParams
 from gateway.codecs.h264 import NalDepacketizer, NalPacketizer, split_annexb
-from gateway.codecs.rtp import RtpPacket, build_packets
+from tests.rtp_wire import RtpPacket, build_packets
 
 
 @dataclass(frozen=True)

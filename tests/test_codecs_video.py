@@ -19,8 +19,8 @@ import pytest
 from gateway.codecs import h264, h265, packetizer_for
 from gateway.codecs.base import CodecParams
 from gateway.codecs.h264 import split_annexb
-from gateway.codecs.rtp import RtpPacket, build_packets
 from gateway.codecs.sdp import SdpTrack, session_sdp
+from tests.rtp_wire import RtpPacket, build_packets
 
 
 @dataclass(frozen=True)
@@ -181,9 +181,11 @@ def test_extradata_parameter_sets_annexb_and_iso(codec: VideoCodec) -> None:
 def test_sps_resolution_with_cropping(codec: VideoCodec, width: int, height: int) -> None:
     unit, _ = encode(codec, width, height, frames=1)[0]
     sps = next(n for n in nals(unit) if codec.nal_type(n) == codec.parameter_set_types[-2])
-    assert codec.module.parse_sps_resolution(sps) == (width, height)  # type: ignore[attr-defined]
+    parsed = codec.module.parse_sps(sps)  # type: ignore[attr-defined]
+    assert (parsed.width, parsed.height) == (width, height)
+    assert (parsed.bit_depth_luma_minus8, parsed.chroma_format_idc) == (0, 1)
     with pytest.raises(ValueError, match="SPS"):
-        codec.module.parse_sps_resolution(sps[:6])  # type: ignore[attr-defined]
+        codec.module.parse_sps(sps[:6])  # type: ignore[attr-defined]
 
 
 def _udp_port_bound(port: int) -> bool:

@@ -18,13 +18,12 @@ from gateway.egress.ntp import (
     NtpPacket,
     NtpServer,
     client_request,
-    from_ntp,
     kernel_clock_state,
     ntp_response,
     parse_server_reply,
     reference_id_for,
-    to_ntp,
 )
+from gateway.rtp.packet import NTP_UNIX_OFFSET, ntp_from_unix, unix_from_ntp
 
 SYNCED = ClockState(synchronized=True, max_error=0.25, precision=-23)
 UNSYNCED = ClockState(synchronized=False, precision=-23)
@@ -32,12 +31,12 @@ NOW = 1_767_225_600.5  # 2026-01-01T00:00:00.5Z
 
 
 def test_timestamp_conversion_round_trips_and_handles_era_1() -> None:
-    assert to_ntp(0.0) >> 32 == ntp.NTP_UNIX_OFFSET
-    assert abs(from_ntp(to_ntp(NOW), near=NOW) - NOW) < 1e-6
+    assert ntp_from_unix(0.0) >> 32 == NTP_UNIX_OFFSET
+    assert abs(unix_from_ntp(ntp_from_unix(NOW), near=NOW) - NOW) < 1e-6
     # 2036-02-07T06:28:16Z is the end of NTP era 0: the seconds field wraps to zero.
-    era_end = 2**32 - ntp.NTP_UNIX_OFFSET
-    assert to_ntp(era_end + 10.0) >> 32 == 10
-    assert abs(from_ntp(to_ntp(era_end + 10.0), near=era_end) - (era_end + 10.0)) < 1e-6
+    era_end = 2**32 - NTP_UNIX_OFFSET
+    assert ntp_from_unix(era_end + 10.0) >> 32 == 10
+    assert abs(unix_from_ntp(ntp_from_unix(era_end + 10.0), near=era_end) - (era_end + 10.0)) < 1e-6
 
 
 def test_packet_parse_and_bytes_round_trip() -> None:
@@ -68,8 +67,8 @@ def test_synchronised_reply_echoes_origin_and_says_stratum_plus_one() -> None:
     assert reply.stratum == 3
     assert reply.reference_id == bytes([10, 0, 0, 1])
     assert reply.origin_ts == NtpPacket.parse(request).transmit_ts
-    assert abs(from_ntp(reply.receive_ts, near=NOW) - NOW) < 1e-6
-    assert abs(from_ntp(reply.transmit_ts, near=NOW) - (NOW + 0.001)) < 1e-6
+    assert abs(unix_from_ntp(reply.receive_ts, near=NOW) - NOW) < 1e-6
+    assert abs(unix_from_ntp(reply.transmit_ts, near=NOW) - (NOW + 0.001)) < 1e-6
     assert reply.root_dispersion == int(0.25 * 65536)
     assert reply.precision == -23
     # The client's view: offset about +3 s.
@@ -84,7 +83,7 @@ def test_unsynchronised_clock_is_announced_not_hidden() -> None:
     assert reply.stratum == ntp.STRATUM_UNSYNCHRONIZED
     assert reply.reference_id == b"INIT"
     # The time is still the gateway's own: a client may show it, but must not sync to it.
-    assert abs(from_ntp(reply.transmit_ts, near=NOW) - NOW) < 1e-6
+    assert abs(unix_from_ntp(reply.transmit_ts, near=NOW) - NOW) < 1e-6
 
 
 def test_pending_leap_second_is_passed_on() -> None:

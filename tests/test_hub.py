@@ -375,8 +375,8 @@ def test_spans_go_out_as_relayed_payloads_do_or_take_their_way(
     packets, oversized payloads and broken framing take push_relayed's way. Both builds of
     the stamping (C, and the Python a checkout without a compiler runs)."""
     import gateway.media.hub as hub_module
-    from gateway.codecs import spans
     from gateway.codecs.h264 import H264Packetizer
+    from gateway.rtp import spans
 
     if stamp != "C":
         monkeypatch.setattr(hub_module, "stamp_span", spans.reference_stamp_span)

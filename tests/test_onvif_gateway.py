@@ -554,7 +554,7 @@ async def test_authentication_matrix(gateway):
         await post(port, envelope("<tev:GetServiceCapabilities/>"), path="/onvif/events_service")
     )[0] == 200
     # HTTP Digest as the alternative.
-    from gateway.rtsp.auth import DigestClient
+    from gateway.digest import DigestClient
 
     client = DigestClient(USER, PASSWORD, allow_basic=False)
     client.handle_challenge([headers["WWW-Authenticate"]])
@@ -563,6 +563,10 @@ async def test_authentication_matrix(gateway):
     assert (
         status == 200 and etree.QName(body_child(data)).localname == "GetDeviceInformationResponse"
     )
+    # The same answer replayed is refused; the next nonce count is accepted.
+    assert (await post(port, envelope(op), headers={"Authorization": auth}))[0] == 400
+    auth = client.authorization("POST", "/onvif/device_service")
+    assert (await post(port, envelope(op), headers={"Authorization": auth}))[0] == 200
 
 
 async def test_repeated_failures_are_slowed_down(gateway):

@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from gateway.backoff import Backoff
 from gateway.config import CameraConfig, Secret
 from gateway.onvif.backend import MotionEvent
 from gateway.onvif.motion import (
-    Backoff,
     CameraMotion,
     DahuaMotion,
     HikvisionMotion,

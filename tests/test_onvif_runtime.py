@@ -25,11 +25,11 @@ import av
 import pytest
 
 from gateway import config as cfgmod
+from gateway.digest import DigestClient
 from gateway.media.hub import StreamHub
 from gateway.onvif.backend import VENDOR_NAMES, DeviceIdentity, device_uuid
 from gateway.onvif.service import OnvifService
 from gateway.policy.db import PolicyStore
-from gateway.rtsp.auth import DigestClient
 from gateway.rtsp.client import RtspReader
 from gateway.runtime import Gateway
 from gateway.sim.runner import SimFleet, default_stream_specs
@@ -553,7 +553,7 @@ async def test_on_demand_camera_has_profiles_before_anyone_plays_it(
         assert cam.rtsp is not None
 
         def upstream_closed() -> bool:
-            return not any(s.hub is cam.hubs["main"] for s in cam.rtsp.sessions.values())
+            return not any(c.source is cam.hubs["main"] for c in cam.rtsp.clients())
 
         await wait_for(upstream_closed, 40, "the upstream to close after the linger time")
         assert hub.state == "idle"

@@ -15,14 +15,16 @@ from dataclasses import dataclass
 import av
 import pytest
 
-import gateway.rtsp.client as client_module
-from gateway.codecs.rtp import interleaved_payloads
-from gateway.rtsp.client import ReceivedFrame, RtspClientError, RtspReader, _ControlProtocol
+import gateway.rtp.receiver as receiver_module
+from gateway.codecs.sdp import parse_sdp
+from gateway.rtp.interleaved import interleave, interleaved_payloads
+from gateway.rtp.receiver import ReceivedFrame, RtpReceiver, SpanCallback, receiver_for
+from gateway.rtsp.client import RtspClientError, RtspReader
+from gateway.rtsp.client_connection import ClientConnection
 from gateway.rtsp.message import (
     RtspConnectionParser,
     RtspRequest,
     RtspResponse,
-    interleave,
 )
 
 GST_PYTHON = "/usr/bin/python3"
@@ -474,19 +476,23 @@ async def test_frames_cut_by_reads_anywhere_arrive_once_and_whole() -> None:
     stream = b"".join(interleave(4, rtp(*p)) for p in PAYLOAD_SCRIPT[:4]) + answer
     stream += b"".join(interleave(4, rtp(*p)) for p in PAYLOAD_SCRIPT[4:])
 
-    def play(chunks: list[bytes]) -> tuple[list[tuple[int, bool, list[bytes] | None]], int]:
+    def play(
+        chunks: list[bytes],
+    ) -> tuple[list[tuple[int, bool, list[bytes] | None]], int, list[RtspResponse]]:
         frames: list[ReceivedFrame] = []
-        reader = RtspReader("rtsp://127.0.0.1:1/s", on_frame=frames.append, relay_payloads=True)
-        reader._describe_tracks(SDP, "rtsp://127.0.0.1/s/")
-        reader._channels[4] = (reader._tracks[0], False)
-        protocol = _ControlProtocol(reader)
-        for chunk in chunks:
-            protocol.data_received(chunk)
-        assert reader._error is None
-        return [(f.timestamp, f.keyframe, f.payloads) for f in frames], reader.tracks[0].packets
+        connection, tracks = connect(SDP, {4: 0}, on_frame=frames.append)
+        messages = [m for chunk in chunks for m in connection.receive(chunk, 0.0)]
+        assert all(isinstance(m, RtspResponse) for m in messages)
+        responses = [m for m in messages if isinstance(m, RtspResponse)]
+        return (
+            [(f.timestamp, f.keyframe, f.payloads) for f in frames],
+            tracks[0].stats.packets,
+            responses,
+        )
 
     whole = play([stream])
     assert whole[1] == len(PAYLOAD_SCRIPT) and len(whole[0]) == 6
+    assert [(r.status, r.cseq, r.body) for r in whole[2]] == [(200, 99, b"abc")]
     for cut in range(1, len(stream)):
         assert play([stream[:cut], stream[cut:]]) == whole, cut
     assert play([stream[i : i + 3] for i in range(0, len(stream), 3)]) == whole
@@ -495,15 +501,39 @@ async def test_frames_cut_by_reads_anywhere_arrive_once_and_whole() -> None:
 AV_SDP = SDP + b"m=audio 0 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=control:trackID=1\r\n"
 
 
+def connect(
+    sdp: bytes,
+    channels: dict[int, int],
+    *,
+    on_frame: Callable[[ReceivedFrame], None] | None = None,
+    on_span: SpanCallback | None = None,
+) -> tuple[ClientConnection, list[RtpReceiver]]:
+    """The client end of a connection in memory, playing ``sdp``'s tracks in relay mode on
+    the given interleaved channels (channel -> track), as after SETUP and PLAY."""
+    described = parse_sdp(sdp)
+    tracks = [
+        receiver_for(
+            i,
+            media,
+            f"rtsp://127.0.0.1/s/{media.control}",
+            on_frame=on_frame,
+            relay_payloads=True,
+            on_span=on_span,
+        )
+        for i, media in enumerate(described.media)
+    ]
+    connection = ClientConnection()
+    for channel, track in channels.items():
+        connection.channels[channel] = (tracks[track], False)
+    return connection, tracks
+
+
 async def test_relay_payloads_hands_over_each_g711_packet_as_a_frame() -> None:
     """G.711 packets stand on their own: each goes over as it came, with its own timestamp,
     and a lost one costs nothing but itself. Video frames are collected as before."""
     frames: list[ReceivedFrame] = []
-    reader = RtspReader("rtsp://127.0.0.1:1/s", on_frame=frames.append, relay_payloads=True)
-    reader._describe_tracks(AV_SDP, "rtsp://127.0.0.1/s/")
-    reader._channels[0] = (reader._tracks[0], False)
-    reader._channels[2] = (reader._tracks[1], False)
-    assert reader._tracks[1].depacketizer is None  # nothing to reassemble
+    connection, tracks = connect(AV_SDP, {0: 0, 2: 1}, on_frame=frames.append)
+    assert tracks[1].depacketizer is None  # nothing to reassemble
 
     def pcmu(seq: int, ts: int, samples: bytes) -> bytes:
         return struct.pack("!BBHII", 0x80, 0x80, seq, ts, 0x99) + samples
@@ -511,22 +541,22 @@ async def test_relay_payloads_hands_over_each_g711_packet_as_a_frame() -> None:
     stream = interleave(2, pcmu(7, 160, b"\x7f" * 160))
     stream += interleave(0, rtp(1, 3600, IDR, True))
     stream += interleave(2, pcmu(9, 480, b"\x01" * 80))  # 8 lost
-    _ControlProtocol(reader).data_received(stream)
+    assert connection.receive(stream, 0.0) == ()
     got = [(f.track, f.timestamp, f.keyframe, f.payloads, f.data) for f in frames]
     assert got == [
         (1, 160, False, [b"\x7f" * 160], None),
         (0, 3600, True, [IDR], None),
         (1, 480, False, [b"\x01" * 80], None),
     ]
-    assert reader.tracks[1].lost == 1
+    assert tracks[1].stats.lost == 1
 
 
 RelayedFrame = tuple[int, int, bool, list[bytes] | None, str]
 
 
-def play_relay(chunks: list[bytes], spans: bool) -> tuple[list[RelayedFrame], RtspReader]:
-    """Feed reads to a relay-mode reader (video on channel 4, PCMU on 2): what it handed
-    over, each as (track, timestamp, keyframe, payloads, "span" | "list"), and the reader."""
+def play_relay(chunks: list[bytes], spans: bool) -> tuple[list[RelayedFrame], list[RtpReceiver]]:
+    """Feed reads to a relay-mode connection (video on channel 4, PCMU on 2): what it handed
+    over, each as (track, timestamp, keyframe, payloads, "span" | "list"), and the tracks."""
     got: list[RelayedFrame] = []
 
     def on_frame(frame: ReceivedFrame) -> None:
@@ -537,20 +567,12 @@ def play_relay(chunks: list[bytes], spans: bool) -> tuple[list[RelayedFrame], Rt
     ) -> None:
         got.append((track, ts, key, interleaved_payloads(buf, start, end), "span"))
 
-    reader = RtspReader(
-        "rtsp://127.0.0.1:1/s",
-        on_frame=on_frame,
-        relay_payloads=True,
-        on_span=on_span if spans else None,
+    connection, tracks = connect(
+        AV_SDP, {4: 0, 2: 1}, on_frame=on_frame, on_span=on_span if spans else None
     )
-    reader._describe_tracks(AV_SDP, "rtsp://127.0.0.1/s/")
-    reader._channels[4] = (reader._tracks[0], False)
-    reader._channels[2] = (reader._tracks[1], False)
-    protocol = _ControlProtocol(reader)
     for chunk in chunks:
-        protocol.data_received(chunk)
-    assert reader._error is None
-    return got, reader
+        assert connection.receive(chunk, 0.0) == ()
+    return got, tracks
 
 
 async def test_frames_back_to_back_in_a_read_go_over_as_spans_of_the_same_payloads() -> None:
@@ -604,10 +626,10 @@ async def test_runs_of_packets_taken_at_once_account_exactly_as_one_by_one(
     CSRC list, the end of a read) gives the same frames and the same counters as the
     packet-by-packet path, at every cut. Both builds of the walk (C, and the Python a
     checkout without a compiler runs)."""
-    from gateway.codecs import spans as spans_module
+    from gateway.rtp import spans as spans_module
 
     if walk != "C":
-        monkeypatch.setattr(client_module, "continue_span", spans_module.reference_continue_span)
+        monkeypatch.setattr(receiver_module, "continue_span", spans_module.reference_continue_span)
     sei = b"\x06\x05\x10" + b"s" * 16
     idr = [b"\x7c\x85" + b"i" * 50, b"\x7c\x05" + b"j" * 50, b"\x7c\x45" + b"k" * 50]
     p_slice = [b"\x5c\x81" + b"p" * 40, b"\x5c\x01" + b"q" * 40, b"\x5c\x41" + b"r" * 40]
@@ -640,10 +662,10 @@ async def test_runs_of_packets_taken_at_once_account_exactly_as_one_by_one(
     stream += frame(36, 36000, [sei, *idr])
 
     def play(chunks: list[bytes], spans: bool) -> tuple[list[object], list[object]]:
-        got, reader = play_relay(chunks, spans)
+        got, tracks = play_relay(chunks, spans)
         counters = [
-            {k: v for k, v in t.as_dict().items() if not k.endswith(("_at", "_gap"))}
-            for t in reader.tracks
+            {k: v for k, v in t.stats.as_dict().items() if not k.endswith(("_at", "_gap"))}
+            for t in tracks
         ]
         return [frame[:4] for frame in got], counters
 

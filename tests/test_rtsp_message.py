@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.rtp.interleaved import frame_offsets, interleave
 from gateway.rtsp.message import (
     NEED_DATA,
     Headers,
@@ -18,8 +19,6 @@ from gateway.rtsp.message import (
     RtspResponse,
     RtspUrl,
     SessionHeader,
-    interleave,
-    interleave_many,
     parse_cseq,
     parse_rtp_info,
     parse_token_list,
@@ -103,8 +102,8 @@ def test_header_injection_is_refused() -> None:
 
 def test_interleave_helpers() -> None:
     assert interleave(1, b"abc") == b"$\x01\x00\x03abc"
-    blob = interleave_many(2, [b"a", b"", b"bc"])
-    assert blob == b"$\x02\x00\x01a$\x02\x00\x00$\x02\x00\x02bc"
+    blob = interleave(2, b"a") + interleave(2, b"") + interleave(2, b"bc")
+    assert frame_offsets(blob, 3) == [0, 5, 9]
     frame = InterleavedFrame.parse(b"$\x05\x00\x02hi")
     assert (frame.channel, frame.payload) == (5, b"hi")
     assert bytes(frame) == b"$\x05\x00\x02hi"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.rtsp.auth import DigestClient
+from gateway.digest import DigestClient
 from gateway.rtsp.client import RtspReader
 from gateway.rtsp.message import RtspConnectionParser, RtspRequest, RtspResponse
 from gateway.runtime import Gateway

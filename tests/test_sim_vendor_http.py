@@ -14,7 +14,7 @@ import pytest
 import yarl
 
 from gateway.devices.xmlsafe import parse_xml
-from gateway.rtsp.auth import DigestClient
+from gateway.digest import DigestClient
 from gateway.sim import dahua as sim_dahua
 from gateway.sim import hikvision as sim_hik
 from tests.test_policy_support import PASSWORD, make_device, sim_cameras

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.codecs import spans
-from gateway.codecs.spans import (
+from gateway.rtp import spans
+from gateway.rtp.spans import (
     KEY_H264,
     KEY_H265,
     KEY_NONE,

@@ -13,8 +13,9 @@ import av
 import pytest
 
 from gateway import config as cfgmod
-from gateway.rtsp.auth import DigestClient
-from gateway.rtsp.client import ReceivedFrame, RtspReader
+from gateway.digest import DigestClient
+from gateway.rtp.receiver import ReceivedFrame
+from gateway.rtsp.client import RtspReader
 from gateway.rtsp.message import RtspConnectionParser, RtspRequest, RtspResponse
 from gateway.runtime import Gateway
 from gateway.sim.camera import SimCamera
@@ -28,7 +29,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 def camera_sessions(cam: SimCamera, stream: str) -> int:
     """RTSP sessions the simulated camera has open on one stream (its upstream count)."""
     assert cam.rtsp is not None
-    return sum(1 for s in cam.rtsp.sessions.values() if s.hub is cam.hubs[stream])
+    return sum(1 for c in cam.rtsp.clients() if c.source is cam.hubs[stream])
 
 
 @pytest.mark.parametrize("transport", ["tcp", "udp"])

@@ -68,7 +68,7 @@ async def test_two_workers_share_the_rtsp_port(
                     assert out.strip() == codec
             for cam in fleet.cameras:
                 assert cam.rtsp is not None
-                upstreams = [s for s in cam.rtsp.sessions.values() if s.hub is cam.hubs["main"]]
+                upstreams = [c for c in cam.rtsp.clients() if c.source is cam.hubs["main"]]
                 assert len(upstreams) == 1, f"{cam.device.name}: one upstream per stream"
             logged = log_path.read_text()
             assert "handed to the camera's worker" in logged

@@ -74,7 +74,7 @@ class AdminContext:
 
     # ------------------------------------------------------------------ views of the state
 
-    def stream_location(self, hub: StreamHub) -> tuple[str, str] | None:
+    def stream_location(self, hub: object) -> tuple[str, str] | None:
         for name, cam in self.gateway.cameras.items():
             for stream, candidate in cam.hubs.items():
                 if candidate is hub:
@@ -85,9 +85,8 @@ class AdminContext:
         out: list[dict[str, Any]] = []
         rtsp = self.gateway.rtsp
         if rtsp is not None:
-            now = rtsp.clock()
-            for session in list(rtsp.sessions.values()):
-                where = self.stream_location(session.hub)
+            for client in rtsp.clients():
+                where = self.stream_location(client.source)
                 if where is None:
                     continue
                 out.append(
@@ -95,13 +94,13 @@ class AdminContext:
                         "camera": where[0],
                         "stream": where[1],
                         "kind": "rtsp",
-                        "peer": session.conn.peer_text,
-                        "transport": "tcp" if session.tcp else "udp",
-                        "playing": session.playing,
-                        "connected_seconds": round(now - session.started, 1),
-                        "frames_sent": session.frames_sent,
-                        "bytes_sent": session.bytes_sent,
-                        "dropped_frames": session.dropped,
+                        "peer": client.peer,
+                        "transport": client.transport,
+                        "playing": client.playing,
+                        "connected_seconds": client.connected_seconds,
+                        "frames_sent": client.frames_sent,
+                        "bytes_sent": client.bytes_sent,
+                        "dropped_frames": client.dropped_frames,
                     }
                 )
         for viewer in list(self.viewers):

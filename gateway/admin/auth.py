@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.rtsp.auth import DigestAuthenticator
+from gateway.digest import DigestAuthenticator
 
 REALM = "onvif-gateway admin"
 SESSION_COOKIE = "gw_session"

@@ -119,7 +119,7 @@ def params_from_sdp_media(media: MediaDescription) -> CodecParams:
         )
         sps = next((p for p in parameter_sets if p and p[0] & 0x1F == h264.NAL_SPS), None)
         if sps is not None:
-            width, height = _resolution(h264.parse_sps_resolution, sps)
+            width, height = _resolution(h264.parse_sps, sps)
     elif name == "H265":
         parameter_sets = tuple(
             _b64(fmtp[key], key) for key in ("sprop-vps", "sprop-sps", "sprop-pps") if fmtp.get(key)
@@ -128,7 +128,7 @@ def params_from_sdp_media(media: MediaDescription) -> CodecParams:
             (p for p in parameter_sets if len(p) > 2 and h265.nal_type(p) == h265.NAL_SPS), None
         )
         if sps is not None:
-            width, height = _resolution(h265.parse_sps_resolution, sps)
+            width, height = _resolution(h265.parse_sps, sps)
     elif name == "AAC":
         config_hex = fmtp.get("config", "")
         try:
@@ -150,9 +150,12 @@ def params_from_sdp_media(media: MediaDescription) -> CodecParams:
     )
 
 
-def _resolution(parse: Callable[[bytes], tuple[int, int]], sps: bytes) -> tuple[int, int]:
+def _resolution(
+    parse: Callable[[bytes], h264.H264Sps | h265.H265Sps], sps: bytes
+) -> tuple[int, int]:
     # A camera's odd SPS must not stop the stream: the size is only informative.
     try:
-        return parse(sps)
+        parsed = parse(sps)
     except ValueError:
         return 0, 0
+    return parsed.width, parsed.height

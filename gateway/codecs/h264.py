@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 from abc import abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from gateway.codecs.base import (
     DEFAULT_MAX_PAYLOAD,
@@ -625,24 +626,39 @@ def _skip_scaling_list(bits: BitReader, size: int) -> None:
         last = next_scale or last
 
 
-def parse_sps_resolution(sps: bytes) -> tuple[int, int]:
-    """(width, height) in pixels from an H.264 SPS NAL unit, after frame cropping."""
+@dataclass(frozen=True)
+class H264Sps:
+    """What the gateway reads from an H.264 SPS (7.3.2.1.1)."""
+
+    profile_idc: int
+    constraint_flags: int  # the byte after profile_idc ("profile compatibility" in avcC)
+    level_idc: int
+    chroma_format_idc: int
+    bit_depth_luma_minus8: int
+    bit_depth_chroma_minus8: int
+    width: int  # pixels, after frame cropping
+    height: int
+
+
+def parse_sps(sps: bytes) -> H264Sps:
+    """An H.264 SPS NAL unit, as far as size and decoder configuration need it."""
     if len(sps) < 4 or sps[0] & 0x1F != NAL_SPS:
         raise ValueError("not an H.264 SPS NAL unit")
     bits = BitReader(nal_to_rbsp(sps[1:]), "H.264 SPS")
     profile_idc = bits.u(8)
-    bits.skip(16)  # constraint flags, level_idc
+    constraint_flags = bits.u(8)
+    level_idc = bits.u(8)
     bits.ue()  # seq_parameter_set_id
     chroma_format_idc = 1
     separate_colour_plane = 0
+    luma_depth = chroma_depth = 0
     if profile_idc in _HIGH_PROFILES:
         chroma_format_idc = bits.ue()
         if chroma_format_idc > 3:
             raise ValueError(f"H.264 SPS chroma_format_idc {chroma_format_idc} is invalid")
         if chroma_format_idc == 3:
             separate_colour_plane = bits.u(1)
-        bits.ue()  # bit_depth_luma_minus8
-        bits.ue()  # bit_depth_chroma_minus8
+        luma_depth, chroma_depth = bits.ue(), bits.ue()
         bits.skip(1)  # qpprime_y_zero_transform_bypass_flag
         if bits.u(1):  # seq_scaling_matrix_present_flag
             for i in range(8 if chroma_format_idc != 3 else 12):
@@ -680,4 +696,13 @@ def parse_sps_resolution(sps: bytes) -> tuple[int, int]:
         height -= crop_y * (top + bottom)
     if width <= 0 or height <= 0:
         raise ValueError(f"H.264 SPS gives an invalid size {width}x{height}")
-    return width, height
+    return H264Sps(
+        profile_idc,
+        constraint_flags,
+        level_idc,
+        chroma_format_idc,
+        luma_depth,
+        chroma_depth,
+        width,
+        height,
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from gateway.codecs.base import DEFAULT_MAX_PAYLOAD, CodecParams
 from gateway.codecs.h264 import (
@@ -202,8 +203,38 @@ def _parse_hvcc(data: bytes) -> list[bytes]:
     return nals
 
 
-def _skip_profile_tier_level(bits: BitReader, max_sub_layers_minus1: int) -> None:
-    bits.skip(96)  # general profile (88 bits) and general_level_idc
+@dataclass(frozen=True)
+class H265Sps:
+    """What the gateway reads from an H.265 SPS (7.3.2.2): size and the general profile,
+    tier and level that a decoder configuration (hvcC) repeats."""
+
+    profile_space: int
+    tier: int
+    profile_idc: int
+    compatibility: int  # general_profile_compatibility_flags, 32 bits
+    constraints: bytes  # the 48 constraint-indicator bits, 6 bytes
+    level_idc: int
+    sub_layers: int
+    temporal_id_nested: int
+    chroma_format_idc: int
+    bit_depth_luma_minus8: int
+    bit_depth_chroma_minus8: int
+    width: int  # pixels, after the conformance window
+    height: int
+
+
+def parse_sps(sps: bytes) -> H265Sps:
+    """An H.265 SPS NAL unit, as far as size and decoder configuration need it."""
+    if len(sps) < 4 or nal_type(sps) != NAL_SPS:
+        raise ValueError("not an H.265 SPS NAL unit")
+    bits = BitReader(nal_to_rbsp(sps[2:]), "H.265 SPS")
+    bits.skip(4)  # sps_video_parameter_set_id
+    max_sub_layers_minus1 = bits.u(3)
+    nested = bits.u(1)
+    profile_space, tier, profile_idc = bits.u(2), bits.u(1), bits.u(5)
+    compatibility = bits.u(32)
+    constraints = bits.u(48).to_bytes(6, "big")
+    level_idc = bits.u(8)
     present = [(bits.u(1), bits.u(1)) for _ in range(max_sub_layers_minus1)]
     if max_sub_layers_minus1 > 0:
         bits.skip(2 * (8 - max_sub_layers_minus1))
@@ -212,17 +243,6 @@ def _skip_profile_tier_level(bits: BitReader, max_sub_layers_minus1: int) -> Non
             bits.skip(88)
         if level_present:
             bits.skip(8)
-
-
-def parse_sps_resolution(sps: bytes) -> tuple[int, int]:
-    """(width, height) in pixels from an H.265 SPS NAL unit, after the conformance window."""
-    if len(sps) < 4 or nal_type(sps) != NAL_SPS:
-        raise ValueError("not an H.265 SPS NAL unit")
-    bits = BitReader(nal_to_rbsp(sps[2:]), "H.265 SPS")
-    bits.skip(4)  # sps_video_parameter_set_id
-    max_sub_layers_minus1 = bits.u(3)
-    bits.skip(1)  # sps_temporal_id_nesting_flag
-    _skip_profile_tier_level(bits, max_sub_layers_minus1)
     bits.ue()  # sps_seq_parameter_set_id
     chroma_format_idc = bits.ue()
     if chroma_format_idc > 3:
@@ -241,4 +261,19 @@ def parse_sps_resolution(sps: bytes) -> tuple[int, int]:
         height -= sub_height * (top + bottom)
     if width <= 0 or height <= 0:
         raise ValueError(f"H.265 SPS gives an invalid size {width}x{height}")
-    return width, height
+    luma_depth, chroma_depth = bits.ue(), bits.ue()
+    return H265Sps(
+        profile_space,
+        tier,
+        profile_idc,
+        compatibility,
+        constraints,
+        level_idc,
+        max_sub_layers_minus1 + 1,
+        nested,
+        chroma_format_idc,
+        luma_depth,
+        chroma_depth,
+        width,
+        height,
+    )

@@ -1,5 +1,7 @@
 """One camera's HTTP API: aiohttp with Digest (or Basic) auth, timeouts and size limits.
 
+The gateway's one HTTP client towards cameras: vendor APIs and motion event streams.
+
 Every request is bounded by ``timeout`` seconds (connect, send and the whole body), every
 body by ``max_body`` bytes. Failures become :mod:`gateway.devices.errors` exceptions naming
 the camera and the request path; nothing here ever puts the password in a message.
@@ -23,7 +25,7 @@ from gateway.devices.errors import (
     DeviceProtocolError,
     DeviceTimeoutError,
 )
-from gateway.rtsp.auth import DigestClient, parse_auth_params, split_scheme
+from gateway.digest import DigestClient, parse_auth_params, split_scheme
 
 DEFAULT_TIMEOUT = 10.0
 MAX_BODY = 1024 * 1024
@@ -85,9 +87,9 @@ class CameraHttp:
             )
         return self._session
 
-    def _learn(self, response: HttpResponse, path: str, answered: bool) -> bool:
+    def _learn(self, headers: CIMultiDictProxy[str], path: str, answered: bool) -> bool:
         """Take a 401's challenge; False when the credentials themselves were refused."""
-        offers = response.headers.getall("WWW-Authenticate", [])
+        offers = headers.getall("WWW-Authenticate", [])
         stale = False
         for offer in offers:
             scheme, rest = split_scheme(offer)
@@ -136,7 +138,7 @@ class CameraHttp:
                     response = await self._send(method, uri, body, content_type)
                     if response.status != 401:
                         return response
-                    if not self._learn(response, path, answered):
+                    if not self._learn(response.headers, path, answered):
                         break
         except TimeoutError:
             raise DeviceTimeoutError(
@@ -144,13 +146,54 @@ class CameraHttp:
             ) from None
         raise DeviceAuthError(self.camera, f"{method} {path}: credentials refused (HTTP 401)")
 
-    async def _send(
-        self, method: str, uri: str, body: bytes | None, content_type: str | None
-    ) -> HttpResponse:
-        headers = {"Accept": "*/*"}
+    async def open(
+        self,
+        method: str,
+        uri: str,
+        *,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        read_timeout: float,
+    ) -> aiohttp.ClientResponse:
+        """A long-lived answer (event streams, long polls), authenticating as needed.
+
+        The response is returned unread with any status (a 401 when the credentials are
+        refused); the caller reads it, handling aiohttp's errors, and releases it.
+        ``read_timeout`` bounds each wait for data; ``timeout`` only the connect.
+        """
+        path = uri.split("?", 1)[0]
+        timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=read_timeout)
+        for attempt in range(3):
+            answered = self._auth.ready
+            response = await self._client().request(
+                method,
+                yarl.URL(self.base_url + uri, encoded=True),
+                data=body,
+                headers=self._headers(method, uri, headers),
+                allow_redirects=False,
+                timeout=timeout,
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent",),
+            )
+            last = attempt == 2
+            if response.status != 401 or last or not self._learn(response.headers, path, answered):
+                return response
+            response.release()
+        raise AssertionError("unreachable")
+
+    def _headers(
+        self, method: str, uri: str, extra: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
+        headers = {"Accept": "*/*", **(extra or {})}
         authorization = self._auth.authorization(method, uri)
         if authorization:
             headers["Authorization"] = authorization
+        return headers
+
+    async def _send(
+        self, method: str, uri: str, body: bytes | None, content_type: str | None
+    ) -> HttpResponse:
+        headers = self._headers(method, uri)
         if content_type:
             headers["Content-Type"] = content_type
         path = uri.split("?", 1)[0]

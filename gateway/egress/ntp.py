@@ -24,12 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
+from gateway.rtp.packet import ntp_from_unix, unix_from_ntp
+
 log = logging.getLogger("gateway.egress.ntp")
 
 NTP_PORT = 123
 PACKET = struct.Struct("!BBbbiI4sQQQQ")  # 48 bytes: RFC 5905 figure 8 without extensions
-# Seconds from the NTP era 0 epoch (1900-01-01) to the Unix epoch.
-NTP_UNIX_OFFSET = 2_208_988_800
 # Extension fields and a MAC may follow the header; nothing legitimate is larger than this.
 MAX_PACKET_SIZE = 1024
 
@@ -41,22 +41,6 @@ LEAP_DELETE = 2
 LEAP_ALARM = 3
 STRATUM_UNSYNCHRONIZED = 16
 MAX_STRATUM = 15
-
-
-def to_ntp(unix_time: float) -> int:
-    """64-bit NTP timestamp (32.32 fixed point) of a Unix time; wraps at era boundaries."""
-    seconds = math.floor(unix_time)
-    fraction = int((unix_time - seconds) * (1 << 32)) & 0xFFFFFFFF
-    return (((seconds + NTP_UNIX_OFFSET) & 0xFFFFFFFF) << 32) | fraction
-
-
-def from_ntp(timestamp: int, *, near: float) -> float:
-    """Unix time of an NTP timestamp, taking the era closest to ``near`` (a Unix time)."""
-    seconds = (timestamp >> 32) + (timestamp & 0xFFFFFFFF) / (1 << 32)
-    era_seconds = 1 << 32
-    base = near + NTP_UNIX_OFFSET
-    era = round((base - seconds) / era_seconds)
-    return seconds + era * era_seconds - NTP_UNIX_OFFSET
 
 
 def _short_format(seconds: float) -> int:
@@ -228,7 +212,7 @@ def ntp_response(
         raise ValueError(f"upstream stratum {upstream_stratum} is not 1..14")
     if clock.synchronized:
         leap, stratum, refid = clock.leap, upstream_stratum + 1, reference_id
-        reference_ts = to_ntp(now)
+        reference_ts = ntp_from_unix(now)
         dispersion = _short_format(clock.max_error)
     else:
         # RFC 5905: stratum 16 and leap 3 say "do not synchronise to me".
@@ -247,8 +231,8 @@ def ntp_response(
         reference_id=refid,
         reference_ts=reference_ts,
         origin_ts=packet.transmit_ts,
-        receive_ts=to_ntp(now if received is None else received),
-        transmit_ts=to_ntp(now),
+        receive_ts=ntp_from_unix(now if received is None else received),
+        transmit_ts=ntp_from_unix(now),
     )
     return bytes(reply)
 
@@ -350,7 +334,7 @@ def client_request(now: float, *, version: int = 4) -> bytes:
             reference_ts=0,
             origin_ts=0,
             receive_ts=0,
-            transmit_ts=to_ntp(now),
+            transmit_ts=ntp_from_unix(now),
         )
     )
 
@@ -363,9 +347,9 @@ def parse_server_reply(reply: bytes, request: bytes, arrived: float) -> NtpResul
         raise ValueError(f"reply mode is {packet.mode}, not 4 (server)")
     if packet.origin_ts != sent.transmit_ts:
         raise ValueError("reply origin timestamp does not echo our transmit timestamp")
-    t1 = from_ntp(sent.transmit_ts, near=arrived)
-    t2 = from_ntp(packet.receive_ts, near=arrived)
-    t3 = from_ntp(packet.transmit_ts, near=arrived)
+    t1 = unix_from_ntp(sent.transmit_ts, near=arrived)
+    t2 = unix_from_ntp(packet.receive_ts, near=arrived)
+    t3 = unix_from_ntp(packet.transmit_ts, near=arrived)
     t4 = arrived
     return NtpResult(
         server_time=t3,

@@ -4,11 +4,10 @@ poller for as long as the gateway runs, following configuration reloads."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from gateway.config import Config
 from gateway.egress.services import EgressServices, start_egress_services
 from gateway.store import Store
+from gateway.view import GatewayView
 
 
 class RuntimeEgress:
@@ -24,7 +23,7 @@ class RuntimeEgress:
         self.store.close()
 
 
-async def start(gateway: Any) -> RuntimeEgress:
+async def start(gateway: GatewayView) -> RuntimeEgress:
     """Start the egress services for the whole site (``gateway.site_config``); OSError (e.g.
     port 53 taken) names the address and port that could not be bound."""
     config: Config = gateway.site_config

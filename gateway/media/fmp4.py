@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.codecs import h264, h265
-from gateway.codecs.h264 import BitReader, nal_to_rbsp, split_annexb
+from gateway.codecs.h264 import split_annexb
 
 TIMESCALE = 90_000
 # Larger access units are refused rather than buffered (same bound as the depacketizers).
@@ -111,9 +111,8 @@ def _h264_config(parameter_sets: Sequence[bytes]) -> VideoConfig:
     pps_list = _pick("H264", parameter_sets, h264.NAL_PPS)
     if not sps_list or not pps_list:
         raise ValueError("H.264 decoder configuration needs an SPS and a PPS")
-    sps = sps_list[0]
-    width, height = h264.parse_sps_resolution(sps)
-    profile, compatibility, level = sps[1], sps[2], sps[3]
+    sps = h264.parse_sps(sps_list[0])
+    profile, compatibility, level = sps.profile_idc, sps.constraint_flags, sps.level_idc
     record = bytearray([1, profile, compatibility, level, 0xFF, 0xE0 | len(sps_list)])
     for nal in sps_list:
         record += struct.pack(">H", len(nal)) + nal
@@ -122,100 +121,33 @@ def _h264_config(parameter_sets: Sequence[bytes]) -> VideoConfig:
         record += struct.pack(">H", len(nal)) + nal
     if profile in (100, 110, 122, 144):
         # High profiles add chroma format and bit depths (14496-15 5.3.3.1.2).
-        chroma, luma_depth, chroma_depth = _h264_chroma(sps)
+        luma_depth, chroma_depth = _bit_depths(sps, "H.264")
+        chroma = sps.chroma_format_idc
         record += bytes([0xFC | chroma, 0xF8 | luma_depth, 0xF8 | chroma_depth, 0])
-    entry = _visual_sample_entry(b"avc1", width, height, box(b"avcC", bytes(record)))
+    entry = _visual_sample_entry(b"avc1", sps.width, sps.height, box(b"avcC", bytes(record)))
     codec_string = f"avc1.{profile:02X}{compatibility:02X}{level:02X}"
-    return VideoConfig("H264", width, height, (*sps_list, *pps_list), codec_string, entry)
+    sets = (*sps_list, *pps_list)
+    return VideoConfig("H264", sps.width, sps.height, sets, codec_string, entry)
 
 
-def _h264_chroma(sps: bytes) -> tuple[int, int, int]:
-    bits = BitReader(nal_to_rbsp(sps[1:]), "H.264 SPS")
-    bits.skip(24)  # profile_idc, constraint flags, level_idc
-    bits.ue()  # seq_parameter_set_id
-    chroma = bits.ue()
-    if chroma > 3:
-        raise ValueError(f"H.264 SPS chroma_format_idc {chroma} is invalid")
-    if chroma == 3:
-        bits.skip(1)
-    luma_depth, chroma_depth = bits.ue(), bits.ue()
-    if luma_depth > 7 or chroma_depth > 7:
-        raise ValueError("H.264 SPS bit depth out of range")
-    return chroma, luma_depth, chroma_depth
-
-
-@dataclass(frozen=True)
-class _H265Profile:
-    profile_space: int
-    tier: int
-    profile_idc: int
-    compatibility: int
-    constraints: bytes  # 6 bytes
-    level_idc: int
-    sub_layers: int
-    temporal_id_nested: int
-    chroma_format: int
-    luma_depth: int
-    chroma_depth: int
-
-
-def _h265_profile(sps: bytes) -> _H265Profile:
-    bits = BitReader(nal_to_rbsp(sps[2:]), "H.265 SPS")
-    bits.skip(4)  # sps_video_parameter_set_id
-    max_sub_layers_minus1 = bits.u(3)
-    nested = bits.u(1)
-    profile_space, tier, profile_idc = bits.u(2), bits.u(1), bits.u(5)
-    compatibility = bits.u(32)
-    constraints = bits.u(48).to_bytes(6, "big")
-    level_idc = bits.u(8)
-    present = [(bits.u(1), bits.u(1)) for _ in range(max_sub_layers_minus1)]
-    if max_sub_layers_minus1 > 0:
-        bits.skip(2 * (8 - max_sub_layers_minus1))
-    for profile_present, level_present in present:
-        if profile_present:
-            bits.skip(88)
-        if level_present:
-            bits.skip(8)
-    bits.ue()  # sps_seq_parameter_set_id
-    chroma = bits.ue()
-    if chroma > 3:
-        raise ValueError(f"H.265 SPS chroma_format_idc {chroma} is invalid")
-    if chroma == 3:
-        bits.skip(1)
-    bits.ue()  # pic_width_in_luma_samples
-    bits.ue()  # pic_height_in_luma_samples
-    if bits.u(1):  # conformance window
-        for _ in range(4):
-            bits.ue()
-    luma_depth, chroma_depth = bits.ue(), bits.ue()
-    if luma_depth > 7 or chroma_depth > 7:
-        raise ValueError("H.265 SPS bit depth out of range")
-    return _H265Profile(
-        profile_space,
-        tier,
-        profile_idc,
-        compatibility,
-        constraints,
-        level_idc,
-        max_sub_layers_minus1 + 1,
-        nested,
-        chroma,
-        luma_depth,
-        chroma_depth,
-    )
+def _bit_depths(sps: h264.H264Sps | h265.H265Sps, what: str) -> tuple[int, int]:
+    """The SPS's bit depths minus 8, as the 3-bit fields of a decoder configuration."""
+    luma, chroma = sps.bit_depth_luma_minus8, sps.bit_depth_chroma_minus8
+    if luma > 7 or chroma > 7:
+        raise ValueError(f"{what} SPS bit depth out of range")
+    return luma, chroma
 
 
 def _h265_config(parameter_sets: Sequence[bytes]) -> VideoConfig:
     arrays = [(kind, _pick("H265", parameter_sets, kind)) for kind in _H265_PARAMETER_SETS]
     if any(not nals for _, nals in arrays):
         raise ValueError("H.265 decoder configuration needs a VPS, an SPS and a PPS")
-    sps = arrays[1][1][0]
-    width, height = h265.parse_sps_resolution(sps)
-    p = _h265_profile(sps)
+    p = h265.parse_sps(arrays[1][1][0])
+    luma_depth, chroma_depth = _bit_depths(p, "H.265")
     record = bytearray([1, (p.profile_space << 6) | (p.tier << 5) | p.profile_idc])
     record += struct.pack(">I", p.compatibility) + p.constraints + bytes([p.level_idc])
     record += struct.pack(">H", 0xF000)  # min_spatial_segmentation_idc = 0
-    record += bytes([0xFC, 0xFC | p.chroma_format, 0xF8 | p.luma_depth, 0xF8 | p.chroma_depth])
+    record += bytes([0xFC, 0xFC | p.chroma_format_idc, 0xF8 | luma_depth, 0xF8 | chroma_depth])
     record += struct.pack(">H", 0)  # avgFrameRate: unspecified
     # constantFrameRate 0, numTemporalLayers, temporalIdNested, lengthSizeMinusOne = 3
     record.append((p.sub_layers << 3) | (p.temporal_id_nested << 2) | 3)
@@ -225,7 +157,7 @@ def _h265_config(parameter_sets: Sequence[bytes]) -> VideoConfig:
         record += struct.pack(">H", len(nals))
         for nal in nals:
             record += struct.pack(">H", len(nal)) + nal
-    entry = _visual_sample_entry(b"hvc1", width, height, box(b"hvcC", bytes(record)))
+    entry = _visual_sample_entry(b"hvc1", p.width, p.height, box(b"hvcC", bytes(record)))
     # Codec string per 14496-15 annex E: compatibility flags in reverse bit order, the
     # constraint bytes without trailing zero bytes.
     space = "" if p.profile_space == 0 else "ABC"[p.profile_space - 1]
@@ -239,7 +171,7 @@ def _h265_config(parameter_sets: Sequence[bytes]) -> VideoConfig:
         *(f"{b:X}" for b in constraints),
     ]
     sets = tuple(nal for _, nals in arrays for nal in nals)
-    return VideoConfig("H265", width, height, sets, ".".join(parts), entry)
+    return VideoConfig("H265", p.width, p.height, sets, ".".join(parts), entry)
 
 
 # --------------------------------------------------------------------------- segments

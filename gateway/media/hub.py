@@ -24,12 +24,15 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
 from gateway.codecs import depacketizer_for, packetizer_for
 from gateway.codecs.base import RELAY_MAX_PAYLOAD, CodecParams, Packetizer
-from gateway.codecs.rtp import INTERLEAVED_HEADER, interleaved_payloads
-from gateway.codecs.spans import stamp_span
+from gateway.rtp.frame import Frame, Subscriber
+from gateway.rtp.interleaved import INTERLEAVED_HEADER, interleaved_payloads
+from gateway.rtp.packet import SenderReport, ntp_from_unix
+from gateway.rtp.spans import stamp_span
 
 log = logging.getLogger("gateway.media")
 
@@ -69,79 +72,6 @@ class Track:
     @property
     def is_video(self) -> bool:
         return self.params.media == "video"
-
-
-class Frame:
-    """One access unit as RTP, laid out for the default interleaved channel (2 x track)."""
-
-    __slots__ = (
-        "_by_channel",
-        "_udp",
-        "arrival",
-        "blob",
-        "first_seq",
-        "keyframe",
-        "packet_count",
-        "size",
-        "timestamp",
-        "track",
-    )
-
-    def __init__(
-        self,
-        track: int,
-        keyframe: bool,
-        timestamp: int,
-        first_seq: int,
-        blob: bytes | bytearray,
-        packet_count: int,
-        arrival: float,
-    ) -> None:
-        self.track = track
-        self.keyframe = keyframe
-        self.timestamp = timestamp
-        self.first_seq = first_seq
-        self.blob = blob
-        self.packet_count = packet_count
-        self.size = len(blob)
-        self.arrival = arrival
-        self._udp: list[memoryview] | None = None
-        self._by_channel: dict[int, bytes] | None = None
-
-    def interleaved(self, channel: int) -> bytes | bytearray:
-        """The frame framed for ``channel``; built at most once per channel layout."""
-        if channel == self.track * 2:
-            return self.blob
-        if self._by_channel is None:
-            self._by_channel = {}
-        blob = self._by_channel.get(channel)
-        if blob is None:
-            out = bytearray(self.blob)
-            for pos in self._packet_offsets():
-                out[pos + 1] = channel
-            blob = self._by_channel[channel] = bytes(out)
-        return blob
-
-    def packets(self) -> list[memoryview]:
-        """RTP packets without interleaving prefixes, for UDP (zero-copy slices)."""
-        if self._udp is None:
-            view = memoryview(self.blob)
-            blob = self.blob
-            self._udp = [
-                view[pos + 4 : pos + 4 + ((blob[pos + 2] << 8) | blob[pos + 3])]
-                for pos in self._packet_offsets()
-            ]
-        return self._udp
-
-    def _packet_offsets(self) -> list[int]:
-        """Where each packet's "$" prefix starts in ``blob``."""
-        blob = self.blob
-        out = []
-        pos = 0
-        for _ in range(self.packet_count):
-            out.append(pos)
-            pos += 4 + ((blob[pos + 2] << 8) | blob[pos + 3])
-        return out
 
 
 class RateMeter:
@@ -242,22 +172,6 @@ class GopCache:
         return [self.frame(i) for i in range(len(self._blobs))]
 
 
-class Subscriber(Protocol):
-    """What the hub needs of a client session (implemented by the RTSP server)."""
-
-    def deliver(self, frame: Frame, now: float) -> None: ...
-
-    def deliver_many(self, frames: Sequence[Frame], now: float) -> None:
-        """Several frames that arrived together, in order (one write where possible)."""
-
-    def deliver_rtcp(self, track: int, packet: bytes) -> None: ...
-
-    def resync(self) -> None:
-        """Deliver nothing more until the next video keyframe (after an upstream gap)."""
-
-    def close_for(self, reason: str) -> None: ...
-
-
 @dataclass
 class StreamStats:
     frames_in: int = 0
@@ -274,6 +188,26 @@ class StreamStats:
     last_keyframe_ts: float = 0.0
     gop_frames: int = 0  # frames between the last two keyframes
     gop_seconds: float = 0.0
+
+
+class HubState(StrEnum):
+    """Where a hub's upstream is; the values are what the admin API and metrics show."""
+
+    IDLE = "idle"  # no upstream wanted (on demand without clients, or closed)
+    CONNECTING = "connecting"  # started, no session yet
+    LIVE = "live"  # a session is delivering
+    DOWN = "down"  # wanted but failed; the feeder retries on its own
+
+
+# Every state change a hub makes: event -> {state before: state after}. A state missing
+# from an event's map stays as it is.
+_TRANSITIONS: dict[str, dict[HubState, HubState]] = {
+    "start": {HubState.IDLE: HubState.CONNECTING},
+    "stop": {s: HubState.IDLE for s in (HubState.CONNECTING, HubState.LIVE, HubState.DOWN)},
+    "opened": {s: HubState.LIVE for s in HubState},
+    "failed": {s: HubState.DOWN for s in (HubState.CONNECTING, HubState.LIVE, HubState.DOWN)},
+    "closed": {s: HubState.IDLE for s in HubState},
+}
 
 
 class UpstreamControl(Protocol):
@@ -307,7 +241,7 @@ class StreamHub:
         self.subscribers: list[Subscriber] = []
         self._gop = GopCache()
         self.stats = StreamStats()
-        self.state = "idle"  # idle | connecting | live | down
+        self._state = HubState.IDLE
         self.last_error = ""
         self.upstream: UpstreamControl | None = None
         self.upstream_sessions = 0
@@ -325,6 +259,17 @@ class StreamHub:
         self.batching = False
         self._batch: list[Frame] = []
 
+    @property
+    def state(self) -> HubState:
+        return self._state
+
+    def _move(self, event: str) -> bool:
+        """Apply ``event`` to the state (see _TRANSITIONS); True if the state changed."""
+        after = _TRANSITIONS[event].get(self._state, self._state)
+        changed = after is not self._state
+        self._state = after
+        return changed
+
     # ------------------------------------------------------------------ upstream side
 
     def attach_upstream(self, upstream: UpstreamControl) -> None:
@@ -333,14 +278,13 @@ class StreamHub:
             self._start_upstream()
 
     def _start_upstream(self) -> None:
-        if self.upstream is not None and self.state in ("idle",):
-            self.state = "connecting"
+        if self.upstream is not None and self._move("start"):
             self.upstream.start()
 
     def _stop_upstream(self) -> None:
-        if self.upstream is not None and self.state != "idle":
+        if self.upstream is not None and self._state is not HubState.IDLE:
             self.upstream.stop()
-            self.state = "idle"
+            self._move("stop")
             self._ready.clear()
             self._gop.clear()
 
@@ -378,16 +322,15 @@ class StreamHub:
         self._batch = []  # anything held from the old session must not follow the resync
         self._last_key_ts = None
         self._await_keyframe = True
-        self.state = "live"
+        self._move("opened")
         self.last_error = ""
         self._ready.set()
         self._notify("up")
 
     def upstream_failed(self, error: str) -> None:
         """The upstream session ended or could not open; the feeder retries on its own."""
-        was_live = self.state == "live"
-        if self.state != "idle":
-            self.state = "down"
+        was_live = self._state is HubState.LIVE
+        self._move("failed")
         self.last_error = error
         self._gop.clear()
         if was_live:
@@ -674,24 +617,19 @@ class StreamHub:
 
     def _send_sender_reports(self, now: float) -> None:
         self._last_sr = now
-        wall = time.time()
-        ntp_sec = int(wall) + 2208988800
-        ntp_frac = int((wall % 1) * (1 << 32)) & 0xFFFFFFFF
+        ntp = ntp_from_unix(time.time())
         for track in self.tracks:
             if track.last_ts is None:
                 continue
             rtp_now = track.last_ts + int((now - track.last_wallclock) * track.clock_rate)
-            packet = struct.pack(
-                "!BBHIIIIII",
-                0x80,
-                200,
-                6,
-                track.ssrc,
-                ntp_sec & 0xFFFFFFFF,
-                ntp_frac,
-                rtp_now & 0xFFFFFFFF,
-                track.packet_count & 0xFFFFFFFF,
-                track.octet_count & 0xFFFFFFFF,
+            packet = bytes(
+                SenderReport(
+                    track.ssrc,
+                    ntp,
+                    rtp_now & 0xFFFFFFFF,
+                    track.packet_count & 0xFFFFFFFF,
+                    track.octet_count & 0xFFFFFFFF,
+                )
             )
             for sub in self.subscribers:
                 sub.deliver_rtcp(track.index, packet)
@@ -763,7 +701,7 @@ class StreamHub:
 
     def restart_upstream(self) -> None:
         """Reconnect the camera (SystemReboot, admin action); clients stay connected."""
-        if self.upstream is not None and self.state != "idle":
+        if self.upstream is not None and self._state is not HubState.IDLE:
             self.upstream.restart()
 
     def close(self) -> None:
@@ -773,7 +711,7 @@ class StreamHub:
         self.subscribers.clear()
         if self.upstream is not None:
             self.upstream.stop()
-        self.state = "idle"
+        self._move("closed")
 
     def _notify(self, event: str) -> None:
         for listener in self.listeners:

@@ -19,7 +19,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
-import random
 import threading
 import time
 from dataclasses import dataclass
@@ -28,9 +27,10 @@ from typing import Any
 
 import av
 
+from gateway.backoff import Backoff
 from gateway.codecs import SUPPORTED, h264, h265
 from gateway.codecs.base import CodecParams
-from gateway.media.hub import FrameInbox, StreamHub
+from gateway.media.hub import FrameInbox, HubState, StreamHub
 
 log = logging.getLogger("gateway.ingest")
 
@@ -38,7 +38,7 @@ log = logging.getLogger("gateway.ingest")
 def _glibc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt, libc.malloc_trim  # noqa: B018 - glibc only
+        libc.mallopt  # noqa: B018 - glibc only
     except (OSError, AttributeError):
         return None
     return libc
@@ -51,13 +51,6 @@ if _LIBC is not None:
     _LIBC.mallopt(-8, 2)  # M_ARENA_MAX
 
 
-def _release_probe_memory() -> None:
-    """FFmpeg decodes a few frames while probing a stream and frees them; hand that memory
-    back to the OS instead of keeping it in the heap of every reader."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
 _VIDEO_NAMES = {"h264": "H264", "hevc": "H265"}
 _AUDIO_NAMES = {"pcm_mulaw": "PCMU", "pcm_alaw": "PCMA", "aac": "AAC"}
 
@@ -68,6 +61,10 @@ class IngestOptions:
     io_timeout: float = 5.0
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
+
+    def backoff(self) -> Backoff:
+        """Reconnect timing: jitter around each delay spreads a site-wide outage."""
+        return Backoff(self.backoff_initial, self.backoff_max, jitter=(0.5, 1.5))
 
 
 def codec_params_from_stream(stream: av.stream.Stream) -> CodecParams | None:
@@ -175,18 +172,16 @@ class PyAVIngest:
         }
 
     def _run(self, generation: int) -> None:
-        backoff = self.options.backoff_initial
+        backoff = self.options.backoff()
         while not self._stop.is_set() and generation == self._generation:
             started = time.monotonic()
             error = self._session(generation)
             if self._stop.is_set() or generation != self._generation:
                 break
             if time.monotonic() - started > 30:
-                backoff = self.options.backoff_initial  # it was up for a while: retry soon
+                backoff.reset()  # it was up for a while: retry soon
             self.inbox.put(("failed", error))
-            delay = backoff * (0.5 + random.random())  # jitter spreads a site-wide outage
-            backoff = min(backoff * 2, self.options.backoff_max)
-            if self._stop.wait(delay):
+            if self._stop.wait(backoff.next_delay()):
                 break
 
     def _session(self, generation: int) -> str:
@@ -282,7 +277,7 @@ class PyAVIngest:
         hub = self.hub
         if kind == "frame":
             _, track, ts, keyframe, data, arrival = item
-            if hub.state == "live":
+            if hub.state is HubState.LIVE:
                 hub.push(track, ts, keyframe, data, arrival)  # type: ignore[arg-type]
         elif kind == "opened":
             log.info("camera stream up", extra={"stream": hub.key, "url": self.display_url})
@@ -321,7 +316,7 @@ def _describe_error(exc: Exception) -> str:
 def report_upstream_failure(hub: StreamHub, error: str) -> None:
     """Log an upstream session that ended or could not open (loudly once it was live, rate
     limited while it keeps failing) and tell the hub."""
-    if hub.state == "live":
+    if hub.state is HubState.LIVE:
         log.warning("camera stream down", extra={"stream": hub.key, "reason": error})
     else:
         log.warning(

@@ -18,14 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 
 from gateway.codecs import SUPPORTED
 from gateway.codecs.base import CodecParams
-from gateway.media.hub import StreamHub
+from gateway.media.hub import HubState, StreamHub
 from gateway.media.ingest import IngestOptions, report_upstream_failure
-from gateway.rtsp.client import ReceivedFrame, RtspClientError, RtspReader
+from gateway.rtp.receiver import ReceivedFrame
+from gateway.rtsp.client import RtspClientError, RtspReader
 
 log = logging.getLogger("gateway.ingest")
 
@@ -75,15 +75,14 @@ class NativeIngest:
     # -- session loop
 
     async def _run(self) -> None:
-        backoff = self.options.backoff_initial
+        backoff = self.options.backoff()
         while True:
             started = time.monotonic()
             error = await self._session()
             if time.monotonic() - started > 30:
-                backoff = self.options.backoff_initial
+                backoff.reset()
             report_upstream_failure(self.hub, error)
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, self.options.backoff_max)
+            await asyncio.sleep(backoff.next_delay())
 
     async def _session(self) -> str:
         self._restart.clear()
@@ -163,7 +162,7 @@ class NativeIngest:
 
     def _on_frame(self, frame: ReceivedFrame) -> None:
         index = self._track_map.get(frame.track)
-        if index is None or self.hub.state != "live":
+        if index is None or self.hub.state is not HubState.LIVE:
             return
         if frame.payloads:
             now = time.monotonic()
@@ -185,7 +184,7 @@ class NativeIngest:
         arrival: float,
     ) -> None:
         index = self._track_map.get(track)
-        if index is None or self.hub.state != "live":
+        if index is None or self.hub.state is not HubState.LIVE:
             return
         now = time.monotonic()
         self._last_frame = now

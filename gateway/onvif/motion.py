@@ -28,7 +28,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import random
 import re
 import time
 from collections.abc import Callable
@@ -40,10 +39,12 @@ import aiohttp
 from lxml import etree
 from yarl import URL
 
+from gateway.backoff import Backoff
 from gateway.config import CameraConfig
+from gateway.devices.errors import DeviceError
+from gateway.devices.http import CameraHttp
 from gateway.onvif.backend import MotionEvent
 from gateway.onvif.xml import NS, SOAP12, child, child_text, children, el, parse_xml
-from gateway.rtsp.auth import DigestClient
 
 log = logging.getLogger(__name__)
 
@@ -300,70 +301,8 @@ def soap_body(data: bytes) -> etree._Element:
 # --------------------------------------------------------------------------- asyncio layer
 
 
-class Backoff:
-    """Capped exponential backoff with jitter: ``base * 2**n`` up to ``cap``, times 0.5..1."""
-
-    def __init__(self, base: float = 1.0, cap: float = 60.0) -> None:
-        self.base = base
-        self.cap = cap
-        self.failures = 0
-
-    def next_delay(self) -> float:
-        delay = min(self.cap, self.base * 2**self.failures)
-        self.failures = min(self.failures + 1, 32)
-        return delay * random.uniform(0.5, 1.0)
-
-    def reset(self) -> None:
-        self.failures = 0
-
-
-class AuthenticatedHttp:
-    """An aiohttp session that answers the camera's Digest (or Basic) challenges."""
-
-    def __init__(self, username: str, password: str, *, connect_timeout: float) -> None:
-        self.digest = DigestClient(username, password)
-        self.session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout),
-            auto_decompress=False,
-        )
-
-    async def open(
-        self,
-        method: str,
-        url: URL,
-        *,
-        data: bytes | None = None,
-        headers: dict[str, str] | None = None,
-        read_timeout: float,
-    ) -> aiohttp.ClientResponse:
-        """The response (unread, status not checked) after at most one challenge round."""
-        for attempt in range(2):
-            sent = dict(headers or {})
-            authorization = self.digest.authorization(method, url.raw_path_qs)
-            if authorization:
-                sent["Authorization"] = authorization
-            response = await self.session.request(
-                method,
-                url,
-                data=data,
-                headers=sent,
-                timeout=aiohttp.ClientTimeout(sock_read=read_timeout),
-                allow_redirects=False,
-            )
-            if response.status != 401 or attempt:
-                return response
-            challenges = response.headers.getall("WWW-Authenticate", [])
-            response.release()
-            if not challenges:
-                return response
-            try:
-                self.digest.handle_challenge(challenges)
-            except ValueError as exc:
-                raise MotionProtocolError(f"cannot authenticate: {exc}") from None
-        raise AssertionError("unreachable")
-
-    async def close(self) -> None:
-        await self.session.close()
+# What ends one event session (and is retried); anything else is a bug, logged in full.
+SESSION_ERRORS = (aiohttp.ClientError, OSError, TimeoutError, MotionProtocolError, DeviceError)
 
 
 class CameraMotion:
@@ -397,7 +336,7 @@ class CameraMotion:
         self._state: bool | None = None
         self._listeners: list[Callable[[MotionEvent], None]] = []
         self._task: asyncio.Task[None] | None = None
-        self._http: AuthenticatedHttp | None = None
+        self._http: CameraHttp | None = None
 
     # ---------------------------------------------------------------- MotionSource
 
@@ -454,12 +393,15 @@ class CameraMotion:
         return URL(f"http://{host}:{self.camera.http_port}", encoded=True)
 
     @property
-    def http(self) -> AuthenticatedHttp:
+    def http(self) -> CameraHttp:
         if self._http is None:
-            self._http = AuthenticatedHttp(
+            self._http = CameraHttp(
+                self.camera.name,
+                self.camera.host,
+                self.camera.http_port,
                 self.camera.username,
                 self.camera.password.reveal(),
-                connect_timeout=self.connect_timeout,
+                timeout=self.connect_timeout,
             )
         return self._http
 
@@ -470,7 +412,13 @@ class CameraMotion:
                 reason = "camera closed the event connection"
             except asyncio.CancelledError:
                 raise
-            except (aiohttp.ClientError, OSError, TimeoutError, MotionProtocolError) as exc:
+            except (
+                aiohttp.ClientError,
+                OSError,
+                TimeoutError,
+                MotionProtocolError,
+                DeviceError,
+            ) as exc:
                 reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             except Exception as exc:  # a bug must not end motion for good; log it fully
                 log.exception("%s: %s motion session failed", self.camera.name, self.kind)
@@ -510,8 +458,7 @@ class MultipartMotion(CameraMotion):
         raise NotImplementedError
 
     async def _session(self) -> None:
-        url = self.base_url().join(URL(self.path, encoded=True))
-        response = await self.http.open("GET", url, read_timeout=self.idle_timeout)
+        response = await self.http.open("GET", self.path, read_timeout=self.idle_timeout)
         async with response:
             if response.status != 200:
                 raise MotionProtocolError(f"GET {self.path.split('?')[0]}: HTTP {response.status}")
@@ -585,7 +532,7 @@ class OnvifMotion(CameraMotion):
         data = soap_request(body, action=action, to=str(url), security=security)
         headers = {"Content-Type": f'application/soap+xml; charset=utf-8; action="{action}"'}
         response = await self.http.open(
-            "POST", url, data=data, headers=headers, read_timeout=self.pull_timeout + 10
+            "POST", url.raw_path_qs, body=data, headers=headers, read_timeout=self.pull_timeout + 10
         )
         async with response:
             reply = await response.content.read(MAX_REPLY_BYTES + 1)
@@ -681,7 +628,7 @@ class OnvifMotion(CameraMotion):
         subscription, self._subscription = self._subscription, None
         if subscription is None or self._http is None:
             return
-        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError, MotionProtocolError):
+        with contextlib.suppress(*SESSION_ERRORS):
             await asyncio.wait_for(
                 self._call(
                     subscription,

@@ -1,9 +1,9 @@
-"""Authentication of ONVIF requests: WS-Security UsernameToken and HTTP Digest (sans-IO).
+"""Authentication of ONVIF requests: WS-Security UsernameToken (sans-IO).
 
 Every check takes ``now`` (Unix seconds) as an argument. A captured request cannot be
 replayed: UsernameToken ``Created`` must lie within ``window`` seconds of now and each nonce
-is remembered for that window; HTTP Digest nonces are HMAC-stamped by the server, expire
-after the same window and each ``(nonce, nc, cnonce)`` is accepted once. Repeated failures
+is remembered for that window (the devices' HTTP Digest, :mod:`gateway.digest`, remembers
+each answer in the same :class:`ReplayCache`). Repeated failures
 from one address earn a growing delay (:class:`FailureThrottle`).
 """
 
@@ -13,7 +13,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import os
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -223,108 +222,6 @@ def verify_username_token(
             source=source,
             read_only=is_read_only(operation),
         )
-
-
-# --------------------------------------------------------------------------- HTTP Digest
-
-_PARAM_RE = re.compile(r'\s*([A-Za-z0-9_-]+)\s*=\s*("((?:[^"\\]|\\.)*)"|[^\s,]+)\s*(,|$)')
-
-
-def parse_digest_header(value: str) -> dict[str, str]:
-    """The parameters of an ``Authorization: Digest ...`` header (RFC 7616)."""
-    scheme, _, rest = value.strip().partition(" ")
-    if scheme.lower() != "digest":
-        raise AuthError(f"authorization scheme {scheme!r} is not Digest")
-    params: dict[str, str] = {}
-    pos = 0
-    rest = rest.strip()
-    while pos < len(rest):
-        match = _PARAM_RE.match(rest, pos)
-        if not match or match.end() == pos:
-            raise AuthError("malformed Digest parameters")
-        key = match.group(1).lower()
-        val = match.group(3) if match.group(3) is not None else match.group(2)
-        params[key] = re.sub(r"\\(.)", r"\1", val)
-        pos = match.end()
-        if len(params) > 20:
-            raise AuthError("too many Digest parameters")
-    return params
-
-
-def _hash(algorithm: str, data: str) -> str:
-    name = "sha256" if algorithm.upper().startswith("SHA-256") else "md5"
-    return hashlib.new(name, data.encode()).hexdigest()
-
-
-class DigestAuth:
-    """Server side of HTTP Digest (RFC 7616, qop=auth, MD5 or SHA-256) with stateless,
-    HMAC-stamped nonces that expire after ``window`` seconds."""
-
-    def __init__(self, realm: str, window: float, replay: ReplayCache) -> None:
-        self.realm = realm
-        self.window = window
-        self.replay = replay
-        self._secret = os.urandom(32)
-
-    def _nonce(self, now: float) -> str:
-        stamp = f"{now:.3f}"
-        mac = hmac.new(self._secret, stamp.encode(), hashlib.sha256).hexdigest()[:32]
-        return base64.b64encode(f"{stamp}:{mac}".encode()).decode()
-
-    def challenge(self, now: float, *, stale: bool = False) -> str:
-        """The WWW-Authenticate header value."""
-        return (
-            f'Digest realm="{self.realm}", qop="auth", algorithm=MD5, '
-            f'nonce="{self._nonce(now)}", opaque="{self._secret[:8].hex()}"'
-            + (", stale=true" if stale else "")
-        )
-
-    def _nonce_age(self, nonce: str, now: float) -> float:
-        try:
-            stamp, mac = base64.b64decode(nonce, validate=True).decode().split(":", 1)
-            issued = float(stamp)
-        except (ValueError, binascii.Error, UnicodeDecodeError):
-            raise AuthError("Digest nonce not issued by this server") from None
-        good = hmac.new(self._secret, stamp.encode(), hashlib.sha256).hexdigest()[:32]
-        if not hmac.compare_digest(mac, good):
-            raise AuthError("Digest nonce not issued by this server")
-        return now - issued
-
-    def verify(
-        self, header: str, *, method: str, uri: str, username: str, password: str, now: float
-    ) -> None:
-        """Raise :class:`AuthError` unless ``header`` is a fresh, correct Digest answer."""
-        p = parse_digest_header(header)
-        for key in ("username", "realm", "nonce", "uri", "response"):
-            if key not in p:
-                raise AuthError(f"Digest parameter {key} missing")
-        if not hmac.compare_digest(p["username"].encode(), username.encode()):
-            raise AuthError(f"unknown user {p['username']!r}")
-        if p["realm"] != self.realm:
-            raise AuthError("Digest realm mismatch")
-        if p["uri"] != uri:
-            raise AuthError(f"Digest uri {p['uri']!r} is not the request's {uri!r}")
-        age = self._nonce_age(p["nonce"], now)
-        if not -5 <= age <= self.window:
-            raise AuthError("Digest nonce expired")
-        algorithm = p.get("algorithm", "MD5")
-        ha1 = _hash(algorithm, f"{username}:{self.realm}:{password}")
-        ha2 = _hash(algorithm, f"{method}:{uri}")
-        qop = p.get("qop")
-        if qop == "auth":
-            nc, cnonce = p.get("nc", ""), p.get("cnonce", "")
-            if not nc or not cnonce:
-                raise AuthError("Digest qop=auth without nc and cnonce")
-            expected = _hash(algorithm, f"{ha1}:{p['nonce']}:{nc}:{cnonce}:auth:{ha2}")
-            replay_key = f"digest:{p['nonce']}:{nc}:{cnonce}"
-        elif qop is None:
-            expected = _hash(algorithm, f"{ha1}:{p['nonce']}:{ha2}")
-            replay_key = f"digest:{p['nonce']}"
-        else:
-            raise AuthError(f"Digest qop {qop!r} not supported")
-        if not hmac.compare_digest(p["response"].lower().encode(), expected.encode()):
-            raise AuthError("wrong password")
-        self.replay.add(replay_key.encode(), now)
 
 
 # --------------------------------------------------------------------------- throttling

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from aiohttp import web
 from lxml import etree
 
 from gateway.config import Config
+from gateway.digest import DigestAuthenticator
 from gateway.onvif import device as device_service
 from gateway.onvif import events, media, media2, ptz
 from gateway.onvif.backend import CameraBackend
@@ -25,7 +28,6 @@ from gateway.onvif.config import OnvifSettings, camera_ports, nvr_port_of, parse
 from gateway.onvif.core import SERVICE_PATHS, Call, CameraSlot, Handler, VirtualDevice
 from gateway.onvif.security import (
     AuthError,
-    DigestAuth,
     FailureThrottle,
     ReplayCache,
     UsernameToken,
@@ -65,12 +67,25 @@ class Guard:
     password: str
     window: float
     replay: ReplayCache = field(init=False)
-    digest: DigestAuth = field(init=False)
+    digest: DigestAuthenticator = field(init=False)
     throttle: FailureThrottle = field(default_factory=FailureThrottle)
 
     def __post_init__(self) -> None:
         self.replay = ReplayCache(self.window)
-        self.digest = DigestAuth("ONVIF", self.window, self.replay)
+        # Each Digest answer is accepted once, remembered in the same replay cache as the
+        # UsernameToken nonces (clients may send concurrent requests out of nc order).
+        self.digest = DigestAuthenticator(
+            "ONVIF",
+            self._password_of,
+            secrets.token_bytes(32),
+            nonce_lifetime=self.window,
+            algorithms=("MD5", "SHA-256"),
+            count_nonces=False,
+        )
+
+    def _password_of(self, username: str) -> str | None:
+        known = hmac.compare_digest(username.encode(), self.username.encode())
+        return self.password if known else None
 
     def check(self, request: web.Request, soap: SoapRequest | None, now: float) -> None:
         """Raise :class:`AuthError` unless the request carries valid credentials."""
@@ -89,14 +104,10 @@ class Guard:
             return
         header = request.headers.get("Authorization")
         if header:
-            self.digest.verify(
-                header,
-                method=request.method,
-                uri=request.raw_path,
-                username=self.username,
-                password=self.password,
-                now=now,
-            )
+            result = self.digest.authenticate(request.method, header, now, request.raw_path)
+            if result.username is None:
+                raise AuthError(f"HTTP auth: {result.reason}")
+            self.replay.add(b"digest:" + result.answer.encode(), now)
             return
         raise AuthError("no credentials")
 
@@ -151,7 +162,7 @@ async def _authenticate(
             return _fault_response(
                 fault,
                 soap.soap_ns if soap else SOAP12,
-                **{"WWW-Authenticate": guard.digest.challenge(now)},
+                **{"WWW-Authenticate": guard.digest.challenge(now)[0]},
             )
         return _fault_response(fault, soap.soap_ns if soap else SOAP12)
     guard.throttle.success(address)

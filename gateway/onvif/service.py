@@ -2,7 +2,7 @@
 ``gateway.runtime.SERVICE_STARTERS``.
 
 Every enabled camera becomes a virtual ONVIF device (plus the NVR device in NVR mode) whose
-backend is the runtime itself: stream facts as ingested (``gateway.stream_info``), JPEGs from
+backend is the runtime itself: stream facts as ingested (``GatewayView.stream_status``), JPEGs from
 the cached keyframe, SystemReboot as an upstream reconnect, identity from the fleet inventory
 (else from ``[[camera]]``), motion from the camera's own event interface
 (:mod:`gateway.onvif.motion`) and PTZ forwarded to the camera's ONVIF PTZ service once a
@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
 
 from aiohttp import web
 
+from gateway.backoff import Backoff
 from gateway.config import CameraConfig, Config, ConfigError
 from gateway.devices.base import DeviceIdentity as InventoryIdentity
 from gateway.onvif.backend import (
@@ -36,10 +35,11 @@ from gateway.onvif.backend import (
 from gateway.onvif.config import camera_ports, nvr_port_of, parse_settings
 from gateway.onvif.core import CameraSlot, VirtualDevice
 from gateway.onvif.discovery import DiscoveryResponder
-from gateway.onvif.motion import Backoff, CameraMotion, motion_source_for
+from gateway.onvif.motion import CameraMotion, motion_source_for
 from gateway.onvif.ptz import OnvifPtzForwarder
 from gateway.onvif.server import serve_device
 from gateway.onvif.xml import SoapFault
+from gateway.view import GatewayView, StreamStatus
 
 log = logging.getLogger(__name__)
 
@@ -148,36 +148,36 @@ def _video_profile(codec: str, profile: str | None) -> str:
     return "Main"
 
 
-def stream_facts(info: dict[str, Any], previous: StreamInfo | None) -> StreamInfo | None:
-    """A :class:`StreamInfo` from ``Gateway.stream_info``; None before the codec is known.
+def stream_facts(info: StreamStatus, previous: StreamInfo | None) -> StreamInfo | None:
+    """A :class:`StreamInfo` from a :class:`StreamStatus`; None before the codec is known.
 
     Rate, bitrate and GOP need a few seconds of ingest; until then the previous values of the
     same stream (if any) stand in rather than zeros.
     """
-    codec = info.get("codec")
-    if codec not in ("H264", "H265") or not info.get("width"):
+    codec = info.codec
+    if codec not in ("H264", "H265") or not info.width:
         return None
     audio = None
-    audio_codec = AUDIO_CODECS.get(str(info.get("audio_codec")))
+    audio_codec = AUDIO_CODECS.get(str(info.audio_codec))
     if audio_codec is not None:
-        rate = int(info.get("audio_rate") or 8000)
-        channels = int(info.get("audio_channels") or 1)
+        rate = info.audio_rate or 8000
+        channels = info.audio_channels or 1
         # G.711 is 8 bits per sample; AAC's rate is not measured apart from the video's.
         kbps = rate * 8 * channels // 1000 if audio_codec == "G711" else 64
         audio = AudioInfo(audio_codec, rate, kbps, channels)
-    fps = float(info.get("fps") or 0.0) or (previous.fps if previous else 0.0)
-    bitrate = int(info.get("bitrate") or 0) // 1000 or (previous.bitrate_kbps if previous else 0)
-    gop = int(info.get("gop_frames") or 0) or (previous.gop if previous else 0)
+    fps = info.fps or (previous.fps if previous else 0.0)
+    bitrate = info.bitrate // 1000 or (previous.bitrate_kbps if previous else 0)
+    gop = info.gop_frames or (previous.gop if previous else 0)
     return StreamInfo(
-        name=str(info["stream"]),
-        path=str(info["path"]),
+        name=info.stream,
+        path=info.path,
         codec=codec,
-        width=int(info["width"]),
-        height=int(info["height"]),
+        width=info.width,
+        height=info.height,
         fps=fps,
         bitrate_kbps=bitrate,
         gop=gop,
-        profile=_video_profile(codec, info.get("profile")),
+        profile=_video_profile(codec, info.profile),
         audio=audio,
     )
 
@@ -248,7 +248,7 @@ class RuntimeCamera:
 
     def __init__(
         self,
-        gateway: Any,
+        gateway: GatewayView,
         camera: CameraConfig,
         identities: InventoryIdentities,
         motion: CameraMotion,
@@ -268,7 +268,7 @@ class RuntimeCamera:
         """An on-demand camera is not streamed until a client plays it, yet a VMS adding it
         needs its profiles: connect once to learn each stream's format (the hub stops the
         upstream again after its linger time), retrying while the camera is unreachable."""
-        delay = 5.0
+        backoff = Backoff(5.0, 300.0, jitter=(0.5, 1.5))
         for stream in self.camera.stream_names():
             while True:
                 hub = self.gateway.hub(self.camera.name, stream)
@@ -276,8 +276,7 @@ class RuntimeCamera:
                     return  # camera removed or disabled
                 if await hub.wait_ready(15.0):
                     break
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 300.0)
+                await asyncio.sleep(backoff.next_delay())
 
     def identity(self) -> DeviceIdentity:
         return self.identities.identity(self.camera) or identity_from_config(self.camera)
@@ -287,7 +286,7 @@ class RuntimeCamera:
         whose format was never seen (camera down since start-up) has no profile yet."""
         found = []
         for stream in self.camera.stream_names():
-            info = self.gateway.stream_info(self.camera.name, stream)
+            info = self.gateway.stream_status(self.camera.name, stream)
             facts = stream_facts(info, self._known.get(stream)) if info else None
             if facts is not None:
                 self._known[stream] = facts
@@ -334,7 +333,7 @@ class DeviceEntry:
 class OnvifService:
     """The virtual devices of a running gateway, following its configuration."""
 
-    def __init__(self, gateway: Any, *, retry: Backoff | None = None) -> None:
+    def __init__(self, gateway: GatewayView, *, retry: Backoff | None = None) -> None:
         self.gateway = gateway
         self.config: Config = gateway.config
         self.settings = parse_settings(self.config)
@@ -397,7 +396,7 @@ class OnvifService:
     async def _add_camera(self, cam: CameraConfig, port: int) -> None:
         """Serve ``cam``'s virtual device; raises OSError if its port cannot be bound."""
         motion = motion_source_for(cam)
-        ptz = PtzDetection(cam, fresh_backoff(self._retry)) if cam.ptz != "disabled" else None
+        ptz = PtzDetection(cam, self._retry.fresh()) if cam.ptz != "disabled" else None
         backend = RuntimeCamera(self.gateway, cam, self.identities, motion, ptz)
         device = self._virtual(cam.name, [CameraSlot(cam, backend)], nvr=False, port=port)
         try:
@@ -495,12 +494,7 @@ class OnvifService:
         self.identities.close()
 
 
-def fresh_backoff(template: Backoff) -> Backoff:
-    """A fresh backoff with ``template``'s timing (each camera counts its own failures)."""
-    return Backoff(template.base, template.cap)
-
-
-async def start(gateway: Any) -> OnvifService:
+async def start(gateway: GatewayView) -> OnvifService:
     """Serve every enabled camera of ``gateway`` as a virtual ONVIF device and follow its
     reloads; raises ``OSError`` if a device's port cannot be bound."""
     service = OnvifService(gateway)

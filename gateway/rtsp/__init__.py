@@ -1,13 +1,15 @@
-"""RTSP: sans-IO messages, parser, auth and Transport header; asyncio server and client on top.
+"""RTSP: sans-IO messages, parser and Transport header; asyncio server and client on top.
+
+Authentication is :mod:`gateway.digest`.
 
 - :mod:`gateway.rtsp.message`: requests/responses, ``$`` framing, connection parser, helpers
-- :mod:`gateway.rtsp.auth`: Digest/Basic, server (:class:`DigestAuthenticator`) and client
 - :mod:`gateway.rtsp.transport`: the Transport header
 - :mod:`gateway.rtsp.server`: the asyncio RTSP server
-- :mod:`gateway.rtsp.client`: an efficient asyncio RTSP reader (tests, benchmarks, CLI)
+- :mod:`gateway.rtsp.source`: the :class:`StreamSource` protocol the server serves
+- :mod:`gateway.rtsp.client_connection`: the client end of a connection, sans-IO
+- :mod:`gateway.rtsp.client`: the asyncio RTSP reader (native ingest, tests, benchmarks)
 """
 
-from gateway.rtsp.auth import AuthResult, DigestAuthenticator, DigestClient
 from gateway.rtsp.message import (
     NEED_DATA,
     Headers,
@@ -16,16 +18,11 @@ from gateway.rtsp.message import (
     RtspProtocolError,
     RtspRequest,
     RtspResponse,
-    interleave,
-    interleave_many,
 )
 from gateway.rtsp.transport import TransportSpec, parse_transport_header
 
 __all__ = [
     "NEED_DATA",
-    "AuthResult",
-    "DigestAuthenticator",
-    "DigestClient",
     "Headers",
     "InterleavedFrame",
     "RtspConnectionParser",
@@ -33,7 +30,5 @@ __all__ = [
     "RtspRequest",
     "RtspResponse",
     "TransportSpec",
-    "interleave",
-    "interleave_many",
     "parse_transport_header",
 ]

@@ -1,15 +1,13 @@
-"""An efficient asyncio RTSP reader: the client used by integration tests and benchmarks.
+"""An efficient asyncio RTSP reader: the gateway's native ingest, tests' and benchmarks' client.
 
 One :class:`RtspReader` plays one URL: OPTIONS, DESCRIBE (Digest/Basic through
-:class:`~gateway.rtsp.auth.DigestClient`), SETUP of every audio/video track (TCP interleaved
+:class:`~gateway.digest.DigestClient`), SETUP of every audio/video track (TCP interleaved
 or UDP with two local sockets per track), PLAY, keep-alive at half the session timeout and
 TEARDOWN on close. It is built on ``asyncio.Protocol`` (no streams, no task per packet) so
-many readers fit in one process: per RTP packet it unpacks the fixed header, updates counters
-and, only if asked to, depacketizes with :mod:`gateway.codecs`. Without depacketizing, frames
-are counted by the marker bit (video) or per packet (audio), and keyframes are recognised from
-the H.264/H.265 payload headers. With ``relay_payloads`` a complete H.264/H.265 frame is handed
-over as the list of its RTP payloads, and a G.711 packet as a one-payload frame, for a relay
-that sends them on as they are.
+many readers fit in one process. What arrives is handled sans-IO: the connection's bytes by
+:class:`~gateway.rtsp.client_connection.ClientConnection`, each track's RTP by a
+:class:`~gateway.rtp.receiver.RtpReceiver` (sequence accounting, frames, keyframes, and with
+``relay_payloads`` the camera's payloads or spans for a relay).
 
 Run ``python3 -m gateway.rtsp.client URL`` for a quick manual check.
 """
@@ -19,32 +17,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
 import socket
 import sys
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
-from gateway.codecs import (
-    SELF_CONTAINED_PAYLOADS,
-    codec_name,
-    depacketizer_for,
-    params_from_sdp_media,
-)
-from gateway.codecs.h264 import DEFAULT_MAX_FRAME_SIZE, split_annexb
-from gateway.codecs.h264 import rtp_packet_flags as h264_packet_flags
-from gateway.codecs.h265 import rtp_packet_flags as h265_packet_flags
-from gateway.codecs.rtp import FIXED_HEADER, interleaved_payloads
 from gateway.codecs.sdp import SessionDescription, parse_sdp
-from gateway.codecs.spans import KEY_H264, KEY_H265, KEY_NONE, SPAN_END, SPAN_KEY, continue_span
-from gateway.rtsp.auth import DigestClient
+from gateway.digest import DigestClient
+from gateway.rtp.receiver import FrameCallback, RtpReceiver, SpanCallback, TrackStats, receiver_for
+from gateway.rtsp.client_connection import ClientConnection
 from gateway.rtsp.message import (
-    InterleavedFrame,
-    RtspConnectionParser,
     RtspProtocolError,
     RtspRequest,
     RtspResponse,
@@ -60,8 +45,6 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = "onvif-gateway-reader/0.1"
 DEFAULT_SESSION_TIMEOUT = 60
-# Frame arrival times kept per track (enough for a few seconds of jitter statistics).
-ARRIVAL_HISTORY = 512
 _UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
 
 
@@ -72,45 +55,6 @@ class RtspClientError(Exception):
         super().__init__(f"{status} {message}" if status else message)
         self.status = status
         self.message = message
-
-
-@dataclass(slots=True)
-class TrackStats:
-    """What one track received. Times are ``loop.time()`` values."""
-
-    index: int
-    media: str
-    encoding: str
-    clock_rate: int
-    control_url: str
-    packets: int = 0
-    bytes: int = 0
-    frames: int = 0
-    keyframes: int = 0
-    # RTP sequence accounting (RFC 3550 appendix A.3): expected minus received, never < 0.
-    lost: int = 0
-    duplicates: int = 0
-    reordered: int = 0
-    timestamp_backwards: int = 0
-    malformed: int = 0
-    rtcp_packets: int = 0
-    ssrc: int | None = None
-    ssrc_changes: int = 0
-    first_seq: int | None = None
-    rtp_info_seq: int | None = None
-    rtp_info_rtptime: int | None = None
-    first_packet_at: float | None = None
-    last_packet_at: float | None = None
-    first_frame_at: float | None = None
-    first_keyframe_at: float | None = None
-    frame_arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=ARRIVAL_HISTORY))
-
-    def as_dict(self) -> dict[str, Any]:
-        out = {name: getattr(self, name) for name in self.__slots__ if name != "frame_arrivals"}
-        arrivals = list(self.frame_arrivals)
-        gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-        out["max_frame_gap"] = round(max(gaps), 4) if gaps else None
-        return out
 
 
 @dataclass(slots=True)
@@ -131,107 +75,6 @@ class ReaderStats:
             "keepalives": self.keepalives,
             "tracks": [t.as_dict() for t in self.tracks],
         }
-
-
-@dataclass(frozen=True, slots=True)
-class ReceivedFrame:
-    """Passed to ``on_frame``; ``data`` is the access unit when depacketizing, else None;
-    ``payloads`` are a complete frame's RTP payloads with ``relay_payloads``, else None (also
-    for a video frame with a lost packet, or one joined mid-way)."""
-
-    track: int
-    timestamp: int
-    keyframe: bool
-    arrival: float
-    data: bytes | None
-    payloads: list[bytes] | None = None
-
-
-FrameCallback = Callable[[ReceivedFrame], None]
-# (track, timestamp, keyframe, buffer, start, end, arrival): a complete frame whose packets lie
-# back to back in ``buffer[start:end]`` as received, "$"-framed with plain 12-byte headers.
-SpanCallback = Callable[[int, int, bool, bytes, int, int, float], None]
-
-
-def _annexb_is_keyframe(codec: str, frame: bytes) -> bool:
-    try:
-        nals = split_annexb(frame)
-    except ValueError:
-        return False
-    if codec == "H264":
-        return any(n[0] & 0x1F == 5 for n in nals if len(n))
-    return any(16 <= (n[0] >> 1) & 0x3F <= 21 for n in nals if len(n))
-
-
-class _Track:
-    """Receive state of one track; ``stats`` is the public part."""
-
-    __slots__ = (
-        "codec",
-        "cycles",
-        "depacketizer",
-        "frame_clean",
-        "frame_has_key",
-        "frame_open",
-        "frame_payloads",
-        "frame_size",
-        "frame_ts",
-        "is_video",
-        "key_codec",
-        "last_ts",
-        "max_seq",
-        "media",
-        "packet_flags",
-        "payload_frames",
-        "rtcp_channel",
-        "rtp_channel",
-        "server_ports",
-        "span_buffer",
-        "span_end",
-        "span_start",
-        "stats",
-        "udp_transports",
-    )
-
-    def __init__(self, stats: TrackStats) -> None:
-        self.stats = stats
-        self.media = stats.media
-        self.is_video = stats.media == "video"
-        try:
-            self.codec = codec_name(stats.encoding)
-        except ValueError:
-            self.codec = stats.encoding
-        self.packet_flags: Callable[[bytes, int, int], tuple[bool, bool]] | None = None
-        self.key_codec = KEY_NONE  # the same rules, for continue_span
-        if self.codec == "H264":
-            self.packet_flags = h264_packet_flags
-            self.key_codec = KEY_H264
-        elif self.codec == "H265":
-            self.packet_flags = h265_packet_flags
-            self.key_codec = KEY_H265
-        self.depacketizer: Any = None
-        self.max_seq = -1
-        self.cycles = 0
-        self.last_ts = -1
-        # A video frame is open between its first packet and its marker. It is "clean" when
-        # it began at a NAL boundary and no packet of it was lost, so it is complete.
-        self.frame_open = False
-        self.frame_clean = False
-        self.frame_has_key = False
-        # The open frame's payloads when they are handed over (``relay_payloads``), else None.
-        self.frame_payloads: list[bytes] | None = None
-        # Every payload handed over as a frame of its own (``relay_payloads``, G.711).
-        self.payload_frames = False
-        # The open frame as a span of one read buffer (see RtspReader._collect), if it is one.
-        self.span_buffer: bytes | None = None
-        self.span_start = 0
-        self.span_end = 0
-        self.frame_size = 0
-        self.frame_ts = -1
-        self.rtp_channel = -1
-        self.rtcp_channel = -1
-        self.server_ports: tuple[int, int] | None = None
-        self.udp_transports: list[asyncio.DatagramTransport] = []
 
 
 def build_request(
@@ -265,13 +108,12 @@ def answer_challenge(auth: DigestClient, response: RtspResponse, method: str) ->
 
 
 class _ControlProtocol(asyncio.Protocol):
-    """The RTSP TCP connection: responses to the reader, ``$`` frames to the tracks."""
+    """The RTSP TCP connection: the asyncio side of :class:`ClientConnection`."""
 
     def __init__(self, reader: RtspReader) -> None:
         self.reader = reader
-        self.parser = RtspConnectionParser("client", max_body=256 * 1024)
+        self.connection = reader.connection
         self.transport: asyncio.Transport | None = None
-        self._partial = b""  # the start of a "$" frame the last read cut (fast path)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport, hence a cast, not a check.
@@ -283,65 +125,18 @@ class _ControlProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         reader = self.reader
-        parser = self.parser
-        now = reader._loop.time()
-        channels = reader._channels
-        if self._partial:
-            data = self._partial + data
-            self._partial = b""
-        if parser.idle:
-            # Fast path while playing: whole "$" frames straight from the received bytes,
-            # no event objects; a frame cut by the read waits in ``_partial`` (at most one
-            # frame). The parser takes over at anything else (a response, a request).
-            pos = 0
-            size = len(data)
-            while pos + 4 <= size and data[pos] == 0x24:
-                end = pos + 4 + ((data[pos + 2] << 8) | data[pos + 3])
-                if end > size:
-                    break
-                target = channels.get(data[pos + 1])
-                if target is not None:
-                    track, is_rtcp = target
-                    if is_rtcp:
-                        track.stats.rtcp_packets += 1
-                    else:
-                        if track.span_buffer is data and track.span_end == pos:
-                            taken = reader._extend_span(track, data, pos, size, now)
-                            if taken > pos:
-                                pos = taken
-                                continue
-                        reader._on_rtp_at(track, data, pos + 4, end, now, True)
-                pos = end
-            if pos == size or data[pos] == 0x24:
-                if pos < size:
-                    self._partial = data[pos:]
-                if reader.on_batch_end is not None:
-                    reader.on_batch_end()
-                return
-            if pos:
-                data = data[pos:]
-        parser.feed(data)
         try:
-            for event in parser.events():
-                if type(event) is InterleavedFrame:
-                    target = channels.get(event.channel)
-                    if target is not None:
-                        track, is_rtcp = target
-                        if is_rtcp:
-                            track.stats.rtcp_packets += 1
-                        else:
-                            reader._on_rtp(track, event.payload, now)
-                elif type(event) is RtspResponse:
-                    reader._on_response(event)
-                elif type(event) is RtspRequest:
-                    self._answer_server_request(event)
+            messages = self.connection.receive(data, reader._loop.time())
         except RtspProtocolError as exc:
             reader._fail(RtspClientError(0, f"protocol error from server: {exc}"))
             if self.transport is not None:
                 self.transport.close()
             return
-        # Back to the fast path once only the start of a "$" frame is left.
-        self._partial = parser.take_interleaved_start()
+        for message in messages:
+            if type(message) is RtspResponse:
+                reader._on_response(message)
+            elif type(message) is RtspRequest:
+                self._answer_server_request(message)
         if reader.on_batch_end is not None:
             reader.on_batch_end()
 
@@ -357,7 +152,9 @@ class _ControlProtocol(asyncio.Protocol):
 
 
 class _RtpDatagramProtocol(asyncio.DatagramProtocol):
-    def __init__(self, reader: RtspReader, track: _Track, is_rtcp: bool, server_ip: str) -> None:
+    def __init__(
+        self, reader: RtspReader, track: RtpReceiver, is_rtcp: bool, server_ip: str
+    ) -> None:
         self.reader = reader
         self.track = track
         self.is_rtcp = is_rtcp
@@ -368,10 +165,10 @@ class _RtpDatagramProtocol(asyncio.DatagramProtocol):
         if addr[0] != self.server_ip:
             return
         if self.is_rtcp:
-            self.track.stats.rtcp_packets += 1
+            self.track.rtcp()
         else:
             reader = self.reader
-            reader._on_rtp(self.track, data, reader._loop.time())
+            self.track.feed(data, reader._loop.time())
             if reader.on_batch_end is not None:
                 reader.on_batch_end()
 
@@ -418,9 +215,11 @@ class RtspReader:
         self.codec_params: list[Any] = []
         self.public_methods: list[str] = []
         self._loop = asyncio.get_running_loop()
+        # The connection's sans-IO side; its ``channels`` are filled in by SETUP.
+        self.connection = ClientConnection()
         self._protocol: _ControlProtocol | None = None
-        self._tracks: list[_Track] = []
-        self._channels: dict[int, tuple[_Track, bool]] = {}
+        self._tracks: list[RtpReceiver] = []
+        self._udp: list[asyncio.DatagramTransport] = []
         self._cseq = 0
         self._pending: dict[int, asyncio.Future[RtspResponse]] = {}
         self._session: str | None = None
@@ -540,36 +339,23 @@ class RtspReader:
         for media in self.sdp.media:
             if media.media not in self.media_filter or "RTP/AVP" not in media.protocol.upper():
                 continue
-            index = len(self._tracks)
-            stats = TrackStats(
-                index=index,
-                media=media.media,
-                encoding=media.encoding,
-                clock_rate=media.clock_rate,
-                control_url=resolve_control(base, media.control),
+            track = receiver_for(
+                len(self._tracks),
+                media,
+                resolve_control(base, media.control),
+                on_frame=self.on_frame,
+                relay_payloads=self.relay_payloads,
+                on_span=self.on_span,
+                depacketize=self.depacketize,
             )
-            track = _Track(stats)
-            params = None
-            try:
-                params = params_from_sdp_media(media)
-            except (ValueError, KeyError, AttributeError) as exc:
-                log.debug("no codec parameters for %s track: %s", media.encoding, exc)
-            self.codec_params.append(params)
-            if self.relay_payloads and track.packet_flags is not None:
-                track.frame_payloads = []
-            elif self.relay_payloads and track.codec in SELF_CONTAINED_PAYLOADS:
-                track.payload_frames = True
-            elif self.depacketize and params is not None:
-                try:
-                    track.depacketizer = depacketizer_for(params)
-                except (ValueError, KeyError) as exc:
-                    log.debug("cannot depacketize %s: %s", media.encoding, exc)
+            self.codec_params.append(track.params)
+            track.on_counted = self._counted
             self._tracks.append(track)
-            self.stats.tracks.append(stats)
+            self.stats.tracks.append(track.stats)
         if not self._tracks:
             raise RtspClientError(0, f"SDP offers no {'/'.join(self.media_filter)} RTP track")
 
-    async def _setup(self, track: _Track) -> None:
+    async def _setup(self, track: RtpReceiver) -> None:
         index = track.stats.index
         if self.transport_kind == "tcp":
             offer = TransportSpec(
@@ -600,15 +386,12 @@ class RtspReader:
             rtp_channel, rtcp_channel = answer.interleaved or offer.interleaved or (0, 1)
             if rtcp_channel == rtp_channel:
                 rtcp_channel = rtp_channel + 1
-            track.rtp_channel, track.rtcp_channel = rtp_channel, rtcp_channel
-            self._channels[rtp_channel] = (track, False)
-            self._channels[rtcp_channel] = (track, True)
-        else:
-            if answer.is_tcp:
-                raise RtspClientError(461, f"server answered UDP SETUP with {answer}")
-            track.server_ports = answer.server_port
+            self.connection.channels[rtp_channel] = (track, False)
+            self.connection.channels[rtcp_channel] = (track, True)
+        elif answer.is_tcp:
+            raise RtspClientError(461, f"server answered UDP SETUP with {answer}")
 
-    async def _open_udp(self, track: _Track) -> int:
+    async def _open_udp(self, track: RtpReceiver) -> int:
         """Bind an even RTP port and the next odd one for RTCP, on the control link's address."""
         assert self._protocol is not None and self._protocol.transport is not None
         local = self._protocol.transport.get_extra_info("sockname")
@@ -634,7 +417,7 @@ class RtspReader:
                     lambda rtcp=is_rtcp: _RtpDatagramProtocol(self, track, rtcp, server_ip),  # type: ignore[misc]
                     sock=sock,
                 )
-                track.udp_transports.append(transport)
+                self._udp.append(transport)
             return port
         raise RtspClientError(0, "cannot bind a pair of UDP ports for RTP/RTCP")
 
@@ -712,285 +495,13 @@ class RtspReader:
 
     # -- media
 
-    def _on_rtp(self, track: _Track, packet: bytes, now: float) -> None:
-        self._on_rtp_at(track, packet, 0, len(packet), now, False)
-
-    def _extend_span(self, track: _Track, buf: bytes, pos: int, size: int, now: float) -> int:
-        """Take the "$" frames from ``pos`` on, as long as each simply continues the frame
-        collected as a span ending there (see :func:`continue_span`), up to and including
-        its marker packet. Returns where the walk stopped (``pos`` when nothing was taken).
-        Most packets are taken here, a run at a time; they skip the full accounting of
-        :meth:`_on_rtp_at`, which would give the same result for them."""
-        stats = track.stats
-        first_seq = track.max_seq
-        end, seq, room, flags = continue_span(
-            buf,
-            pos,
-            size,
-            first_seq,
-            track.frame_ts,
-            -1 if stats.ssrc is None else stats.ssrc,  # set by the span's first packet
-            DEFAULT_MAX_FRAME_SIZE - track.frame_size,
-            KEY_NONE if track.frame_has_key else track.key_codec,
-        )
-        if end == pos:
-            return pos
-        packets = seq - first_seq
-        track.max_seq = seq
-        track.frame_size = DEFAULT_MAX_FRAME_SIZE - room
-        track.span_end = end
-        stats.packets += packets
-        stats.bytes += end - pos - 4 * packets
-        stats.last_packet_at = now
-        if flags & SPAN_KEY:
-            track.frame_has_key = True
-        if flags & SPAN_END:
-            self._collected_frame_done(track, now)
-        return end
-
-    def _on_rtp_at(
-        self, track: _Track, buf: bytes, at: int, end: int, now: float, framed: bool
-    ) -> None:
-        """The RTP packet ``buf[at:end]``; ``framed`` when it sits in an interleaved read
-        buffer right after its ``$`` prefix (then a frame may be handed over as a span)."""
-        stats = track.stats
-        size = end - at
-        if size < 12 or buf[at] >> 6 != 2:
-            stats.malformed += 1
-            return
-        b0, b1, seq, timestamp, ssrc = FIXED_HEADER.unpack_from(buf, at)
-        stats.packets += 1
-        stats.bytes += size
-        stats.last_packet_at = now
-        if stats.ssrc != ssrc:
-            if stats.first_seq is not None:
-                stats.ssrc_changes += 1
-            stats.ssrc = ssrc
-        # Sequence accounting (wrap-around aware); a gap also breaks the frame in progress.
-        gap = False
-        if track.max_seq < 0:
-            stats.first_seq = seq
-            stats.first_packet_at = now
-            track.max_seq = seq
-        else:
-            delta = (seq - track.max_seq) & 0xFFFF
-            if delta == 0:
-                stats.duplicates += 1
-                return
-            if delta == 1:
-                # In order: expected and received both grow by one, so "lost" stays.
-                if seq == 0:
-                    track.cycles += 0x10000
-                track.max_seq = seq
-            else:
-                if delta < 0x8000:
-                    if seq < track.max_seq:
-                        track.cycles += 0x10000
-                    track.max_seq = seq
-                    gap = True
-                else:
-                    stats.reordered += 1
-                expected = track.cycles + track.max_seq - (stats.first_seq or 0) + 1
-                stats.lost = max(0, expected - stats.packets + stats.duplicates)
-        if track.last_ts >= 0 and ((timestamp - track.last_ts) & 0xFFFFFFFF) >= 0x80000000:
-            stats.timestamp_backwards += 1
-        track.last_ts = timestamp
-        marker = bool(b1 & 0x80)
-
-        start = at + 12 + 4 * (b0 & 0x0F)
-        stop = end
-        if b0 & 0x30:  # header extension and/or padding: rare, so checked only then
-            if b0 & 0x10:
-                if stop < start + 4:
-                    stats.malformed += 1
-                    return
-                start += 4 + 4 * ((buf[start + 2] << 8) | buf[start + 3])
-            if b0 & 0x20:
-                stop -= buf[end - 1]
-        if stop <= start:
-            stats.malformed += 1
-            return
-        if track.depacketizer is not None:
-            self._depacketize(track, buf[start:stop], marker, timestamp, gap, now)
-            return
-        if not track.is_video:
-            if track.payload_frames:
-                if framed and b0 == 0x80 and self.on_span is not None:
-                    self._span_done(track, timestamp, False, buf, at - 4, end, now)
-                else:
-                    self._frame_done(track, timestamp, False, now, payloads=[buf[start:stop]])
-                return
-            data = buf[start:stop] if self.on_frame is not None else None
-            self._frame_done(track, timestamp, False, now, data)
-            return
-        keyframe = continuation = False
-        if track.packet_flags is not None:
-            keyframe, continuation = track.packet_flags(buf, start, stop)
-        collected = track.frame_payloads
-        if collected is not None:
-            spannable = framed and b0 == 0x80 and self.on_span is not None
-            self._collect(
-                track, collected, buf, at, start, stop, spannable, timestamp, continuation, gap, now
-            )
-            if keyframe:
-                track.frame_has_key = True
-            if marker:
-                self._collected_frame_done(track, now)
-            return
-        if not track.frame_open:
-            track.frame_open = True
-            track.frame_clean = not continuation
-            track.frame_has_key = False
-        if gap:
-            track.frame_clean = False
-        if keyframe:
-            track.frame_has_key = True
-        if marker:
-            track.frame_open = False
-            self._frame_done(track, timestamp, track.frame_has_key and track.frame_clean, now)
-
-    def _collect(
-        self,
-        track: _Track,
-        collected: list[bytes],
-        buf: bytes,
-        at: int,
-        start: int,
-        stop: int,
-        spannable: bool,
-        timestamp: int,
-        continuation: bool,
-        gap: bool,
-        now: float,
-    ) -> None:
-        """Add the payload ``buf[start:stop]`` of the packet at ``at`` to the open frame.
-
-        While a frame's packets lie back to back in one read buffer (``spannable``: framed,
-        plain 12-byte headers), only where they start and end is kept; the frame is handed
-        over as that span. Anything else turns it into a list of payloads."""
-        if track.frame_open and timestamp != track.frame_ts:
-            # The marker was lost: the timestamp change ends the previous frame.
-            self._collected_frame_done(track, now)
-            collected = cast(list[bytes], track.frame_payloads)
-        if not track.frame_open:
-            track.frame_open = True
-            track.frame_clean = not continuation
-            track.frame_has_key = False
-            track.frame_ts = timestamp
-            track.frame_size = 0
-        if gap:
-            track.frame_clean = False
-        if not track.frame_clean:
-            collected.clear()
-            track.span_buffer = None
-            return
-        track.frame_size += stop - start
-        if track.frame_size > DEFAULT_MAX_FRAME_SIZE:
-            track.frame_clean = False  # bounded memory when a sender never ends a frame
-            collected.clear()
-            track.span_buffer = None
-            return
-        span = track.span_buffer
-        if spannable:
-            if span is None:
-                if not collected:
-                    track.span_buffer = buf
-                    track.span_start = at - 4
-                    track.span_end = stop
-                    return
-            elif span is buf and track.span_end == at - 4:
-                track.span_end = stop
-                return
-        if span is not None:
-            collected.extend(interleaved_payloads(span, track.span_start, track.span_end))
-            track.span_buffer = None
-        collected.append(buf[start:stop])
-
-    def _collected_frame_done(self, track: _Track, now: float) -> None:
-        track.frame_open = False
-        complete = track.frame_clean
-        span = track.span_buffer
-        if span is not None:
-            track.span_buffer = None
-            if complete and self.on_span is not None:
-                self._span_done(
-                    track,
-                    track.frame_ts,
-                    track.frame_has_key,
-                    span,
-                    track.span_start,
-                    track.span_end,
-                    now,
-                )
-                return
-        payloads = track.frame_payloads if complete else None
-        track.frame_payloads = []
-        self._frame_done(
-            track, track.frame_ts, track.frame_has_key and complete, now, payloads=payloads
-        )
-
-    def _depacketize(
-        self, track: _Track, payload: bytes, marker: bool, timestamp: int, gap: bool, now: float
-    ) -> None:
-        depacketizer = track.depacketizer
-        if gap:
-            depacketizer.reset()
-        try:
-            frames = depacketizer.push(payload, marker, timestamp)
-        except ValueError as exc:
-            track.stats.malformed += 1
-            log.debug("track %d: %s", track.stats.index, exc)
-            return
-        for frame in frames:
-            keyframe = track.packet_flags is not None and _annexb_is_keyframe(track.codec, frame)
-            self._frame_done(track, timestamp, keyframe, now, frame)
-
-    def _frame_done(
-        self,
-        track: _Track,
-        timestamp: int,
-        keyframe: bool,
-        now: float,
-        data: bytes | None = None,
-        payloads: list[bytes] | None = None,
-    ) -> None:
-        self._count_frame(track, keyframe, now)
-        if self.on_frame is not None:
-            index = track.stats.index
-            self.on_frame(ReceivedFrame(index, timestamp, keyframe, now, data, payloads))
+    def _counted(self, track: RtpReceiver, keyframe: bool, now: float) -> None:
+        if keyframe and track.is_video and self.stats.first_frame_time is None:
+            sent = self.stats.play_sent_at
+            if sent is not None:
+                self.stats.first_frame_time = now - sent
         if self._waiters:
             self._check_waiters()
-
-    def _span_done(
-        self,
-        track: _Track,
-        timestamp: int,
-        keyframe: bool,
-        buf: bytes,
-        start: int,
-        end: int,
-        now: float,
-    ) -> None:
-        """A complete frame handed over as ``buf[start:end]`` (see :data:`SpanCallback`)."""
-        assert self.on_span is not None
-        self._count_frame(track, keyframe, now)
-        self.on_span(track.stats.index, timestamp, keyframe, buf, start, end, now)
-        if self._waiters:
-            self._check_waiters()
-
-    def _count_frame(self, track: _Track, keyframe: bool, now: float) -> None:
-        stats = track.stats
-        stats.frames += 1
-        stats.frame_arrivals.append(now)
-        if stats.first_frame_at is None:
-            stats.first_frame_at = now
-        if keyframe:
-            stats.keyframes += 1
-            if stats.first_keyframe_at is None:
-                stats.first_keyframe_at = now
-                sent = self.stats.play_sent_at
-                if track.is_video and sent is not None and self.stats.first_frame_time is None:
-                    self.stats.first_frame_time = now - sent
 
     def _enough_frames(self, n: int, media: str | None) -> bool:
         tracks = [t for t in self.stats.tracks if media is None or t.media == media]
@@ -1027,9 +538,8 @@ class RtspReader:
             with contextlib.suppress(RtspClientError, TimeoutError):
                 await asyncio.wait_for(self._send("TEARDOWN", self._session_url, None), 2.0)
         self._closed = True
-        for track in self._tracks:
-            for transport in track.udp_transports:
-                transport.close()
+        for transport in self._udp:
+            transport.close()
         if self._protocol is not None and self._protocol.transport is not None:
             self._protocol.transport.close()
 

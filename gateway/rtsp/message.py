@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Final, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from gateway.rtp.interleaved import interleave
+
 RTSP_VERSION: Final = "RTSP/1.0"
 DEFAULT_RTSP_PORT: Final = 554
 
@@ -317,33 +319,6 @@ class InterleavedFrame:
 
     def __repr__(self) -> str:
         return f"InterleavedFrame(channel={self.channel}, {len(self.payload)} bytes)"
-
-
-# Prebuilt "$" + channel prefixes: the hot path then only packs the length.
-_CHANNEL_PREFIX: Final = tuple(bytes((0x24, ch)) for ch in range(256))
-
-
-def interleave(channel: int, packet: bytes) -> bytes:
-    """``$``-frame one RTP/RTCP packet for channel ``channel``."""
-    size = len(packet)
-    if size > 0xFFFF:
-        raise ValueError(f"interleaved packet of {size} bytes exceeds 65535")
-    return b"".join((_CHANNEL_PREFIX[channel], size.to_bytes(2, "big"), packet))
-
-
-def interleave_many(channel: int, packets: Iterable[bytes]) -> bytes:
-    """All ``packets`` framed for ``channel`` as one blob, ready for a single write."""
-    prefix = _CHANNEL_PREFIX[channel]
-    parts: list[bytes] = []
-    append = parts.append
-    for packet in packets:
-        size = len(packet)
-        if size > 0xFFFF:
-            raise ValueError(f"interleaved packet of {size} bytes exceeds 65535")
-        append(prefix)
-        append(size.to_bytes(2, "big"))
-        append(packet)
-    return b"".join(parts)
 
 
 # --------------------------------------------------------------------------- parser

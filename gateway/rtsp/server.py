@@ -1,7 +1,9 @@
-"""Asyncio RTSP server: a thin layer over the sans-IO parser, the auth core and the hubs.
+"""Asyncio RTSP server: a thin layer over the sans-IO parser, the auth core and the stream
+sources (:class:`~gateway.rtsp.source.StreamSource`, the media hubs in the gateway).
 
 One :class:`RtspConnection` (an ``asyncio.Protocol``) per TCP connection; one
-:class:`ServerSession` per RTSP session, which is the hub subscriber the fan-out writes to.
+:class:`ServerSession` per RTSP session, which is the subscriber the source's fan-out writes
+to.
 UDP clients share one RTP and one RTCP socket of the server; they are told those ports
 in ``server_port`` and distinguished by their own addresses.
 
@@ -19,13 +21,15 @@ import secrets
 import socket
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import cast
 
 from gateway.codecs.sdp import SdpTrack, session_sdp
-from gateway.media.hub import Frame, StreamHub
-from gateway.rtsp.auth import DigestAuthenticator
+from gateway.digest import DigestAuthenticator
+from gateway.rtp.frame import Frame
+from gateway.rtp.interleaved import interleave
 from gateway.rtsp.message import (
     NEED_DATA,
     InterleavedFrame,
@@ -38,8 +42,8 @@ from gateway.rtsp.message import (
     format_rtp_info,
     request_path,
 )
+from gateway.rtsp.source import StreamSource
 from gateway.rtsp.transport import TransportSpec, parse_transport_header
-from gateway.workers import send_connection
 
 log = logging.getLogger("gateway.rtsp")
 
@@ -66,8 +70,23 @@ class ServerLimits:
     describe_timeout: float = 10.0
 
 
+@dataclass(frozen=True)
+class ClientInfo:
+    """One client session as the admin API shows it."""
+
+    source: StreamSource
+    session: str
+    peer: str
+    transport: str  # "tcp" or "udp"
+    playing: bool
+    connected_seconds: float
+    frames_sent: int
+    bytes_sent: int
+    dropped_frames: int
+
+
 class ServerSession:
-    """One client's RTSP session on one stream; the hub calls ``deliver`` per frame."""
+    """One client's RTSP session on one stream; the source calls ``deliver`` per frame."""
 
     __slots__ = (
         "budget",
@@ -76,12 +95,12 @@ class ServerSession:
         "conn",
         "dropped",
         "frames_sent",
-        "hub",
         "id",
         "last_activity",
         "over_since",
         "playing",
         "server",
+        "source",
         "stall_timeout",
         "started",
         "tcp",
@@ -90,10 +109,12 @@ class ServerSession:
         "waiting_keyframe",
     )
 
-    def __init__(self, server: RtspServer, conn: RtspConnection, hub: StreamHub, tcp: bool) -> None:
+    def __init__(
+        self, server: RtspServer, conn: RtspConnection, source: StreamSource, tcp: bool
+    ) -> None:
         self.server = server
         self.conn = conn
-        self.hub = hub
+        self.source = source
         self.id = secrets.token_hex(8)
         self.tcp = tcp
         self.channels: dict[int, int] = {}  # track -> interleaved RTP channel
@@ -178,7 +199,7 @@ class ServerSession:
     def _count_sent(self, size: int, frames: int) -> None:
         self.bytes_sent += size
         self.frames_sent += frames
-        stats = self.hub.stats
+        stats = self.source.stats
         stats.bytes_out += size
         stats.frames_out += frames
 
@@ -198,12 +219,12 @@ class ServerSession:
         # Over budget: drop until the next keyframe so the client resumes cleanly, and give
         # up on a client that has not drained for stall_timeout.
         self.dropped += 1
-        self.hub.stats.dropped_frames += 1
+        self.source.stats.dropped_frames += 1
         self.waiting_keyframe = True
         if self.over_since is None:
             self.over_since = now
         elif now - self.over_since > self.stall_timeout:
-            self.hub.stats.slow_disconnects += 1
+            self.source.stats.slow_disconnects += 1
             self.close_for(f"client stalled for more than {self.stall_timeout:g}s")
 
     def deliver_rtcp(self, track: int, packet: bytes) -> None:
@@ -215,9 +236,7 @@ class ServerSession:
             if channel is None or transport is None:
                 return
             if transport.get_write_buffer_size() <= self.budget:
-                transport.write(
-                    b"$" + bytes((channel + 1,)) + len(packet).to_bytes(2, "big") + packet
-                )
+                transport.write(interleave(channel + 1, packet))
         else:
             target = self.udp_targets.get(track)
             if target is not None and self.server.udp_rtcp is not None:
@@ -230,7 +249,7 @@ class ServerSession:
         log.info(
             "client session closed",
             extra={
-                "stream": self.hub.key,
+                "stream": self.source.key,
                 "session": self.id,
                 "peer": self.conn.peer_text,
                 "reason": reason,
@@ -246,34 +265,38 @@ class ServerSession:
         """Start delivery; returns (seq, rtptime) per track and the GOP to send first."""
         if self.playing:
             return None
-        gop = self.hub.subscribe(self)
+        gop = self.source.subscribe(self)
         self.playing = True
         self.waiting_keyframe = not gop
-        return self.hub.rtp_info(gop), gop
+        return self.source.rtp_info(gop), gop
 
     def pause(self) -> None:
         if self.playing:
             self.playing = False
-            self.hub.unsubscribe(self)
+            self.source.unsubscribe(self)
             self.waiting_keyframe = True
 
 
+# With several worker processes: request path -> a function that passes the connection's
+# socket and the bytes read so far to the worker owning the path (None when this one does).
+# It runs in a thread. See gateway.workers.
+HandOff = Callable[[str], Callable[[socket.socket, bytes], None] | None]
+
+
 class RtspServer:
-    """Serves hubs by path. ``resolve(path)`` maps a request path to a hub (or None)."""
+    """Serves stream sources by path. ``resolve(path)`` maps a request path to one (or None)."""
 
     def __init__(
         self,
-        resolve: Callable[[str], StreamHub | None],
+        resolve: Callable[[str], StreamSource | None],
         *,
         authenticator: DigestAuthenticator | None = None,
         server_name: str = "onvif-gateway",
         limits: ServerLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
-        handoff: Callable[[str], str | None] | None = None,
+        handoff: HandOff | None = None,
     ) -> None:
         self.resolve = resolve
-        # With several worker processes: request path -> the hand-off socket of the worker
-        # that owns it (None when this process serves it). See gateway.workers.
         self.handoff = handoff
         self.authenticator = authenticator
         self.server_name = server_name
@@ -358,10 +381,28 @@ class RtspServer:
             return self.udp_ports
         raise OSError("no free UDP port pair for RTP/RTCP")
 
+    def clients(self) -> list[ClientInfo]:
+        """Every client session, as of now."""
+        now = self.clock()
+        return [
+            ClientInfo(
+                source=s.source,
+                session=s.id,
+                peer=s.conn.peer_text,
+                transport="tcp" if s.tcp else "udp",
+                playing=s.playing,
+                connected_seconds=round(now - s.started, 1),
+                frames_sent=s.frames_sent,
+                bytes_sent=s.bytes_sent,
+                dropped_frames=s.dropped,
+            )
+            for s in list(self.sessions.values())
+        ]
+
     def end_session(self, session: ServerSession) -> None:
         if self.sessions.pop(session.id, None) is None:
             return
-        session.hub.unsubscribe(session)
+        session.source.unsubscribe(session)
         session.playing = False
         session.conn.sessions.discard(session.id)
 
@@ -409,8 +450,10 @@ class RtspConnection(asyncio.Protocol):
         self.peer: tuple[str, int] = ("", 0)
         self.local: tuple[str, int] = ("", 0)
         self.sessions: set[str] = set()
-        self._queue: list[RtspRequest] = []
-        self._busy = False
+        # Requests waiting for their answer, served in order by one task at a time.
+        self._queue: deque[RtspRequest] = deque()
+        self._serving: asyncio.Task[None] | None = None
+        self._handing_off = False
         self.handoff_allowed = True
         self._closed = False
 
@@ -466,8 +509,8 @@ class RtspConnection(asyncio.Protocol):
                     self._reject(RtspProtocolError(400, "too many pipelined requests"))
                     return
                 self._queue.append(event)
-                if not self._busy:
-                    self._process_queue()
+                if self._serving is None and not self._handing_off:
+                    self._serving = asyncio.ensure_future(self._serve())
             # Responses from a client are not expected; ignore them.
 
     def _reject(self, exc: RtspProtocolError) -> None:
@@ -483,22 +526,20 @@ class RtspConnection(asyncio.Protocol):
             if session is not None and channel - 1 in session.channels.values():
                 session.last_activity = now
 
-    def _process_queue(self) -> None:
-        while self._queue and not self._closed:
-            if self.handoff_allowed and self._hand_off():
-                return
-            request = self._queue.pop(0)
-            handler = Handler(self, request)
-            result = handler.run()
-            if isinstance(result, asyncio.Future | asyncio.Task):
-                self._busy = True
-                result.add_done_callback(lambda _f: self._resume())
-                return
-        self._busy = False
-
-    def _resume(self) -> None:
-        self._busy = False
-        self._process_queue()
+    async def _serve(self) -> None:
+        """Answer the queued requests in order; ends when the queue is empty."""
+        try:
+            while self._queue and not self._closed:
+                if self.handoff_allowed and self._hand_off():
+                    return
+                waiting = Handler(self, self._queue.popleft()).run()
+                if waiting is not None:
+                    try:
+                        await waiting
+                    except Exception:  # one failed request must not stall the connection
+                        log.exception("RTSP request failed", extra={"peer": self.peer_text})
+        finally:
+            self._serving = None
 
     def _hand_off(self) -> bool:
         """Pass this connection to the worker owning the first request's camera, if that is
@@ -507,8 +548,8 @@ class RtspConnection(asyncio.Protocol):
         if handoff is None or self.sessions or self.transport is None:
             return False
         self.handoff_allowed = False
-        target = handoff(request_path(self._queue[0].uri))
-        if target is None:
+        send = handoff(request_path(self._queue[0].uri))
+        if send is None:
             return False
         sock = self.transport.get_extra_info("socket")
         if sock is None:
@@ -516,9 +557,9 @@ class RtspConnection(asyncio.Protocol):
         # Everything read so far, re-serialised in order, goes with the socket.
         data = b"".join(bytes(r) for r in self._queue) + self.parser.take_buffered()
         self._queue.clear()
-        self._busy = True
+        self._handing_off = True
         self.transport.pause_reading()
-        task = asyncio.ensure_future(asyncio.to_thread(send_connection, target, sock, data))
+        task = asyncio.ensure_future(asyncio.to_thread(send, sock, data))
         task.add_done_callback(lambda t: self._handed_off(t, data))
         return True
 
@@ -533,7 +574,7 @@ class RtspConnection(asyncio.Protocol):
                     "error": str(None if task.cancelled() else task.exception()),
                 },
             )
-            self._busy = False
+            self._handing_off = False
             if self.transport is not None:
                 self.transport.resume_reading()
             self.data_received(data)
@@ -574,7 +615,8 @@ class Handler:
     ) -> None:
         self.conn.send(RtspResponse.for_request(self.request, status, headers, body))
 
-    def run(self) -> asyncio.Task[None] | None:
+    def run(self) -> Coroutine[None, None, None] | None:
+        """Answer the request; what is left to await when it must wait, else None."""
         req = self.request
         try:
             if req.cseq is None:
@@ -599,9 +641,9 @@ class Handler:
         if not self._authorized():
             return None
         if method == "DESCRIBE":
-            return asyncio.ensure_future(self.describe())
+            return self.describe()
         if method == "SETUP":
-            return asyncio.ensure_future(self.setup())
+            return self.setup()
         with contextlib.suppress(_Answered):
             getattr(self, method.lower())()
         return None
@@ -627,24 +669,24 @@ class Handler:
         self.conn.send(response)
         return False
 
-    def _resolve(self) -> tuple[StreamHub | None, int | None, str]:
+    def _resolve(self) -> tuple[StreamSource | None, int | None, str]:
         path = request_path(self.request.uri)
         track: int | None = None
         match = _TRACK_RE.match(path)
         if match:
             path, track = match.group("base") or "/", int(match.group("track"))
-        hub = self.server.resolve(path)
-        if hub is None and path.endswith("/") and len(path) > 1:
-            hub = self.server.resolve(path.rstrip("/"))
-        return hub, track, path
+        source = self.server.resolve(path)
+        if source is None and path.endswith("/") and len(path) > 1:
+            source = self.server.resolve(path.rstrip("/"))
+        return source, track, path
 
     async def describe(self) -> None:
-        hub, _, _ = self._resolve()
-        if hub is None:
+        source, _, _ = self._resolve()
+        if source is None:
             self.respond(404)
             return
-        ready = await hub.wait_ready(self.server.limits.describe_timeout)
-        if not ready or not hub.tracks:
+        ready = await source.wait_ready(self.server.limits.describe_timeout)
+        if not ready or not source.tracks:
             self.respond(503, {"Retry-After": "5"})
             return
         base = self.request.uri.rstrip("/") + "/"
@@ -652,21 +694,21 @@ class Handler:
             host = self.conn.local[0]
             host = f"[{host}]" if ":" in host else host
             base = f"rtsp://{host}:{self.conn.local[1]}{base}"
-        sdp = session_description(hub, self.conn.local[0])
+        sdp = session_description(source, self.conn.local[0])
         self.respond(200, {"Content-Type": "application/sdp", "Content-Base": base}, sdp)
 
     async def setup(self) -> None:
         req = self.request
-        hub, track, _ = self._resolve()
-        if hub is None:
+        source, track, _ = self._resolve()
+        if source is None:
             self.respond(404)
             return
-        if not hub.tracks and not await hub.wait_ready(self.server.limits.describe_timeout):
+        if not source.tracks and not await source.wait_ready(self.server.limits.describe_timeout):
             self.respond(503, {"Retry-After": "5"})
             return
         if track is None:
-            track = 0 if len(hub.tracks) == 1 else None
-        if track is None or track >= len(hub.tracks):
+            track = 0 if len(source.tracks) == 1 else None
+        if track is None or track >= len(source.tracks):
             self.respond(404)
             return
         try:
@@ -686,9 +728,9 @@ class Handler:
             if len(self.conn.sessions) >= MAX_SESSIONS_PER_CONNECTION:
                 self.respond(453)
                 return
-            session = ServerSession(self.server, self.conn, hub, spec.is_tcp)
-            session.video_track = next((t.index for t in hub.tracks if t.is_video), 0)
-        elif session.hub is not hub:
+            session = ServerSession(self.server, self.conn, source, spec.is_tcp)
+            session.video_track = next((t.index for t in source.tracks if t.is_video), 0)
+        elif session.source is not source:
             self.respond(459)
             return
         elif session.tcp != spec.is_tcp:
@@ -708,7 +750,7 @@ class Handler:
                 lower_transport="TCP",
                 multicast=False,
                 interleaved=(channel, channel + 1),
-                ssrc=hub.tracks[track].ssrc,
+                ssrc=source.tracks[track].ssrc,
             )
         else:
             if spec.client_port is None:
@@ -729,7 +771,7 @@ class Handler:
                 multicast=False,
                 client_port=spec.client_port,
                 server_port=(rtp_port, rtcp_port),
-                ssrc=hub.tracks[track].ssrc,
+                ssrc=source.tracks[track].ssrc,
             )
         if session.id not in self.server.sessions:
             self.server.sessions[session.id] = session
@@ -737,7 +779,7 @@ class Handler:
             log.info(
                 "client session opened",
                 extra={
-                    "stream": hub.key,
+                    "stream": source.key,
                     "session": session.id,
                     "peer": self.conn.peer_text,
                     "transport": "tcp" if session.tcp else "udp",
@@ -814,7 +856,7 @@ class Handler:
         self.server.end_session(session)
         log.info(
             "client session closed",
-            extra={"stream": session.hub.key, "session": session.id, "reason": "teardown"},
+            extra={"stream": session.source.key, "session": session.id, "reason": "teardown"},
         )
         self.respond(200)
 
@@ -832,10 +874,10 @@ class Handler:
         self.respond(200)
 
 
-def session_description(hub: StreamHub, local_addr: str) -> bytes:
-    """SDP for the hub's current tracks; the session id is stable per stream."""
+def session_description(source: StreamSource, local_addr: str) -> bytes:
+    """SDP for the source's current tracks; the session id is stable per stream."""
     # Media the server sends is "recvonly" from the client's side, as cameras and ONVIF
     # describe it ("sendonly" marks an ONVIF audio back channel).
-    tracks = [SdpTrack.for_packetizer(t.packetizer, f"trackID={t.index}") for t in hub.tracks]
-    session_id = zlib.crc32(hub.key.encode())
-    return session_sdp(tracks, hub.key, local_addr, session_id).encode()
+    tracks = [SdpTrack.for_packetizer(t.packetizer, f"trackID={t.index}") for t in source.tracks]
+    session_id = zlib.crc32(source.key.encode())
+    return session_sdp(tracks, source.key, local_addr, session_id).encode()

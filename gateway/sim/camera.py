@@ -20,8 +20,8 @@ from typing import Any
 from aiohttp import web
 
 from gateway.codecs import packetizer_for
+from gateway.digest import DigestAuthenticator
 from gateway.media.hub import StreamHub
-from gateway.rtsp.auth import DigestAuthenticator
 from gateway.rtsp.server import RtspServer, ServerLimits
 from gateway.sim.clips import Clip, ClipSpec, load_clip
 from gateway.sim.device import SimDevice

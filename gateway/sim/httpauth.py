@@ -4,7 +4,7 @@
 active faults (see :data:`gateway.sim.device.FAULTS`) and then checks Digest (or, when the
 device allows it, Basic) credentials like the vendor's firmware, answering 401 with a
 ``WWW-Authenticate`` challenge in the device's realm. Call ``setup(app, device)`` from
-``install``. The Digest machinery is the gateway's own (:mod:`gateway.rtsp.auth`).
+``install``. The Digest machinery is the gateway's own (:mod:`gateway.digest`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 
 from aiohttp import web
 
-from gateway.rtsp.auth import DigestAuthenticator
+from gateway.digest import DigestAuthenticator
 from gateway.sim.device import SimDevice
 
 HANG_RELEASE = web.AppKey("sim_hang_release", asyncio.Event)

@@ -1,6 +1,6 @@
 /* The per-packet loops of the relay path, in C: continue_span and stamp_span.
  *
- * gateway/codecs/spans.py holds the same two functions in Python. That version is the
+ * gateway/rtp/spans.py holds the same two functions in Python. That version is the
  * reference: its docstrings define what these return, and the tests hold both to the same
  * answers on every input. Python runs each loop at some tens of bytecodes per packet; here
  * a packet costs a few comparisons and stores, which is what lets one event loop relay
@@ -197,9 +197,9 @@ done:
 
 static PyMethodDef methods[] = {
     {"continue_span", continue_span, METH_VARARGS,
-     "See gateway.codecs.spans.continue_span (the Python reference)."},
+     "See gateway.rtp.spans.continue_span (the Python reference)."},
     {"stamp_span", stamp_span, METH_VARARGS,
-     "See gateway.codecs.spans.stamp_span (the Python reference)."},
+     "See gateway.rtp.spans.stamp_span (the Python reference)."},
     {NULL, NULL, 0, NULL},
 };
 

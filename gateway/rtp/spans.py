@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from gateway.codecs.h264 import rtp_packet_flags as _h264_flags
 from gateway.codecs.h265 import rtp_packet_flags as _h265_flags
-from gateway.codecs.rtp import FIXED_HEADER, INTERLEAVED_HEADER
+from gateway.rtp.interleaved import INTERLEAVED_HEADER
+from gateway.rtp.packet import FIXED_HEADER
 
 # Which codec's rules say whether a payload carries keyframe data (``key_codec``).
 KEY_NONE = 0
@@ -156,7 +157,7 @@ reference_continue_span = continue_span
 reference_stamp_span = stamp_span
 
 try:
-    from gateway.codecs._spans import continue_span, stamp_span  # type: ignore[no-redef]
+    from gateway.rtp._spans import continue_span, stamp_span  # type: ignore[no-redef]
 except ImportError:  # not built (a plain checkout): the Python versions above
     ACCELERATED = False
 else:

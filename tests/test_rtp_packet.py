@@ -9,24 +9,26 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.codecs.rtp import (
+from gateway.rtp.interleaved import interleaved_payloads
+from gateway.rtp.packet import (
     NTP_UNIX_OFFSET,
+    ReportBlock,
+    SenderReport,
+    ntp_from_unix,
+    unix_from_ntp,
+)
+from tests.rtp_wire import (
     Bye,
     ReceiverReport,
-    ReportBlock,
     RtpPacket,
-    SenderReport,
     SourceDescription,
     build_packets,
     dlsr_units,
-    interleaved_payloads,
-    ntp_from_unix,
     ntp_short,
     parse_rtcp_compound,
     rtcp_compound,
     rtp_headers,
     seq_distance,
-    unix_from_ntp,
 )
 
 

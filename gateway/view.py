@@ -1,0 +1,89 @@
+"""What the services (ONVIF, admin, policy, egress) see of the running gateway.
+
+:class:`GatewayView` is the typed seam between :mod:`gateway.runtime`, which implements it,
+and the services it starts, which are given one; :class:`StreamStatus` is one stream's
+state as ingested.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.config import Config
+from gateway.media.hub import StreamHub
+from gateway.rtsp.server import RtspServer
+
+
+@dataclass(frozen=True)
+class StreamStatus:
+    """What one stream carries as ingested (not as configured), and how it is doing."""
+
+    camera: str
+    stream: str
+    path: str
+    state: str  # a HubState value: idle, connecting, live, down
+    last_error: str
+    codec: str | None
+    profile: str | None
+    width: int
+    height: int
+    fps: float
+    bitrate: int  # bits per second
+    gop_frames: int
+    gop_seconds: float
+    audio_codec: str | None
+    audio_rate: int
+    audio_channels: int
+    clients: int
+    upstream_sessions: int
+    reconnects: int
+    frames_in: int
+    bytes_in: int
+    dropped_frames: int
+    slow_disconnects: int
+
+
+ReloadHook = Callable[[Config], Awaitable[None]]
+
+
+class GatewayView(Protocol):
+    """The running gateway, as a service uses it."""
+
+    @property
+    def config(self) -> Config:
+        """This process's configuration (its own cameras when sharded)."""
+        ...
+
+    @property
+    def site_config(self) -> Config:
+        """The whole site's configuration (site-wide services)."""
+        ...
+
+    @property
+    def rtsp(self) -> RtspServer | None: ...
+
+    @property
+    def reload_hooks(self) -> list[ReloadHook]:
+        """Called with this process's new config after a reload."""
+        ...
+
+    @property
+    def site_reload_hooks(self) -> list[ReloadHook]:
+        """Called with the site's new config after a reload."""
+        ...
+
+    def hub(self, camera: str, stream: str) -> StreamHub | None: ...
+
+    def stream_status(self, camera: str, stream: str) -> StreamStatus | None: ...
+
+    async def snapshot(
+        self, camera: str, stream: str = "main", max_width: int | None = None
+    ) -> bytes:
+        """A JPEG of the stream's latest keyframe; LookupError when there is none yet."""
+        ...
+
+    def reconnect(self, camera: str) -> bool:
+        """Restart the camera's upstream sessions; False for an unknown camera."""
+        ...
