@@ -78,7 +78,7 @@ class _VersionAction(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, help=help)
 
     def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
-        from gateway.codecs import spans
+        from gateway.rtp import spans
 
         print(f"onvif-gateway {__version__} (span walks: {spans.IMPLEMENTATION})")
         parser.exit()

@@ -204,7 +204,7 @@ async def test_container_build_stage_compiles_the_c_part(tmp_path: Path) -> None
     code, out, err = await run_tool("bash", "-c", command, timeout=600)
     assert code == 0, out + err
     code, out, err = await run_tool(
-        str(venv / "bin" / "python"), "-c", "import gateway.codecs._spans", cwd=str(tmp_path)
+        str(venv / "bin" / "python"), "-c", "import gateway.rtp._spans", cwd=str(tmp_path)
     )
     assert code == 0, err
     code, out, _ = await run_tool(str(venv / "bin" / "onvif-gateway"), "--version")
