@@ -56,14 +56,15 @@ async def test_hikvision_isapi_face() -> None:
         assert info.findtext(f"{NS}firmwareReleasedDate") == "build 160530"
         assert info.findtext(f"{NS}serialNumber") == device.serial
 
-        # Read-modify-write of the device's own document.
+        # Read-modify-write of the device's own document, sent back in its own form.
         status, body, _ = await _digest(session, "GET", url, "/ISAPI/System/Network/UPnP")
-        doc = parse_xml(body)
-        doc.find(f"{NS}enabled").text = "false"  # type: ignore[union-attr]
-        status, body, _ = await _digest(
-            session, "PUT", url, "/ISAPI/System/Network/UPnP", ET.tostring(doc)
+        assert body.startswith(b'<?xml version="1.0" encoding="UTF-8"?>\n<UPnP version="2.0"')
+        assert b'xmlns="http://www.hikvision.com/ver20/XMLSchema"' in body
+        changed = body.replace(b"<enabled>true</enabled>", b"<enabled>false</enabled>")
+        status, reply_body, _ = await _digest(
+            session, "PUT", url, "/ISAPI/System/Network/UPnP", changed
         )
-        reply = parse_xml(body)
+        reply = parse_xml(reply_body)
         assert (status, reply.tag, reply.findtext(f"{NS}statusCode")) == (
             200,
             f"{NS}ResponseStatus",
@@ -71,13 +72,45 @@ async def test_hikvision_isapi_face() -> None:
         )
         assert sim_hik.get_value(device, "/ISAPI/System/Network/UPnP", "enabled") == "false"
 
+        # The fussiest firmware's parser: the same document with prefixes (what
+        # xml.etree writes), a partial one, one with elements reordered or in another
+        # namespace: all refused with statusCode 6 badXmlContent, and nothing changes.
+        doc = ET.fromstring(changed.replace(b"<enabled>false", b"<enabled>true"))
+        prefixed = ET.tostring(doc)
+        assert b"<ns0:UPnP" in prefixed
+        partial = (
+            b'<UPnP xmlns="http://www.hikvision.com/ver20/XMLSchema"><enabled>true</enabled></UPnP>'
+        )
+        name = sim_hik.get_value(device, "/ISAPI/System/Network/UPnP", "name").encode()
+        reordered = (
+            b'<UPnP version="2.0" xmlns="http://www.hikvision.com/ver20/XMLSchema">'
+            b"<name>" + name + b"</name><enabled>true</enabled></UPnP>"
+        )
+        foreign = changed.replace(b"hikvision.com/ver20", b"isapi.org/ver20")
+        for wrong, words in (
+            (prefixed, b"prefixed element"),
+            (partial, b"incomplete document"),
+            (reordered, b"where 'enabled' belongs"),
+            (foreign, b"in namespace"),
+        ):
+            status, reply_body, _ = await _digest(
+                session, "PUT", url, "/ISAPI/System/Network/UPnP", wrong
+            )
+            reply = parse_xml(reply_body)
+            assert status == 400, wrong
+            assert reply.findtext(f"{NS}statusCode") == "6"
+            assert reply.findtext(f"{NS}subStatusCode") == "badXmlContent"
+            assert words in reply_body
+        assert sim_hik.get_value(device, "/ISAPI/System/Network/UPnP", "enabled") == "false"
+
         # SSH changes ask for a reboot (statusCode 7).
+        status, body, _ = await _digest(session, "GET", url, "/ISAPI/System/Network/ssh")
         status, body, _ = await _digest(
             session,
             "PUT",
             url,
             "/ISAPI/System/Network/ssh",
-            b'<SSH xmlns="http://www.hikvision.com/ver20/XMLSchema"><enabled>false</enabled></SSH>',
+            body.replace(b"<enabled>true</enabled>", b"<enabled>false</enabled>"),
         )
         assert status == 200 and parse_xml(body).findtext(f"{NS}statusCode") == "7"
 
@@ -87,12 +120,13 @@ async def test_hikvision_isapi_face() -> None:
         )
         assert status == 400
         assert parse_xml(body).findtext(f"{NS}subStatusCode") == "badXmlFormat"
+        status, body, _ = await _digest(session, "GET", url, "/ISAPI/System/Network/EZVIZ")
         status, body, _ = await _digest(
             session,
             "PUT",
             url,
             "/ISAPI/System/Network/EZVIZ",
-            b"<EZVIZ><enabled>maybe</enabled></EZVIZ>",
+            body.replace(b"<enabled>true</enabled>", b"<enabled>maybe</enabled>"),
         )
         assert status == 400 and parse_xml(body).findtext(f"{NS}statusCode") == "6"
         assert sim_hik.get_value(device, "/ISAPI/System/Network/EZVIZ", "enabled") == "true"

@@ -36,9 +36,11 @@ from gateway.policy.inventory import (
 )
 from gateway.policy.telemetry import (
     WRITABLE_VENDORS,
+    NotAvailable,
     SettingDiff,
     differences,
     findings_for,
+    not_available,
     unverifiable_findings,
 )
 from gateway.store import Store
@@ -79,6 +81,8 @@ class CameraAudit:
     reboot_required: bool = False
     # What the round's first read found changed on the camera (not the gateway's own writes).
     events: list[HistoryEvent] = field(default_factory=list)
+    # Governed settings this camera's firmware does not have (never a failure).
+    not_available: list[NotAvailable] = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -111,6 +115,7 @@ class CameraAudit:
             ),
             "services": list(self.record.services) if self.record and identity else [],
             "findings": [f.to_json() for f in self.findings],
+            "not_available": [n.to_json() for n in self.not_available],
             "error": self.error.to_json() if self.error else None,
         }
         if with_changes:
@@ -237,6 +242,9 @@ async def _check(
         say(camera.name, f"error: {record.error.message}")
         return result
     findings, diffs = evaluate(camera, record, policy, today)
+    result.not_available = not_available(
+        policy.telemetry, camera.name, camera.vendor, record.settings
+    )
     drifted = _drifted(pstore, camera.name, diffs)
     if drifted:
         findings, diffs = evaluate(camera, record, policy, today, drifted)
