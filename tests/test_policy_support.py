@@ -53,10 +53,17 @@ def make_device(name: str, vendor: str, **kwargs: object) -> SimDevice:
     return SimDevice(name=name, vendor=vendor, username="admin", password=PASSWORD, **kwargs)
 
 
-def enable_all_telemetry(device: SimDevice) -> None:
-    """Switch on every feature the policy governs, as a careless installer would."""
+def enable_all_telemetry(device: SimDevice, *, skip_missing: bool = False) -> None:
+    """Switch on every feature the policy governs, as a careless installer would.
+
+    ``skip_missing``: leave out the settings of tables the model lacks (``device.missing``).
+    """
     if device.vendor == "hikvision":
-        hik = sim_hikvision.set_value
+
+        def hik(device: SimDevice, path: str, element: str, value: str) -> None:
+            if not (skip_missing and path in device.missing):
+                sim_hikvision.set_value(device, path, element, value)
+
         base = "/ISAPI/System/Network"
         hik(device, f"{base}/EZVIZ", "enabled", "true")
         hik(device, f"{base}/Ehome", "enabled", "true")
@@ -84,7 +91,8 @@ def enable_all_telemetry(device: SimDevice) -> None:
             "Multicast.TS[0].Enable",
             "Multicast.RTP[0].Enable",
         ):
-            sim_dahua.set_value(device, key, "true")
+            if not (skip_missing and key.split(".")[0].split("[")[0] in device.missing):
+                sim_dahua.set_value(device, key, "true")
         sim_dahua.set_value(device, "NTP.Address", "pool.ntp.org")
 
 
