@@ -23,6 +23,7 @@ from gateway.devices.errors import (
     DeviceUnsupportedError,
 )
 from gateway.devices.http import CameraHttp, query_escape
+from gateway.devices.nvr import RemoteChannel, dahua_channels
 from gateway.devices.optional import NOT_AVAILABLE
 from gateway.devices.xmlsafe import describe_body
 
@@ -43,7 +44,8 @@ CONFIG_NAMES = (
 )
 LOGIN_CHALLENGE = 268632079
 INVALID_SESSION = 287637505
-_LINE = re.compile(r"^([A-Za-z0-9_\[\].\-]+)=(.*)$")
+# Keys may hold ":" (RemoteDevice.uuid:System_CONFIG_NETCAMERA_INFO_0.Address on NVRs).
+_LINE = re.compile(r"^([A-Za-z0-9_\[\].:\-]+)=(.*)$")
 _STEP = re.compile(r"\.?([A-Za-z0-9_\-]+)|\[(\d+)\]")
 
 
@@ -337,6 +339,13 @@ class DahuaClient:
             return await self._cgi("configManager.cgi", f"action=getConfig&name={name}")
         reply = await self._rpc("configManager.getConfig", {"name": name})
         return flatten_table(name, self._params(reply).get("table"))
+
+    async def channels(self) -> list[RemoteChannel]:
+        """The cameras an NVR records (RemoteDevice table); none on a camera."""
+        try:
+            return dahua_channels(await self.get_config("RemoteDevice"))
+        except DeviceUnsupportedError:
+            return []
 
     async def read_settings(self) -> dict[str, str]:
         """Every governed table; a table the model lacks is marked :data:`NOT_AVAILABLE`."""

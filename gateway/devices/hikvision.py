@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from gateway.devices.base import DeviceIdentity, WriteResult, redact
 from gateway.devices.errors import DeviceProtocolError, DeviceUnsupportedError
 from gateway.devices.http import CameraHttp, HttpResponse
+from gateway.devices.nvr import RemoteChannel, hikvision_channels
 from gateway.devices.optional import NOT_AVAILABLE
 from gateway.devices.xmlsafe import (
     Element,
@@ -41,6 +42,7 @@ DOCUMENTS: dict[str, str] = {
     "ftp": "/ISAPI/System/Network/ftp",
     "adminAccesses": "/ISAPI/Security/adminAccesses",
 }
+INPUT_PROXY = "/ISAPI/ContentMgmt/InputProxy/channels"
 # Elements whose value changes by itself (clock) are not settings.
 VOLATILE = {"time.localTime"}
 
@@ -175,6 +177,17 @@ class HikvisionClient:
             firmware=fields["firmwareVersion"],
             build=fields["firmwareReleasedDate"],
         )
+
+    async def channels(self) -> list[RemoteChannel]:
+        """The IP cameras an NVR records (InputProxy channels); none on a camera."""
+        try:
+            root = await self.get_xml(INPUT_PROXY)
+        except DeviceUnsupportedError:
+            return []
+        try:
+            return hikvision_channels(root)
+        except ValueError as exc:
+            raise DeviceProtocolError(self.camera, f"{INPUT_PROXY}: {exc}") from None
 
     async def read_settings(self) -> dict[str, str]:
         """Every governed document, flattened; a document the firmware lacks is marked
