@@ -140,11 +140,30 @@ def reset(device: SimDevice) -> None:
     and stays; settings of the camera's other faces are left alone). Tables and keys in
     ``device.missing`` are left out, as on a model without them."""
     tables = _factory_defaults(device)
+    if device.channels > 1:
+        tables["RemoteDevice"] = remote_devices(device)
     for missing in device.missing:
         name, _, key = missing.partition(".")
         if key and name in tables:
             tables[name].pop(key, None)
     device.settings.update(tables)
+
+
+def remote_devices(device: SimDevice) -> dict[str, Any]:
+    """An NVR's RemoteDevice table: one PoE camera per channel, one unused slot after them."""
+    table: dict[str, Any] = {}
+    for slot in range(device.channels + 1):
+        used = slot < device.channels
+        table[f"uuid:System_CONFIG_NETCAMERA_INFO_{slot}"] = {
+            "Address": f"10.1.1.{65 + slot}" if used else "192.168.0.0",
+            "DeviceType": "IPC-HDW2431T-AS-S2" if used else "",
+            "Enable": used,
+            "Name": f"Channel {slot + 1}" if used else "",
+            "Port": 37777,
+            "ProtocolType": "Private",
+            "VideoInputChannels": 1,
+        }
+    return table
 
 
 def has_table(device: SimDevice, name: str) -> bool:

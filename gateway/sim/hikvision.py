@@ -493,7 +493,43 @@ async def _alert_stream(request: web.Request, device: SimDevice) -> web.StreamRe
     return response
 
 
+def input_proxy_channels(device: SimDevice) -> Element:
+    """An NVR's IP channels: one PoE camera per channel on the recorder's own subnet."""
+    ns = namespace_of(device)
+    root = etree.Element(f"{{{ns}}}InputProxyChannelList", nsmap={None: ns})
+    root.set("version", "2.0")
+    for number in range(1, device.channels + 1):
+        item = etree.SubElement(root, f"{{{ns}}}InputProxyChannel")
+        item.set("version", "2.0")
+        for name, value in (("id", str(number)), ("name", f"Camera {number:02d}")):
+            etree.SubElement(item, f"{{{ns}}}{name}").text = value
+        source = etree.SubElement(item, f"{{{ns}}}sourceInputPortDescriptor")
+        for name, value in (
+            ("proxyProtocol", "HIKVISION"),
+            ("addressingFormatType", "ipaddress"),
+            ("ipAddress", f"192.168.254.{number + 1}"),
+            ("managePortNo", "8000"),
+            ("srcInputPort", "1"),
+            ("userName", "admin"),
+            ("streamType", "auto"),
+        ):
+            etree.SubElement(source, f"{{{ns}}}{name}").text = value
+    etree.indent(root, space="")
+    return root
+
+
+async def _input_proxy(request: web.Request, device: SimDevice) -> web.Response:
+    if device.channels < 2:  # a camera: no proxied channels
+        return response_status(device, request.path, 4, "Invalid Operation", "notSupport", 404)
+    if request.method != "GET":
+        return response_status(
+            device, request.path, 4, "Invalid Operation", "methodNotAllowed", 405
+        )
+    return xml_response(input_proxy_channels(device))
+
+
 _ROUTES: dict[str, Callable[[web.Request, SimDevice], Awaitable[web.StreamResponse]]] = {
     "/ISAPI/System/deviceInfo": _device_info,
     "/ISAPI/Event/notification/alertStream": _alert_stream,
+    "/ISAPI/ContentMgmt/InputProxy/channels": _input_proxy,
 }
