@@ -7,7 +7,6 @@ inventory and findings; the inventory lists the cameras the recorder reports.
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import jsonschema
@@ -21,43 +20,11 @@ from gateway.sim import dahua as sim_dahua
 from gateway.store import Store
 from tests.test_policy_audit import CLEAN, SCHEMA
 from tests.test_policy_support import (
-    PASSWORD,
-    RunningCamera,
     enable_all_telemetry,
     make_device,
     sim_cameras,
+    write_config,
 )
-
-
-def nvr_config(directory: Path, nvr: RunningCamera, channels: int) -> Path:
-    text = textwrap.dedent(
-        f"""
-        state_dir = "{directory / "state"}"
-        [vms]
-        username = "vms"
-        password = "vms-password-123"
-        [policy]
-        request_timeout = 3
-        [policy.telemetry]
-        ntp_server = "127.0.0.1"
-        """
-    )
-    for channel in range(1, channels + 1):
-        text += textwrap.dedent(
-            f"""
-            [[camera]]
-            name = "{nvr.device.name}-ch{channel}"
-            vendor = "{nvr.device.vendor}"
-            host = "127.0.0.1"
-            http_port = {nvr.port}
-            channel = {channel}
-            username = "admin"
-            password = "{PASSWORD}"
-            """
-        )
-    path = directory / "gateway.toml"
-    path.write_text(text)
-    return path
 
 
 @pytest.mark.parametrize(
@@ -81,7 +48,7 @@ async def test_nvr_with_channels(tmp_path: Path, vendor: str, options: dict[str,
         if vendor == "dahua":
             sim_dahua.reset(device)  # with the recorder's RemoteDevice table
         enable_all_telemetry(device)
-        config = load(nvr_config(tmp_path, nvr, 4))
+        config = load(write_config(tmp_path, [nvr], timeout=3.0))
         names = [f"nvr-ch{n}" for n in range(1, 5)]
         store = Store.in_state_dir(config.state_dir)
         try:

@@ -99,22 +99,27 @@ def enable_all_telemetry(device: SimDevice, *, skip_missing: bool = False) -> No
 def write_config(
     directory: Path, cameras: list[RunningCamera], policy: str = "", *, timeout: float = 2.0
 ) -> Path:
+    """A config with one ``[[camera]]`` per simulated camera; a device with several
+    ``channels`` (a recorder) gets one per channel, named ``<name>-ch<n>``."""
     blocks = []
     for cam in cameras:
         d = cam.device
-        blocks.append(
-            textwrap.dedent(
-                f"""
-                [[camera]]
-                name = "{d.name}"
-                vendor = "{d.vendor}"
-                host = "127.0.0.1"
-                http_port = {cam.port}
-                username = "{d.username}"
-                password = "{d.password}"
-                """
+        for channel in range(1, d.channels + 1):
+            name = d.name if d.channels == 1 else f"{d.name}-ch{channel}"
+            blocks.append(
+                textwrap.dedent(
+                    f"""
+                    [[camera]]
+                    name = "{name}"
+                    vendor = "{d.vendor}"
+                    host = "127.0.0.1"
+                    http_port = {cam.port}
+                    channel = {channel}
+                    username = "{d.username}"
+                    password = "{d.password}"
+                    """
+                )
             )
-        )
     text = textwrap.dedent(
         f"""
         state_dir = "{directory / "state"}"
