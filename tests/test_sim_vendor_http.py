@@ -14,6 +14,13 @@ import pytest
 import yarl
 
 from gateway.devices.xmlsafe import parse_xml
+from gateway.onvif.motion import (
+    MotionChange,
+    MultipartParser,
+    multipart_boundary,
+    parse_dahua_event,
+    parse_hikvision_alert,
+)
 from gateway.rtsp.auth import DigestClient
 from gateway.sim import dahua as sim_dahua
 from gateway.sim import hikvision as sim_hik
@@ -311,3 +318,37 @@ async def test_faults_on_both_faces(fault: str) -> None:
                     assert resp.status == 200
                     with pytest.raises(ValueError):
                         parse_xml(body)
+
+
+@pytest.mark.parametrize("form", ["length", "boundary"])
+@pytest.mark.parametrize("vendor", ["hikvision", "dahua"])
+async def test_event_stream_forms_read_by_the_motion_parsers(vendor: str, form: str) -> None:
+    """Both part forms of both vendors' streams, through the gateway's own parsers."""
+    device = make_device("cam", vendor, motion_interval=0.05, event_form=form)
+    if vendor == "hikvision":
+        path, query, parse = "/ISAPI/Event/notification/alertStream", "", parse_hikvision_alert
+    else:
+        path, query = "/cgi-bin/eventManager.cgi", "action=attach&codes=[VideoMotion]"
+        parse = parse_dahua_event
+    async with sim_cameras(device) as (cam,), aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{cam.port}"
+        target = yarl.URL(url + path + ("?" + query if query else ""), encoded=True)
+        async with session.get(target) as first:
+            challenges = first.headers.getall("WWW-Authenticate")
+        auth = DigestClient("admin", PASSWORD)
+        auth.handle_challenge(challenges)
+        uri = path + ("?" + query if query else "")
+        headers = {"Authorization": auth.authorization("GET", uri) or ""}
+        async with session.get(target, headers=headers) as resp:
+            parser = MultipartParser(multipart_boundary(resp.headers["Content-Type"]))
+            changes: list[MotionChange] = []
+            while len(changes) < 3:
+                chunk = await resp.content.readany()
+                assert chunk
+                for part in parser.feed(chunk):
+                    if form == "boundary":
+                        assert "content-length" not in part.headers
+                    change = parse(part.body)
+                    if change is not None:
+                        changes.append(change)
+    assert changes[:3] == [MotionChange(True, 1), MotionChange(False, 1), MotionChange(True, 1)]
