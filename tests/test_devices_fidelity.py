@@ -43,6 +43,7 @@ from tests.test_policy_support import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests/fixtures/devices"
 POLICY = TelemetryPolicy(ntp_server="192.0.2.10")
 TEXT = re.compile(rb">([^<]*)<")
 
@@ -185,35 +186,49 @@ PRODUCT_WRITE = textwrap.dedent(
     if sys.argv[1] == "with-sim":
         import gateway.sim.runner, gateway.sim.hikvision, gateway.sim.dahua  # noqa: F401
     from aiohttp import web
+    from gateway.devices.dahua import DahuaClient
     from gateway.devices.hikvision import HikvisionClient
     from gateway.devices.http import CameraHttp
 
     DOCUMENT = open(sys.argv[2], "rb").read()
+    TABLE = open(sys.argv[3], "rb").read()
     OK = (b'<?xml version="1.0" encoding="UTF-8"?>\\n<ResponseStatus version="2.0" '
           b'xmlns="http://www.hikvision.com/ver20/XMLSchema"><statusCode>1</statusCode>'
           b"</ResponseStatus>")
 
     async def main():
         received = []
-        async def handle(request):
+        async def isapi(request):
             if request.method == "PUT":
                 received.append(await request.read())
                 return web.Response(body=OK, content_type="application/xml")
             return web.Response(body=DOCUMENT, content_type="application/xml")
+        async def cgi(request):
+            if request.query.get("action") == "setConfig":
+                received.append(request.raw_path.encode())
+                return web.Response(text="OK\\r\\n")
+            if request.query.get("action") == "getConfig":
+                return web.Response(body=TABLE)
+            return web.Response(text="version=2.800.0000016.0.R,build:2020-06-05\\r\\n")
         app = web.Application()
-        app.router.add_route("*", "/ISAPI/System/Network/EZVIZ", handle)
+        app.router.add_route("*", "/ISAPI/System/Network/EZVIZ", isapi)
+        app.router.add_get("/cgi-bin/{script}", cgi)
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = runner.addresses[0][1]
-        client = HikvisionClient(CameraHttp("cam", "127.0.0.1", port, "u", "p"))
-        await client.write_settings({"EZVIZ.enabled": "false"})
-        await client.close()
+        hik = HikvisionClient(CameraHttp("cam", "127.0.0.1", port, "u", "p"))
+        await hik.write_settings({"EZVIZ.enabled": "false"})
+        await hik.close()
+        dahua = DahuaClient(CameraHttp("cam", "127.0.0.1", port, "u", "p"), "u", "p")
+        await dahua.write_settings({"NTP.Address": "192.0.2.10", "NTP.Enable": "true"})
+        await dahua.close()
         await runner.cleanup()
         # What xml.etree would write: changed by register_namespace, if anything called it.
         probe = ET.tostring(ET.Element("{http://www.hikvision.com/ver20/XMLSchema}x"))
-        print(received[0].hex())
+        for body in received:
+            print(body.hex())
         print(probe.decode())
 
     asyncio.run(main())
@@ -222,13 +237,14 @@ PRODUCT_WRITE = textwrap.dedent(
 
 
 def test_simulator_import_changes_no_product_bytes(tmp_path: Path) -> None:
-    document = ROOT / "tests/fixtures/devices/hikvision/ipc-v5.5/Network_EZVIZ.xml"
+    document = FIXTURES / "hikvision/ipc-v5.5/Network_EZVIZ.xml"
+    table = FIXTURES / "dahua/ipc-2.800-cgi/configManager_getConfig_NTP.txt"
     script = tmp_path / "write.py"
     script.write_text(PRODUCT_WRITE)
     outputs = {}
     for mode in ("product-only", "with-sim"):
         done = subprocess.run(
-            [sys.executable, str(script), mode, str(document)],
+            [sys.executable, str(script), mode, str(document), str(table)],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
             capture_output=True,
@@ -239,9 +255,12 @@ def test_simulator_import_changes_no_product_bytes(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         outputs[mode] = done.stdout.splitlines()
     assert outputs["product-only"] == outputs["with-sim"]
-    written = bytes.fromhex(outputs["with-sim"][0])
-    assert_only_texts_changed(document.read_bytes(), written, {"enabled": "false"})
-    assert outputs["with-sim"][1].startswith("<ns0:x")
+    isapi, cgi, probe = outputs["with-sim"]
+    assert_only_texts_changed(document.read_bytes(), bytes.fromhex(isapi), {"enabled": "false"})
+    assert bytes.fromhex(cgi) == (
+        b"/cgi-bin/configManager.cgi?action=setConfig&NTP.Address=192.0.2.10&NTP.Enable=true"
+    )
+    assert probe.startswith("<ns0:x")
 
 
 # --------------------------------------------------------------------------- variants end to end

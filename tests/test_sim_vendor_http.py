@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import xml.etree.ElementTree as ET
 
 import aiohttp
@@ -352,3 +353,25 @@ async def test_event_stream_forms_read_by_the_motion_parsers(vendor: str, form: 
                     if change is not None:
                         changes.append(change)
     assert changes[:3] == [MotionChange(True, 1), MotionChange(False, 1), MotionChange(True, 1)]
+
+
+async def test_digest_challenges_in_each_vendors_form() -> None:
+    hik, dh = make_device("hik", "hikvision"), make_device("dh", "dahua")
+    async with sim_cameras(hik, dh) as cams, aiohttp.ClientSession() as session:
+        seen = {}
+        for cam, path in zip(
+            cams,
+            ["/ISAPI/System/deviceInfo", "/cgi-bin/magicBox.cgi?action=getSerialNo"],
+            strict=True,
+        ):
+            async with session.get(f"http://127.0.0.1:{cam.port}{path}") as resp:
+                assert resp.status == 401
+                seen[cam.device.vendor] = resp.headers["WWW-Authenticate"]
+    assert re.fullmatch(
+        r'Digest qop="auth", realm="IP Camera\(\w{5}\)", nonce="[^"]+", stale="FALSE"',
+        seen["hikvision"],
+    )
+    assert re.fullmatch(
+        rf'Digest realm="Login to {dh.serial}", qop="auth", nonce="[^"]+", opaque="[0-9a-f]+"',
+        seen["dahua"],
+    )
