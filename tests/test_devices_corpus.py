@@ -21,9 +21,10 @@ import pytest
 from aiohttp import web
 
 from gateway.devices.dahua import DahuaClient, flatten_table, parse_cgi_lines
-from gateway.devices.hikvision import DOCUMENTS, HikvisionClient
+from gateway.devices.hikvision import DOCUMENTS, HikvisionClient, flatten
 from gateway.devices.http import CameraHttp
 from gateway.devices.optional import NOT_AVAILABLE
+from gateway.devices.xmlsafe import parse_xml
 from gateway.onvif.motion import (
     MotionChange,
     MultipartParser,
@@ -306,3 +307,14 @@ def check_dahua_writes(camera: FixtureCamera, desired: dict[str, str]) -> None:
         else unquote(b.decode().split("&")[1]).split(".")[0].split("[")[0]
         for _k, b in camera.writes
     }
+
+
+def test_ntp_by_address_on_firmware_without_an_ip_element() -> None:
+    """The NVR's NTPServer has only hostName: the gateway's IP goes there."""
+    settings: dict[str, str] = {}
+    root = FIXTURES / "hikvision/nvr-v4.21/time_ntpServers_1.xml"
+    settings.update(flatten("ntpServer", parse_xml(root.read_bytes())))
+    desired = TelemetryPolicy(ntp_server="192.0.2.10").desired_for("nvr", "hikvision", settings)
+    assert desired["ntpServer.hostName"] == ("ntp", "192.0.2.10")
+    assert desired["ntpServer.addressingFormatType"] == ("ntp", "hostname")
+    assert "ntpServer.ipAddress" not in desired

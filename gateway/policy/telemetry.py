@@ -105,8 +105,14 @@ def supported_features(vendor: str) -> tuple[str, ...]:
     return tuple(f for f in FEATURES if f in features)
 
 
-def ntp_desired(vendor: str, address: str) -> dict[str, str]:
-    """Settings that point the camera's clock at ``address`` (IP or host name)."""
+def ntp_desired(
+    vendor: str, address: str, settings: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Settings that point the camera's clock at ``address`` (IP or host name).
+
+    Hikvision firmware whose NTPServer document has no ``ipAddress`` element (some NVRs)
+    is given an IP address as its host name, the one form it has.
+    """
     try:
         ipaddress.ip_address(address)
         is_ip = True
@@ -114,7 +120,9 @@ def ntp_desired(vendor: str, address: str) -> dict[str, str]:
         is_ip = False
     if vendor == "hikvision":
         desired = {"time.timeMode": "NTP", "ntpServer.portNo": "123"}
-        if is_ip:
+        have = settings or {}
+        host_only = "ntpServer.ipAddress" not in have and "ntpServer.hostName" in have
+        if is_ip and not host_only:
             desired |= {
                 "ntpServer.addressingFormatType": "ipaddress",
                 "ntpServer.ipAddress": address,
@@ -165,7 +173,7 @@ class TelemetryPolicy:
                 if pattern.fullmatch(key):
                     desired[key] = (feature, value)
         if modes.get("ntp") == "gateway" and self.ntp_server:
-            for key, value in ntp_desired(vendor, self.ntp_server).items():
+            for key, value in ntp_desired(vendor, self.ntp_server, settings).items():
                 desired[key] = ("ntp", value)
         return desired
 
@@ -200,7 +208,7 @@ def not_available(
         if modes.get(feature) == "off" and settings.get(table) == NOT_AVAILABLE:
             found.setdefault(table, NotAvailable(table, feature))
     if modes.get("ntp") == "gateway" and policy.ntp_server:
-        for key in ntp_desired(vendor, policy.ntp_server):
+        for key in ntp_desired(vendor, policy.ntp_server, settings):
             if _absent(key, settings):
                 where = table_of(key) if table_missing(settings, key) else key
                 found.setdefault(where, NotAvailable(where, "ntp"))
