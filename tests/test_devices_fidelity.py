@@ -25,7 +25,7 @@ from gateway.config import load
 from gateway.devices.dahua import DahuaClient, flatten_table, parse_cgi_lines
 from gateway.devices.hikvision import DOCUMENTS, HikvisionClient, flatten
 from gateway.devices.http import CameraHttp
-from gateway.devices.optional import NOT_AVAILABLE
+from gateway.devices.optional import REASON
 from gateway.devices.xmlsafe import parse_xml
 from gateway.policy.audit import run_audit, run_enforce
 from gateway.policy.telemetry import TelemetryPolicy
@@ -337,7 +337,7 @@ async def test_audit_and_enforce_in_every_variant(tmp_path: Path, variant: str) 
             for camera, keys in zip(again.cameras, expected, strict=True):
                 shown = {n["setting"] for n in camera.to_json()["not_available"]}
                 assert shown == keys, camera.name
-                assert all(n["reason"] == NOT_AVAILABLE for n in camera.to_json()["not_available"])
+                assert all(n["reason"] == REASON for n in camera.to_json()["not_available"])
         finally:
             store.close()
 

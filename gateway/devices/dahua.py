@@ -24,7 +24,7 @@ from gateway.devices.errors import (
 )
 from gateway.devices.http import CameraHttp, query_escape
 from gateway.devices.nvr import RemoteChannel, dahua_channels
-from gateway.devices.optional import NOT_AVAILABLE
+from gateway.devices.optional import NOT_AVAILABLE, REASON
 from gateway.devices.xmlsafe import describe_body
 
 # Config tables the telemetry policy governs (and that inventory reports).
@@ -365,7 +365,7 @@ class DahuaClient:
         for key, value in edits.items():
             actual = key if key in table else spelling.get(key.lower())
             if actual is None:
-                raise DeviceUnsupportedError(self.camera, f"{key}: {NOT_AVAILABLE}")
+                raise DeviceUnsupportedError(self.camera, f"{key}: {REASON}")
             exact[actual] = value
         return exact
 
@@ -395,7 +395,7 @@ class DahuaClient:
                 try:
                     set_in_table(table, parse_key(key)[1:], value, key)
                 except KeyError:
-                    raise DeviceUnsupportedError(self.camera, f"{key}: {NOT_AVAILABLE}") from None
+                    raise DeviceUnsupportedError(self.camera, f"{key}: {REASON}") from None
                 except ValueError as exc:
                     raise DeviceProtocolError(self.camera, str(exc)) from None
             result = await self._rpc("configManager.setConfig", {"name": name, "table": table})

@@ -17,7 +17,7 @@ from gateway.devices.base import DeviceIdentity, WriteResult, redact
 from gateway.devices.errors import DeviceProtocolError, DeviceUnsupportedError
 from gateway.devices.http import CameraHttp, HttpResponse
 from gateway.devices.nvr import RemoteChannel, hikvision_channels
-from gateway.devices.optional import NOT_AVAILABLE
+from gateway.devices.optional import NOT_AVAILABLE, REASON
 from gateway.devices.xmlsafe import (
     Element,
     XmlDocument,
@@ -111,7 +111,7 @@ class HikvisionClient:
         """The document at ``path`` as the camera sent it (bytes and parsed tree)."""
         response = await self.http.request("GET", path)
         if _not_supported(response):
-            raise DeviceUnsupportedError(self.camera, f"{path}: {NOT_AVAILABLE}")
+            raise DeviceUnsupportedError(self.camera, f"{path}: {REASON}")
         if response.status != 200:
             raise DeviceProtocolError(
                 self.camera,
@@ -221,7 +221,7 @@ class HikvisionClient:
                 except KeyError as exc:
                     raise DeviceUnsupportedError(
                         self.camera,
-                        f"{key}: {NOT_AVAILABLE} ({path} has no element {exc.args[0]})",
+                        f"{key}: {REASON} ({path} has no element {exc.args[0]})",
                     ) from None
             try:
                 body = document.edited(texts)

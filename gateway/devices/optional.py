@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-NOT_AVAILABLE = "(not available on this firmware)"
+REASON = "not available on this firmware"
+NOT_AVAILABLE = f"({REASON})"  # the marker value: never a value a camera reports
 _TABLE = re.compile(r"[A-Za-z0-9_\-]+")
 
 

@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from gateway.devices.optional import NOT_AVAILABLE, table_missing, table_of
+from gateway.devices.optional import NOT_AVAILABLE, REASON, table_missing, table_of
 from gateway.policy.findings import Finding
 
 FEATURES = (
@@ -186,7 +186,7 @@ class NotAvailable:
     feature: str
 
     def to_json(self) -> dict[str, str]:
-        return {"setting": self.key, "feature": self.feature, "reason": NOT_AVAILABLE}
+        return {"setting": self.key, "feature": self.feature, "reason": REASON}
 
 
 def _absent(key: str, settings: Mapping[str, str]) -> bool:
