@@ -219,7 +219,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 async def _status(admin: cfgmod.AdminConfig, args: argparse.Namespace) -> int:
     import aiohttp
 
-    from gateway.rtsp.auth import DigestClient
+    from gateway.digest import DigestClient
 
     # A wildcard bind is reached through loopback from the same box.
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(admin.bind, admin.bind)

@@ -21,6 +21,7 @@ FOUNDATION = {
     "gateway.backoff",
     "gateway.config",
     "gateway.files",
+    "gateway.safexml",
     "gateway.log",
     "gateway.store",
 }

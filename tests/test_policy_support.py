@@ -53,10 +53,17 @@ def make_device(name: str, vendor: str, **kwargs: object) -> SimDevice:
     return SimDevice(name=name, vendor=vendor, username="admin", password=PASSWORD, **kwargs)
 
 
-def enable_all_telemetry(device: SimDevice) -> None:
-    """Switch on every feature the policy governs, as a careless installer would."""
+def enable_all_telemetry(device: SimDevice, *, skip_missing: bool = False) -> None:
+    """Switch on every feature the policy governs, as a careless installer would.
+
+    ``skip_missing``: leave out the settings of tables the model lacks (``device.missing``).
+    """
     if device.vendor == "hikvision":
-        hik = sim_hikvision.set_value
+
+        def hik(device: SimDevice, path: str, element: str, value: str) -> None:
+            if not (skip_missing and path in device.missing):
+                sim_hikvision.set_value(device, path, element, value)
+
         base = "/ISAPI/System/Network"
         hik(device, f"{base}/EZVIZ", "enabled", "true")
         hik(device, f"{base}/Ehome", "enabled", "true")
@@ -84,29 +91,35 @@ def enable_all_telemetry(device: SimDevice) -> None:
             "Multicast.TS[0].Enable",
             "Multicast.RTP[0].Enable",
         ):
-            sim_dahua.set_value(device, key, "true")
+            if not (skip_missing and key.split(".")[0].split("[")[0] in device.missing):
+                sim_dahua.set_value(device, key, "true")
         sim_dahua.set_value(device, "NTP.Address", "pool.ntp.org")
 
 
 def write_config(
     directory: Path, cameras: list[RunningCamera], policy: str = "", *, timeout: float = 2.0
 ) -> Path:
+    """A config with one ``[[camera]]`` per simulated camera; a device with several
+    ``channels`` (a recorder) gets one per channel, named ``<name>-ch<n>``."""
     blocks = []
     for cam in cameras:
         d = cam.device
-        blocks.append(
-            textwrap.dedent(
-                f"""
-                [[camera]]
-                name = "{d.name}"
-                vendor = "{d.vendor}"
-                host = "127.0.0.1"
-                http_port = {cam.port}
-                username = "{d.username}"
-                password = "{d.password}"
-                """
+        for channel in range(1, d.channels + 1):
+            name = d.name if d.channels == 1 else f"{d.name}-ch{channel}"
+            blocks.append(
+                textwrap.dedent(
+                    f"""
+                    [[camera]]
+                    name = "{name}"
+                    vendor = "{d.vendor}"
+                    host = "127.0.0.1"
+                    http_port = {cam.port}
+                    channel = {channel}
+                    username = "{d.username}"
+                    password = "{d.password}"
+                    """
+                )
             )
-        )
     text = textwrap.dedent(
         f"""
         state_dir = "{directory / "state"}"

@@ -20,6 +20,9 @@ from gateway.policy.versions import FirmwareVersion, model_matches
         ("dahua", "2.800.0000016.0.R, build: 2020-06-05", (2, 800, 16, 0), date(2020, 6, 5)),
         ("dahua", "2.800.0000016.0.R,build:2020-06-05", (2, 800, 16, 0), date(2020, 6, 5)),
         ("dahua", "V2.820.0000000.28.R.230314", (2, 820, 0, 28), date(2023, 3, 14)),
+        ("hikvision", "V4.21.000 build 190722", (4, 21, 0), date(2019, 7, 22)),
+        ("dahua", "2.622.0000000.18.R, Build Date: 2019-03-29", (2, 622, 0, 18), date(2019, 3, 29)),
+        ("dahua", "2.622.0000000.18.R, build:2019-03-29", (2, 622, 0, 18), date(2019, 3, 29)),
     ],
 )
 def test_parse_both_formats(vendor: str, text: str, numbers: tuple[int, ...], build: date) -> None:
@@ -27,6 +30,35 @@ def test_parse_both_formats(vendor: str, text: str, numbers: tuple[int, ...], bu
     assert version.numbers == numbers
     assert version.build == build
     assert str(version) == text
+
+
+def test_every_firmware_string_form_orders_with_the_others() -> None:
+    """The forms firmware generations print, as the clients turn them into text, compare."""
+    from gateway.devices.base import DeviceIdentity
+    from gateway.devices.dahua import split_version
+
+    hik = [
+        DeviceIdentity("hikvision", "m", "s", "", *text.split(" ", 1)).firmware_text()
+        for text in ("V4.21.000 build 190722", "V5.4.0 build 160530", "V5.5.800 build 210628")
+    ]
+    assert [FirmwareVersion.parse("hikvision", t) for t in hik] == sorted(
+        FirmwareVersion.parse("hikvision", t) for t in hik
+    )
+    cgi_old = DeviceIdentity(
+        "dahua", "m", "s", "", *split_version("2.622.0000000.18.R, Build Date: 2019-03-29")
+    )
+    cgi_new = DeviceIdentity(
+        "dahua", "m", "s", "", *split_version("2.800.0000016.0.R,build:2020-06-05")
+    )
+    rpc = DeviceIdentity("dahua", "m", "s", "", "2.800.0000016.0.R", "2021-03-02")
+    versions = [FirmwareVersion.parse("dahua", i.firmware_text()) for i in (cgi_old, cgi_new, rpc)]
+    assert versions == sorted(versions) and len(set(versions)) == 3
+    assert versions[0].build == date(2019, 3, 29)
+    # The same release read through CGI (either form) and RPC is one version.
+    same = DeviceIdentity("dahua", "m", "s", "", "2.800.0000016.0.R", "2020-06-05")
+    assert FirmwareVersion.parse("dahua", same.firmware_text()) == versions[1]
+    raw = FirmwareVersion.parse("dahua", "2.800.0000016.0.R, Build Date: 2020-06-05")
+    assert raw == versions[1]
 
 
 def test_ordering_by_numbers_then_build() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import xml.etree.ElementTree as ET
 
 import aiohttp
@@ -15,6 +16,13 @@ import yarl
 
 from gateway.devices.xmlsafe import parse_xml
 from gateway.digest import DigestClient
+from gateway.onvif.motion import (
+    MotionChange,
+    MultipartParser,
+    multipart_boundary,
+    parse_dahua_event,
+    parse_hikvision_alert,
+)
 from gateway.sim import dahua as sim_dahua
 from gateway.sim import hikvision as sim_hik
 from tests.test_policy_support import PASSWORD, make_device, sim_cameras
@@ -56,14 +64,15 @@ async def test_hikvision_isapi_face() -> None:
         assert info.findtext(f"{NS}firmwareReleasedDate") == "build 160530"
         assert info.findtext(f"{NS}serialNumber") == device.serial
 
-        # Read-modify-write of the device's own document.
+        # Read-modify-write of the device's own document, sent back in its own form.
         status, body, _ = await _digest(session, "GET", url, "/ISAPI/System/Network/UPnP")
-        doc = parse_xml(body)
-        doc.find(f"{NS}enabled").text = "false"  # type: ignore[union-attr]
-        status, body, _ = await _digest(
-            session, "PUT", url, "/ISAPI/System/Network/UPnP", ET.tostring(doc)
+        assert body.startswith(b'<?xml version="1.0" encoding="UTF-8"?>\n<UPnP version="2.0"')
+        assert b'xmlns="http://www.hikvision.com/ver20/XMLSchema"' in body
+        changed = body.replace(b"<enabled>true</enabled>", b"<enabled>false</enabled>")
+        status, reply_body, _ = await _digest(
+            session, "PUT", url, "/ISAPI/System/Network/UPnP", changed
         )
-        reply = parse_xml(body)
+        reply = parse_xml(reply_body)
         assert (status, reply.tag, reply.findtext(f"{NS}statusCode")) == (
             200,
             f"{NS}ResponseStatus",
@@ -71,13 +80,45 @@ async def test_hikvision_isapi_face() -> None:
         )
         assert sim_hik.get_value(device, "/ISAPI/System/Network/UPnP", "enabled") == "false"
 
+        # The fussiest firmware's parser: the same document with prefixes (what
+        # xml.etree writes), a partial one, one with elements reordered or in another
+        # namespace: all refused with statusCode 6 badXmlContent, and nothing changes.
+        doc = ET.fromstring(changed.replace(b"<enabled>false", b"<enabled>true"))
+        prefixed = ET.tostring(doc)
+        assert b"<ns0:UPnP" in prefixed
+        partial = (
+            b'<UPnP xmlns="http://www.hikvision.com/ver20/XMLSchema"><enabled>true</enabled></UPnP>'
+        )
+        name = sim_hik.get_value(device, "/ISAPI/System/Network/UPnP", "name").encode()
+        reordered = (
+            b'<UPnP version="2.0" xmlns="http://www.hikvision.com/ver20/XMLSchema">'
+            b"<name>" + name + b"</name><enabled>true</enabled></UPnP>"
+        )
+        foreign = changed.replace(b"hikvision.com/ver20", b"isapi.org/ver20")
+        for wrong, words in (
+            (prefixed, b"prefixed element"),
+            (partial, b"incomplete document"),
+            (reordered, b"where 'enabled' belongs"),
+            (foreign, b"in namespace"),
+        ):
+            status, reply_body, _ = await _digest(
+                session, "PUT", url, "/ISAPI/System/Network/UPnP", wrong
+            )
+            reply = parse_xml(reply_body)
+            assert status == 400, wrong
+            assert reply.findtext(f"{NS}statusCode") == "6"
+            assert reply.findtext(f"{NS}subStatusCode") == "badXmlContent"
+            assert words in reply_body
+        assert sim_hik.get_value(device, "/ISAPI/System/Network/UPnP", "enabled") == "false"
+
         # SSH changes ask for a reboot (statusCode 7).
+        status, body, _ = await _digest(session, "GET", url, "/ISAPI/System/Network/ssh")
         status, body, _ = await _digest(
             session,
             "PUT",
             url,
             "/ISAPI/System/Network/ssh",
-            b'<SSH xmlns="http://www.hikvision.com/ver20/XMLSchema"><enabled>false</enabled></SSH>',
+            body.replace(b"<enabled>true</enabled>", b"<enabled>false</enabled>"),
         )
         assert status == 200 and parse_xml(body).findtext(f"{NS}statusCode") == "7"
 
@@ -87,12 +128,13 @@ async def test_hikvision_isapi_face() -> None:
         )
         assert status == 400
         assert parse_xml(body).findtext(f"{NS}subStatusCode") == "badXmlFormat"
+        status, body, _ = await _digest(session, "GET", url, "/ISAPI/System/Network/EZVIZ")
         status, body, _ = await _digest(
             session,
             "PUT",
             url,
             "/ISAPI/System/Network/EZVIZ",
-            b"<EZVIZ><enabled>maybe</enabled></EZVIZ>",
+            body.replace(b"<enabled>true</enabled>", b"<enabled>maybe</enabled>"),
         )
         assert status == 400 and parse_xml(body).findtext(f"{NS}statusCode") == "6"
         assert sim_hik.get_value(device, "/ISAPI/System/Network/EZVIZ", "enabled") == "true"
@@ -277,3 +319,59 @@ async def test_faults_on_both_faces(fault: str) -> None:
                     assert resp.status == 200
                     with pytest.raises(ValueError):
                         parse_xml(body)
+
+
+@pytest.mark.parametrize("form", ["length", "boundary"])
+@pytest.mark.parametrize("vendor", ["hikvision", "dahua"])
+async def test_event_stream_forms_read_by_the_motion_parsers(vendor: str, form: str) -> None:
+    """Both part forms of both vendors' streams, through the gateway's own parsers."""
+    device = make_device("cam", vendor, motion_interval=0.05, event_form=form)
+    if vendor == "hikvision":
+        path, query, parse = "/ISAPI/Event/notification/alertStream", "", parse_hikvision_alert
+    else:
+        path, query = "/cgi-bin/eventManager.cgi", "action=attach&codes=[VideoMotion]"
+        parse = parse_dahua_event
+    async with sim_cameras(device) as (cam,), aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{cam.port}"
+        target = yarl.URL(url + path + ("?" + query if query else ""), encoded=True)
+        async with session.get(target) as first:
+            challenges = first.headers.getall("WWW-Authenticate")
+        auth = DigestClient("admin", PASSWORD)
+        auth.handle_challenge(challenges)
+        uri = path + ("?" + query if query else "")
+        headers = {"Authorization": auth.authorization("GET", uri) or ""}
+        async with session.get(target, headers=headers) as resp:
+            parser = MultipartParser(multipart_boundary(resp.headers["Content-Type"]))
+            changes: list[MotionChange] = []
+            while len(changes) < 3:
+                chunk = await resp.content.readany()
+                assert chunk
+                for part in parser.feed(chunk):
+                    if form == "boundary":
+                        assert "content-length" not in part.headers
+                    change = parse(part.body)
+                    if change is not None:
+                        changes.append(change)
+    assert changes[:3] == [MotionChange(True, 1), MotionChange(False, 1), MotionChange(True, 1)]
+
+
+async def test_digest_challenges_in_each_vendors_form() -> None:
+    hik, dh = make_device("hik", "hikvision"), make_device("dh", "dahua")
+    async with sim_cameras(hik, dh) as cams, aiohttp.ClientSession() as session:
+        seen = {}
+        for cam, path in zip(
+            cams,
+            ["/ISAPI/System/deviceInfo", "/cgi-bin/magicBox.cgi?action=getSerialNo"],
+            strict=True,
+        ):
+            async with session.get(f"http://127.0.0.1:{cam.port}{path}") as resp:
+                assert resp.status == 401
+                seen[cam.device.vendor] = resp.headers["WWW-Authenticate"]
+    assert re.fullmatch(
+        r'Digest qop="auth", realm="IP Camera\(\w{5}\)", nonce="[^"]+", stale="FALSE"',
+        seen["hikvision"],
+    )
+    assert re.fullmatch(
+        rf'Digest realm="Login to {dh.serial}", qop="auth", nonce="[^"]+", opaque="[0-9a-f]+"',
+        seen["dahua"],
+    )

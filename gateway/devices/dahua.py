@@ -23,6 +23,8 @@ from gateway.devices.errors import (
     DeviceUnsupportedError,
 )
 from gateway.devices.http import CameraHttp, query_escape
+from gateway.devices.nvr import RemoteChannel, dahua_channels
+from gateway.devices.optional import NOT_AVAILABLE, REASON
 from gateway.devices.xmlsafe import describe_body
 
 # Config tables the telemetry policy governs (and that inventory reports).
@@ -42,7 +44,8 @@ CONFIG_NAMES = (
 )
 LOGIN_CHALLENGE = 268632079
 INVALID_SESSION = 287637505
-_LINE = re.compile(r"^([A-Za-z0-9_\[\].\-]+)=(.*)$")
+# Keys may hold ":" (RemoteDevice.uuid:System_CONFIG_NETCAMERA_INFO_0.Address on NVRs).
+_LINE = re.compile(r"^([A-Za-z0-9_\[\].:\-]+)=(.*)$")
 _STEP = re.compile(r"\.?([A-Za-z0-9_\-]+)|\[(\d+)\]")
 
 
@@ -148,7 +151,8 @@ def login_hash(username: str, password: str, realm: str, random: str) -> str:
 
 
 def split_version(text: str) -> tuple[str, str]:
-    """``2.800.0000016.0.R,build:2020-06-05`` -> ``("2.800.0000016.0.R", "2020-06-05")``."""
+    """``2.800.0000016.0.R,build:2020-06-05`` or ``2.622.0000000.18.R, Build Date:
+    2019-03-29`` -> ``("2.800.0000016.0.R", "2020-06-05")``."""
     version, _, build = text.partition(",")
     build = build.strip()
     build = build.split(":", 1)[1].strip() if ":" in build else build
@@ -304,22 +308,30 @@ class DahuaClient:
             model = info.get("deviceType") or info.get("updateSerial", "")
             serial = info.get("serialNumber", "")
             firmware, build = split_version(version.get("version", ""))
-            network = await self.get_config("Network")
         else:
             info = self._params(await self._rpc("magicBox.getSystemInfo", None))
             version = self._params(await self._rpc("magicBox.getSoftwareVersion", None))
             raw_soft = version.get("version")
-            soft: dict[str, Any] = raw_soft if isinstance(raw_soft, dict) else {}
+            if isinstance(raw_soft, dict):  # {Version, BuildDate, ...}
+                firmware = str(raw_soft.get("Version") or "")
+                build = str(raw_soft.get("BuildDate") or "")
+            else:  # some firmware answers the CGI's text form here too
+                firmware, build = split_version(str(raw_soft or ""))
             model = str(info.get("deviceType") or "")
             serial = str(info.get("serialNumber") or "")
-            firmware = str(soft.get("Version") or "")
-            build = str(soft.get("BuildDate") or "")
-            network = await self.get_config("Network")
         if not model or not firmware:
             raise DeviceProtocolError(self.camera, "device information without model or version")
+        return DeviceIdentity("dahua", model, serial, await self._mac(), firmware, build)
+
+    async def _mac(self) -> str:
+        """The MAC of the default interface; "" when the firmware refuses the Network table
+        (older and OEM firmware): the MAC is an extra of the inventory, not its condition."""
+        try:
+            network = await self.get_config("Network")
+        except DeviceUnsupportedError:
+            return ""
         default = network.get("Network.DefaultInterface", "eth0")
-        mac = network.get(f"Network.{default}.PhysicalAddress", "")
-        return DeviceIdentity("dahua", model, serial, mac.lower(), firmware, build)
+        return network.get(f"Network.{default}.PhysicalAddress", "").lower()
 
     async def get_config(self, name: str) -> dict[str, str]:
         """One config table in flat CGI form (``{"NTP.Enable": "true", ...}``)."""
@@ -328,16 +340,38 @@ class DahuaClient:
         reply = await self._rpc("configManager.getConfig", {"name": name})
         return flatten_table(name, self._params(reply).get("table"))
 
+    async def channels(self) -> list[RemoteChannel]:
+        """The cameras an NVR records (RemoteDevice table); none on a camera."""
+        try:
+            return dahua_channels(await self.get_config("RemoteDevice"))
+        except DeviceUnsupportedError:
+            return []
+
     async def read_settings(self) -> dict[str, str]:
+        """Every governed table; a table the model lacks is marked :data:`NOT_AVAILABLE`."""
         flat: dict[str, str] = {}
         for name in CONFIG_NAMES:
             try:
                 flat.update(await self.get_config(name))
             except DeviceUnsupportedError:
-                continue  # this model has no such table
+                flat[name] = NOT_AVAILABLE
         return redact(flat)
 
+    def _as_read(self, table: dict[str, str], edits: dict[str, str]) -> dict[str, str]:
+        """``edits`` with every key spelt exactly as the camera's table has it (index and
+        case); a key the table does not have is not available on this firmware."""
+        spelling = {key.lower(): key for key in table}
+        exact: dict[str, str] = {}
+        for key, value in edits.items():
+            actual = key if key in table else spelling.get(key.lower())
+            if actual is None:
+                raise DeviceUnsupportedError(self.camera, f"{key}: {REASON}")
+            exact[actual] = value
+        return exact
+
     async def write_settings(self, changes: Mapping[str, str]) -> WriteResult:
+        """Per table: read it, then set the changed keys as read (CGI ``setConfig`` with the
+        keys alone; RPC ``setConfig`` with the complete table as read, values changed)."""
         by_table: dict[str, dict[str, str]] = {}
         for key, value in changes.items():
             try:
@@ -348,18 +382,20 @@ class DahuaClient:
         reboot = False
         for name, edits in by_table.items():
             if await self._use_cgi():
+                exact = self._as_read(await self.get_config(name), edits)
                 query = "action=setConfig&" + "&".join(
-                    f"{query_escape(k, key=True)}={query_escape(v)}" for k, v in edits.items()
+                    f"{query_escape(k, key=True)}={query_escape(v)}" for k, v in exact.items()
                 )
                 await self._cgi("configManager.cgi", query)
                 continue
             reply = await self._rpc("configManager.getConfig", {"name": name})
             table = self._params(reply).get("table")
-            for key, value in edits.items():
+            exact = self._as_read(flatten_table(name, table), edits)
+            for key, value in exact.items():
                 try:
                     set_in_table(table, parse_key(key)[1:], value, key)
                 except KeyError:
-                    raise DeviceUnsupportedError(self.camera, f"no setting {key}") from None
+                    raise DeviceUnsupportedError(self.camera, f"{key}: {REASON}") from None
                 except ValueError as exc:
                     raise DeviceProtocolError(self.camera, str(exc)) from None
             result = await self._rpc("configManager.setConfig", {"name": name, "table": table})

@@ -1,19 +1,31 @@
 """Hikvision ISAPI client: device identity and the settings the telemetry policy governs.
 
-Writes are read-modify-write: the device's own document is fetched, the named elements are
-changed in place and the whole document is PUT back, so fields the gateway does not know
-survive untouched. ``ResponseStatus`` statusCode 1 is success, 7 success with a reboot due.
+Writes are read-modify-write: the device's own document is fetched and PUT back complete,
+byte for byte as the camera sent it except for the texts of the elements changed (same
+namespace, default or prefixed as the camera wrote it, same element order, same whitespace),
+because firmware answers ``badXmlContent`` or ``deviceError`` to documents in another form or
+to partial ones. Reads accept either ISAPI namespace (``hikvision.com/ver20`` or, on newer
+NVRs, ``isapi.org/ver20``) and documents mixing namespaces: elements are found by local name.
+``ResponseStatus`` statusCode 1 is success, 7 success with a reboot due.
 """
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 
 from gateway.devices.base import DeviceIdentity, WriteResult, redact
 from gateway.devices.errors import DeviceProtocolError, DeviceUnsupportedError
-from gateway.devices.http import CameraHttp
-from gateway.devices.xmlsafe import child_text, describe_body, local_name, parse_xml
+from gateway.devices.http import CameraHttp, HttpResponse
+from gateway.devices.nvr import RemoteChannel, hikvision_channels
+from gateway.devices.optional import NOT_AVAILABLE, REASON
+from gateway.devices.xmlsafe import (
+    Element,
+    XmlDocument,
+    child_text,
+    describe_body,
+    local_name,
+    parse_xml,
+)
 
 # Settings documents: key prefix -> ISAPI path. Flat keys are "<prefix>.<element path>".
 DOCUMENTS: dict[str, str] = {
@@ -30,15 +42,16 @@ DOCUMENTS: dict[str, str] = {
     "ftp": "/ISAPI/System/Network/ftp",
     "adminAccesses": "/ISAPI/Security/adminAccesses",
 }
+INPUT_PROXY = "/ISAPI/ContentMgmt/InputProxy/channels"
 # Elements whose value changes by itself (clock) are not settings.
 VOLATILE = {"time.localTime"}
 
 
-def flatten(prefix: str, root: ET.Element) -> dict[str, str]:
+def flatten(prefix: str, root: Element) -> dict[str, str]:
     """Leaf elements as ``prefix.a.b[1].c``; items of ``...List`` elements always indexed."""
     flat: dict[str, str] = {}
 
-    def walk(node: ET.Element, path: str) -> None:
+    def walk(node: Element, path: str) -> None:
         counts: dict[str, int] = {}
         names = [local_name(c.tag) for c in node]
         indexed = local_name(node.tag).endswith("List")
@@ -56,22 +69,32 @@ def flatten(prefix: str, root: ET.Element) -> dict[str, str]:
     return flat
 
 
-def locate(root: ET.Element, steps: list[str], *, create: bool) -> ET.Element:
-    """The element at ``steps`` (as produced by :func:`flatten`); optionally create the leaf."""
+def locate(root: Element, steps: list[str]) -> Element:
+    """The element at ``steps`` (as produced by :func:`flatten`); KeyError naming the first
+    step the document does not have (the gateway never adds elements the camera lacks)."""
     node = root
     for position, step in enumerate(steps):
         name, _, index_text = step.partition("[")
         index = int(index_text.rstrip("]")) if index_text else 0
         matches = [c for c in node if local_name(c.tag) == name]
-        if index < len(matches):
-            node = matches[index]
-            continue
-        if create and position == len(steps) - 1 and index == len(matches):
-            ns = node.tag[: node.tag.index("}") + 1] if node.tag.startswith("{") else ""
-            node = ET.SubElement(node, ns + name)
-            continue
-        raise KeyError(".".join(steps[: position + 1]))
+        if index >= len(matches):
+            raise KeyError(".".join(steps[: position + 1]))
+        node = matches[index]
     return node
+
+
+def _not_supported(response: HttpResponse) -> bool:
+    """404, or a ResponseStatus saying the firmware lacks the resource (403/501 notSupport)."""
+    if response.status == 404:
+        return True
+    if response.status not in (400, 403, 405, 501):
+        return False
+    try:
+        status = parse_xml(response.body)
+    except ValueError:
+        return False
+    sub = (child_text(status, "subStatusCode") or "").lower()
+    return child_text(status, "statusCode") == "4" and sub in ("notsupport", "invalidoperation")
 
 
 class HikvisionClient:
@@ -84,32 +107,38 @@ class HikvisionClient:
     async def close(self) -> None:
         await self.http.close()
 
-    async def get_xml(self, path: str) -> ET.Element:
+    async def get_document(self, path: str) -> XmlDocument:
+        """The document at ``path`` as the camera sent it (bytes and parsed tree)."""
         response = await self.http.request("GET", path)
-        if response.status == 404:
-            raise DeviceUnsupportedError(self.camera, f"{path} is not supported by this firmware")
+        if _not_supported(response):
+            raise DeviceUnsupportedError(self.camera, f"{path}: {REASON}")
         if response.status != 200:
             raise DeviceProtocolError(
                 self.camera,
                 f"GET {path}: HTTP {response.status} with {describe_body(response.body)}",
             )
-        return self._parse(path, response.body)
-
-    def _parse(self, path: str, body: bytes) -> ET.Element:
         try:
-            return parse_xml(body)
+            return XmlDocument(response.body)
         except ValueError as exc:
             raise DeviceProtocolError(
-                self.camera, f"{path}: answered with {describe_body(body)}: {exc}"
+                self.camera, f"{path}: answered with {describe_body(response.body)}: {exc}"
             ) from None
 
-    async def put_xml(self, path: str, root: ET.Element) -> bool:
+    async def get_xml(self, path: str) -> Element:
+        return (await self.get_document(path)).root
+
+    async def put_xml(self, path: str, body: bytes) -> bool:
         """PUT a document; True when the camera says a reboot is required (statusCode 7)."""
-        body = b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="utf-8")
         response = await self.http.request(
             "PUT", path, body=body, content_type='application/xml; charset="UTF-8"'
         )
-        status = self._parse(path, response.body)
+        try:
+            status = parse_xml(response.body)
+        except ValueError as exc:
+            raise DeviceProtocolError(
+                self.camera,
+                f"PUT {path}: HTTP {response.status} with {describe_body(response.body)}: {exc}",
+            ) from None
         if local_name(status.tag) != "ResponseStatus":
             raise DeviceProtocolError(
                 self.camera, f"PUT {path}: answered {local_name(status.tag)}, not ResponseStatus"
@@ -149,35 +178,54 @@ class HikvisionClient:
             build=fields["firmwareReleasedDate"],
         )
 
+    async def channels(self) -> list[RemoteChannel]:
+        """The IP cameras an NVR records (InputProxy channels); none on a camera."""
+        try:
+            root = await self.get_xml(INPUT_PROXY)
+        except DeviceUnsupportedError:
+            return []
+        try:
+            return hikvision_channels(root)
+        except ValueError as exc:
+            raise DeviceProtocolError(self.camera, f"{INPUT_PROXY}: {exc}") from None
+
     async def read_settings(self) -> dict[str, str]:
-        """Every governed document, flattened; documents the firmware lacks are left out."""
+        """Every governed document, flattened; a document the firmware lacks is marked
+        :data:`NOT_AVAILABLE` under its prefix."""
         flat: dict[str, str] = {}
         for prefix, path in DOCUMENTS.items():
             try:
                 root = await self.get_xml(path)
             except DeviceUnsupportedError:
+                flat[prefix] = NOT_AVAILABLE
                 continue
             flat.update(flatten(prefix, root))
         return redact({k: v for k, v in flat.items() if k not in VOLATILE})
 
     async def write_settings(self, changes: Mapping[str, str]) -> WriteResult:
         """Apply ``{flat key: value}``: one read-modify-write per document touched."""
-        by_document: dict[str, dict[tuple[str, ...], str]] = {}
+        by_document: dict[str, dict[str, str]] = {}
         for key, value in changes.items():
             prefix, _, rest = key.partition(".")
             if prefix not in DOCUMENTS or not rest:
                 raise DeviceUnsupportedError(self.camera, f"no ISAPI document for setting {key}")
-            by_document.setdefault(prefix, {})[tuple(rest.split("."))] = value
+            by_document.setdefault(prefix, {})[key] = value
         reboot = False
         for prefix, edits in by_document.items():
             path = DOCUMENTS[prefix]
-            root = await self.get_xml(path)
-            for steps, value in edits.items():
+            document = await self.get_document(path)
+            texts: dict[Element, str] = {}
+            for key, value in edits.items():
                 try:
-                    locate(root, list(steps), create=True).text = value
+                    texts[locate(document.root, key.split(".")[1:])] = value
                 except KeyError as exc:
                     raise DeviceUnsupportedError(
-                        self.camera, f"{path} has no element {exc.args[0]}"
+                        self.camera,
+                        f"{key}: {REASON} ({path} has no element {exc.args[0]})",
                     ) from None
-            reboot = await self.put_xml(path, root) or reboot
+            try:
+                body = document.edited(texts)
+            except ValueError as exc:
+                raise DeviceUnsupportedError(self.camera, f"{path}: {exc}") from None
+            reboot = await self.put_xml(path, body) or reboot
         return WriteResult(changed=tuple(changes), reboot_required=reboot)

@@ -40,6 +40,7 @@ from gateway.devices.errors import (
     DeviceTimeoutError,
     DeviceUnsupportedError,
 )
+from gateway.devices.nvr import RemoteChannel
 from gateway.devices.xmlsafe import describe_body, looks_like_html
 
 log = logging.getLogger(__name__)
@@ -480,6 +481,11 @@ class WithOnvif:
             firmware=identity.firmware,
             build=identity.build,
         )
+
+    async def channels(self) -> list[RemoteChannel]:
+        """The cameras a recorder records, from the vendor API (ONVIF does not say)."""
+        lister = getattr(self.vendor, "channels", None)
+        return list(await lister()) if lister is not None else []
 
     async def read_settings(self) -> dict[str, str]:
         settings = await self.vendor.read_settings()

@@ -31,14 +31,18 @@ from gateway.policy.inventory import (
     default_client_factory,
     error_of,
     managed_cameras,
+    members_of,
     read_camera,
+    recorder_json,
     save,
 )
 from gateway.policy.telemetry import (
     WRITABLE_VENDORS,
+    NotAvailable,
     SettingDiff,
     differences,
     findings_for,
+    not_available,
     unverifiable_findings,
 )
 from gateway.store import Store
@@ -79,6 +83,10 @@ class CameraAudit:
     reboot_required: bool = False
     # What the round's first read found changed on the camera (not the gateway's own writes).
     events: list[HistoryEvent] = field(default_factory=list)
+    # Governed settings this camera's firmware does not have (never a failure).
+    not_available: list[NotAvailable] = field(default_factory=list)
+    # Configured cameras this device answers for (a recorder's channels), itself included.
+    members: list[str] = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -111,8 +119,12 @@ class CameraAudit:
             ),
             "services": list(self.record.services) if self.record and identity else [],
             "findings": [f.to_json() for f in self.findings],
+            "not_available": [n.to_json() for n in self.not_available],
             "error": self.error.to_json() if self.error else None,
         }
+        channels = self.record.channels if self.record else []
+        if channels or len(self.members) > 1:
+            data["recorder"] = recorder_json(channels, self.members)
         if with_changes:
             data["changes"] = [c.to_json() for c in self.changes]
             data["reboot_required"] = self.reboot_required
@@ -224,11 +236,13 @@ async def _check(
     enforce: bool,
     actor: str,
     progress: Progress | None,
+    members: list[str],
 ) -> CameraAudit:
-    result = CameraAudit(camera.name, camera.vendor, camera.host)
+    result = CameraAudit(camera.name, camera.vendor, camera.host, members=members)
     say = progress or (lambda _camera, _message: None)
     say(camera.name, "reading")
     record = await read_camera(camera, client)
+    record.members = members
     save(pstore, record)
     result.record = record
     result.events = list(record.history)
@@ -237,6 +251,9 @@ async def _check(
         say(camera.name, f"error: {record.error.message}")
         return result
     findings, diffs = evaluate(camera, record, policy, today)
+    result.not_available = not_available(
+        policy.telemetry, camera.name, camera.vendor, record.settings
+    )
     drifted = _drifted(pstore, camera.name, diffs)
     if drifted:
         findings, diffs = evaluate(camera, record, policy, today, drifted)
@@ -247,7 +264,8 @@ async def _check(
         if result.error is None:
             findings, _ = evaluate(camera, result.record or record, policy, today)
     result.findings = findings
-    pstore.save_findings(camera.name, [f.to_json() for f in findings], time.time())
+    for name in members:
+        pstore.save_findings(name, [f.to_json() for f in findings], time.time())
     say(camera.name, result.status.replace("_", "-"))
     return result
 
@@ -274,6 +292,7 @@ async def _apply(
     except Exception as exc:
         write_error = error_of(camera.name, exc).message
     after = await read_camera(camera, client)
+    after.members = record.members
     if after.error is None:
         save(pstore, after)
         result.record = after
@@ -314,6 +333,7 @@ async def _run(
     today = today or date.today()
     pstore = PolicyStore(store)
     limit = asyncio.Semaphore(MAX_PARALLEL)
+    members = members_of(config)
 
     async def one(camera: CameraConfig) -> CameraAudit:
         async with limit:
@@ -333,6 +353,7 @@ async def _run(
                     enforce=enforce,
                     actor=actor,
                     progress=progress,
+                    members=members[camera.name],
                 )
             except Exception as exc:
                 audit = CameraAudit(camera.name, camera.vendor, camera.host)

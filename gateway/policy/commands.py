@@ -181,7 +181,32 @@ def _print_inventory(data: dict[str, Any]) -> None:
             firmware,
             ", ".join(cam["services"]) or "-",
         )
-    _console().print(table)
+    console = _console()
+    console.print(table)
+    for cam in data["cameras"]:
+        _print_extras(console, cam)
+
+
+def _print_extras(console: Any, cam: dict[str, Any]) -> None:
+    """What the firmware lacks, and the cameras a recorder records."""
+    from rich.markup import escape
+
+    missing = cam.get("not_available") or []
+    if missing:
+        names = [m if isinstance(m, str) else m["setting"] for m in missing]
+        console.print(
+            f"  {escape(cam['name'])}: not available on this firmware: {escape(', '.join(names))}"
+        )
+    recorder = cam.get("recorder")
+    if recorder:
+        console.print(
+            f"  {escape(cam['name'])}: recorder for {escape(', '.join(recorder['cameras']))}"
+        )
+        for channel in recorder["channels"]:
+            console.print(
+                f"    channel {channel['channel']}: {escape(channel['name'])}"
+                f" {escape(channel['address'])} ({escape(channel['protocol'])})"
+            )
 
 
 def _print_report(data: dict[str, Any]) -> None:
@@ -200,6 +225,7 @@ def _print_report(data: dict[str, Any]) -> None:
         )
         if cam["error"]:
             console.print(f"  [magenta]{escape(cam['error']['message'])}[/]")
+        _print_extras(console, cam)
         for change in cam.get("changes", []):
             mark = "[green]ok[/]" if change["verified"] else "[red]NOT VERIFIED[/]"
             console.print(

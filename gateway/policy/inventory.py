@@ -2,6 +2,11 @@
 
 Collected through the vendor client; a failure becomes a per-camera error (never raised to
 the caller), so one broken camera never stops the inventory of the others.
+
+A recorder (NVR) upstream for several cameras is configured as one ``[[camera]]`` per
+channel, all with the recorder's host and port. It is one device: it is read (and the
+telemetry policy applied to it) once, under the first of those cameras, and the snapshot is
+stored under each of them. Its inventory lists the cameras it records, as it reports them.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from typing import Any
 from gateway.config import CameraConfig, Config
 from gateway.devices.base import CameraClient, DeviceIdentity, client_for
 from gateway.devices.errors import DeviceError
+from gateway.devices.nvr import RemoteChannel
+from gateway.devices.optional import missing_tables
 from gateway.policy.db import HistoryEvent, PolicyStore
 from gateway.policy.telemetry import enabled_services
 from gateway.store import Store
@@ -49,18 +56,30 @@ class InventoryRecord:
     services: list[str] = field(default_factory=list)
     error: CameraError | None = None
     history: list[HistoryEvent] = field(default_factory=list)
+    # Recorders: the cameras it records (as it reports them) and the configured cameras that
+    # are its channels (this record stands for all of them).
+    channels: list[RemoteChannel] = field(default_factory=list)
+    members: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "name": self.camera,
             "vendor": self.vendor,
             "host": self.host,
             "taken_at": self.taken_at,
             "identity": self.identity.to_json() if self.identity else None,
             "services": self.services,
+            "not_available": missing_tables(self.settings),
             "error": self.error.to_json() if self.error else None,
             "history": [e.to_json() for e in self.history],
         }
+        if self.channels or len(self.members) > 1:
+            data["recorder"] = recorder_json(self.channels, self.members)
+        return data
+
+
+def recorder_json(channels: list[RemoteChannel], members: list[str]) -> dict[str, Any]:
+    return {"channels": [c.to_json() for c in channels], "cameras": members}
 
 
 def error_of(camera: str, exc: BaseException) -> CameraError:
@@ -79,20 +98,39 @@ async def read_camera(camera: CameraConfig, client: CameraClient) -> InventoryRe
         record.services = enabled_services(camera.vendor, record.settings)
     except Exception as exc:
         record.error = error_of(camera.name, exc)
+        return record
+    record.channels = await read_channels(camera, client)
     return record
 
 
+async def read_channels(camera: CameraConfig, client: CameraClient) -> list[RemoteChannel]:
+    """The cameras a recorder records; a recorder that will not say is still inventoried."""
+    lister = getattr(client, "channels", None)
+    if lister is None:
+        return []
+    try:
+        channels: list[RemoteChannel] = await lister()
+    except DeviceError as exc:
+        log.warning(f"camera {camera.name}: recorder channels not read: {exc.message}")
+        return []
+    return channels
+
+
 def save(pstore: PolicyStore, record: InventoryRecord) -> None:
-    record.history = pstore.save_inventory(
-        record.camera,
-        record.vendor,
-        record.identity.to_json() if record.identity else None,
-        record.services,
-        record.settings,
-        record.error.message if record.error else None,
-        record.taken_at,
-        enforced=pstore.enforced_values(record.camera),
-    )
+    """Store the snapshot under the camera and every other channel of the same recorder."""
+    for name in record.members or [record.camera]:
+        history = pstore.save_inventory(
+            name,
+            record.vendor,
+            record.identity.to_json() if record.identity else None,
+            record.services,
+            record.settings,
+            record.error.message if record.error else None,
+            record.taken_at,
+            enforced=pstore.enforced_values(record.camera),
+        )
+        if name == record.camera:
+            record.history = history
 
 
 @dataclass
@@ -111,9 +149,26 @@ class InventoryResult:
         }
 
 
+def device_groups(config: Config) -> list[list[CameraConfig]]:
+    """Enabled cameras grouped by the device answering for them: the channels of one
+    recorder (same vendor, host and management ports) form one group, in config order."""
+    groups: dict[tuple[str, str, int, int | None], list[CameraConfig]] = {}
+    for camera in config.cameras:
+        if camera.enabled:
+            key = (camera.vendor, camera.host.lower(), camera.http_port, camera.onvif_port)
+            groups.setdefault(key, []).append(camera)
+    return list(groups.values())
+
+
 def managed_cameras(config: Config) -> list[CameraConfig]:
-    """Enabled cameras: Hikvision and Dahua through their APIs, generic ones through ONVIF."""
-    return [c for c in config.cameras if c.enabled]
+    """One camera per device (a recorder's first channel stands for it): Hikvision and
+    Dahua through their APIs, generic ones through ONVIF."""
+    return [group[0] for group in device_groups(config)]
+
+
+def members_of(config: Config) -> dict[str, list[str]]:
+    """For each managed camera, the names of the configured cameras its device answers for."""
+    return {group[0].name: [c.name for c in group] for group in device_groups(config)}
 
 
 async def run_inventory(
@@ -127,13 +182,17 @@ async def run_inventory(
     pstore = PolicyStore(store)
     limit = asyncio.Semaphore(MAX_PARALLEL)
 
+    members = members_of(config)
+
     async def one(camera: CameraConfig) -> InventoryRecord:
         async with limit:
             client = client_factory(camera, timeout)
             try:
-                return await read_camera(camera, client)
+                record = await read_camera(camera, client)
             finally:
                 await client.close()
+            record.members = members[camera.name]
+            return record
 
     records = list(await asyncio.gather(*(one(c) for c in managed_cameras(config))))
     for record in records:

@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from gateway.devices.optional import NOT_AVAILABLE, REASON, table_missing, table_of
 from gateway.policy.findings import Finding
 
 FEATURES = (
@@ -93,6 +94,10 @@ FEATURE_INFO: dict[str, tuple[str, str]] = {
 }
 
 
+# Desired settings some firmware does not have, harmlessly (the NTP port is 123 without it).
+OPTIONAL_KEYS = frozenset({"ntpServer.portNo", "NTP.Port"})
+
+
 def supported_features(vendor: str) -> tuple[str, ...]:
     features = {f for f, _, _ in _OFF_RULES.get(vendor, ())}
     if vendor in _OFF_RULES:
@@ -100,8 +105,14 @@ def supported_features(vendor: str) -> tuple[str, ...]:
     return tuple(f for f in FEATURES if f in features)
 
 
-def ntp_desired(vendor: str, address: str) -> dict[str, str]:
-    """Settings that point the camera's clock at ``address`` (IP or host name)."""
+def ntp_desired(
+    vendor: str, address: str, settings: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Settings that point the camera's clock at ``address`` (IP or host name).
+
+    Hikvision firmware whose NTPServer document has no ``ipAddress`` element (some NVRs)
+    is given an IP address as its host name, the one form it has.
+    """
     try:
         ipaddress.ip_address(address)
         is_ip = True
@@ -109,7 +120,9 @@ def ntp_desired(vendor: str, address: str) -> dict[str, str]:
         is_ip = False
     if vendor == "hikvision":
         desired = {"time.timeMode": "NTP", "ntpServer.portNo": "123"}
-        if is_ip:
+        have = settings or {}
+        host_only = "ntpServer.ipAddress" not in have and "ntpServer.hostName" in have
+        if is_ip and not host_only:
             desired |= {
                 "ntpServer.addressingFormatType": "ipaddress",
                 "ntpServer.ipAddress": address,
@@ -160,9 +173,46 @@ class TelemetryPolicy:
                 if pattern.fullmatch(key):
                     desired[key] = (feature, value)
         if modes.get("ntp") == "gateway" and self.ntp_server:
-            for key, value in ntp_desired(vendor, self.ntp_server).items():
+            for key, value in ntp_desired(vendor, self.ntp_server, settings).items():
                 desired[key] = ("ntp", value)
         return desired
+
+
+@dataclass(frozen=True)
+class NotAvailable:
+    """A setting the policy would check or set that this camera's firmware does not have."""
+
+    key: str  # a setting key, or a table/document name when the whole table is refused
+    feature: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"setting": self.key, "feature": self.feature, "reason": REASON}
+
+
+def _absent(key: str, settings: Mapping[str, str]) -> bool:
+    """Whether ``key`` cannot be checked or set here: its table is refused, or it is an
+    optional key the firmware's table does not have."""
+    if table_missing(settings, key):
+        return True
+    return key in OPTIONAL_KEYS and key not in settings
+
+
+def not_available(
+    policy: TelemetryPolicy, camera: str, vendor: str, settings: Mapping[str, str]
+) -> list[NotAvailable]:
+    """What the policy governs on ``vendor`` cameras that this camera does not have."""
+    modes = policy.modes_for(camera, vendor)
+    found: dict[str, NotAvailable] = {}
+    for feature, pattern, _value in _COMPILED.get(vendor, ()):
+        table = table_of(pattern.pattern)
+        if modes.get(feature) == "off" and settings.get(table) == NOT_AVAILABLE:
+            found.setdefault(table, NotAvailable(table, feature))
+    if modes.get("ntp") == "gateway" and policy.ntp_server:
+        for key in ntp_desired(vendor, policy.ntp_server, settings):
+            if _absent(key, settings):
+                where = table_of(key) if table_missing(settings, key) else key
+                found.setdefault(where, NotAvailable(where, "ntp"))
+    return sorted(found.values(), key=lambda n: n.key)
 
 
 def _same(current: str | None, desired: str) -> bool:
@@ -178,6 +228,8 @@ def differences(
 ) -> list[SettingDiff]:
     diffs: list[SettingDiff] = []
     for key, (feature, value) in sorted(policy.desired_for(camera, vendor, settings).items()):
+        if _absent(key, settings):
+            continue  # reported by not_available()
         current = settings.get(key)
         if not _same(current, value):
             diffs.append(SettingDiff(key, feature, current, value))

@@ -1,8 +1,10 @@
 """Firmware version strings of both vendors, and model patterns with X wildcards.
 
-Hikvision: ``V5.5.800 build 210628`` (deviceInfo firmwareVersion + firmwareReleasedDate) or
-``V5.7.23_241015`` (the form advisories print). Dahua: ``2.800.0000016.0.R, build:
-2020-06-05`` (getSoftwareVersion) or ``V2.820.0000000.28.R.230314`` (file names, advisories).
+Hikvision: ``V5.5.800 build 210628`` (deviceInfo firmwareVersion + firmwareReleasedDate; NVRs
+``V4.21.000 build 190722``) or ``V5.7.23_241015`` (the form advisories print). Dahua:
+``2.800.0000016.0.R,build:2020-06-05`` or ``2.622.0000000.18.R, Build Date: 2019-03-29``
+(getSoftwareVersion, by firmware generation; RPC's ``{Version, BuildDate}`` is joined into
+the first form) or ``V2.820.0000000.28.R.230314`` (file names, advisories).
 A version orders by its numbers, then its build date; advisories that only give build dates
 compare the date alone (:meth:`FirmwareVersion.build`).
 """
@@ -20,7 +22,8 @@ _HIK = re.compile(
 )
 _DAHUA = re.compile(
     r"^[Vv]?(?P<nums>\d+(?:\.\d+){2,4})(?:\.(?P<tag>[A-Z]+))?"
-    r"(?:\.(?P<short>\d{6}))?(?:\s*,?\s*build\s*:?\s*(?P<build>\d{4}-?\d{2}-?\d{2}))?$",
+    r"(?:\.(?P<short>\d{6}))?"
+    r"(?:\s*,?\s*build(?:\s*date)?\s*:?\s*(?P<build>\d{4}-?\d{2}-?\d{2}))?$",
     re.I,
 )
 

@@ -137,8 +137,37 @@ def _factory_defaults(device: SimDevice) -> dict[str, Any]:
 
 def reset(device: SimDevice) -> None:
     """Factory defaults of every config table (``device.cgi_available`` models the firmware
-    and stays; settings of the camera's other faces are left alone)."""
-    device.settings.update(_factory_defaults(device))
+    and stays; settings of the camera's other faces are left alone). Tables and keys in
+    ``device.missing`` are left out, as on a model without them."""
+    tables = _factory_defaults(device)
+    if device.channels > 1:
+        tables["RemoteDevice"] = remote_devices(device)
+    for missing in device.missing:
+        name, _, key = missing.partition(".")
+        if key and name in tables:
+            tables[name].pop(key, None)
+    device.settings.update(tables)
+
+
+def remote_devices(device: SimDevice) -> dict[str, Any]:
+    """An NVR's RemoteDevice table: one PoE camera per channel, one unused slot after them."""
+    table: dict[str, Any] = {}
+    for slot in range(device.channels + 1):
+        used = slot < device.channels
+        table[f"uuid:System_CONFIG_NETCAMERA_INFO_{slot}"] = {
+            "Address": f"10.1.1.{65 + slot}" if used else "192.168.0.0",
+            "DeviceType": "IPC-HDW2431T-AS-S2" if used else "",
+            "Enable": used,
+            "Name": f"Channel {slot + 1}" if used else "",
+            "Port": 37777,
+            "ProtocolType": "Private",
+            "VideoInputChannels": 1,
+        }
+    return table
+
+
+def has_table(device: SimDevice, name: str) -> bool:
+    return not name.startswith("_") and name in device.settings and name not in device.missing
 
 
 def set_cgi_available(device: SimDevice, available: bool) -> None:
@@ -160,7 +189,10 @@ def _text(body: str, status: int = 200) -> web.Response:
     return web.Response(status=status, text=body, content_type="text/plain")
 
 
-def _software_version(device: SimDevice) -> str:
+def software_version(device: SimDevice) -> str:
+    """``getSoftwareVersion`` in the firmware generation's own form."""
+    if device.version_form == "build-date":
+        return f"{device.firmware}, Build Date: {device.build}"
     return f"{device.firmware},build:{device.build}"
 
 
@@ -192,7 +224,7 @@ def install(app: web.Application, device: SimDevice) -> None:
         if script == "magicBox.cgi":
             return _magic_box(device, action)
         if script == "configManager.cgi":
-            return _config_manager(device, request)
+            return _config_manager(device, request, request.raw_path.partition("?")[2])
         if script == "eventManager.cgi" and action == "attach":
             return await _attach(request, device)
         return _text(BAD_REQUEST, 400)
@@ -248,7 +280,7 @@ def _magic_box(device: SimDevice, action: str) -> web.Response:
     if action == "getSystemInfo":
         return _text("".join(f"{k}={v}\r\n" for k, v in _system_info(device).items()))
     simple = {
-        "getSoftwareVersion": f"version={_software_version(device)}",
+        "getSoftwareVersion": f"version={software_version(device)}",
         "getSerialNo": f"sn={device.serial}",
         "getDeviceType": f"type={device.model}",
         "getMachineName": f"name={device.name}",
@@ -260,11 +292,13 @@ def _magic_box(device: SimDevice, action: str) -> web.Response:
     return _text(BAD_REQUEST, 400)
 
 
-def _config_manager(device: SimDevice, request: web.Request) -> web.Response:
+def _config_manager(device: SimDevice, request: web.Request, raw_query: str) -> web.Response:
+    """getConfig/setConfig; keys are matched exactly (table, index and case), an unknown key
+    or table refuses the whole request with ``Error Bad Request!``, as the firmware does."""
     action = request.query.get("action", "")
     if action == "getConfig":
         name = request.query.get("name", "")
-        if name.startswith("_") or name not in device.settings:
+        if not has_table(device, name):
             return _text(BAD_REQUEST, 400)
         flat = flatten_table(name, device.settings[name])
         return _text("".join(f"table.{k}={v}\r\n" for k, v in flat.items()))
@@ -278,13 +312,14 @@ def _config_manager(device: SimDevice, request: web.Request) -> web.Response:
             try:
                 steps = parse_key(key)
                 name = str(steps[0])
-                if name.startswith("_") or name not in device.settings:
+                if not has_table(device, name):
                     return _text(BAD_REQUEST, 400)
                 table = staged.setdefault(name, copy.deepcopy(device.settings[name]))
                 set_in_table(table, steps[1:], value, key)
             except (KeyError, ValueError):
                 return _text(BAD_REQUEST, 400)
         device.settings.update(staged)
+        device.writes.append(("configManager.cgi", raw_query.encode()))
         return _text("OK\r\n")
     return _text(BAD_REQUEST, 400)
 
@@ -318,13 +353,17 @@ def _reply(
 
 
 def _same_shape(old: Any, new: Any, path: str) -> None:
-    """A setConfig table must keep every value's type (the firmware rejects otherwise)."""
+    """A setConfig table must be the complete table as read, every value of the same type
+    (the firmware rejects partial tables, unknown keys and changed types)."""
     if isinstance(old, dict):
         if not isinstance(new, dict):
             raise ValueError(f"{path} must be an object")
+        if set(new) != set(old):
+            unknown = sorted(set(new) - set(old))
+            absent = sorted(set(old) - set(new))
+            raise ValueError(f"{path}: unknown keys {unknown}, missing keys {absent}")
         for key, value in new.items():
-            if key in old:
-                _same_shape(old[key], value, f"{path}.{key}")
+            _same_shape(old[key], value, f"{path}.{key}")
     elif isinstance(old, list):
         if not isinstance(new, list) or len(new) != len(old):
             raise ValueError(f"{path} must be a list of {len(old)}")
@@ -369,8 +408,7 @@ def _rpc_call(
         return _reply(call, True, params={"type": device.model})
     name = str(params.get("name"))
     config_call = method in ("configManager.getConfig", "configManager.setConfig")
-    known = not name.startswith("_") and name in device.settings
-    if config_call and not known:
+    if config_call and not has_table(device, name):
         return _reply(call, False, error=(NO_SUCH_CONFIG, "Config not found"))
     if method == "configManager.getConfig":
         return _reply(call, True, params={"table": device.settings[name]})
@@ -381,6 +419,7 @@ def _rpc_call(
         except ValueError as exc:
             return _reply(call, False, error=(268959743, f"Invalid table: {exc}"))
         device.settings[name] = _merge(device.settings[name], table)
+        device.writes.append((str(method), json.dumps(params).encode()))
         options = ["NeedReboot"] if name in REBOOT_TABLES else []
         return _reply(call, True, params={"options": options})
     return _reply(call, False, error=(268894210, "Method not found"))
@@ -409,12 +448,10 @@ async def _attach(request: web.Request, device: SimDevice) -> web.StreamResponse
         else:
             text = "Heartbeat"
         payload = text.encode() + b"\r\n"
-        part = (
-            b"--myboundary\r\nContent-Type: text/plain\r\n"
-            + f"Content-Length: {len(payload)}\r\n\r\n".encode()
-            + payload
-            + b"\r\n"
-        )
+        head = "--myboundary\r\nContent-Type: text/plain\r\n"
+        if device.event_form == "length":
+            head += f"Content-Length: {len(payload)}\r\n"
+        part = head.encode() + b"\r\n" + payload + b"\r\n"
         try:
             await response.write(part)
         except ConnectionError:

@@ -20,6 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FAULTS = ("unauthorized", "garbage", "html", "hang", "reset")
+VARIANTS = {
+    "isapi_namespace": ("hikvision", "isapi"),
+    "version_form": ("build", "build-date"),
+    "event_form": ("length", "boundary"),
+}
 
 
 @dataclass
@@ -52,6 +57,22 @@ class SimDevice:
     phone_home: bool = False
     # Dahua: older firmware answers the HTTP CGI API; newer firmware only JSON-RPC (False).
     cgi_available: bool = True
+    # Firmware variants (what differs between models and generations; see VARIANTS):
+    # ISAPI namespace: "hikvision" (www.hikvision.com/ver20) or "isapi" (www.isapi.org/ver20,
+    # newer NVRs); mixed_namespaces puts some sub-documents in the other one.
+    isapi_namespace: str = "hikvision"
+    mixed_namespaces: bool = False
+    # What this model lacks: ISAPI paths (403 notSupport), "path#element" (an element absent
+    # from a document), Dahua table names (Error Bad Request!) or Dahua keys ("NTP.Port").
+    missing: set[str] = field(default_factory=set)
+    # Dahua getSoftwareVersion form: "build" ("2.800.0000016.0.R,build:2020-06-05") or
+    # "build-date" ("2.622.0000000.18.R, Build Date: 2019-03-29").
+    version_form: str = "build"
+    # Event stream parts: "length" (with Content-Length) or "boundary" (delimited only).
+    event_form: str = "length"
+    # Every accepted write as received (ISAPI: (path, body); Dahua CGI: (script, query);
+    # RPC: ("configManager.setConfig", JSON body)), for tests of the bytes sent.
+    writes: list[tuple[str, bytes]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         digest = hashlib.sha256(f"{self.vendor}/{self.name}".encode()).hexdigest()

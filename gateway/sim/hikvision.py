@@ -1,32 +1,46 @@
-"""Hikvision ISAPI face of a simulated camera.
+"""Hikvision ISAPI face of a simulated camera, as strict as the fussiest firmware.
 
-Behaves like IP camera firmware of the V5.x line: XML in the ``ver20`` namespace, Digest auth
-in the ``IP Camera(xxxxx)`` realm, ``ResponseStatus`` documents for every write and error
-(statusCode 1 OK, 4 invalid operation, 5 invalid XML format, 6 invalid XML content,
-7 reboot required), read-modify-write of the stored documents, and the VMD alert stream.
+Behaves like IP camera firmware of the V5.x line: XML in the ``ver20`` namespace (or, per
+device, ``isapi.org/ver20`` as newer NVRs answer, and optionally documents mixing the two),
+Digest auth in the ``IP Camera(xxxxx)`` realm, ``ResponseStatus`` documents for every write
+and error (statusCode 1 OK, 4 invalid operation, 5 invalid XML format, 6 invalid XML content,
+7 reboot required), and the VMD alert stream.
 
-State lives in ``device.settings``: one ``xml.etree`` element per ISAPI path, created with
-factory defaults by :func:`install`. Tests and scenarios change it with :func:`set_value`.
+A PUT must carry the complete document as the camera serves it: every element, in the same
+order and the same namespace, written with default namespace declarations (no prefixes).
+Anything else is refused with statusCode 6 ``badXmlContent``, as firmware with a fussy
+embedded parser does. Documents listed in ``device.missing`` answer 403 ``notSupport``.
+
+State lives in ``device.settings``: one lxml element per ISAPI path, created with factory
+defaults by :func:`install`. Tests and scenarios change it with :func:`set_value`. Nothing
+here changes process-wide state (no namespace registration, no patching).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import ipaddress
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from lxml import etree
 
-from gateway.devices.xmlsafe import local_name, parse_xml
+from gateway.devices.xmlsafe import Element, local_name, namespace, parse_xml
 from gateway.sim import httpauth
 from gateway.sim.device import SimDevice
 
-NS = "http://www.hikvision.com/ver20/XMLSchema"
-ET.register_namespace("", NS)
+NAMESPACES = {
+    "hikvision": "http://www.hikvision.com/ver20/XMLSchema",
+    "isapi": "http://www.isapi.org/ver20/XMLSchema",
+}
+NS = NAMESPACES["hikvision"]
+# Sub-documents that firmware mixing namespaces puts in the other ISAPI namespace.
+MIXED_ELEMENTS = {"serverAddress", "portList", "sender"}
 MAX_PUT_BYTES = 64 * 1024
+DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
 
 # Paths whose document is stored and may be read and written; value: reboot needed on PUT.
 DOCUMENTS: dict[str, bool] = {
@@ -55,6 +69,14 @@ ENUMS = {
     "mapmode": {"auto", "manual"},
     "protocol": {"HTTP", "HTTPS", "DEV_MANAGE", "RTSP", "SSH", "WebSocket", "WebSocketS"},
 }
+
+
+def namespace_of(device: SimDevice) -> str:
+    return NAMESPACES[device.isapi_namespace]
+
+
+def _other_namespace(device: SimDevice) -> str:
+    return next(ns for ns in NAMESPACES.values() if ns != namespace_of(device))
 
 
 def _factory_defaults(device: SimDevice) -> dict[str, str]:
@@ -137,22 +159,47 @@ def _factory_defaults(device: SimDevice) -> dict[str, str]:
     }
 
 
-def _qualify(element: ET.Element) -> ET.Element:
-    """Put every element of a factory template into the ISAPI namespace."""
-    for node in element.iter():
-        if not node.tag.startswith("{"):
-            node.tag = f"{{{NS}}}{node.tag}"
-    element.set("version", "2.0")
-    return element
+def build(device: SimDevice, template: str) -> Element:
+    """A document in the device's namespace from a template without one.
+
+    Each element gets the namespace of the firmware; with ``mixed_namespaces`` the
+    sub-documents in :data:`MIXED_ELEMENTS` are declared in the other ISAPI namespace, as
+    some firmware does. Elements go one per line, as the firmware writes them.
+    """
+    plain = etree.fromstring(template)
+    ns = namespace_of(device)
+    other = _other_namespace(device)
+
+    def convert(node: Element, current: str) -> Element:
+        name = local_name(node.tag)
+        mine = other if device.mixed_namespaces and name in MIXED_ELEMENTS else current
+        element = etree.Element(f"{{{mine}}}{name}", nsmap={None: mine})
+        element.text = node.text
+        for item in node:
+            element.append(convert(item, mine))
+        return element
+
+    root = convert(plain, ns)
+    root.set("version", "2.0")
+    etree.indent(root, space="")
+    return root
 
 
 def reset(device: SimDevice) -> None:
     """Restore factory defaults (keeps identity and credentials)."""
     for path, text in _factory_defaults(device).items():
-        device.settings[path] = _qualify(ET.fromstring(text))
+        document = build(device, text)
+        for missing in device.missing:
+            where, _, element = missing.partition("#")
+            if where == path and element:
+                gone = find(document, element)
+                parent = gone.getparent()
+                assert parent is not None
+                parent.remove(gone)
+        device.settings[path] = document
 
 
-def find(root: ET.Element, element_path: str) -> ET.Element:
+def find(root: Element, element_path: str) -> Element:
     """``a/b[1]/c`` (local names, 0-based indexes among same-named siblings)."""
     node = root
     for step in element_path.split("/"):
@@ -174,51 +221,71 @@ def get_value(device: SimDevice, path: str, element_path: str) -> str:
     return (find(device.settings[path], element_path).text or "").strip()
 
 
-def _to_bytes(root: ET.Element) -> bytes:
-    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="utf-8")
+def to_bytes(root: Element) -> bytes:
+    """The document as the firmware sends it: declaration, ``version`` before the default
+    namespace declaration on the root (lxml alone would write it after), no prefixes."""
+    text = etree.tostring(root, encoding="UTF-8", xml_declaration=False)
+    head, _, rest = text.partition(b">")
+    if b' version="2.0"' in head:
+        head = head.replace(b' version="2.0"', b"").replace(b" xmlns=", b' version="2.0" xmlns=', 1)
+    return DECLARATION + head + b">" + rest
 
 
-def xml_response(root: ET.Element, status: int = 200) -> web.Response:
+def xml_response(root: Element, status: int = 200) -> web.Response:
     return web.Response(
-        status=status, body=_to_bytes(root), content_type="application/xml", charset="UTF-8"
+        status=status, body=to_bytes(root), content_type="application/xml", charset="UTF-8"
     )
 
 
+def _element(ns: str, name: str, fields: list[tuple[str, str]]) -> Element:
+    root = etree.Element(f"{{{ns}}}{name}", nsmap={None: ns})
+    root.set("version", "2.0")
+    for field_name, value in fields:
+        etree.SubElement(root, f"{{{ns}}}{field_name}").text = value
+    etree.indent(root, space="")
+    return root
+
+
 def response_status(
-    url: str, code: int, text: str, sub: str, http_status: int, extra: str = ""
+    device: SimDevice,
+    url: str,
+    code: int,
+    text: str,
+    sub: str,
+    http_status: int,
+    extra: str = "",
 ) -> web.Response:
-    root = ET.Element(f"{{{NS}}}ResponseStatus", version="2.0")
-    for name, value in (
+    fields = [
         ("requestURL", url),
         ("statusCode", str(code)),
         ("statusString", text),
         ("subStatusCode", sub),
-    ):
-        ET.SubElement(root, f"{{{NS}}}{name}").text = value
+    ]
     if extra:
-        ET.SubElement(root, f"{{{NS}}}description").text = extra
-    return xml_response(root, http_status)
+        fields.append(("description", extra))
+    return xml_response(_element(namespace_of(device), "ResponseStatus", fields), http_status)
 
 
-def device_info(device: SimDevice) -> ET.Element:
-    root = ET.Element(f"{{{NS}}}DeviceInfo", version="2.0")
-    for name, value in (
-        ("deviceName", "IP CAMERA"),
-        ("deviceID", f"{device.serial[-8:]}-0000-0000-0000-{device.mac.replace(':', '')}"),
-        ("deviceDescription", "IPCamera"),
-        ("deviceLocation", "hangzhou"),
-        ("model", device.model),
-        ("serialNumber", device.serial),
-        ("macAddress", device.mac),
-        ("firmwareVersion", device.firmware),
-        ("firmwareReleasedDate", device.build),
-        ("encoderVersion", "V7.3"),
-        ("encoderReleasedDate", "build 200601"),
-        ("deviceType", "IPCamera"),
-        ("telecontrolID", "88"),
-    ):
-        ET.SubElement(root, f"{{{NS}}}{name}").text = value
-    return root
+def device_info(device: SimDevice) -> Element:
+    return _element(
+        namespace_of(device),
+        "DeviceInfo",
+        [
+            ("deviceName", "IP CAMERA" if device.channels == 1 else "Network Video Recorder"),
+            ("deviceID", f"{device.serial[-8:]}-0000-0000-0000-{device.mac.replace(':', '')}"),
+            ("deviceDescription", "IPCamera" if device.channels == 1 else "NVR"),
+            ("deviceLocation", "hangzhou"),
+            ("model", device.model),
+            ("serialNumber", device.serial),
+            ("macAddress", device.mac),
+            ("firmwareVersion", device.firmware),
+            ("firmwareReleasedDate", device.build),
+            ("encoderVersion", "V7.3"),
+            ("encoderReleasedDate", "build 200601"),
+            ("deviceType", "IPCamera" if device.channels == 1 else "NVR"),
+            ("telecontrolID", "88"),
+        ],
+    )
 
 
 class ContentError(ValueError):
@@ -239,41 +306,51 @@ def _check_value(name: str, old: str, new: str) -> None:
             raise ContentError(f"ipAddress {new!r} is not an IP address") from None
 
 
-def merge(stored: ET.Element, incoming: ET.Element) -> ET.Element:
-    """Validate ``incoming`` against ``stored`` and return the merged copy.
-
-    Leaves present in both take the new value; unknown elements are ignored and missing
-    ones keep their value, as the firmware does. Nothing is changed on error.
-    """
+def check_form(stored: Element, incoming: Element) -> None:
+    """Refuse a document not in the firmware's own form: prefixed elements, elements in
+    another namespace, missing, extra or reordered elements, a different root."""
+    for node in incoming.iter():
+        if node.prefix is not None:
+            raise ContentError(f"prefixed element {node.prefix}:{local_name(node.tag)}")
     if local_name(incoming.tag) != local_name(stored.tag):
         raise ContentError(
             f"root element {local_name(incoming.tag)!r}, expected {local_name(stored.tag)!r}"
         )
-    result = ET.fromstring(ET.tostring(stored))
+    old_tags = [node.tag for node in stored.iter()]
+    new_tags = [node.tag for node in incoming.iter()]
+    for position, (old, new) in enumerate(zip(old_tags, new_tags, strict=False)):
+        if old != new:
+            if local_name(old) == local_name(new):
+                raise ContentError(
+                    f"{local_name(new)} in namespace {namespace(new)!r},"
+                    f" expected {namespace(old)!r}"
+                )
+            raise ContentError(
+                f"element {position}: {local_name(new)!r} where {local_name(old)!r} belongs"
+            )
+    if len(new_tags) != len(old_tags):
+        raise ContentError(
+            f"incomplete document: {len(new_tags)} elements, the firmware's has {len(old_tags)}"
+        )
 
-    def walk(old: ET.Element, new: ET.Element) -> None:
-        counts: dict[str, int] = {}
-        for new_child in new:
-            name = local_name(new_child.tag)
-            index = counts.get(name, 0)
-            counts[name] = index + 1
-            olds = [c for c in old if local_name(c.tag) == name]
-            if index >= len(olds):
-                continue
-            old_child = olds[index]
-            if len(old_child):
-                walk(old_child, new_child)
-            else:
-                value = (new_child.text or "").strip()
-                _check_value(name, (old_child.text or "").strip(), value)
-                old_child.text = value
 
-    walk(result, incoming)
-    # Cross-field rule: an NTP server given as an address must carry a usable one.
-    kind = result.findtext(f"{{{NS}}}addressingFormatType")
-    host = (result.findtext(f"{{{NS}}}hostName") or "").strip()
-    if local_name(result.tag) == "NTPServer" and kind == "hostname" and not host:
-        raise ContentError("hostName is required when addressingFormatType is hostname")
+def merge(stored: Element, incoming: Element) -> Element:
+    """Validate ``incoming`` (the complete document, see :func:`check_form`) against
+    ``stored`` and return the merged copy. Nothing is changed on error."""
+    check_form(stored, incoming)
+    result = copy.deepcopy(stored)
+    for old, new in zip(result.iter(), incoming.iter(), strict=True):
+        if len(old):
+            continue
+        value = (new.text or "").strip()
+        _check_value(local_name(old.tag), (old.text or "").strip(), value)
+        old.text = value
+    # Cross-field rule: an NTP server given as a host name must carry one.
+    if local_name(result.tag) == "NTPServer":
+        kind = find(result, "addressingFormatType").text
+        with contextlib.suppress(KeyError):
+            if kind == "hostname" and not (find(result, "hostName").text or "").strip():
+                raise ContentError("hostName is required when addressingFormatType is hostname")
     return result
 
 
@@ -288,6 +365,8 @@ def install(app: web.Application, device: SimDevice) -> None:
         if blocked is not None:
             return blocked
         path = request.path.rstrip("/")
+        if path in device.missing:
+            return response_status(device, path, 4, "Invalid Operation", "notSupport", 403)
         handler = _ROUTES.get(path)
         if handler is not None:
             return await handler(request, device)
@@ -295,10 +374,13 @@ def install(app: web.Application, device: SimDevice) -> None:
             return await _document(request, device, path)
         if path in LISTS and request.method == "GET":
             list_root, item = LISTS[path]
-            root = ET.Element(f"{{{NS}}}{list_root}", version="2.0")
-            root.append(device.settings[item])
+            ns = namespace_of(device)
+            root = etree.Element(f"{{{ns}}}{list_root}", nsmap={None: ns})
+            root.set("version", "2.0")
+            root.append(copy.deepcopy(device.settings[item]))
+            etree.indent(root, space="")
             return xml_response(root)
-        return response_status(path, 4, "Invalid Operation", "notSupport", 404)
+        return response_status(device, path, 4, "Invalid Operation", "notSupport", 404)
 
     app.router.add_route("*", "/ISAPI/{tail:.*}", handle)
 
@@ -310,55 +392,79 @@ async def _document(request: web.Request, device: SimDevice, path: str) -> web.R
             find(root, "localTime").text = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
         return xml_response(root)
     if request.method != "PUT":
-        return response_status(path, 4, "Invalid Operation", "methodNotAllowed", 405)
+        return response_status(device, path, 4, "Invalid Operation", "methodNotAllowed", 405)
     if request.content_length is not None and request.content_length > MAX_PUT_BYTES:
-        return response_status(path, 5, "Invalid XML Format", "badXmlFormat", 400, "too large")
+        return response_status(
+            device, path, 5, "Invalid XML Format", "badXmlFormat", 400, "too large"
+        )
     body = await request.content.read(MAX_PUT_BYTES + 1)
     try:
         incoming = parse_xml(body, limit=MAX_PUT_BYTES)
     except ValueError as exc:
-        return response_status(path, 5, "Invalid XML Format", "badXmlFormat", 400, str(exc))
+        return response_status(device, path, 5, "Invalid XML Format", "badXmlFormat", 400, str(exc))
     try:
         merged = merge(device.settings[path], incoming)
     except ContentError as exc:
-        return response_status(path, 6, "Invalid XML Content", "badXmlContent", 400, str(exc))
+        return response_status(
+            device, path, 6, "Invalid XML Content", "badXmlContent", 400, str(exc)
+        )
     device.settings[path] = merged
+    device.writes.append((path, body))
     if DOCUMENTS[path]:
-        return response_status(path, 7, "Reboot Required", "rebootRequired", 200)
-    return response_status(path, 1, "OK", "ok", 200)
+        return response_status(device, path, 7, "Reboot Required", "rebootRequired", 200)
+    return response_status(device, path, 1, "OK", "ok", 200)
 
 
 async def _device_info(request: web.Request, device: SimDevice) -> web.Response:
     if request.method != "GET":
-        return response_status(request.path, 4, "Invalid Operation", "methodNotAllowed", 405)
+        return response_status(
+            device, request.path, 4, "Invalid Operation", "methodNotAllowed", 405
+        )
     return xml_response(device_info(device))
 
 
-def alert(device: SimDevice, event_type: str, state: str, count: int) -> bytes:
-    root = ET.Element(f"{{{NS}}}EventNotificationAlert", version="2.0")
-    for name, value in (
-        ("ipAddress", device.host),
-        ("portNo", str(device.http_port)),
-        ("protocol", "HTTP"),
-        ("macAddress", device.mac),
-        ("channelID", "1"),
-        ("dateTime", time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())),
-        ("activePostCount", str(count)),
-        ("eventType", event_type),
-        ("eventState", state),
-        ("eventDescription", "Motion alarm" if event_type == "VMD" else "videoloss alarm"),
-    ):
-        ET.SubElement(root, f"{{{NS}}}{name}").text = value
-    return _to_bytes(root)
+def alert(device: SimDevice, event_type: str, state: str, count: int, channel: int = 1) -> bytes:
+    return to_bytes(
+        _element(
+            namespace_of(device),
+            "EventNotificationAlert",
+            [
+                ("ipAddress", device.host),
+                ("portNo", str(device.http_port)),
+                ("protocol", "HTTP"),
+                ("macAddress", device.mac),
+                ("channelID", str(channel)),
+                ("dateTime", time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())),
+                ("activePostCount", str(count)),
+                ("eventType", event_type),
+                ("eventState", state),
+                ("eventDescription", "Motion alarm" if event_type == "VMD" else "videoloss alarm"),
+            ],
+        )
+    )
 
 
 HEARTBEAT_SECONDS = 10.0
+BOUNDARY = "boundary"
+
+
+def event_part(device: SimDevice, body: bytes) -> bytes:
+    """One part of the alert stream in the device's ``event_form``: with a Content-Length
+    (most firmware), or delimited by the boundary alone (older firmware)."""
+    head = f'--{BOUNDARY}\r\nContent-Type: application/xml; charset="UTF-8"\r\n'
+    if device.event_form == "length":
+        head += f"Content-Length: {len(body)}\r\n"
+    return head.encode() + b"\r\n" + body + b"\r\n"
 
 
 async def _alert_stream(request: web.Request, device: SimDevice) -> web.StreamResponse:
-    """multipart/mixed stream: VMD active/inactive every ``motion_interval`` s, heartbeats."""
+    """multipart/mixed stream: VMD active/inactive every ``motion_interval`` s; between them
+    the ``videoloss`` inactive keep-alives firmware sends as heartbeats."""
     response = web.StreamResponse(
-        headers={"Content-Type": "multipart/mixed; boundary=boundary", "Connection": "close"}
+        headers={
+            "Content-Type": f"multipart/mixed; boundary={BOUNDARY}",
+            "Connection": "close",
+        }
     )
     await response.prepare(request)
     release = request.app[httpauth.HANG_RELEASE]
@@ -370,26 +476,60 @@ async def _alert_stream(request: web.Request, device: SimDevice) -> web.StreamRe
             await asyncio.wait_for(release.wait(), interval)
         if release.is_set():
             break
+        parts = []
         if device.motion_interval > 0:
             active = not active
             count = count + 1 if active else count
-            body = alert(device, "VMD", "active" if active else "inactive", max(count, 1))
+            for channel in range(1, device.channels + 1):
+                state = "active" if active else "inactive"
+                parts.append(alert(device, "VMD", state, max(count, 1), channel))
         else:
-            body = alert(device, "videoloss", "inactive", 0)
-        part = (
-            b'--boundary\r\nContent-Type: application/xml; charset="UTF-8"\r\n'
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body
-            + b"\r\n"
-        )
+            parts.append(alert(device, "videoloss", "inactive", 0))
         try:
-            await response.write(part)
+            for body in parts:
+                await response.write(event_part(device, body))
         except (ConnectionResetError, ConnectionError):
             break
     return response
 
 
+def input_proxy_channels(device: SimDevice) -> Element:
+    """An NVR's IP channels: one PoE camera per channel on the recorder's own subnet."""
+    ns = namespace_of(device)
+    root = etree.Element(f"{{{ns}}}InputProxyChannelList", nsmap={None: ns})
+    root.set("version", "2.0")
+    for number in range(1, device.channels + 1):
+        item = etree.SubElement(root, f"{{{ns}}}InputProxyChannel")
+        item.set("version", "2.0")
+        for name, value in (("id", str(number)), ("name", f"Camera {number:02d}")):
+            etree.SubElement(item, f"{{{ns}}}{name}").text = value
+        source = etree.SubElement(item, f"{{{ns}}}sourceInputPortDescriptor")
+        for name, value in (
+            ("proxyProtocol", "HIKVISION"),
+            ("addressingFormatType", "ipaddress"),
+            ("ipAddress", f"192.168.254.{number + 1}"),
+            ("managePortNo", "8000"),
+            ("srcInputPort", "1"),
+            ("userName", "admin"),
+            ("streamType", "auto"),
+        ):
+            etree.SubElement(source, f"{{{ns}}}{name}").text = value
+    etree.indent(root, space="")
+    return root
+
+
+async def _input_proxy(request: web.Request, device: SimDevice) -> web.Response:
+    if device.channels < 2:  # a camera: no proxied channels
+        return response_status(device, request.path, 4, "Invalid Operation", "notSupport", 404)
+    if request.method != "GET":
+        return response_status(
+            device, request.path, 4, "Invalid Operation", "methodNotAllowed", 405
+        )
+    return xml_response(input_proxy_channels(device))
+
+
 _ROUTES: dict[str, Callable[[web.Request, SimDevice], Awaitable[web.StreamResponse]]] = {
     "/ISAPI/System/deviceInfo": _device_info,
     "/ISAPI/Event/notification/alertStream": _alert_stream,
+    "/ISAPI/ContentMgmt/InputProxy/channels": _input_proxy,
 }

@@ -10,6 +10,7 @@ device allows it, Basic) credentials like the vendor's firmware, answering 401 w
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import socket
 import struct
@@ -17,7 +18,7 @@ import time
 
 from aiohttp import web
 
-from gateway.digest import DigestAuthenticator
+from gateway.digest import DigestAuthenticator, parse_auth_params, split_scheme
 from gateway.sim.device import SimDevice
 
 HANG_RELEASE = web.AppKey("sim_hang_release", asyncio.Event)
@@ -52,14 +53,35 @@ def setup(app: web.Application, device: SimDevice, *, allow_basic: bool = False)
         app.on_shutdown.append(_release)
 
 
-def challenge(request: web.Request, *, stale: bool = False) -> web.Response:
+def vendor_form(device: SimDevice, value: str, stale: bool) -> str:
+    """A Digest challenge written as the vendor's web server writes it.
+
+    Hikvision: ``Digest qop="auth", realm="IP Camera(xxxxx)", nonce="...", stale="FALSE"``
+    (stale always sent, quoted, upper case; no algorithm). Dahua: ``Digest realm="Login to
+    <serial>", qop="auth", nonce="...", opaque="..."`` (an opaque clients must echo). Other
+    values (Basic) are left as they are.
+    """
+    scheme, rest = split_scheme(value)
+    if scheme != "digest" or device.vendor not in ("hikvision", "dahua"):
+        return value
+    params = parse_auth_params(rest)
+    realm, nonce = params["realm"], params["nonce"]
+    if device.vendor == "hikvision":
+        flag = "TRUE" if stale else "FALSE"
+        return f'Digest qop="auth", realm="{realm}", nonce="{nonce}", stale="{flag}"'
+    opaque = hashlib.sha1(f"{device.serial}/{nonce}".encode()).hexdigest()
+    form = f'Digest realm="{realm}", qop="auth", nonce="{nonce}", opaque="{opaque}"'
+    return form + (", stale=TRUE" if stale else "")
+
+
+def challenge(request: web.Request, device: SimDevice, *, stale: bool = False) -> web.Response:
     response = web.Response(
         status=401,
         body=b"<html><body><h1>401 - Unauthorized</h1></body></html>",
         content_type="text/html",
     )
     for value in request.app[AUTHENTICATOR].challenge(time.time(), stale=stale):
-        response.headers.add("WWW-Authenticate", value)
+        response.headers.add("WWW-Authenticate", vendor_form(device, value, stale))
     return response
 
 
@@ -88,7 +110,7 @@ async def play_faults(request: web.Request, device: SimDevice) -> web.StreamResp
         reset_connection(request)
         raise ConnectionResetError("simulator shutting down")
     if "unauthorized" in faults:
-        return challenge(request)
+        return challenge(request, device)
     if "garbage" in faults:
         return web.Response(status=200, body=GARBAGE, content_type="application/xml")
     if "html" in faults:
@@ -109,7 +131,7 @@ async def guard(request: web.Request, device: SimDevice) -> web.StreamResponse |
     )
     if result.username is not None:
         return None
-    return challenge(request, stale=result.stale)
+    return challenge(request, device, stale=result.stale)
 
 
 __all__ = [
