@@ -95,6 +95,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--output", "-o", default="onvif-gateway.toml", metavar="FILE")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.add_argument(
+        "--state-dir",
+        default="/var/lib/onvif-gateway",
+        help="state directory to configure; the admin HTTPS certificate is created there",
+    )
     p.set_defaults(handler=cmd_init)
 
 
@@ -144,8 +149,18 @@ def cmd_check(args: argparse.Namespace) -> int:
             for c in config.cameras
         ],
     }
+    warnings: list[str] = []
     if config.admin is not None:
-        summary["admin"] = f"http://{_url_host(config.admin.bind)}:{config.admin.port}/"
+        scheme = "https" if config.admin.tls else "http"
+        summary["admin"] = f"{scheme}://{_url_host(config.admin.bind)}:{config.admin.port}/"
+        if not config.admin.tls:
+            warnings.append(
+                "admin.tls = false: the admin API runs over plain HTTP; passwords are only "
+                "accepted from loopback (sign-in form and Basic refused from other hosts)"
+            )
+    summary["warnings"] = warnings
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary, indent=2))
         return EXIT_OK
@@ -182,22 +197,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     if loaded.admin is None:
         print(f"{args.config}: no [admin] section, so no admin API to ask", file=sys.stderr)
         return EXIT_USAGE
-    return _event_loop_run(_status(loaded.admin, args))
+    return _event_loop_run(_status(loaded, args))
 
 
-async def _status(admin: cfgmod.AdminConfig, args: argparse.Namespace) -> int:
+async def _status(config: cfgmod.Config, args: argparse.Namespace) -> int:
     import aiohttp
 
+    from gateway.admin.commands import status_client
     from gateway.rtsp.auth import DigestClient
 
-    # A wildcard bind is reached through loopback from the same box.
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(admin.bind, admin.bind)
-    base = f"http://{_url_host(host)}:{admin.port}"
+    assert config.admin is not None
+    try:
+        base, username, password, ssl_context = status_client(config.admin, config.state_dir)
+    except ValueError as exc:
+        print(f"{args.config}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     path = "/api/v1/cameras"
-    digest = DigestClient(admin.username, admin.password.reveal(), allow_basic=False)
+    digest = DigestClient(username, password, allow_basic=False)
     timeout = aiohttp.ClientTimeout(total=args.timeout)
     try:
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with aiohttp.ClientSession(
+            timeout=timeout, connector=aiohttp.TCPConnector(ssl=ssl_context)
+        ) as session:
             async with session.get(base + path) as response:
                 if response.status == 401:
                     digest.handle_challenge(response.headers.getall("WWW-Authenticate", []))
@@ -336,7 +357,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"{out} exists; use --force to overwrite", file=sys.stderr)
         return EXIT_USAGE
     text = STARTER_CONFIG.format(
-        vms_password=secrets.token_urlsafe(18), admin_password=secrets.token_urlsafe(18)
+        vms_password=secrets.token_urlsafe(18),
+        admin_password=secrets.token_urlsafe(18),
+        state_dir=json.dumps(args.state_dir),
     )
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -346,6 +369,9 @@ def cmd_init(args: argparse.Namespace) -> int:
         f"wrote {out} (mode 0600) with generated VMS and admin passwords; "
         f"edit the [[camera]] blocks, then run: onvif-gateway check --config {out}"
     )
+    from gateway.admin.commands import init_certificate
+
+    init_certificate(args.state_dir, "127.0.0.1")
     return EXIT_OK
 
 
@@ -432,8 +458,11 @@ async def _demo(args: argparse.Namespace) -> int:
         await fleet.stop()
         return EXIT_RUNTIME
     assert gateway.rtsp is not None and config.admin is not None
+    from gateway.admin.tls import describe, generated_paths
+
     host = _url_host(args.bind)
-    dashboard = f"http://{host}:{config.admin.port}/"
+    dashboard = f"https://{host}:{config.admin.port}/"
+    certificate = describe(*generated_paths(state_dir))
     rtsp = [
         f"rtsp://{host}:{gateway.rtsp.port}/{cam.name}/{stream}"
         for cam in config.cameras
@@ -451,6 +480,8 @@ async def _demo(args: argparse.Namespace) -> int:
             "dashboard": dashboard,
             "metrics": dashboard + "metrics",
             "admin": {"username": config.admin.username, "password": admin_password},
+            "admin_ca": str(certificate.cert),
+            "admin_fingerprint": certificate.fingerprint,
             "vms": {"username": "vms", "password": vms_password},
             "rtsp": rtsp,
             "onvif": onvif,
@@ -464,6 +495,8 @@ async def _demo(args: argparse.Namespace) -> int:
             f"Dashboard:        {dashboard}",
             f"  sign in as:     user '{config.admin.username}'  password '{admin_password}'",
             f"  metrics:        {dashboard}metrics (same credentials)",
+            f"  certificate:    {certificate.cert} (self-signed; your browser will warn once)",
+            f"  SHA-256:        {certificate.fingerprint}",
             f"VMS credentials:  user 'vms'  password '{vms_password}'",
             "RTSP streams (through the gateway):",
             *(f"  {url}" for url in rtsp),
@@ -491,7 +524,7 @@ STARTER_CONFIG = """\
 # Any password may instead be given as password_env = "VAR" or password_file = "/path".
 
 # Where the inventory, findings, audit log and egress records are kept (SQLite).
-state_dir = "/var/lib/onvif-gateway"
+state_dir = {state_dir}
 
 [server]
 bind = "127.0.0.1"          # the gateway's address on the VMS network
@@ -506,11 +539,17 @@ username = "vms"
 password = "{vms_password}"
 # allow_basic = false       # RTSP Basic auth for old clients (Digest is always offered)
 
-[admin]                     # admin API, dashboard and /metrics
+[admin]                     # admin API, dashboard and /metrics, over HTTPS
 bind = "127.0.0.1"
 port = 8080
-username = "admin"
+username = "admin"          # this account has the admin role
 password = "{admin_password}"
+# tls_cert = "/etc/onvif-gateway/admin.crt"  # your own certificate (default: self-signed,
+# tls_key = "/etc/onvif-gateway/admin.key"   # generated in state_dir as admin-tls.crt)
+# [[admin.user]]            # more accounts: onvif-gateway passwd NAME --role viewer
+# name = "guard"
+# role = "viewer"           # viewer | operator | admin
+# password_hash = "$scrypt$..."
 
 # [camera_network]          # egress isolation: see 'onvif-gateway egress --help'
 # interface = "eth1"
