@@ -22,8 +22,10 @@ from referencing.jsonschema import DRAFT202012
 
 from gateway import config as cfgmod
 from gateway.admin.tls import generated_paths
+from gateway.admin.trail import AdminTrail
 from gateway.runtime import Gateway
 from gateway.sim.runner import SimFleet
+from gateway.store import Store
 from tests.conftest import free_port, free_ports, wait_for
 
 
@@ -46,6 +48,14 @@ class AdminGateway:
         if self.ca is None:
             return True
         return ssl.create_default_context(cafile=str(self.ca))
+
+    def trail(self) -> list[dict[str, Any]]:
+        """The administration audit trail as the gateway stored it, oldest first."""
+        store = Store.in_state_dir(self.gateway.config.state_dir)
+        try:
+            return [e.to_json() for e in AdminTrail(store).entries(10_000)]
+        finally:
+            store.close()
 
     def session(self, **kwargs: Any) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(

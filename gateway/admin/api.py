@@ -312,19 +312,28 @@ def _wants_html(request: web.Request) -> bool:
 
 @web.middleware
 async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    response = await handler(request)
-    if not response.prepared:
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        if request.secure:
-            response.headers.setdefault("Strict-Transport-Security", HSTS)
-        response.headers.setdefault(
-            "Content-Security-Policy",
-            "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
-            "connect-src 'self'; style-src 'self'; script-src 'self'; frame-ancestors 'none'",
-        )
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # redirects (sign-in) and errors are responses too
+        _harden(request, exc)
+        raise
+    _harden(request, response)
     return response
+
+
+def _harden(request: web.Request, response: web.StreamResponse) -> None:
+    if response.prepared:
+        return
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    if request.secure:
+        response.headers.setdefault("Strict-Transport-Security", HSTS)
+    response.headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
+        "connect-src 'self'; style-src 'self'; script-src 'self'; frame-ancestors 'none'",
+    )
 
 
 @web.middleware

@@ -58,6 +58,10 @@ def parse(text: str) -> PasswordHash:
         salt, key = _unb64(match.group(4)), _unb64(match.group(5))
     except ValueError:
         raise ValueError("password hash has invalid base64") from None
+    if len(salt) < SALT_BYTES or len(key) != KEY_BYTES:
+        raise ValueError(
+            f"password hash needs a salt of {SALT_BYTES}+ and a key of {KEY_BYTES} bytes"
+        )
     return PasswordHash(ln, r, p, salt, key)
 
 
