@@ -178,6 +178,7 @@ def test_kubernetes_manifests_fit_together(tmp_path: Path) -> None:
         get = container[probe]["httpGet"]
         assert get["port"] == admin_port and get["path"] in ("/healthz", "/readyz")
         assert get["host"] == config.admin.bind  # hostNetwork: the kubelet probes loopback
+        assert get["scheme"] == ("HTTPS" if config.admin.tls else "HTTP")
     assert {"containerPort": admin_port, "name": "admin", "protocol": "TCP"} in container["ports"]
     rtsp_port = config.server.rtsp_port
     assert {"containerPort": rtsp_port, "name": "rtsp", "protocol": "TCP"} in container["ports"]
