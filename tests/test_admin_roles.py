@@ -191,6 +191,11 @@ def test_cross_site_and_cleartext_decisions() -> None:
     assert cross_site({"Origin": "null"}, "https", host)
     assert cross_site({"Sec-Fetch-Site": "same-site"}, "https", host)
     assert not cross_site({"Sec-Fetch-Site": "none"}, "https", host)
+    # Sec-Fetch-Site, where a browser sends it, decides (Origin may be "null" on a form).
+    assert not cross_site({"Sec-Fetch-Site": "same-origin", "Origin": "null"}, "https", host)
+    assert cross_site(
+        {"Sec-Fetch-Site": "cross-site", "Origin": "https://gw.example:8443"}, "https", host
+    )
     assert cleartext_allowed(True, "192.0.2.7")
     assert cleartext_allowed(False, "127.0.0.1") and cleartext_allowed(False, "127.8.9.10")
     assert cleartext_allowed(False, "::1")

@@ -326,7 +326,9 @@ def _harden(request: web.Request, response: web.StreamResponse) -> None:
         return
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("X-Frame-Options", "DENY")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    # same-origin rather than no-referrer: with no-referrer, browsers send "Origin: null"
+    # on the sign-in form's POST, which cross_site() must treat as foreign.
+    response.headers.setdefault("Referrer-Policy", "same-origin")
     if request.secure:
         response.headers.setdefault("Strict-Transport-Security", HSTS)
     response.headers.setdefault(

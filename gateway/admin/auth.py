@@ -107,8 +107,8 @@ def cross_site(headers: Mapping[str, str], scheme: str, host: str) -> bool:
     """Did a browser send this request from another site? Browsers send ``Sec-Fetch-Site``
     and ``Origin`` with POSTs; scripts (curl, Prometheus) send neither and are not refused."""
     fetch_site = headers.get("Sec-Fetch-Site")
-    if fetch_site is not None and fetch_site.lower() not in ("same-origin", "none"):
-        return True
+    if fetch_site is not None:  # authoritative where sent (every current browser)
+        return fetch_site.lower() not in ("same-origin", "none")
     origin = headers.get("Origin")
     if origin is None:
         return False
