@@ -99,7 +99,7 @@ def test_containerfile() -> None:
         kw == "RUN" and "pip install" in rest and "/src" in rest for kw, rest in instructions
     )
     health = next(rest for kw, rest in final if kw == "HEALTHCHECK")
-    assert "/healthz" in health and "8080" in health
+    assert "https://127.0.0.1:8080/healthz" in health  # the admin API is HTTPS by default
     entrypoint = yaml.safe_load(next(rest for kw, rest in final if kw == "ENTRYPOINT"))
     cmd = yaml.safe_load(next(rest for kw, rest in final if kw == "CMD"))
     assert entrypoint[0] == "onvif-gateway"
