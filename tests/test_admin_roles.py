@@ -7,9 +7,11 @@ spares sessions and other accounts, cross-site refusal, the audit trail (API and
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import re
 import ssl
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -323,3 +325,33 @@ def test_admin_accounts_configuration(tmp_path: Path) -> None:
     assert "must be one of viewer, operator, admin" in problems["admin.user[0].role"]
     assert "not both" in problems["admin.user[1].password_hash"]
     assert "onvif-gateway passwd" in problems["admin.user[2].password_hash"]
+
+
+def test_broken_renewal_keeps_the_served_certificate(tmp_path: Path) -> None:
+    cert, key = tmp_path / "a.crt", tmp_path / "a.key"
+    first = tls.generate(cert, key, ["127.0.0.1"])
+    server = tls.ServerTLS(cert, key)
+    assert server.fingerprint == first.fingerprint and not server.refresh()
+    # A new certificate whose key does not match: refused, the old pair stays in use.
+    other_cert, other_key = tmp_path / "b.crt", tmp_path / "b.key"
+    tls.generate(other_cert, other_key, ["127.0.0.1"])
+    assert not server.refresh(other_cert, key)
+    assert (server.cert, server.fingerprint) == (cert, first.fingerprint)
+    assert server.refresh(other_cert, other_key) and server.fingerprint != first.fingerprint
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+
+
+def test_generated_certificate_names_and_renewal(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    info = tls.ensure_generated(tmp_path, "192.0.2.5")
+    assert info.created
+    cert = x509.load_pem_x509_certificate(info.cert.read_bytes())
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    addresses = {str(a) for a in names.get_values_for_type(x509.IPAddress)}
+    assert {"192.0.2.5", "127.0.0.1", "::1"} <= addresses
+    assert "localhost" in names.get_values_for_type(x509.DNSName)
+    assert not tls.ensure_generated(tmp_path, "192.0.2.5").created  # kept
+    later = info.not_after - tls.RENEW_BEFORE + datetime.timedelta(days=1)
+    renewed = tls.ensure_generated(tmp_path, "192.0.2.5", now=later)
+    assert renewed.created and renewed.fingerprint != info.fingerprint

@@ -17,6 +17,7 @@ get the new certificate without a restart.
 from __future__ import annotations
 
 import datetime
+import fcntl
 import hashlib
 import ipaddress
 import logging
@@ -30,6 +31,7 @@ log = logging.getLogger("gateway.admin")
 
 CERT_NAME = "admin-tls.crt"
 KEY_NAME = "admin-tls.key"
+LOCK_NAME = ".admin-tls.lock"
 # 825 days: the longest validity Apple platforms accept for any TLS server certificate.
 VALIDITY = datetime.timedelta(days=825)
 RENEW_BEFORE = datetime.timedelta(days=30)
@@ -84,16 +86,21 @@ def ensure_generated(
     to expiry, else left alone. OSError when the state directory is not writable."""
     cert_path, key_path = generated_paths(state_dir)
     now = now or datetime.datetime.now(datetime.UTC)
-    if cert_path.is_file() and key_path.is_file():
-        try:
-            info = describe(cert_path, key_path)
-        except ValueError:
-            log.warning("admin certificate unreadable; generating a new one")
-        else:
-            if info.not_after - now > RENEW_BEFORE:
-                return info
-            log.warning("admin certificate expires soon; generating a new one")
-    return generate(cert_path, key_path, subject_names(bind), now=now)
+    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    # Worker processes ([server] workers) share the state directory and start together:
+    # one of them generates, the others find its files.
+    with open(cert_path.parent / LOCK_NAME, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if cert_path.is_file() and key_path.is_file():
+            try:
+                info = describe(cert_path, key_path)
+            except ValueError:
+                log.warning("admin certificate unreadable; generating a new one")
+            else:
+                if info.not_after - now > RENEW_BEFORE:
+                    return info
+                log.warning("admin certificate expires soon; generating a new one")
+        return generate(cert_path, key_path, subject_names(bind), now=now)
 
 
 def generate(
@@ -209,6 +216,9 @@ class ServerTLS:
 
     def _load(self) -> None:
         stamp = self._files_stamp()
+        # Into a scratch context first: a failed load_cert_chain may leave a context with the
+        # new certificate and the old key; the live one is only touched with files that work.
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(self.cert, self.key)
         self.context.load_cert_chain(self.cert, self.key)
         self._stamp = stamp
         self.fingerprint = fingerprint(self.cert.read_bytes())
