@@ -399,7 +399,7 @@ def _sign_in_failed(request: web.Request, name: str, method: str) -> None:
     address = _address(request)
     locked = ctx.auth.failed(address, name)
     log.warning(
-        "admin authentication failed",
+        "admin login failed" if method == "form" else "admin authentication failed",
         extra={"peer": peer_of(request), "path": request.path, "ratelimit": True},
     )
     _record(request, "sign-in-failed", "refused: wrong credentials", name, method)
