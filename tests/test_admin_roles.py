@@ -25,6 +25,7 @@ from gateway.admin.passwords import hash_password, parse
 from gateway.rtsp.auth import DigestClient
 from gateway.sim.runner import SimFleet
 from tests.admin_support import AdminGateway, OpenApi, admin_gateway
+from tests.conftest import require, run_tool
 from tests.test_admin_api import concrete, fetch
 
 SPEC = OpenApi()
@@ -355,3 +356,39 @@ def test_generated_certificate_names_and_renewal(tmp_path: Path) -> None:
     later = info.not_after - tls.RENEW_BEFORE + datetime.timedelta(days=1)
     renewed = tls.ensure_generated(tmp_path, "192.0.2.5", now=later)
     assert renewed.created and renewed.fingerprint != info.fingerprint
+
+
+async def test_curl_pins_the_generated_certificate(admin: AdminGateway) -> None:
+    require("curl")
+    assert admin.ca is not None
+    code, out, err = await run_tool(
+        "curl", "--silent", "--show-error", "--fail", "--cacert", str(admin.ca),
+        "--digest", "-u", f"ada:{PASSWORDS['ada']}", admin.url + "/api/v1/session",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["role"] == "admin"
+    code, _, err = await run_tool("curl", "--silent", "--show-error", admin.url + "/healthz")
+    assert code != 0 and "certificate" in err  # not trusted without the file
+
+
+async def test_passwd_and_check_commands(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "passwd", "guard", "--role", "operator",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(b"a-long-password\n"), 60)
+    assert proc.returncode == 0, err.decode()
+    block = out.decode()
+    assert "a-long-password" not in block + err.decode()
+    config = tmp_path / "gateway.toml"
+    config.write_text('[vms]\nusername = "vms"\npassword = "v"\n[admin]\ntls = false\n' + block)
+    from gateway import config as cfgmod
+
+    loaded = cfgmod.load(config)
+    assert loaded.admin is not None
+    (user,) = loaded.admin.users
+    assert (user.name, user.role) == ("guard", "operator") and user.password_hash is not None
+    assert parse(user.password_hash.reveal()).matches("a-long-password")
+    code, _, err = await run_tool(sys.executable, "-m", "gateway", "check", "--config", str(config))
+    assert code == 0 and "warning: admin.tls = false" in err
