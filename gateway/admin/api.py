@@ -358,9 +358,10 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         if auth.blocked(address, name):
             return error(429, "too many failed sign-ins for this account; try again later")
         if method == "basic" and not cleartext_allowed(request.secure, address):
+            auth.failed(address, name)  # counted: bounds what a flood can write to the trail
             _record(request, "sign-in-failed", "refused: Basic over plain HTTP", name, method)
             return error(403, "Basic authentication over plain HTTP is refused; use HTTPS")
-        identity, stale = auth.check_header(request.method, header, request.raw_path)
+        identity, stale = await auth.check_header(request.method, header, request.raw_path)
         # Only passwords are counted: other schemes cannot guess one.
         if identity is None and not stale and method in ("basic", "digest"):
             _sign_in_failed(request, name, method)
@@ -540,11 +541,12 @@ async def login_form(request: web.Request) -> web.StreamResponse:
     password = str(form.get("password", ""))[:1024]
     target = _safe_next(str(form.get("next", "")) or request.query.get("next"))
     if not allowed:
+        ctx.auth.failed(address, username)
         _record(request, "sign-in-failed", "refused: password over plain HTTP", username, "form")
         return error(403, PLAIN_REFUSED)
     if ctx.auth.blocked(address, username):
         return error(429, "too many failed sign-ins for this account; try again later")
-    account = ctx.auth.verify_password(username, password)
+    account = await ctx.auth.verify_password(username, password)
     if account is None:
         _sign_in_failed(request, username, "form")
         raise web.HTTPSeeOther(f"/login?failed=1&next={target}")

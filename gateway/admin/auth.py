@@ -26,6 +26,7 @@ Passwords are compared in constant time and never logged; nothing puts them in a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -58,6 +59,7 @@ MAX_TRACKED = 4096
 # A password verified against its scrypt hash is remembered (as an HMAC under a per-process
 # key) for this long, so Basic clients such as Prometheus do not pay scrypt every scrape.
 VERIFIED_TTL = 900.0
+MAX_CONCURRENT_SCRYPT = 2
 
 
 _K = TypeVar("_K", tuple[str, str], str)
@@ -129,6 +131,7 @@ class AdminAuth:
         self._failures: OrderedDict[tuple[str, str], tuple[float, int]] = OrderedDict()
         self._address_failures: OrderedDict[str, tuple[float, int]] = OrderedDict()
         self._verified: dict[str, tuple[bytes, float]] = {}
+        self._scrypt_slots = asyncio.Semaphore(MAX_CONCURRENT_SCRYPT)
         self.accounts: dict[str, Account] = {}
         self.set_accounts(accounts)
 
@@ -167,8 +170,12 @@ class AdminAuth:
 
     # ------------------------------------------------------------------ passwords
 
-    def verify_password(self, username: str, password: str) -> Account | None:
-        """The account if ``password`` is its password (constant time for known names)."""
+    async def verify_password(self, username: str, password: str) -> Account | None:
+        """The account if ``password`` is its password (constant time for known names).
+
+        scrypt runs in a worker thread (it releases the GIL), at most
+        ``MAX_CONCURRENT_SCRYPT`` at a time: password guesses must not stall the event loop
+        that streams video, nor take unbounded memory (32 MiB each)."""
         account = self.accounts.get(username)
         if account is None:
             hmac.compare_digest(password.encode(), password.encode()[::-1])
@@ -176,16 +183,18 @@ class AdminAuth:
         if account.password is not None:
             ok = hmac.compare_digest(password.encode(), account.password.encode())
             return account if ok else None
-        assert account.hashed is not None
-        now = self.clock()
+        hashed = account.hashed
+        assert hashed is not None
         mark = hmac.new(self._verified_key, f"{username}\0{password}".encode(), hashlib.sha256)
         cached = self._verified.get(username)
-        fresh = cached is not None and now - cached[1] < VERIFIED_TTL
+        fresh = cached is not None and self.clock() - cached[1] < VERIFIED_TTL
         if fresh and cached is not None and hmac.compare_digest(cached[0], mark.digest()):
             return account
-        if not account.hashed.matches(password):
+        async with self._scrypt_slots:
+            matches = await asyncio.to_thread(hashed.matches, password)
+        if not matches or self.accounts.get(username) is not account:
             return None
-        self._verified[username] = (mark.digest(), now)
+        self._verified[username] = (mark.digest(), self.clock())
         return account
 
     # ------------------------------------------------------------------ headers
@@ -208,14 +217,14 @@ class AdminAuth:
                     return value.strip().strip('"')[:256]
         return ""
 
-    def check_header(
+    async def check_header(
         self, method: str, authorization: str, uri: str
     ) -> tuple[Identity | None, bool]:
         """(identity or None, stale) for an Authorization header."""
         scheme, rest = split_scheme(authorization)
         if scheme == "basic":
             credentials = _basic(rest)
-            account = self.verify_password(*credentials) if credentials else None
+            account = await self.verify_password(*credentials) if credentials else None
             if account is None:
                 return None, False
             return Identity(account.name, account.role, "basic"), False
