@@ -37,6 +37,7 @@ COMMAND_MODULES = (
     "gateway.policy.commands",
     "gateway.egress.commands",
     "gateway.onvif.commands",
+    "gateway.admin.commands",
 )
 
 EPILOG = """\

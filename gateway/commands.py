@@ -114,7 +114,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--state-dir",
         default="/var/lib/onvif-gateway",
         metavar="DIR",
-        help="state_dir to write into it (default /var/lib/onvif-gateway)",
+        help="state_dir to write into it (default /var/lib/onvif-gateway); the admin API's "
+        "HTTPS certificate is created there",
     )
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(handler=cmd_init)
@@ -172,8 +173,18 @@ def cmd_check(args: argparse.Namespace) -> int:
             for c in config.cameras
         ],
     }
+    warnings: list[str] = []
     if config.admin is not None:
-        summary["admin"] = f"http://{_url_host(config.admin.bind)}:{config.admin.port}/"
+        scheme = "https" if config.admin.tls else "http"
+        summary["admin"] = f"{scheme}://{_url_host(config.admin.bind)}:{config.admin.port}/"
+        if not config.admin.tls:
+            warnings.append(
+                "admin.tls = false: the admin API runs over plain HTTP; passwords are only "
+                "accepted from loopback (sign-in form and Basic refused from other hosts)"
+            )
+    summary["warnings"] = warnings
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary, indent=2))
         return EXIT_OK
@@ -213,22 +224,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     if loaded.admin is None:
         print(f"{args.config}: no [admin] section, so no admin API to ask", file=sys.stderr)
         return EXIT_USAGE
-    return _event_loop_run(_status(loaded.admin, args))
+    return _event_loop_run(_status(loaded, args))
 
 
-async def _status(admin: cfgmod.AdminConfig, args: argparse.Namespace) -> int:
+async def _status(config: cfgmod.Config, args: argparse.Namespace) -> int:
     import aiohttp
 
+    from gateway.admin.tls import status_client
     from gateway.digest import DigestClient
 
-    # A wildcard bind is reached through loopback from the same box.
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(admin.bind, admin.bind)
-    base = f"http://{_url_host(host)}:{admin.port}"
+    assert config.admin is not None
+    try:
+        base, username, password, ssl_context = status_client(config.admin, config.state_dir)
+    except ValueError as exc:
+        print(f"{args.config}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     path = "/api/v1/cameras"
-    digest = DigestClient(admin.username, admin.password.reveal(), allow_basic=False)
+    digest = DigestClient(username, password, allow_basic=False)
     timeout = aiohttp.ClientTimeout(total=args.timeout)
     try:
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with aiohttp.ClientSession(
+            timeout=timeout, connector=aiohttp.TCPConnector(ssl=ssl_context)
+        ) as session:
             async with session.get(base + path) as response:
                 if response.status == 401:
                     digest.handle_challenge(response.headers.getall("WWW-Authenticate", []))
@@ -393,7 +410,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     gid = files.service_gid()
     try:
         _make_parents(out.parent, gid)
-        mode = files.write_atomically(out, text.encode(), mode=0o640, gid=gid)
+        mode = files.write_atomically(
+            out,
+            text.encode(),
+            mode=0o640 if gid is not None else 0o600,
+            gid=gid if gid is not None else -1,
+        )
     except OSError as exc:
         from gateway.cli import describe_os_error
 
@@ -404,7 +426,30 @@ def cmd_init(args: argparse.Namespace) -> int:
         f"wrote {out} ({owner}mode {mode:04o}) with generated VMS and admin passwords; "
         f"add [[camera]] blocks, then run: onvif-gateway check --config {out}"
     )
+    init_certificate(args.state_dir, "127.0.0.1")
     return EXIT_OK
+
+
+def init_certificate(state_dir: str, bind: str) -> None:
+    """``init``: create the admin API's self-signed certificate in the state directory and
+    print its fingerprint; a state directory not writable yet only gets a note (the gateway
+    creates the certificate at its first start)."""
+    from gateway.admin.tls import ensure_generated
+
+    try:
+        info = ensure_generated(state_dir, bind)
+    except OSError as exc:
+        print(
+            f"note: cannot write the admin certificate in {state_dir} "
+            f"({exc.strerror or exc}); the gateway creates it at its first start"
+        )
+        return
+    verb = "created" if info.created else "kept"
+    print(
+        f"{verb} the admin HTTPS certificate {info.cert} (key {info.key}, mode 0600)\n"
+        f"  SHA-256 fingerprint {info.fingerprint}\n"
+        f"  clients: curl --cacert {info.cert} https://127.0.0.1:8080/healthz"
+    )
 
 
 def _make_parents(directory: Path, gid: int | None) -> None:
@@ -505,8 +550,11 @@ async def _demo(args: argparse.Namespace) -> int:
         await fleet.stop()
         return EXIT_RUNTIME
     assert gateway.rtsp is not None and config.admin is not None
+    from gateway.admin.tls import describe, generated_paths
+
     host = _url_host(args.bind)
-    dashboard = f"http://{host}:{config.admin.port}/"
+    dashboard = f"https://{host}:{config.admin.port}/"
+    certificate = describe(*generated_paths(state_dir))
     rtsp = [
         f"rtsp://{host}:{gateway.rtsp.port}/{cam.name}/{stream}"
         for cam in config.cameras
@@ -524,6 +572,8 @@ async def _demo(args: argparse.Namespace) -> int:
             "dashboard": dashboard,
             "metrics": dashboard + "metrics",
             "admin": {"username": config.admin.username, "password": admin_password},
+            "admin_ca": str(certificate.cert),
+            "admin_fingerprint": certificate.fingerprint,
             "vms": {"username": "vms", "password": vms_password},
             "rtsp": rtsp,
             "onvif": onvif,
@@ -537,6 +587,8 @@ async def _demo(args: argparse.Namespace) -> int:
             f"Dashboard:        {dashboard}",
             f"  sign in as:     user '{config.admin.username}'  password '{admin_password}'",
             f"  metrics:        {dashboard}metrics (same credentials)",
+            f"  certificate:    {certificate.cert} (self-signed; your browser will warn once)",
+            f"  SHA-256:        {certificate.fingerprint}",
             f"VMS credentials:  user 'vms'  password '{vms_password}'",
             "RTSP streams (through the gateway):",
             *(f"  {url}" for url in rtsp),
@@ -581,11 +633,17 @@ username = "vms"
 password = "{vms_password}"
 # allow_basic = false       # RTSP Basic auth for old clients (Digest is always offered)
 
-[admin]                     # admin API, dashboard and /metrics
+[admin]                     # admin API, dashboard and /metrics, over HTTPS
 bind = "127.0.0.1"
 port = 8080
-username = "admin"
+username = "admin"          # this account has the admin role
 password = "{admin_password}"
+# tls_cert = "/etc/onvif-gateway/admin.crt"  # your own certificate (default: self-signed,
+# tls_key = "/etc/onvif-gateway/admin.key"   # generated in state_dir as admin-tls.crt)
+# [[admin.user]]            # more accounts: onvif-gateway passwd NAME --role viewer
+# name = "guard"
+# role = "viewer"           # viewer | operator | admin
+# password_hash = "$scrypt$..."
 
 # [camera_network]          # egress isolation: see 'onvif-gateway egress --help'
 # interface = "eth1"

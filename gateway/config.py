@@ -177,12 +177,38 @@ class CameraNetworkConfig:
     dns_local: dict[str, str] = field(default_factory=dict)
 
 
+ADMIN_ROLES = ("viewer", "operator", "admin")  # each role may do what the previous may
+
+
+@dataclass(frozen=True)
+class AdminUser:
+    """One admin account: a password the file holds (HTTP Digest works) or only its salted
+    hash (``password_hash``, see gateway.passwords; form or Basic over TLS)."""
+
+    name: str
+    role: str
+    password: Secret | None = None
+    password_hash: Secret | None = None
+
+
 @dataclass(frozen=True)
 class AdminConfig:
+    # The single account of older configurations; "" when only [[admin.user]] is given.
     username: str
     password: Secret
     bind: str = "127.0.0.1"
     port: int = 8080
+    # HTTPS unless tls = false; without tls_cert/tls_key a self-signed certificate is
+    # generated in the state directory (gateway.admin.tls).
+    tls: bool = True
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    users: tuple[AdminUser, ...] = ()
+
+    def accounts(self) -> tuple[AdminUser, ...]:
+        """Every account: the [admin] username/password one (role admin), then the users."""
+        legacy = (AdminUser(self.username, "admin", self.password),) if self.username else ()
+        return legacy + self.users
 
 
 @dataclass(frozen=True)
@@ -503,12 +529,7 @@ def loads(text: str, *, source: str = "<config>", base_dir: Path | None = None) 
     admin_t = _table(top, "admin", False)
     if admin_t is not None:
         ar = _Reader(admin_t, "admin", problems, base)
-        admin = AdminConfig(
-            username=ar.get("username", str, ..., lambda v: None if v else "must not be empty"),
-            password=ar.secret("password") or Secret(""),
-            bind=ar.get("bind", str, "127.0.0.1", _ip),
-            port=ar.get("port", int, 8080, _port),
-        )
+        admin = _admin(ar)
         ar.finish()
 
     camera_network = None
@@ -664,6 +685,96 @@ def _camera(r: _Reader) -> CameraConfig | None:
     return cam if name and vendor else None
 
 
+def _admin(r: _Reader) -> AdminConfig:
+    r.used.add("user")
+    raw_users = r.table.get("user", [])
+    users: list[AdminUser] = []
+    if not isinstance(raw_users, list):
+        r.error("user", "must be an array of tables ([[admin.user]])")
+        raw_users = []
+    # The single [admin] account is optional once [[admin.user]] accounts exist.
+    legacy = (
+        "username" in r.table or any(k.startswith("password") for k in r.table) or not raw_users
+    )
+    username = (
+        r.get("username", str, ..., lambda v: None if v else "must not be empty") if legacy else ""
+    )
+    password = (r.secret("password") if legacy else None) or Secret("")
+    names = {username} if username else set()
+    for i, entry in enumerate(raw_users):
+        if not isinstance(entry, dict):
+            r.error(f"user[{i}]", "must be a table")
+            continue
+        ur = _Reader(entry, f"{r.prefix}.user[{i}]", r.problems, r.base_dir)
+        user = _admin_user(ur)
+        ur.finish()
+        if user is None:
+            continue
+        if user.name in names:
+            ur.error("name", f"duplicate admin account {user.name!r}")
+        names.add(user.name)
+        users.append(user)
+    tls_cert = r.get("tls_cert", str, None)
+    tls_key = r.get("tls_key", str, None)
+    if (tls_cert is None) != (tls_key is None):
+        r.error("tls_key" if tls_key is None else "tls_cert", "give both tls_cert and tls_key")
+    for key, value in (("tls_cert", tls_cert), ("tls_key", tls_key)):
+        if value is not None and not (r.base_dir / value).is_file():
+            r.error(key, f"{r.base_dir / value} is not a readable file")
+    tls = r.get("tls", bool, True)
+    if not tls and tls_cert:
+        r.error("tls_cert", "is set but tls = false")
+    return AdminConfig(
+        username=username or "",
+        password=password,
+        bind=r.get("bind", str, "127.0.0.1", _ip),
+        port=r.get("port", int, 8080, _port),
+        tls=tls,
+        tls_cert=str(r.base_dir / tls_cert) if tls_cert else None,
+        tls_key=str(r.base_dir / tls_key) if tls_key else None,
+        users=tuple(users),
+    )
+
+
+def _admin_user(r: _Reader) -> AdminUser | None:
+    name = r.get(
+        "name",
+        str,
+        ...,
+        lambda v: (
+            None
+            if re.fullmatch(r"[A-Za-z0-9._@-]{1,64}", v)
+            else "must be 1-64 letters, digits or . _ @ -"
+        ),
+    )
+    role = r.get(
+        "role",
+        str,
+        ...,
+        lambda v: None if v in ADMIN_ROLES else f"must be one of {', '.join(ADMIN_ROLES)}",
+    )
+    password = r.secret("password", required=False)
+    password_hash = r.secret("password_hash", required=False)
+    if password is None and password_hash is None:
+        if not any(k.startswith("password") for k in r.table):
+            r.error("password_hash", "is required (or password_hash_file, password_file, ...)")
+        return None
+    if password is not None and password_hash is not None:
+        r.error("password_hash", "give a password or its hash, not both")
+        return None
+    if password_hash is not None:
+        from gateway.passwords import parse
+
+        try:
+            parse(password_hash.reveal())
+        except ValueError as exc:
+            r.error("password_hash", str(exc))
+            return None
+    if not name or not role:
+        return None
+    return AdminUser(name, role, password, password_hash)
+
+
 def _camera_network(r: _Reader) -> CameraNetworkConfig:
     subnets = r.get("subnets", list, ...)
     nets: list[str] = []
@@ -698,7 +809,10 @@ def iter_secrets(config: Config) -> Iterator[str]:
     """Every secret value in the config, for log redaction."""
     yield config.vms.password.reveal()
     if config.admin is not None:
-        yield config.admin.password.reveal()
+        for account in config.admin.accounts():
+            for secret in (account.password, account.password_hash):
+                if secret:
+                    yield secret.reveal()
     for cam in config.cameras:
         if cam.password:
             yield cam.password.reveal()

@@ -25,20 +25,30 @@ def service_gid() -> int | None:
         return None
 
 
-def write_atomically(path: Path, data: bytes, *, mode: int = 0o600, gid: int | None = None) -> int:
-    """Replace ``path`` with ``data``; return the mode it got. With ``gid``, the file is
-    given to that group when this process may (root, or a member), and ``mode`` keeps its
-    group bits; otherwise the group bits are dropped, so a secret never becomes readable by
-    a group it was not meant for."""
+def state_owner(directory: Path) -> tuple[int, int]:
+    """Who files created in ``directory`` should belong to: when root writes into a directory
+    another account owns (an operator's sudo in the service's state directory), that account,
+    so the service can still use them; otherwise (-1, -1), nobody else."""
+    if os.geteuid() != 0:
+        return -1, -1
+    st = directory.stat()
+    return (st.st_uid, st.st_gid) if (st.st_uid, st.st_gid) != (0, 0) else (-1, -1)
+
+
+def write_atomically(
+    path: Path, data: bytes, *, mode: int = 0o600, uid: int = -1, gid: int = -1
+) -> int:
+    """Replace ``path`` with ``data`` in ``mode``, owned by ``uid``/``gid`` where given (-1
+    keeps this process's); return the mode it got. When the file cannot be given to them,
+    its group and other bits are dropped, so it never becomes readable by accounts it was not
+    meant for."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        if gid is None:
-            mode &= ~0o070
-        else:
+        if (uid, gid) != (-1, -1):
             try:
-                os.fchown(fd, -1, gid)
+                os.fchown(fd, uid, gid)
             except PermissionError:
-                mode &= ~0o070
+                mode &= ~0o077
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.files import state_owner
+
 DB_NAME = "gateway.sqlite3"
 
 
@@ -29,10 +31,9 @@ def _create_private(path: Path) -> None:
     except FileExistsError:
         return
     try:
-        if os.geteuid() == 0:
-            owner = path.parent.stat()
-            if (owner.st_uid, owner.st_gid) != (0, 0):
-                os.fchown(fd, owner.st_uid, owner.st_gid)
+        uid, gid = state_owner(path.parent)
+        if (uid, gid) != (-1, -1):
+            os.fchown(fd, uid, gid)
     finally:
         os.close(fd)
 
@@ -41,7 +42,7 @@ class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             _create_private(self.path)
         # One connection guarded by a lock: callers are the event loop and the odd worker
         # thread; statements are short.

@@ -1,26 +1,31 @@
 """Shared helpers for the admin API, dashboard, metrics and log tests: a gateway with its
-services and admin API in front of the simulated fleet, and the OpenAPI document as a
-response validator."""
+services and admin API (HTTPS with the generated certificate unless ``tls=False``) in front
+of the simulated fleet, and the OpenAPI document as a response validator."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
 import secrets
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jsonschema
 import yaml
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from gateway import config as cfgmod
+from gateway.admin.tls import generated_paths
+from gateway.admin.trail import AdminTrail
 from gateway.runtime import Gateway
 from gateway.sim.runner import SimFleet
+from gateway.store import Store
 from tests.conftest import free_port, free_ports, wait_for
 
 
@@ -32,14 +37,40 @@ class AdminGateway:
     username: str
     password: str
     vms_password: str
+    ca: Path | None = None  # the generated certificate, when the API is on HTTPS
 
     def basic(self, password: str | None = None, username: str | None = None) -> dict[str, str]:
         token = f"{username or self.username}:{password or self.password}".encode()
         return {"Authorization": "Basic " + base64.b64encode(token).decode()}
 
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        """Trusts the generated certificate, with host name checking (it names 127.0.0.1)."""
+        if self.ca is None:
+            return True
+        return ssl.create_default_context(cafile=str(self.ca))
+
+    def trail(self) -> list[dict[str, Any]]:
+        """The administration audit trail as the gateway stored it, oldest first."""
+        store = Store.in_state_dir(self.gateway.config.state_dir)
+        try:
+            return [e.to_json() for e in AdminTrail(store).entries(10_000)]
+        finally:
+            store.close()
+
+    def session(self, **kwargs: Any) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self.ssl_context()), **kwargs
+        )
+
 
 def admin_config_text(
-    fleet: SimFleet, tmp_path: Path, vms_password: str, admin_password: str, admin_port: int
+    fleet: SimFleet,
+    tmp_path: Path,
+    vms_password: str,
+    admin_password: str,
+    admin_port: int,
+    *,
+    tls: bool = True,
 ) -> str:
     text = fleet.gateway_config(
         bind="127.0.0.1",
@@ -50,6 +81,7 @@ def admin_config_text(
         admin_password=admin_password,
         admin_port=admin_port,
         onvif_base_port=free_ports(len(fleet.cameras))[0],
+        admin_tls=tls,
     )
     # Loopback cameras have no [camera_network]: the policy names the NTP server itself.
     return text + '\n[policy.telemetry]\nntp_server = "127.0.0.1"\n'
@@ -57,13 +89,21 @@ def admin_config_text(
 
 @contextlib.asynccontextmanager
 async def admin_gateway(
-    fleet: SimFleet, tmp_path: Path, vms_password: str, *, wait_pictures: bool = True
+    fleet: SimFleet,
+    tmp_path: Path,
+    vms_password: str,
+    *,
+    wait_pictures: bool = True,
+    tls: bool = True,
+    extra_admin: str = "",
 ) -> AsyncIterator[AdminGateway]:
-    """The gateway with every service on, started from a file (so reload can re-read it)."""
+    """The gateway with every service on, started from a file (so reload can re-read it).
+    ``extra_admin``: TOML appended to the file, e.g. ``[[admin.user]]`` blocks."""
     admin_password = "adm-" + secrets.token_urlsafe(12)
     port = free_port()
     path = tmp_path / "gateway.toml"
-    path.write_text(admin_config_text(fleet, tmp_path, vms_password, admin_password, port))
+    text = admin_config_text(fleet, tmp_path, vms_password, admin_password, port, tls=tls)
+    path.write_text(text + extra_admin)
     gw = Gateway(cfgmod.load(path))
     await gw.start()
     try:
@@ -74,7 +114,13 @@ async def admin_gateway(
                 "a keyframe on every stream",
             )
         yield AdminGateway(
-            gw, path, f"http://127.0.0.1:{port}", "admin", admin_password, vms_password
+            gw,
+            path,
+            f"{'https' if tls else 'http'}://127.0.0.1:{port}",
+            "admin",
+            admin_password,
+            vms_password,
+            generated_paths(tmp_path / "state")[0] if tls else None,
         )
     finally:
         await gw.stop()

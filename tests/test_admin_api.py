@@ -61,7 +61,7 @@ def test_openapi_document_is_valid() -> None:
 
 async def test_every_path_refuses_missing_and_wrong_credentials(admin: AdminGateway) -> None:
     checked = 0
-    async with aiohttp.ClientSession() as session:
+    async with admin.session() as session:
         for path, method, operation in SPEC.operations():
             url = admin.url + concrete(path)
             if operation.get("security") == []:
@@ -71,7 +71,7 @@ async def test_every_path_refuses_missing_and_wrong_credentials(admin: AdminGate
             for headers in (
                 {},
                 admin.basic(password="wrong-password"),
-                admin.basic(username="root"),
+                admin.basic(username=f"root{checked}"),  # a name counts its own failures
                 {"Authorization": "Bearer something"},
             ):
                 status, body, response = await fetch(session, method, url, headers)
@@ -79,7 +79,7 @@ async def test_every_path_refuses_missing_and_wrong_credentials(admin: AdminGate
                 challenges = response.headers.getall("WWW-Authenticate")
                 assert challenges[0].startswith("Digest ") and challenges[1].startswith("Basic ")
                 SPEC.validate(path, method, 401, body)
-            # A good request clears the failure count (ten failures in a row get 429).
+            # A good request clears the account's failure count (ten in a row get 429).
             status, _, _ = await fetch(session, "GET", admin.url + "/api/v1/session", admin.basic())
             assert status == 200
             checked += 1
@@ -87,7 +87,7 @@ async def test_every_path_refuses_missing_and_wrong_credentials(admin: AdminGate
 
 
 async def test_get_endpoints_match_the_openapi_schemas(admin: AdminGateway) -> None:
-    async with aiohttp.ClientSession() as session:
+    async with admin.session() as session:
         for path, method, _ in SPEC.operations():
             if method != "get" or "/live/" in path:
                 continue
@@ -112,7 +112,7 @@ async def test_get_endpoints_match_the_openapi_schemas(admin: AdminGateway) -> N
 async def test_digest_authentication(admin: AdminGateway) -> None:
     client = DigestClient(admin.username, admin.password, allow_basic=False)
     path = "/api/v1/cameras"
-    async with aiohttp.ClientSession() as session:
+    async with admin.session() as session:
         status, _, response = await fetch(session, "GET", admin.url + path)
         assert status == 401
         client.handle_challenge(response.headers.getall("WWW-Authenticate"))
@@ -137,7 +137,7 @@ async def test_digest_authentication(admin: AdminGateway) -> None:
 
 async def test_login_session_cookie_and_csrf(admin: AdminGateway) -> None:
     jar = aiohttp.CookieJar(unsafe=True)
-    async with aiohttp.ClientSession(cookie_jar=jar) as session:
+    async with admin.session(cookie_jar=jar) as session:
         status, _, response = await fetch(session, "GET", admin.url + "/", {"Accept": "text/html"})
         assert status == 303 and response.headers["Location"].startswith("/login")
         status, _, response = await fetch(
@@ -180,7 +180,7 @@ async def test_login_session_cookie_and_csrf(admin: AdminGateway) -> None:
 
 
 async def test_repeated_failures_are_throttled(admin: AdminGateway) -> None:
-    async with aiohttp.ClientSession() as session:
+    async with admin.session() as session:
         url = admin.url + "/api/v1/cameras"
         for _ in range(10):
             status, _, _ = await fetch(session, "GET", url, admin.basic(password="guess"))
@@ -192,7 +192,7 @@ async def test_repeated_failures_are_throttled(admin: AdminGateway) -> None:
 async def test_reconnect_opens_a_new_upstream_session(admin: AdminGateway) -> None:
     hubs = admin.gateway.cameras["hik1"].hubs
     before = {name: hub.upstream_sessions for name, hub in hubs.items()}
-    async with aiohttp.ClientSession() as session:
+    async with admin.session() as session:
         status, body, _ = await fetch(
             session, "POST", admin.url + "/api/v1/cameras/hik1/reconnect", admin.basic()
         )
@@ -225,7 +225,7 @@ async def test_reload_keeps_unaffected_streams(admin: AdminGateway) -> None:
         admin.config_path.write_text("\n[[camera]]\n".join([blocks[0], *kept]))
         video = reader.tracks[0]
         packets_before = video.packets
-        async with aiohttp.ClientSession() as session:
+        async with admin.session() as session:
             status, body, _ = await fetch(
                 session, "POST", admin.url + "/api/v1/reload", admin.basic()
             )
@@ -238,14 +238,14 @@ async def test_reload_keeps_unaffected_streams(admin: AdminGateway) -> None:
         await reader.wait_frames(frames + 25, timeout=15, media="video")
         assert video.packets > packets_before
         assert video.lost == 0 and video.ssrc_changes == 0 and video.malformed == 0
-        async with aiohttp.ClientSession() as session:
+        async with admin.session() as session:
             status, body, _ = await fetch(
                 session, "GET", admin.url + "/api/v1/cameras", admin.basic()
             )
         assert [c["name"] for c in body["cameras"]] == ["hik1"]
 
         admin.config_path.write_text(text.replace("[vms]", "[vms]\nbogus_key = 1"))
-        async with aiohttp.ClientSession() as session:
+        async with admin.session() as session:
             status, body, _ = await fetch(
                 session, "POST", admin.url + "/api/v1/reload", admin.basic()
             )
@@ -258,7 +258,7 @@ async def test_reload_keeps_unaffected_streams(admin: AdminGateway) -> None:
 
 
 async def test_policy_actions_and_stored_results(admin: AdminGateway) -> None:
-    async with aiohttp.ClientSession() as session:
+    async with admin.session() as session:
 
         async def call(method: str, path: str) -> Any:
             status, body, _ = await fetch(session, method, admin.url + path, admin.basic())
@@ -295,7 +295,7 @@ async def test_policy_actions_and_stored_results(admin: AdminGateway) -> None:
 
 
 async def test_snapshots_on_stable_urls(admin: AdminGateway) -> None:
-    async with aiohttp.ClientSession() as session:
+    async with admin.session() as session:
         for path, width in (
             ("/snapshot/hik1/main.jpg", 320),
             ("/snapshot/dahua1.jpg", 320),
@@ -321,7 +321,7 @@ async def test_live_view_websocket_is_playable_fmp4(admin: AdminGateway) -> None
     url = admin.url + "/api/v1/live/hik1/main"
     data = bytearray()
     messages: list[dict[str, Any]] = []
-    async with aiohttp.ClientSession() as session:
+    async with admin.session() as session:
         async with session.get(url) as response:
             assert response.status == 401
         async with session.ws_connect(url, headers=admin.basic()) as ws:
@@ -358,7 +358,7 @@ async def test_live_view_websocket_is_playable_fmp4(admin: AdminGateway) -> None
 
 
 async def test_cross_origin_websocket_is_refused(admin: AdminGateway) -> None:
-    async with aiohttp.ClientSession() as session:
+    async with admin.session() as session:
         with pytest.raises(aiohttp.WSServerHandshakeError) as info:
             await session.ws_connect(
                 admin.url + "/api/v1/live/hik1/main",

@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import stat
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from gateway.admin.tls import fingerprint
 from tests.conftest import free_port, free_ports, run_tool
 
 GATEWAY = (sys.executable, "-m", "gateway")
@@ -48,8 +50,9 @@ async def test_init_writes_a_config_check_accepts_with_fresh_passwords(tmp_path:
 
     gid = service_gid()
     first, second = tmp_path / "etc" / "onvif-gateway" / "a.toml", tmp_path / "b.toml"
+    state = tmp_path / "state"
     for path in (first, second):
-        code, out, err = await gateway_cli("init", "--output", str(path))
+        code, out, err = await gateway_cli("init", "--output", str(path), "--state-dir", str(state))
         assert code == 0, err
         assert str(path) in out
         # 0640 in the service's group where the production install made it (and this
@@ -60,6 +63,13 @@ async def test_init_writes_a_config_check_accepts_with_fresh_passwords(tmp_path:
             assert stat.S_IMODE(path.stat().st_mode) == 0o600
     for made in (first.parent, first.parent.parent):
         assert stat.S_IMODE(made.stat().st_mode) == 0o750
+    # The admin API's certificate: created once in the state directory, key 0600, and its
+    # fingerprint printed; the second init keeps it.
+    cert, key = state / "admin-tls.crt", state / "admin-tls.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    printed = re.search(r"SHA-256 fingerprint ([0-9A-F:]{95})", out)
+    assert printed and printed.group(1) == fingerprint(cert.read_bytes())
+    assert f'state_dir = "{state}"' in first.read_text()
     before = first.read_bytes()
     code, _, err = await gateway_cli("init", "--output", str(first))
     assert code == 2 and "--force" in err
@@ -99,7 +109,7 @@ async def test_init_writes_a_config_check_accepts_with_fresh_passwords(tmp_path:
     summary = json.loads(out)
     assert code == 0 and summary["valid"] is True, out
     assert summary["cameras"][0]["streams"] == ["/lobby/main", "/lobby/sub"]
-    assert summary["admin"] == "http://127.0.0.1:8080/"
+    assert summary["admin"] == "https://127.0.0.1:8080/" and summary["warnings"] == []
     assert "s3cret-camera" not in out
 
 
@@ -122,7 +132,7 @@ def test_init_gives_the_file_to_the_service_group(tmp_path: Path) -> None:
     mode = write_atomically(path, b"x = 1\n", mode=0o640, gid=os.getgid())
     assert mode == 0o640 and stat.S_IMODE(path.stat().st_mode) == 0o640
     assert path.stat().st_gid == os.getgid()
-    mode = write_atomically(path, b"x = 2\n", mode=0o640, gid=None)
+    mode = write_atomically(path, b"x = 2\n", mode=0o600)
     assert mode == 0o600 and stat.S_IMODE(path.stat().st_mode) == 0o600
     assert path.read_text() == "x = 2\n"
     assert [p.name for p in tmp_path.iterdir()] == ["gateway.toml"]  # no temporary left
@@ -245,8 +255,14 @@ async def test_demo_prints_dashboard_and_status_reads_it(tmp_path: Path) -> None
             assert isinstance(admin, dict) and len(admin["password"]) >= 16
             assert len(ready["rtsp"]) == 4  # type: ignore[arg-type]
             basic = aiohttp.encode_basic_auth(admin["username"], admin["password"])
+            assert dashboard.startswith("https://")
+            # The certificate the demo prints is the one a client pins (curl --cacert).
+            trusted = ssl.create_default_context(cafile=str(ready["admin_ca"]))
+            assert ready["admin_fingerprint"] == fingerprint(
+                Path(str(ready["admin_ca"])).read_bytes()
+            )
             async with (
-                aiohttp.ClientSession() as session,
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trusted)) as session,
                 session.get(
                     dashboard + "api/v1/cameras", headers={"Authorization": basic}
                 ) as response,
@@ -255,6 +271,7 @@ async def test_demo_prints_dashboard_and_status_reads_it(tmp_path: Path) -> None
 
             config = tmp_path / "status.toml"
             config.write_text(
+                f'state_dir = "{tmp_path / "state"}"\n'
                 f'[vms]\nusername = "vms"\npassword = "unused"\n'
                 f'[admin]\nport = {port}\nusername = "admin"\n'
                 f'password_env = "DEMO_ADMIN_PASSWORD"\n'

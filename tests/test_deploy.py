@@ -171,7 +171,7 @@ def test_containerfile() -> None:
                 assert (ROOT / source).exists(), source
                 assert source.split("/")[0] not in ignored, source
     health = next(rest for kw, rest in final if kw == "HEALTHCHECK")
-    assert "/healthz" in health and "8080" in health
+    assert "https://127.0.0.1:8080/healthz" in health  # the admin API is HTTPS by default
     entrypoint = yaml.safe_load(next(rest for kw, rest in final if kw == "ENTRYPOINT"))
     cmd = yaml.safe_load(next(rest for kw, rest in final if kw == "CMD"))
     assert entrypoint[0] == "onvif-gateway"
@@ -282,6 +282,7 @@ def test_kubernetes_manifests_fit_together(tmp_path: Path) -> None:
         get = container[probe]["httpGet"]
         assert get["port"] == admin_port and get["path"] in ("/healthz", "/readyz")
         assert get["host"] == config.admin.bind  # hostNetwork: the kubelet probes loopback
+        assert get["scheme"] == ("HTTPS" if config.admin.tls else "HTTP")
     assert {"containerPort": admin_port, "name": "admin", "protocol": "TCP"} in container["ports"]
     rtsp_port = config.server.rtsp_port
     assert {"containerPort": rtsp_port, "name": "rtsp", "protocol": "TCP"} in container["ports"]

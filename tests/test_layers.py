@@ -21,6 +21,7 @@ FOUNDATION = {
     "gateway.backoff",
     "gateway.config",
     "gateway.files",
+    "gateway.passwords",
     "gateway.safexml",
     "gateway.log",
     "gateway.store",
@@ -42,7 +43,6 @@ LAYERS: dict[str, int] = {
     "view": 2,
     "runtime": 3,
     "cli": 3,
-    "commands": 3,
     "sections": 3,
     "__main__": 3,
     "sim": 3,
@@ -120,6 +120,10 @@ def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
 
 def package_of(module: str) -> str:
     parts = module.split(".")
+    # A subsystem's `commands` module is its part of the command line, registered by
+    # gateway.cli: it sits in the CLI's layer, above every service.
+    if len(parts) > 1 and parts[-1] == "commands":
+        return "cli"
     return parts[1] if len(parts) > 1 else "gateway"
 
 

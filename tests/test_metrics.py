@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import __version__
@@ -27,7 +26,7 @@ async def test_metrics_pass_promtool_and_describe_the_streams(
         try:
             # Long enough for the rate estimates to leave the start-up burst behind.
             await reader.wait_frames(100, timeout=20, media="video")
-            async with aiohttp.ClientSession() as session:
+            async with admin.session() as session:
                 async with session.get(admin.url + "/metrics") as response:
                     assert response.status == 401
                 async with session.get(admin.url + "/metrics", headers=admin.basic()) as response:

@@ -2,7 +2,10 @@
 view, snapshots and ``/metrics``.
 
 Every route is authenticated (see :mod:`gateway.admin.auth`) except ``/healthz``,
-``/readyz`` (they reveal nothing but "ok") and the login form.
+``/readyz`` (they reveal nothing but "ok") and the login form, and declares the least role
+that may use it (:data:`ROUTES`; the same as ``x-role`` in ``openapi.yaml``). Sign-ins,
+failed sign-ins and every state-changing request go to the audit trail
+(:mod:`gateway.admin.trail`).
 """
 
 from __future__ import annotations
@@ -23,8 +26,17 @@ from aiohttp import web
 
 from gateway import config as cfgmod
 from gateway.admin import metrics
-from gateway.admin.auth import CSRF_HEADER, SESSION_COOKIE, AdminAuth, Identity
+from gateway.admin.auth import (
+    CSRF_HEADER,
+    SESSION_COOKIE,
+    AdminAuth,
+    Identity,
+    cleartext_allowed,
+    cross_site,
+    role_allows,
+)
 from gateway.admin.live import LiveViewer
+from gateway.admin.trail import AdminTrail
 from gateway.media.fmp4 import video_config
 from gateway.media.hub import StreamHub
 from gateway.store import Store
@@ -36,8 +48,10 @@ OPENAPI = Path(str(resources.files("gateway.admin") / "openapi.yaml"))
 # Snapshot widths the dashboard asks for; any other width is refused so the cache (one
 # decode per stream and width) stays small.
 SNAPSHOT_WIDTHS = (160, 320, 480, 640, 960, 1280, 1920)
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/login"})
+PUBLIC = "public"
 MAX_LOG_LIMIT = 10_000
+SAFE_METHODS = ("GET", "HEAD")
+HSTS = "max-age=31536000"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -49,6 +63,7 @@ class AdminContext:
         self.gateway = gateway
         self.auth = auth
         self.store = store
+        self.trail = AdminTrail(store)
         self._policy: Any = None
         self.viewers: set[LiveViewer] = set()
         self.policy_lock = asyncio.Lock()
@@ -263,6 +278,10 @@ CTX: web.AppKey[AdminContext] = web.AppKey("ctx", AdminContext)
 IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity", Identity)
 
 
+def _identity(request: web.Request) -> Identity | None:
+    return request.get(IDENTITY)
+
+
 def peer_of(request: web.Request) -> str:
     peer = request.transport.get_extra_info("peername") if request.transport else None
     if not peer:
@@ -272,7 +291,15 @@ def peer_of(request: web.Request) -> str:
 
 
 def _address(request: web.Request) -> str:
-    return request.remote or "?"
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return str(peer[0]) if peer else "?"
+
+
+def route_role(request: web.Request) -> str | None:
+    """The least role the matched route needs; None for no route (404/405 follow)."""
+    route = request.match_info.route
+    method = "GET" if request.method == "HEAD" else request.method
+    return request.app[ROLES].get((method, route.resource.canonical if route.resource else ""))
 
 
 def _wants_html(request: web.Request) -> bool:
@@ -284,46 +311,61 @@ def _wants_html(request: web.Request) -> bool:
 
 @web.middleware
 async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    response = await handler(request)
-    if not response.prepared:
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        response.headers.setdefault(
-            "Content-Security-Policy",
-            "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
-            "connect-src 'self'; style-src 'self'; script-src 'self'; frame-ancestors 'none'",
-        )
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # redirects (sign-in) and errors are responses too
+        _harden(request, exc)
+        raise
+    _harden(request, response)
     return response
+
+
+def _harden(request: web.Request, response: web.StreamResponse) -> None:
+    if response.prepared:
+        return
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    # same-origin rather than no-referrer: with no-referrer, browsers send "Origin: null"
+    # on the sign-in form's POST, which cross_site() must treat as foreign.
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    if request.secure:
+        response.headers.setdefault("Strict-Transport-Security", HSTS)
+    response.headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
+        "connect-src 'self'; style-src 'self'; script-src 'self'; frame-ancestors 'none'",
+    )
 
 
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in PUBLIC_PATHS:
+    needed = route_role(request)
+    if needed == PUBLIC:
         return await handler(request)
     ctx = ctx_of(request)
     auth = ctx.auth
     address = _address(request)
-    if auth.blocked(address):
-        return error(429, "too many failed logins from this address; try again later")
     identity: Identity | None = None
     session = auth.session(request.cookies.get(SESSION_COOKIE))
     if session is not None:
-        if request.method not in ("GET", "HEAD") and not auth.csrf_ok(
-            session, request.headers.get(CSRF_HEADER)
-        ):
-            return error(403, f"missing or wrong {CSRF_HEADER} header")
-        identity = Identity(session.username, "session", session)
+        identity = Identity(session.username, session.role, "session", session)
     stale = False
     header = request.headers.get("Authorization")
     if identity is None and header:
-        identity, stale = auth.check_header(request.method, header, request.raw_path)
-        if identity is None and not stale:
-            auth.failed(address)
-            log.warning(
-                "admin authentication failed",
-                extra={"peer": peer_of(request), "path": request.path, "ratelimit": True},
-            )
+        name = auth.claimed_name(header)
+        method = header.split(None, 1)[0].lower()[:16]
+        if auth.blocked(address, name):
+            return error(429, "too many failed sign-ins for this account; try again later")
+        if method == "basic" and not cleartext_allowed(request.secure, address):
+            auth.failed(address, name)  # counted: bounds what a flood can write to the trail
+            _record(request, "sign-in-failed", "refused: Basic over plain HTTP", name, method)
+            return error(403, "Basic authentication over plain HTTP is refused; use HTTPS")
+        identity, stale = await auth.check_header(request.method, header, request.raw_path)
+        # Only passwords are counted: other schemes cannot guess one.
+        if identity is None and not stale and method in ("basic", "digest"):
+            _sign_in_failed(request, name, method)
+        elif identity is not None:
+            auth.succeeded(address, identity.username)
     if identity is None:
         if _wants_html(request) and not header:
             raise web.HTTPSeeOther(f"/login?next={request.path}")
@@ -331,10 +373,61 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         for value in auth.challenge(stale=stale):
             response.headers.add("WWW-Authenticate", value)
         return response
-    if identity.method != "session":
-        auth.succeeded(address)
     request[IDENTITY] = identity
+    changing = request.method not in SAFE_METHODS
+    if needed is not None and not role_allows(identity.role, needed):
+        if changing:
+            _audit(request, _action_name(request), f"refused: needs role {needed}")
+        return error(403, f"this needs the {needed} role; {identity.username} is {identity.role}")
+    if changing:
+        if identity.session is not None:
+            if not auth.csrf_ok(identity.session, request.headers.get(CSRF_HEADER)):
+                _audit(request, _action_name(request), "refused: CSRF token missing or wrong")
+                return error(403, f"missing or wrong {CSRF_HEADER} header")
+        elif cross_site(request.headers, request.scheme, request.host):
+            _audit(request, _action_name(request), "refused: cross-site request")
+            return error(403, "cross-site request refused")
     return await handler(request)
+
+
+def _action_name(request: web.Request) -> str:
+    return request.path.rstrip("/").rsplit("/", 1)[-1] or request.path
+
+
+def _sign_in_failed(request: web.Request, name: str, method: str) -> None:
+    ctx = ctx_of(request)
+    address = _address(request)
+    locked = ctx.auth.failed(address, name)
+    log.warning(
+        "admin login failed" if method == "form" else "admin authentication failed",
+        extra={"peer": peer_of(request), "path": request.path, "ratelimit": True},
+    )
+    _record(request, "sign-in-failed", "refused: wrong credentials", name, method)
+    if locked:
+        log.warning("admin sign-ins locked out", extra={"peer": peer_of(request), "user": name})
+        _record(request, "locked-out", "refused for the next 5 minutes", name, method)
+
+
+def _record(
+    request: web.Request,
+    action: str,
+    result: str,
+    account: str,
+    method: str,
+    role: str | None = None,
+    target: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    ctx_of(request).trail.record(
+        account=account or "?",
+        role=role,
+        method=method,
+        source=peer_of(request),
+        action=action,
+        result=result,
+        target=target,
+        detail=detail,
+    )
 
 
 @web.middleware
@@ -351,11 +444,35 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return response
 
 
-def _audit(request: web.Request, action: str, **fields: Any) -> None:
+def _audit(
+    request: web.Request,
+    action: str,
+    result: str = "ok",
+    target: str | None = None,
+    **detail: Any,
+) -> None:
+    """Log an admin action and record it in the audit trail."""
     identity: Identity = request[IDENTITY]
     log.info(
         "admin action",
-        extra={"action": action, "user": identity.username, "peer": peer_of(request), **fields},
+        extra={
+            "action": action,
+            "user": identity.username,
+            "peer": peer_of(request),
+            "result": result,
+            **({"camera": target} if target else {}),
+            **{k: v if isinstance(v, str | int | float) else str(v) for k, v in detail.items()},
+        },
+    )
+    _record(
+        request,
+        action,
+        result,
+        identity.username,
+        identity.method,
+        identity.role,
+        target,
+        detail or None,
     )
 
 
@@ -383,11 +500,27 @@ def _safe_next(target: str | None) -> str:
     return parts.path or "/"
 
 
+PLAIN_REFUSED = (
+    "Signing in over plain HTTP from another computer is disabled: the password would cross "
+    "the network in the clear. Ask the administrator to turn on HTTPS ([admin] tls = true)."
+)
+
+
 async def login_form(request: web.Request) -> web.StreamResponse:
+    allowed = cleartext_allowed(request.secure, _address(request))
     if request.method == "GET":
-        page = LOGIN_PAGE.replace(
-            "{next}", html.escape(_safe_next(request.query.get("next")), quote=True)
-        ).replace("{failed}", " shown" if request.query.get("failed") else "")
+        failed = request.query.get("failed")
+        message = "Wrong user or password." if failed else ""
+        if not allowed:
+            message = PLAIN_REFUSED
+        page = (
+            LOGIN_PAGE.replace(
+                "{next}", html.escape(_safe_next(request.query.get("next")), quote=True)
+            )
+            .replace("{failed}", " shown" if message else "")
+            .replace("{message}", html.escape(message))
+            .replace("{disabled}", "" if allowed else " disabled")
+        )
         return web.Response(
             text=page,
             content_type="text/html",
@@ -400,19 +533,26 @@ async def login_form(request: web.Request) -> web.StreamResponse:
         )
     ctx = ctx_of(request)
     address = _address(request)
-    if ctx.auth.blocked(address):
-        return error(429, "too many failed logins from this address; try again later")
+    if cross_site(request.headers, request.scheme, request.host):
+        return error(403, "cross-site sign-in refused")
     form = await request.post()
     username = str(form.get("username", ""))[:256]
     password = str(form.get("password", ""))[:1024]
     target = _safe_next(str(form.get("next", "")) or request.query.get("next"))
-    if not ctx.auth.password_matches(username, password):
-        ctx.auth.failed(address)
-        log.warning("admin login failed", extra={"peer": peer_of(request), "ratelimit": True})
+    if not allowed:
+        ctx.auth.failed(address, username)
+        _record(request, "sign-in-failed", "refused: password over plain HTTP", username, "form")
+        return error(403, PLAIN_REFUSED)
+    if ctx.auth.blocked(address, username):
+        return error(429, "too many failed sign-ins for this account; try again later")
+    account = await ctx.auth.verify_password(username, password)
+    if account is None:
+        _sign_in_failed(request, username, "form")
         raise web.HTTPSeeOther(f"/login?failed=1&next={target}")
-    ctx.auth.succeeded(address)
-    token, _ = ctx.auth.open_session(username)
+    ctx.auth.succeeded(address, username)
+    token, _ = ctx.auth.open_session(account)
     log.info("admin login", extra={"user": username, "peer": peer_of(request)})
+    _record(request, "sign-in", "ok", username, "form", account.role)
     response = web.HTTPSeeOther(target)
     response.set_cookie(
         SESSION_COOKIE,
@@ -428,6 +568,7 @@ async def login_form(request: web.Request) -> web.StreamResponse:
 async def logout(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     ctx.auth.close_session(request.cookies.get(SESSION_COOKIE))
+    _audit(request, "sign-out")
     response = json_response({"logged_out": True})
     response.del_cookie(SESSION_COOKIE, path="/")
     return response
@@ -450,6 +591,7 @@ async def session_info(request: web.Request) -> web.Response:
     return json_response(
         {
             "username": identity.username,
+            "role": identity.role,
             "method": identity.method,
             "csrf_token": identity.session.csrf_token if identity.session else None,
         }
@@ -514,16 +656,24 @@ async def get_egress(request: web.Request) -> web.Response:
     return json_response(ctx_of(request).egress())
 
 
-async def get_audit_log(request: web.Request) -> web.Response:
-    ctx = ctx_of(request)
-    camera = request.query.get("camera") or None
+def _limit(request: web.Request) -> int:
+    """The ``limit`` query parameter of the log endpoints; 400 when out of range."""
     try:
         limit = int(request.query.get("limit", "500"))
     except ValueError:
-        return error(400, "limit must be an integer")
+        raise web.HTTPBadRequest(reason="limit must be an integer") from None
     if not 1 <= limit <= MAX_LOG_LIMIT:
-        return error(400, f"limit must be between 1 and {MAX_LOG_LIMIT}")
-    entries = ctx.policy.audit_log(camera, limit)
+        raise web.HTTPBadRequest(reason=f"limit must be between 1 and {MAX_LOG_LIMIT}")
+    return limit
+
+
+async def get_audit_log(request: web.Request) -> web.Response:
+    entries = ctx_of(request).policy.audit_log(request.query.get("camera") or None, _limit(request))
+    return json_response({"entries": [e.to_json() for e in entries]})
+
+
+async def get_admin_log(request: web.Request) -> web.Response:
+    entries = ctx_of(request).trail.entries(_limit(request), request.query.get("account") or None)
     return json_response({"entries": [e.to_json() for e in entries]})
 
 
@@ -565,16 +715,22 @@ async def metrics_handler(request: web.Request) -> web.Response:
 async def reconnect(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     name = request.match_info["camera"]
-    _camera_config(ctx, name)
+    try:
+        _camera_config(ctx, name)
+    except web.HTTPNotFound:
+        _audit(request, "reconnect", "refused: no such camera", target=name[:64])
+        raise
     if not ctx.gateway.reconnect(name):
+        _audit(request, "reconnect", "refused: camera disabled", target=name)
         return error(409, f"camera {name!r} is disabled")
-    _audit(request, "reconnect", camera=name)
+    _audit(request, "reconnect", target=name)
     return json_response({"camera": name, "reconnecting": True}, 202)
 
 
 async def _policy_run(request: web.Request, action: str) -> web.Response:
     ctx = ctx_of(request)
     if ctx.policy_lock.locked():
+        _audit(request, action, "refused: another run in progress")
         return error(409, "another inventory, audit or enforce run is in progress")
     async with ctx.policy_lock:
         config = ctx.gateway.config
@@ -584,14 +740,21 @@ async def _policy_run(request: web.Request, action: str) -> web.Response:
         try:
             result = await _run_policy_action(action, config, ctx.store, identity.username)
         except cfgmod.ConfigError as exc:
-            _audit(request, action, result="refused: policy configuration invalid")
+            _audit(request, action, "refused: policy configuration invalid")
             return error(
                 422,
                 "the policy configuration is invalid",
                 problems=[{"key": k, "message": m} for k, m in exc.problems],
             )
-        _audit(request, action, seconds=round(time.monotonic() - started, 2))
+        _audit(request, action, seconds=round(time.monotonic() - started, 2), **_summary(result))
         return json_response(result.to_json())
+
+
+def _summary(result: Any) -> dict[str, Any]:
+    """What a policy run found or changed, for the audit trail."""
+    data = result.to_json()
+    summary = data.get("summary")
+    return {"summary": summary} if isinstance(summary, dict) else {}
 
 
 async def _run_policy_action(action: str, config: cfgmod.Config, store: Store, user: str) -> Any:
@@ -631,7 +794,7 @@ async def reload_config(request: web.Request) -> web.Response:
             config = cfgmod.load(source)
             ctx.gateway.validate(config)
         except cfgmod.ConfigError as exc:
-            _audit(request, "reload", result="refused: configuration invalid")
+            _audit(request, "reload", "refused: configuration invalid")
             return error(
                 422,
                 "configuration invalid; nothing changed",
@@ -640,9 +803,9 @@ async def reload_config(request: web.Request) -> web.Response:
         try:
             changes = await ctx.gateway.reload(config)
         except ValueError as exc:
-            _audit(request, "reload", result=f"refused: {exc}")
+            _audit(request, "reload", f"refused: {exc}")
             return error(409, str(exc))
-        _audit(request, "reload", **{k: ",".join(v) for k, v in changes.items()})
+        _audit(request, "reload", changes={k: v for k, v in changes.items() if v})
         return json_response({"changes": changes})
 
 
@@ -686,36 +849,49 @@ async def live_view(request: web.Request) -> web.StreamResponse:
 # --------------------------------------------------------------------------- app
 
 
+# Every route with the least role that may use it (viewer < operator < admin). The API's
+# roles are also in openapi.yaml (x-role); tests/test_admin_roles.py checks both agree.
+ROUTES: list[tuple[str, str, Handler, str]] = [
+    ("GET", "/healthz", healthz, PUBLIC),
+    ("GET", "/readyz", readyz, PUBLIC),
+    ("GET", "/login", login_form, PUBLIC),
+    ("POST", "/login", login_form, PUBLIC),
+    ("POST", "/logout", logout, "viewer"),
+    ("GET", "/", _static_file("index.html", "text/html; charset=utf-8"), "viewer"),
+    ("GET", "/static/app.js", _static_file("app.js", "text/javascript; charset=utf-8"), "viewer"),
+    ("GET", "/static/style.css", _static_file("style.css", "text/css; charset=utf-8"), "viewer"),
+    ("GET", "/metrics", metrics_handler, "viewer"),
+    ("GET", "/snapshot/{camera}.jpg", snapshot, "viewer"),
+    ("GET", "/snapshot/{camera}/{stream}.jpg", snapshot, "viewer"),
+    ("GET", "/api/v1/openapi.yaml", openapi, "viewer"),
+    ("GET", "/api/v1/session", session_info, "viewer"),
+    ("GET", "/api/v1/cameras", list_cameras, "viewer"),
+    ("GET", "/api/v1/cameras/{camera}", get_camera, "viewer"),
+    ("POST", "/api/v1/cameras/{camera}/reconnect", reconnect, "operator"),
+    ("GET", "/api/v1/clients", list_clients, "viewer"),
+    ("GET", "/api/v1/inventory", get_inventory, "viewer"),
+    ("POST", "/api/v1/inventory", run_inventory, "operator"),
+    ("GET", "/api/v1/findings", get_findings, "viewer"),
+    ("POST", "/api/v1/audit", run_audit, "operator"),
+    ("POST", "/api/v1/enforce", run_enforce, "admin"),
+    ("GET", "/api/v1/audit-log", get_audit_log, "viewer"),
+    ("GET", "/api/v1/admin-log", get_admin_log, "operator"),
+    ("GET", "/api/v1/egress", get_egress, "viewer"),
+    ("POST", "/api/v1/reload", reload_config, "admin"),
+    ("GET", "/api/v1/live/{camera}/{stream}", live_view, "viewer"),
+]
+ROLES: web.AppKey[dict[tuple[str, str], str]] = web.AppKey("roles", dict)
+
+
 def build_app(ctx: AdminContext) -> web.Application:
     app = web.Application(
         middlewares=[security_headers, json_errors, authenticate], client_max_size=64 * 1024
     )
     app[CTX] = ctx
-    r = app.router
-    r.add_get("/healthz", healthz)
-    r.add_get("/readyz", readyz)
-    r.add_route("GET", "/login", login_form)
-    r.add_route("POST", "/login", login_form)
-    r.add_post("/logout", logout)
-    r.add_get("/", _static_file("index.html", "text/html; charset=utf-8"))
-    r.add_get("/static/app.js", _static_file("app.js", "text/javascript; charset=utf-8"))
-    r.add_get("/static/style.css", _static_file("style.css", "text/css; charset=utf-8"))
-    r.add_get("/metrics", metrics_handler)
-    r.add_get("/snapshot/{camera}.jpg", snapshot)
-    r.add_get("/snapshot/{camera}/{stream}.jpg", snapshot)
-    r.add_get("/api/v1/openapi.yaml", openapi)
-    r.add_get("/api/v1/session", session_info)
-    r.add_get("/api/v1/cameras", list_cameras)
-    r.add_get("/api/v1/cameras/{camera}", get_camera)
-    r.add_post("/api/v1/cameras/{camera}/reconnect", reconnect)
-    r.add_get("/api/v1/clients", list_clients)
-    r.add_get("/api/v1/inventory", get_inventory)
-    r.add_post("/api/v1/inventory", run_inventory)
-    r.add_get("/api/v1/findings", get_findings)
-    r.add_post("/api/v1/audit", run_audit)
-    r.add_post("/api/v1/enforce", run_enforce)
-    r.add_get("/api/v1/audit-log", get_audit_log)
-    r.add_get("/api/v1/egress", get_egress)
-    r.add_post("/api/v1/reload", reload_config)
-    r.add_get("/api/v1/live/{camera}/{stream}", live_view)
+    app[ROLES] = {(method, path): role for method, path, _, role in ROUTES}
+    for method, path, handler, _ in ROUTES:
+        if method == "GET":
+            app.router.add_get(path, handler)  # and HEAD
+        else:
+            app.router.add_route(method, path, handler)
     return app

@@ -2,25 +2,32 @@
 ``gateway.runtime.SERVICE_STARTERS``.
 
 With no ``[admin]`` section nothing is started. Otherwise the admin app (API, dashboard,
-live view, snapshots, ``/metrics``) listens on ``admin.bind:admin.port`` and follows
-configuration reloads: new credentials apply at once (and end dashboard sessions); a new
-bind address or port needs a restart.
+live view, snapshots, ``/metrics``) listens on ``admin.bind:admin.port``, over HTTPS unless
+``tls = false`` (:mod:`gateway.admin.tls`), and follows configuration reloads: new or changed
+accounts apply at once (and end those accounts' dashboard sessions); a renewed certificate
+(new files, or new ``tls_cert``/``tls_key`` paths) is loaded on reload and also noticed by a
+check of the files every :data:`CERT_CHECK_INTERVAL` seconds. A new bind address or port,
+or switching TLS on or off, needs a restart.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
 
 from aiohttp import web
 
+from gateway.admin import tls
 from gateway.admin.api import AdminContext, build_app
 from gateway.admin.auth import AdminAuth
-from gateway.config import Config
+from gateway.config import AdminConfig, Config
 from gateway.store import Store
 
 log = logging.getLogger("gateway.admin")
+CERT_CHECK_INTERVAL = 60.0
 
 
 class NoAdmin:
@@ -33,10 +40,20 @@ class NoAdmin:
 
 
 class AdminService:
-    def __init__(self, ctx: AdminContext, runner: web.AppRunner, port: int) -> None:
+    def __init__(
+        self,
+        ctx: AdminContext,
+        runner: web.AppRunner,
+        port: int,
+        server_tls: tls.ServerTLS | None,
+    ) -> None:
         self.ctx = ctx
         self.runner = runner
         self.port = port
+        self.tls = server_tls
+        self._watch: asyncio.Task[None] | None = None
+        if server_tls is not None:
+            self._watch = asyncio.create_task(self._watch_certificate(), name="admin-cert-watch")
 
     async def reload(self, config: Config) -> None:
         admin = config.admin
@@ -44,18 +61,37 @@ class AdminService:
             log.warning("[admin] removed from the configuration; it stays up until restart")
             return
         self.ctx.config_loaded_at = time.time()
-        auth = self.ctx.auth
-        if admin.username != auth.username or not auth.password_matches(
-            admin.username, admin.password.reveal()
-        ):
-            auth.set_credentials(admin.username, admin.password.reveal())
-            log.info("admin credentials changed; dashboard sessions ended")
+        if self.ctx.auth.set_accounts(admin.accounts()):
+            log.info("admin accounts changed; sessions of changed accounts ended")
+        if self.tls is not None and admin.tls:
+            try:
+                cert, key = await asyncio.to_thread(_server_files, admin, config.state_dir)
+            except (OSError, ValueError) as exc:
+                log.error("admin certificate unavailable", extra={"error": str(exc)})
+                return
+            self.tls.refresh(cert, key)
+        elif (self.tls is not None) != admin.tls:
+            log.warning("[admin] tls changed; it applies after a restart")
+
+    async def _watch_certificate(self) -> None:
+        assert self.tls is not None
+        while True:
+            await asyncio.sleep(CERT_CHECK_INTERVAL)
+            self.tls.refresh()
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
         for viewer in list(self.ctx.viewers):
             viewer.close_for("gateway shutting down")
         await self.runner.cleanup()
         self.ctx.store.close()
+
+
+def _server_files(admin: AdminConfig, state_dir: str) -> tuple[Any, Any]:
+    return tls.server_files(admin.tls_cert, admin.tls_key, state_dir, admin.bind)
 
 
 async def start(gateway: Any) -> AdminService | NoAdmin:
@@ -64,12 +100,27 @@ async def start(gateway: Any) -> AdminService | NoAdmin:
     admin = config.admin
     if admin is None:
         return NoAdmin()
-    auth = AdminAuth(admin.username, admin.password.reveal())
+    auth = AdminAuth(admin.accounts())
+    server_tls = None
+    if admin.tls:
+        try:
+            cert, key = await asyncio.to_thread(_server_files, admin, config.state_dir)
+            server_tls = tls.ServerTLS(cert, key)
+        except (OSError, ValueError) as exc:
+            raise OSError(f"admin: no usable TLS certificate: {exc}") from exc
+    else:
+        log.warning("admin API over plain HTTP (tls = false): passwords only from loopback")
     store = Store.in_state_dir(config.state_dir)
     ctx = AdminContext(gateway, auth, store)
     runner = web.AppRunner(build_app(ctx), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, admin.bind, admin.port, reuse_address=True)
+    site = web.TCPSite(
+        runner,
+        admin.bind,
+        admin.port,
+        reuse_address=True,
+        ssl_context=server_tls.context if server_tls else None,
+    )
     try:
         await site.start()
     except OSError as exc:
@@ -80,7 +131,15 @@ async def start(gateway: Any) -> AdminService | NoAdmin:
             f"admin: cannot listen on {admin.bind}:{admin.port}: {exc.strerror or exc}",
         ) from exc
     port = int(runner.addresses[0][1]) if runner.addresses else admin.port
-    service = AdminService(ctx, runner, port)
+    service = AdminService(ctx, runner, port, server_tls)
     gateway.reload_hooks.append(service.reload)
-    log.info("admin API listening", extra={"address": admin.bind, "port": port})
+    log.info(
+        "admin API listening",
+        extra={
+            "address": admin.bind,
+            "port": port,
+            "scheme": "https" if server_tls else "http",
+            **({"fingerprint": server_tls.fingerprint} if server_tls else {}),
+        },
+    )
     return service

@@ -140,10 +140,13 @@ class SimFleet:
         onvif_base_port: int = 8000,
         admin_port: int = 8080,
         policy: bool = False,
+        admin_tls: bool = True,
     ) -> str:
         """A gateway configuration (TOML) for this fleet; with ``policy``, a ``[policy]``
         section whose telemetry policy points the cameras' NTP at the gateway's address, so
-        ``audit``/``enforce`` and the dashboard's compliance badges work out of the box."""
+        ``audit``/``enforce`` and the dashboard's compliance badges work out of the box.
+        The admin API uses HTTPS (the certificate generated in ``state_dir``) unless
+        ``admin_tls`` is false."""
         lines = [
             f"state_dir = {json.dumps(state_dir)}",
             "",
@@ -172,6 +175,7 @@ class SimFleet:
                 f"port = {admin_port}",
                 'username = "admin"',
                 f"password = {json.dumps(admin_password)}",
+                *([] if admin_tls else ["tls = false"]),
             ]
         for cam in self.cameras:
             d = cam.device

@@ -8,8 +8,11 @@ const SLOW_POLL_MS = 15000;
 const SPARK_POINTS = 60;
 const SNAPSHOT_WIDTH = 640;
 
+const ROLES = ["viewer", "operator", "admin"];
+
 const state = {
   csrf: null,
+  role: "viewer",
   cards: new Map(), // camera name -> {el, history: []}
   cameras: [],
   compliance: new Map(),
@@ -28,6 +31,13 @@ async function api(path, options = {}) {
   const body = await response.json();
   if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
   return body;
+}
+
+// Controls the signed-in account's role may not use are hidden (the API refuses them anyway).
+function applyRole(root) {
+  for (const el of root.querySelectorAll("[data-needs]")) {
+    el.hidden = ROLES.indexOf(state.role) < ROLES.indexOf(el.dataset.needs);
+  }
 }
 
 function notice(text) {
@@ -49,6 +59,7 @@ function cardFor(camera) {
   if (card) return card;
   const el = document.getElementById("card-template").content.firstElementChild.cloneNode(true);
   el.dataset.camera = camera.name;
+  applyRole(el);
   el.querySelector(".name").textContent = camera.name;
   el.querySelector(".picture").addEventListener("click", () => openLive(camera.name, "main"));
   el.querySelector(".watch").addEventListener("click", () => openLive(camera.name, "main"));
@@ -316,7 +327,13 @@ function pump(live) {
 async function main() {
   const session = await api("/api/v1/session");
   state.csrf = session.csrf_token;
-  document.getElementById("user").textContent = session.username;
+  state.role = session.role;
+  document.body.dataset.role = session.role;
+  document.getElementById("user").textContent = `${session.username} (${session.role})`;
+  applyRole(document);
+  const trail = document.getElementById("trail");
+  document.getElementById("trail-open").addEventListener("click", () => openTrail(trail));
+  document.getElementById("trail-close").addEventListener("click", () => trail.close());
   document.getElementById("logout").addEventListener("click", async () => {
     await api("/logout", { method: "POST" }).catch(() => {});
     location.assign("/login");
@@ -345,6 +362,34 @@ async function main() {
   await pollCameras();
   setInterval(pollCameras, POLL_MS);
   setInterval(pollSlow, SLOW_POLL_MS);
+}
+
+async function openTrail(dialog) {
+  try {
+    const { entries } = await api("/api/v1/admin-log?limit=200");
+    const body = document.querySelector("#trail-table tbody");
+    body.replaceChildren(...entries.reverse().map((e) => {
+      const row = document.createElement("tr");
+      const cells = [
+        new Date(e.at * 1000).toLocaleString(),
+        e.role ? `${e.account} (${e.role})` : e.account,
+        e.method,
+        e.source,
+        e.target ? `${e.action} ${e.target}` : e.action,
+        e.result,
+      ];
+      for (const text of cells) {
+        const cell = document.createElement("td");
+        cell.textContent = text;
+        row.appendChild(cell);
+      }
+      if (e.result !== "ok") row.lastChild.classList.add("refused");
+      return row;
+    }));
+    dialog.showModal();
+  } catch (err) {
+    notice(`Audit trail unavailable: ${err.message}`);
+  }
 }
 
 function currentCamera() {
