@@ -49,8 +49,16 @@ class CameraSlot:
         return f"{self.name}_audio_cfg"
 
     @property
+    def analytics_config(self) -> str:
+        return f"{self.name}_analytics"
+
+    @property
     def ptz_enabled(self) -> bool:
         return self.backend.ptz is not None and self.config.ptz != "disabled"
+
+    @property
+    def imaging_enabled(self) -> bool:
+        return self.backend.imaging is not None and self.config.imaging != "disabled"
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,8 @@ class VirtualDevice:
     reboots: list[str] = field(default_factory=list)
     # The simulator serves its streams on vendor paths: full RTSP URL per stream name.
     rtsp_url_for: Callable[[str], str] | None = None
+    # ``[server] advertise_host``: the host XAddrs and URIs name instead of the socket address.
+    advertise_host: str = ""
 
     def __post_init__(self) -> None:
         if not self.uuid:
@@ -162,6 +172,9 @@ class VirtualDevice:
     def has_ptz(self) -> bool:
         return any(s.ptz_enabled for s in self.slots)
 
+    def has_imaging(self) -> bool:
+        return any(s.imaging_enabled for s in self.slots)
+
     def has_audio(self) -> bool:
         return any(p.stream.audio is not None for p in self.profiles())
 
@@ -185,7 +198,10 @@ class Call:
         return child_text(self.op, *path)
 
     def host(self) -> str:
-        return f"[{self.local_ip}]" if ":" in self.local_ip else self.local_ip
+        """The host the client can reach us by: ``[server] advertise_host`` when set (behind
+        NAT the socket's address is not reachable from the VMS), else the address the
+        request arrived on (as ONVIF Core asks: the address the client used)."""
+        return url_host(self.device.advertise_host or self.local_ip)
 
     def http_url(self, path: str) -> str:
         return f"http://{self.host()}:{self.local_port}{path}"
@@ -199,6 +215,11 @@ class Call:
 Handler = Callable[[Call], Awaitable[Xml]]
 
 
+def url_host(host: str) -> str:
+    """``host`` as it goes into a URL (IPv6 addresses in brackets)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def iso_time(ts: float) -> str:
     """Unix seconds as xs:dateTime in UTC with Z."""
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -210,4 +231,5 @@ SERVICE_PATHS = {
     "media2": "/onvif/media2_service",
     "events": "/onvif/events_service",
     "ptz": "/onvif/ptz_service",
+    "imaging": "/onvif/imaging_service",
 }

@@ -84,3 +84,23 @@ def resolvers(path: str = "/etc/resolv.conf") -> list[str]:
             except ValueError:
                 continue
     return servers
+
+
+def default_gateway(interface: str, path: str = "/proc/net/route") -> str | None:
+    """The IPv4 default route's next hop through ``interface`` (None if the default route
+    leaves by another interface, or there is none)."""
+    try:
+        lines = Path(path).read_text().splitlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 8 or fields[0] != interface:
+            continue
+        destination, gateway, mask = fields[1], fields[2], fields[7]
+        if destination == "00000000" and mask == "00000000" and gateway != "00000000":
+            try:
+                return socket.inet_ntoa(struct.pack("<I", int(gateway, 16)))
+            except (ValueError, struct.error):
+                return None
+    return None

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from gateway.config import Config
 from gateway.onvif import device as device_service
-from gateway.onvif import events, media, media2, ptz
+from gateway.onvif import events, imaging, media, media2, ptz
 from gateway.onvif.backend import CameraBackend
 from gateway.onvif.config import OnvifSettings, camera_ports, nvr_port_of, parse_settings
 from gateway.onvif.core import SERVICE_PATHS, Call, CameraSlot, Handler, VirtualDevice
@@ -49,6 +49,7 @@ OPERATIONS: dict[tuple[str, str], Handler] = {
     **media2.OPERATIONS,
     **events.OPERATIONS,
     **ptz.OPERATIONS,
+    **imaging.OPERATIONS,
 }
 PRE_AUTH = device_service.PRE_AUTH | events.PRE_AUTH
 ACCEPTED_TYPES = ("application/soap+xml", "application/xml", "text/xml")
@@ -300,6 +301,7 @@ def build_devices(
         if cam.enabled and cam.name in backends
     ]
     common = dict(
+        advertise_host=config.server.advertise_host or "",
         rtsp_port=config.server.rtsp_port,
         username=config.vms.username,
         password=config.vms.password.reveal(),

@@ -34,6 +34,7 @@ NS: dict[str, str] = {
     "tr2": "http://www.onvif.org/ver20/media/wsdl",
     "tev": "http://www.onvif.org/ver10/events/wsdl",
     "tptz": "http://www.onvif.org/ver20/ptz/wsdl",
+    "timg": "http://www.onvif.org/ver20/imaging/wsdl",
     "ter": "http://www.onvif.org/ver10/error",
     "wsnt": "http://docs.oasis-open.org/wsn/b-2",
     "wstop": "http://docs.oasis-open.org/wsn/t-1",
@@ -72,7 +73,10 @@ def parse_xml(
     """Parse untrusted XML or raise ``ValueError`` saying what was refused."""
     if len(data) > max_bytes:
         raise ValueError(f"XML document of {len(data)} bytes exceeds the limit of {max_bytes}")
-    if not data.strip():
+    # Some clients send a line break or spaces before ``<?xml``, which XML forbids there and
+    # libxml2 refuses; it carries nothing, so it is dropped.
+    data = data.lstrip(b" \t\r\n")
+    if not data:
         raise ValueError("empty XML document")
     if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in data[:4]:
         # UTF-16/32 would hide a DOCTYPE from the byte scan below.
