@@ -1,0 +1,426 @@
+# ruff: noqa: F811  (pytest fixtures imported from test_onvif_gateway are redefined as arguments)
+"""The long tail of real clients (issue 17): what they call beyond streaming, answered from the
+streams as measured and from the camera's own ONVIF services, and checked against the ONVIF
+schemas where onvif-zeep-async ships them (Media2 has none there: checked by content)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from gateway.onvif.core import CameraSlot
+from gateway.onvif.discovery import WSD, Probe, ProbeMatch, probe_matches
+from gateway.onvif.discovery import Endpoint as DiscoveryEndpoint
+from gateway.onvif.imaging import OnvifImagingForwarder
+from gateway.onvif.xml import NS, WSA, parse_xml
+from tests.test_onvif_gateway import (  # noqa: F401  (fixtures)
+    PASSWORD,
+    SOAP,
+    USER,
+    assert_valid,
+    body_child,
+    call_ok,
+    envelope,
+    fault_codes,
+    gateway,
+    post,
+    security_header,
+    sim_camera,
+    streams,
+)
+
+TT, TR2, TDS = NS["tt"], NS["tr2"], NS["tds"]
+MEDIA2 = "/onvif/media2_service"
+MEDIA = "/onvif/media_service"
+PTZ = "/onvif/ptz_service"
+IMAGING = "/onvif/imaging_service"
+
+
+async def call_fault(port: int, body: str, path: str = "/onvif/device_service") -> list[str]:
+    _, _, data = await post(port, envelope(body, security_header(USER, PASSWORD)), path=path)
+    return fault_codes(data)
+
+
+# --------------------------------------------------------------------------- Device
+
+
+DEVICE_GETTERS = [
+    "<tds:GetNetworkDefaultGateway/>",
+    "<tds:GetZeroConfiguration/>",
+    "<tds:GetRelayOutputs/>",
+    "<tds:GetIPAddressFilter/>",
+    "<tds:GetDynamicDNS/>",
+    "<tds:GetSystemLog><tds:LogType>System</tds:LogType></tds:GetSystemLog>",
+    "<tds:GetCertificates/>",
+    "<tds:GetAccessPolicy/>",
+    "<tds:GetDNS/>",
+]
+
+
+async def test_device_getters_answer_and_reveal_nothing_of_the_host(gateway):
+    for op in DEVICE_GETTERS:
+        assert_valid("devicemgmt", await call_ok(gateway.base, op))
+    # Newer than the devicemgmt WSDL onvif-zeep-async ships: no location is set.
+    geo = await call_ok(gateway.base, "<tds:GetGeoLocation/>")
+    assert geo.tag == f"{{{TDS}}}GetGeoLocationResponse" and len(geo) == 0
+    dns = await call_ok(gateway.base, "<tds:GetDNS/>")
+    # The host's resolvers (and the cameras' DNS sinkhole) stay private.
+    assert dns.find(f".//{{{TT}}}DNSManual") is None
+    assert dns.find(f".//{{{TT}}}DNSFromDHCP") is None
+    # Loopback has no default route through it: none is shown.
+    router = await call_ok(gateway.base, "<tds:GetNetworkDefaultGateway/>")
+    assert router.find(f".//{{{TT}}}IPv4Address") is None
+    log = await call_ok(
+        gateway.base, "<tds:GetSystemLog><tds:LogType>Access</tds:LogType></tds:GetSystemLog>"
+    )
+    assert log.findtext(f".//{{{TT}}}String") == ""
+
+
+async def test_capabilities_of_a_missing_category_is_no_such_service(gateway):
+    for category in ("Analytics", "Imaging", "Bogus"):
+        codes = await call_fault(
+            gateway.base,
+            f"<tds:GetCapabilities><tds:Category>{category}</tds:Category></tds:GetCapabilities>",
+        )
+        assert codes == ["env:Receiver", "ter:ActionNotSupported", "ter:NoSuchService"], category
+    media = await call_ok(
+        gateway.base,
+        "<tds:GetCapabilities><tds:Category>Media</tds:Category></tds:GetCapabilities>",
+    )
+    assert media.find(f".//{{{TT}}}Media/{{{TT}}}XAddr") is not None
+
+
+async def test_leading_whitespace_before_the_xml_declaration_is_accepted(gateway):
+    data = b'\r\n  <?xml version="1.0" encoding="UTF-8"?>\n' + envelope("<tds:GetHostname/>")
+    status, _, reply = await post(gateway.base, data)
+    assert status == 200, reply
+    assert body_child(reply).tag == f"{{{TDS}}}GetHostnameResponse"
+
+
+# --------------------------------------------------------------------------- Media2 / Media
+
+
+async def test_media2_options_reflect_the_ingested_streams(gateway, streams):
+    port = gateway.base
+    options = await call_ok(
+        port,
+        "<tr2:GetVideoEncoderConfigurationOptions><tr2:ProfileToken>cam1_sub</tr2:ProfileToken>"
+        "</tr2:GetVideoEncoderConfigurationOptions>",
+        MEDIA2,
+    )
+    sub = streams[1]
+    [opt] = list(options)
+    assert opt.get("GovLengthRange") == f"{sub.gop} {sub.gop}"
+    assert opt.findtext(f"{{{TT}}}Encoding") == "H264"
+    assert opt.get("ProfilesSupported") == sub.profile
+    res = opt.find(f"{{{TT}}}ResolutionsAvailable")
+    assert (res.findtext(f"{{{TT}}}Width"), res.findtext(f"{{{TT}}}Height")) == (
+        str(sub.width),
+        str(sub.height),
+    )
+    assert opt.find(f"{{{TT}}}BitrateRange").findtext(f"{{{TT}}}Max") == str(sub.bitrate_kbps)
+    every = await call_ok(port, "<tr2:GetVideoEncoderConfigurationOptions/>", MEDIA2)
+    assert len(every) == 2
+
+    source = await call_ok(
+        port,
+        "<tr2:GetVideoSourceConfigurationOptions><tr2:ConfigurationToken>cam1_video_cfg"
+        "</tr2:ConfigurationToken></tr2:GetVideoSourceConfigurationOptions>",
+        MEDIA2,
+    )
+    width = source[0].find(f"{{{TT}}}BoundsRange/{{{TT}}}WidthRange")
+    assert width.findtext(f"{{{TT}}}Max") == str(streams[0].width)
+    audio = await call_ok(port, "<tr2:GetAudioEncoderConfigurationOptions/>", MEDIA2)
+    assert len(audio) == 0  # the clips carry no audio
+
+    analytics = await call_ok(port, "<tr2:GetAnalyticsConfigurations/>", MEDIA2)
+    # The token the motion events name as VideoAnalyticsConfigurationToken.
+    assert [a.get("token") for a in analytics] == ["cam1_analytics"]
+    rule = analytics[0].find(f".//{{{TT}}}Rule")
+    assert rule.get("Type") == "tt:CellMotionDetector"
+    for empty in (
+        "GetMetadataConfigurations",
+        "GetAudioOutputConfigurations",
+        "GetAudioDecoderConfigurations",
+        "GetOSDs",
+    ):
+        assert len(await call_ok(port, f"<tr2:{empty}/>", MEDIA2)) == 0, empty
+    osd = await call_ok(
+        port,
+        "<tr2:GetOSDOptions><tr2:ConfigurationToken>cam1_video_cfg</tr2:ConfigurationToken>"
+        "</tr2:GetOSDOptions>",
+        MEDIA2,
+    )
+    assert osd[0].find(f"{{{TT}}}MaximumNumberOfOSDs").get("Total") == "0"
+    sync = await call_ok(
+        port,
+        "<tr2:SetSynchronizationPoint><tr2:ProfileToken>cam1_main</tr2:ProfileToken>"
+        "</tr2:SetSynchronizationPoint>",
+        MEDIA2,
+    )
+    assert sync.tag == f"{{{TR2}}}SetSynchronizationPointResponse"
+    codes = await call_fault(
+        port,
+        "<tr2:GetOSDOptions><tr2:ConfigurationToken>nope</tr2:ConfigurationToken>"
+        "</tr2:GetOSDOptions>",
+        MEDIA2,
+    )
+    assert "ter:NoConfig" in codes
+
+
+MEDIA1_ADDED = [
+    "<trt:GetOSDs/>",
+    "<trt:GetOSDOptions><trt:ConfigurationToken>cam1_video_cfg</trt:ConfigurationToken></trt:GetOSDOptions>",
+    "<trt:GetVideoAnalyticsConfigurations/>",
+    "<trt:GetMetadataConfigurations/>",
+    "<trt:GetAudioOutputs/>",
+    "<trt:GetAudioOutputConfigurations/>",
+    "<trt:GetAudioDecoderConfigurations/>",
+    "<trt:SetSynchronizationPoint><trt:ProfileToken>cam1_sub</trt:ProfileToken></trt:SetSynchronizationPoint>",
+    "<trt:GetVideoSourceConfigurationOptions/>",
+]
+
+
+async def test_media1_additions_validate(gateway):
+    for op in MEDIA1_ADDED:
+        assert_valid("media", await call_ok(gateway.base, op, MEDIA))
+
+
+async def test_synchronization_point_needs_a_live_stream(gateway):
+    gateway.backend.has_keyframe = lambda stream: False
+    codes = await call_fault(
+        gateway.base,
+        "<trt:SetSynchronizationPoint><trt:ProfileToken>cam1_main</trt:ProfileToken>"
+        "</trt:SetSynchronizationPoint>",
+        MEDIA,
+    )
+    assert codes == ["env:Receiver", "ter:Action", "ter:NotAvailable"]
+
+
+async def test_h265_carries_its_gop_in_media1_and_media2(gateway, streams):
+    from gateway.onvif.backend import StreamInfo
+
+    h265 = StreamInfo("main", "/cam1/main", "H265", 640, 360, 12.5, 900, 25, "Main")
+    gateway.backend._streams = [h265, streams[1]]
+    config = await call_ok(
+        gateway.base,
+        "<trt:GetVideoEncoderConfiguration><trt:ConfigurationToken>cam1_main_venc"
+        "</trt:ConfigurationToken></trt:GetVideoEncoderConfiguration>",
+        MEDIA,
+    )
+    # (Encoding H265 is outside the ver10 enumeration, as on H.265 cameras: not validated.)
+    assert config.findtext(f".//{{{TT}}}H265/{{{TT}}}GovLength") == "25"
+    options = await call_ok(
+        gateway.base,
+        "<trt:GetVideoEncoderConfigurationOptions><trt:ProfileToken>cam1_main</trt:ProfileToken>"
+        "</trt:GetVideoEncoderConfigurationOptions>",
+        MEDIA,
+    )
+    assert_valid("media", options)
+    h265_options = options.find(f".//{{{TT}}}Extension/{{{TT}}}Extension/{{{TT}}}H265")
+    assert h265_options.find(f"{{{TT}}}GovLengthRange").findtext(f"{{{TT}}}Min") == "25"
+    assert h265_options.find(f"{{{TT}}}FrameRateRange").findtext(f"{{{TT}}}Max") == "12"
+    media2 = await call_ok(
+        gateway.base,
+        "<tr2:GetVideoEncoderConfigurationOptions><tr2:ConfigurationToken>cam1_main_venc"
+        "</tr2:ConfigurationToken></tr2:GetVideoEncoderConfigurationOptions>",
+        MEDIA2,
+    )
+    assert media2[0].get("GovLengthRange") == "25 25"
+    assert media2[0].findtext(f"{{{TT}}}Encoding") == "H265"
+
+
+# --------------------------------------------------------------------------- PTZ
+
+
+async def test_ptz_capabilities_are_the_cameras_own(gateway, sim_camera):
+    caps = await call_ok(gateway.base, "<tptz:GetServiceCapabilities/>", PTZ)
+    assert caps[0].get("MoveStatus") == "true" and caps[0].get("StatusPosition") == "true"
+    # A camera that does not claim MoveStatus: neither does the virtual device.
+    forwarder = gateway.backend._ptz
+    setup = await forwarder.setup()
+    forwarder._setup = dataclasses.replace(setup, capabilities={"StatusPosition": "true"})
+    caps = await call_ok(gateway.base, "<tptz:GetServiceCapabilities/>", PTZ)
+    assert caps[0].get("MoveStatus") == "false" and caps[0].get("StatusPosition") == "true"
+    services = await call_ok(
+        gateway.base,
+        "<tds:GetServices><tds:IncludeCapability>true</tds:IncludeCapability></tds:GetServices>",
+    )
+    ptz = next(s for s in services if s.findtext(f"{{{TDS}}}Namespace") == NS["tptz"])
+    assert ptz.find(f".//{{{NS['tptz']}}}Capabilities").get("MoveStatus") == "false"
+
+
+async def test_nvr_mode_prefixes_ptz_tokens_per_camera(gateway, sim_camera):
+    nvr = gateway.nvr_port
+    nodes = await call_ok(nvr, "<tptz:GetNodes/>", PTZ)
+    assert [n.get("token") for n in nodes] == ["cam1_PTZNODETOKEN"]
+    configs = await call_ok(nvr, "<tptz:GetConfigurations/>", PTZ)
+    assert [c.get("token") for c in configs] == ["cam1_PTZToken"]
+    assert configs[0].findtext(f"{{{TT}}}NodeToken") == "cam1_PTZNODETOKEN"
+    node = await call_ok(
+        nvr, "<tptz:GetNode><tptz:NodeToken>cam1_PTZNODETOKEN</tptz:NodeToken></tptz:GetNode>", PTZ
+    )
+    assert_valid("ptz", node)
+    assert node[0].get("token") == "cam1_PTZNODETOKEN"
+    options = await call_ok(
+        nvr,
+        "<tptz:GetConfigurationOptions><tptz:ConfigurationToken>cam1_PTZToken"
+        "</tptz:ConfigurationToken></tptz:GetConfigurationOptions>",
+        PTZ,
+    )
+    assert_valid("ptz", options)
+    profiles = await call_ok(nvr, "<trt:GetProfiles/>", MEDIA)
+    assert profiles[0].find(f"{{{TT}}}PTZConfiguration").get("token") == "cam1_PTZToken"
+    codes = await call_fault(
+        nvr, "<tptz:GetNode><tptz:NodeToken>PTZNODETOKEN</tptz:NodeToken></tptz:GetNode>", PTZ
+    )
+    assert "ter:NoEntity" in codes
+    # The camera's own device keeps the camera's tokens.
+    single = await call_ok(gateway.base, "<tptz:GetNodes/>", PTZ)
+    assert [n.get("token") for n in single] == ["PTZNODETOKEN"]
+
+
+# --------------------------------------------------------------------------- Imaging
+
+
+@pytest.fixture
+async def imaging(gateway, sim_camera):
+    forwarder = OnvifImagingForwarder(
+        name="cam1",
+        host="127.0.0.1",
+        port=sim_camera.http_port,
+        username="admin",
+        password="cam-pw",
+    )
+    await forwarder.connect()
+    gateway.backend.imaging_forwarder = forwarder
+    yield forwarder
+    await forwarder.close()
+
+
+def set_policy(gateway, policy: str) -> None:
+    for dev in gateway.devices:
+        dev.slots = [
+            CameraSlot(dataclasses.replace(s.config, imaging=policy), s.backend) for s in dev.slots
+        ]
+
+
+async def test_imaging_is_advertised_only_when_the_camera_has_it(gateway, sim_camera):
+    services = await call_ok(gateway.base, "<tds:GetServices/>")
+    assert NS["timg"] not in [s.findtext(f"{{{TDS}}}Namespace") for s in services]
+    codes = await call_fault(
+        gateway.base,
+        "<timg:GetImagingSettings><timg:VideoSourceToken>cam1_video</timg:VideoSourceToken>"
+        "</timg:GetImagingSettings>",
+        IMAGING,
+    )
+    assert "ter:ActionNotSupported" in codes
+
+
+async def test_imaging_forwarded_read_only_by_default(gateway, sim_camera, imaging):
+    from onvif import ONVIFCamera
+
+    caps = await call_ok(
+        gateway.base,
+        "<tds:GetCapabilities><tds:Category>Imaging</tds:Category></tds:GetCapabilities>",
+    )
+    assert caps.findtext(f".//{{{TT}}}Imaging/{{{TT}}}XAddr").endswith(IMAGING)
+    cam = ONVIFCamera("127.0.0.1", gateway.base, USER, PASSWORD, adjust_time=True, no_cache=True)
+    try:
+        await cam.update_xaddrs()
+        assert NS["timg"] in cam.xaddrs
+        service = await cam.create_imaging_service()
+        settings = await service.GetImagingSettings({"VideoSourceToken": "cam1_video"})
+        assert settings.IrCutFilter == "AUTO" and settings.Brightness == 50.0
+        options = await service.GetOptions({"VideoSourceToken": "cam1_video"})
+        assert set(options.IrCutFilterModes) == {"ON", "OFF", "AUTO"}
+        status = await service.GetStatus({"VideoSourceToken": "cam1_video"})
+        assert status.FocusStatus20.MoveStatus == "IDLE"
+        with pytest.raises(Exception, match="read-only"):
+            await service.SetImagingSettings(
+                {"VideoSourceToken": "cam1_video", "ImagingSettings": {"IrCutFilter": "OFF"}}
+            )
+        assert sim_camera.settings["imaging"]["IrCutFilter"] == "AUTO"
+        with pytest.raises(Exception, match="no imaging for video source"):
+            await service.GetStatus({"VideoSourceToken": "other_video"})
+    finally:
+        await cam.close()
+    for op in (
+        "<timg:GetServiceCapabilities/>",
+        "<timg:GetImagingSettings><timg:VideoSourceToken>cam1_video</timg:VideoSourceToken></timg:GetImagingSettings>",
+        "<timg:GetOptions><timg:VideoSourceToken>cam1_video</timg:VideoSourceToken></timg:GetOptions>",
+        "<timg:GetMoveOptions><timg:VideoSourceToken>cam1_video</timg:VideoSourceToken></timg:GetMoveOptions>",
+        "<timg:GetStatus><timg:VideoSourceToken>cam1_video</timg:VideoSourceToken></timg:GetStatus>",
+    ):
+        assert_valid("imaging", await call_ok(gateway.base, op, IMAGING))
+
+
+async def test_imaging_changes_reach_the_camera_when_enabled(gateway, sim_camera, imaging):
+    from onvif import ONVIFCamera
+
+    set_policy(gateway, "enabled")
+    cam = ONVIFCamera("127.0.0.1", gateway.base, USER, PASSWORD, adjust_time=True, no_cache=True)
+    try:
+        await cam.update_xaddrs()
+        service = await cam.create_imaging_service()
+        # Home Assistant's IR lamp switch.
+        await service.SetImagingSettings(
+            {"VideoSourceToken": "cam1_video", "ImagingSettings": {"IrCutFilter": "OFF"}}
+        )
+        assert sim_camera.settings["imaging"]["IrCutFilter"] == "OFF"
+        await service.Move(
+            {"VideoSourceToken": "cam1_video", "Focus": {"Absolute": {"Position": 0.8}}}
+        )
+        status = await service.GetStatus({"VideoSourceToken": "cam1_video"})
+        assert status.FocusStatus20.Position == pytest.approx(0.8)
+        with pytest.raises(Exception, match=r"outside 0\.\.100"):
+            await service.SetImagingSettings(
+                {"VideoSourceToken": "cam1_video", "ImagingSettings": {"Brightness": 140}}
+            )
+    finally:
+        await cam.close()
+    set_policy(gateway, "disabled")
+    services = await call_ok(gateway.base, "<tds:GetServices/>")
+    assert NS["timg"] not in [s.findtext(f"{{{TDS}}}Namespace") for s in services]
+
+
+# --------------------------------------------------------------------------- addresses
+
+
+async def test_advertise_host_names_every_uri(gateway):
+    dev = gateway.device("cam1")
+    dev.advertise_host = "cams.example.net"
+    try:
+        services = await call_ok(gateway.base, "<tds:GetServices/>")
+        xaddrs = [s.findtext(f"{{{TDS}}}XAddr") for s in services]
+        assert all(x.startswith(f"http://cams.example.net:{gateway.base}/") for x in xaddrs)
+        uri = await call_ok(
+            gateway.base,
+            "<tr2:GetStreamUri><tr2:Protocol>RtspUnicast</tr2:Protocol>"
+            "<tr2:ProfileToken>cam1_main</tr2:ProfileToken></tr2:GetStreamUri>",
+            MEDIA2,
+        )
+        assert uri.findtext(f"{{{TR2}}}Uri") == "rtsp://cams.example.net:8554/cam1/main"
+    finally:
+        dev.advertise_host = ""
+
+
+def test_probe_with_2005_08_addressing_is_answered_in_kind():
+    probe = (
+        f'<s:Envelope xmlns:s="{SOAP}" xmlns:a="{WSA}" xmlns:d="{WSD}" '
+        'xmlns:dn="http://www.onvif.org/ver10/network/wsdl"><s:Header>'
+        "<a:MessageID>urn:uuid:1b7c8a2e-0000-4000-8000-000000000001</a:MessageID>"
+        "<a:To>urn:schemas-xmlsoap-org:ws:2005:04:discovery</a:To>"
+        f"<a:Action>{WSD}/Probe</a:Action></s:Header>"
+        "<s:Body><d:Probe><d:Types>dn:NetworkVideoTransmitter</d:Types></d:Probe></s:Body>"
+        "</s:Envelope>"
+    ).encode()
+    parsed = Probe.parse(b"\n " + probe)
+    assert parsed.addressing == WSA
+    ep = DiscoveryEndpoint("urn:uuid:x", ("onvif://www.onvif.org/name/cam1",), ("http://h/",))
+    assert parsed.matches(ep)
+    reply = probe_matches(ep, parsed.message_id, (1, 1), parsed.addressing)
+    assert parse_xml(reply).find(f".//{{{WSA}}}RelatesTo").text == parsed.message_id
+    [match] = ProbeMatch.parse_all(reply)
+    assert match.relates_to == parsed.message_id and match.address == "urn:uuid:x"
