@@ -5,9 +5,12 @@ schemas where onvif-zeep-async ships them (Media2 has none there: checked by con
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import datetime as dt
 
 import pytest
+from aiohttp import web
 
 from gateway.onvif.core import CameraSlot
 from gateway.onvif.discovery import WSD, Probe, ProbeMatch, probe_matches
@@ -424,3 +427,118 @@ def test_probe_with_2005_08_addressing_is_answered_in_kind():
     assert parse_xml(reply).find(f".//{{{WSA}}}RelatesTo").text == parsed.message_id
     [match] = ProbeMatch.parse_all(reply)
     assert match.relates_to == parsed.message_id and match.address == "urn:uuid:x"
+
+
+# --------------------------------------------------------------------------- push events
+
+
+class Consumer:
+    """An HTTP notification consumer (as Home Assistant's webhook) on ``host``."""
+
+    def __init__(self, host: str, status: int = 200) -> None:
+        self.host = host
+        self.status = status
+        self.bodies: asyncio.Queue[bytes] = asyncio.Queue()
+        self.hits = 0
+
+    async def start(self) -> str:
+        async def handle(request: web.Request) -> web.Response:
+            self.hits += 1
+            await self.bodies.put(await request.read())
+            if 300 <= self.status < 400:
+                raise web.HTTPFound("http://127.0.0.1:9/elsewhere")
+            return web.Response(status=self.status)
+
+        app = web.Application()
+        app.router.add_post("/api/webhook/onvif", handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.host, 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return f"http://{self.host}:{port}/api/webhook/onvif"
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+
+
+async def test_push_subscription_with_home_assistants_notification_manager(gateway):
+    from onvif import ONVIFCamera
+
+    consumer = Consumer("127.0.0.2")  # on the network the VMS reached the gateway from
+    url = await consumer.start()
+    cam = ONVIFCamera("127.0.0.1", gateway.base, USER, PASSWORD, adjust_time=True, no_cache=True)
+    try:
+        await cam.update_xaddrs()
+        manager = await cam.create_notification_manager(url, dt.timedelta(seconds=60), lambda: None)
+        broker = gateway.device("cam1").events
+        [sub] = broker.subscriptions.values()
+        assert sub.delivery is not None
+        # The current state arrives first (PropertyOperation Initialized) ...
+        first = await asyncio.wait_for(consumer.bodies.get(), 10)
+        parsed = manager.process(first)
+        topics = sorted(m.Topic._value_1 for m in parsed.NotificationMessage)
+        assert topics == [
+            "tns1:RuleEngine/CellMotionDetector/Motion",
+            "tns1:VideoSource/MotionAlarm",
+        ]
+        # ... then every change.
+        gateway.backend.motion_source.set(True)
+        changed = manager.process(await asyncio.wait_for(consumer.bodies.get(), 10))
+        values = {m.Message._value_1.Data.SimpleItem[0].Value for m in changed.NotificationMessage}
+        assert values == {"true"}
+        await manager.stop()  # Unsubscribe
+        assert broker.subscriptions == {}
+    finally:
+        await cam.close()
+        await consumer.close()
+
+
+async def subscribe_raw(port: int, address: str) -> bytes:
+    body = (
+        "<wsnt:Subscribe><wsnt:ConsumerReference>"
+        f"<wsa:Address>{address}</wsa:Address></wsnt:ConsumerReference>"
+        "<wsnt:InitialTerminationTime>PT60S</wsnt:InitialTerminationTime></wsnt:Subscribe>"
+    )
+    _, _, data = await post(
+        port, envelope(body, security_header(USER, PASSWORD)), path="/onvif/events_service"
+    )
+    return data
+
+
+async def test_push_consumers_are_held_to_the_vms_side(gateway):
+    for address, reason in (
+        ("http://127.0.0.1:9/hook", "camera network"),  # the camera's own address
+        ("http://192.0.2.10/hook", "neither the subscriber"),
+        ("http://user:pw@127.0.0.2/hook", "credentials"),
+        ("ftp://127.0.0.2/hook", "http://"),
+        ("http://no-such-host.invalid/hook", "does not resolve"),
+    ):
+        data = await subscribe_raw(gateway.base, address)
+        assert "ter:InvalidArgVal" in fault_codes(data), address
+        assert reason in data.decode(), (address, data)
+    assert gateway.device("cam1").events.subscriptions == {}
+
+
+async def test_push_follows_no_redirect_and_gives_up_on_a_dead_consumer(gateway, monkeypatch):
+    from gateway.onvif import push
+
+    monkeypatch.setattr(push, "RETRY_DELAY", 0.01)
+    monkeypatch.setattr(push, "MAX_BATCH", 1)  # one message per batch: batches are countable
+    consumer = Consumer("127.0.0.2", status=302)
+    url = await consumer.start()
+    try:
+        data = await subscribe_raw(gateway.base, url)
+        assert body_child(data).tag == f"{{{NS['wsnt']}}}SubscribeResponse"
+        broker = gateway.device("cam1").events
+        [sub] = broker.subscriptions.values()
+        # Two initial messages and two for the change: four batches queued. Each is tried
+        # ATTEMPTS times, never following the redirect; after MAX_FAILED_BATCHES (3) the
+        # subscription ends with the fourth still queued (bounded, and then dropped).
+        gateway.backend.motion_source.set(True)
+        await asyncio.wait_for(sub.task, 10)
+        assert len(sub.queue) == 1
+        assert broker.subscriptions == {}
+        assert consumer.hits == push.ATTEMPTS * push.MAX_FAILED_BATCHES
+    finally:
+        await consumer.close()

@@ -189,6 +189,7 @@ class Call:
     local_port: int
     now: float
     path: str
+    remote_ip: str = ""  # the client's address (push consumers are checked against it)
 
     @property
     def op(self) -> etree._Element:

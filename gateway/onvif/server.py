@@ -192,7 +192,7 @@ async def handle_soap(request: web.Request) -> web.StreamResponse:
         if refusal is not None:
             return refusal
     local_ip, local_port = _local(request)
-    call = Call(device, soap, local_ip, local_port, now, request.path)
+    call = Call(device, soap, local_ip, local_port, now, request.path, _remote(request))
     try:
         body = await handler(call)
     except SoapFault as fault:
