@@ -362,8 +362,8 @@ CLIENTS += ["python-requests HTTPDigestAuth", "curl --digest", "onvif-util"]
 async def test_client_against_every_virtual_device(lab: Lab, client: str, tmp_path: Path):
     if client == "onvif-util":
         for device in DEVICES:
-            record(client, device, "discover, get profiles, get rtsp", "n/a",
-                   "needs network namespaces: tests/test_onvif_util.py")  # fmt: skip
+            for operation in ("discover (-a)", "get profiles, get rtsp", "get network"):
+                record(client, device, operation, "n/a", "runs in tests/test_onvif_util.py")
         pytest.skip("onvif-util runs in tests/test_onvif_util.py (network namespaces)")
     node_client = client in ("npm onvif (Media2)", "node-onvif")
     if node_client and (shutil.which("node") is None or not (NODE_DIR / "node_modules").is_dir()):
