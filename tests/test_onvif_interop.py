@@ -542,3 +542,18 @@ async def test_push_follows_no_redirect_and_gives_up_on_a_dead_consumer(gateway,
         assert consumer.hits == push.ATTEMPTS * push.MAX_FAILED_BATCHES
     finally:
         await consumer.close()
+
+
+def test_imaging_policy_and_advertise_host_are_validated():
+    from gateway.config import ConfigError, loads
+
+    base = '[vms]\nusername = "v"\npassword = "p"\n'
+    camera = '[[camera]]\nname = "c"\nvendor = "hikvision"\nhost = "10.0.0.9"\n'
+    config = loads(base + '[server]\nadvertise_host = "cams.example.net"\n' + camera)
+    assert config.server.advertise_host == "cams.example.net"
+    assert config.cameras[0].imaging == "read-only"  # the default
+    assert loads(base + camera + 'imaging = "enabled"\n').cameras[0].imaging == "enabled"
+    with pytest.raises(ConfigError, match=r"camera\[0\]\.imaging: must be enabled, read-only"):
+        loads(base + camera + 'imaging = "on"\n')
+    with pytest.raises(ConfigError, match=r"server\.advertise_host"):
+        loads(base + '[server]\nadvertise_host = "http://x/"\n' + camera)
