@@ -329,6 +329,13 @@ async def test_imaging_forwarded_read_only_by_default(gateway, sim_camera, imagi
         "<tds:GetCapabilities><tds:Category>Imaging</tds:Category></tds:GetCapabilities>",
     )
     assert caps.findtext(f".//{{{TT}}}Imaging/{{{TT}}}XAddr").endswith(IMAGING)
+    every = await call_ok(gateway.base, "<tds:GetCapabilities/>")
+    assert_valid("devicemgmt", every)
+    services = await call_ok(
+        gateway.base,
+        "<tds:GetServices><tds:IncludeCapability>true</tds:IncludeCapability></tds:GetServices>",
+    )
+    assert_valid("devicemgmt", services)
     cam = ONVIFCamera("127.0.0.1", gateway.base, USER, PASSWORD, adjust_time=True, no_cache=True)
     try:
         await cam.update_xaddrs()

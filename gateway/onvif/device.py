@@ -130,8 +130,11 @@ async def get_capabilities(call: Call) -> Xml:
 
     # Category is a list in the schema; clients send one element per category.
     categories = {
-        (c.text or "").strip() for c in call.op if etree.QName(c).localname == "Category"
-    } - {""} or {"All"}
+        name
+        for c in call.op
+        if etree.QName(c).localname == "Category"
+        for name in (c.text or "").split()
+    } or {"All"}
     unknown = categories - {"All", "Analytics", "Device", "Events", "Imaging", "Media", "PTZ"}
     if unknown:
         raise no_such_service(f"unknown capability category {' '.join(sorted(unknown))}")
@@ -176,10 +179,11 @@ async def get_capabilities(call: Call) -> Xml:
         )
     if every or "Events" in categories:
         parts.append(events.legacy_capabilities(call))
-    if every or "Media" in categories:
-        parts.append(media.legacy_capabilities(call))
+    # The schema's order: Analytics, Device, Events, Imaging, Media, PTZ.
     if (every or "Imaging" in categories) and dev.has_imaging():
         parts.append(imaging.legacy_capabilities(call))
+    if every or "Media" in categories:
+        parts.append(media.legacy_capabilities(call))
     if (every or "PTZ" in categories) and dev.has_ptz():
         parts.append(ptz.legacy_capabilities(call))
     if not parts or (not every and len(parts) < len(categories)):
