@@ -564,3 +564,18 @@ def test_imaging_policy_and_advertise_host_are_validated():
         loads(base + camera + 'imaging = "on"\n')
     with pytest.raises(ConfigError, match=r"server\.advertise_host"):
         loads(base + '[server]\nadvertise_host = "http://x/"\n' + camera)
+
+
+def test_default_gateway_is_read_for_one_interface_only(tmp_path):
+    from gateway.onvif.netinfo import default_gateway
+
+    route = tmp_path / "route"
+    route.write_text(
+        "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n"
+        "cam0\t00000000\t0132A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"  # via 192.168.50.1
+        "vms0\t0000000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"  # 10.0.0.0/24, no router
+    )
+    assert default_gateway("cam0", str(route)) == "192.168.50.1"
+    # The VMS side has no default route of its own: the camera network's is not shown.
+    assert default_gateway("vms0", str(route)) is None
+    assert default_gateway("vms0", str(tmp_path / "missing")) is None

@@ -1,5 +1,7 @@
-"""Facts about the gateway's own network interfaces (Linux), for GetNetworkInterfaces and for
-binding WS-Discovery to the interface that holds the VMS-side address."""
+"""Facts about the gateway's own network interfaces (Linux), for GetNetworkInterfaces,
+GetNetworkDefaultGateway, checking push consumers against the VMS-side network, and binding
+WS-Discovery to the interface that holds the VMS-side address. (The host's resolvers are
+deliberately not read: GetDNS must not reveal them.)"""
 
 from __future__ import annotations
 
@@ -67,23 +69,6 @@ def _ipv6_interface(ip: ipaddress.IPv6Address) -> Interface | None:
                 mtu = int(Path(f"/sys/class/net/{name}/mtu").read_text())
             return Interface(name, int(fields[1], 16), str(ip), int(fields[2], 16), mtu)
     return None
-
-
-def resolvers(path: str = "/etc/resolv.conf") -> list[str]:
-    """The name servers the gateway itself uses."""
-    servers: list[str] = []
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError:
-        return servers
-    for line in lines:
-        fields = line.split()
-        if len(fields) >= 2 and fields[0] == "nameserver":
-            try:
-                servers.append(str(ipaddress.ip_address(fields[1].split("%")[0])))
-            except ValueError:
-                continue
-    return servers
 
 
 def default_gateway(interface: str, path: str = "/proc/net/route") -> str | None:
