@@ -18,7 +18,7 @@ from gateway import __version__
 from gateway.config import CameraConfig
 from gateway.onvif.backend import CameraBackend, DeviceIdentity, StreamInfo, device_uuid
 from gateway.onvif.config import OnvifSettings
-from gateway.onvif.xml import SoapRequest, Xml, child_text, invalid_arg
+from gateway.onvif.xml import SoapRequest, Xml, child_text, el, invalid_arg
 
 
 @dataclass(frozen=True)
@@ -214,6 +214,19 @@ class Call:
 
 
 Handler = Callable[[Call], Awaitable[Xml]]
+
+
+def empty_answer(response: str) -> Handler:
+    """A getter whose true answer is the empty list: something the gateway does not serve
+    (relays, certificates, audio back-channel, RTSP metadata stream). A profile the request
+    names must still exist."""
+
+    async def answer(call: Call) -> Xml:
+        if call.arg("ProfileToken"):
+            call.device.profile(call.arg("ProfileToken"))
+        return el(response)
+
+    return answer
 
 
 def url_host(host: str) -> str:

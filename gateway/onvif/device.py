@@ -22,7 +22,7 @@ from urllib.parse import quote
 from lxml import etree
 
 from gateway.onvif import netinfo
-from gateway.onvif.core import SERVICE_PATHS, Call, Handler
+from gateway.onvif.core import SERVICE_PATHS, Call, Handler, empty_answer
 from gateway.onvif.xml import NS, SoapFault, Xml, el, operation_prohibited, text
 
 log = logging.getLogger(__name__)
@@ -397,15 +397,6 @@ async def get_access_policy(call: Call) -> Xml:
     return el("tds:GetAccessPolicyResponse", el("tds:PolicyFile", el("tt:Data", "")))
 
 
-def _empty_answer(response: str) -> Handler:
-    """A getter whose true answer is the empty list (no relays, certificates, location)."""
-
-    async def answer(call: Call) -> Xml:
-        return el(response)
-
-    return answer
-
-
 async def get_ntp(call: Call) -> Xml:
     # The gateway keeps time for the cameras; towards the VMS it has no NTP client settings.
     return el("tds:GetNTPResponse", el("tds:NTPInformation", el("tt:FromDHCP", "false")))
@@ -539,9 +530,9 @@ OPERATIONS: dict[tuple[str, str], Handler] = {
     (TDS, "GetDynamicDNS"): get_dynamic_dns,
     (TDS, "GetSystemLog"): get_system_log,
     (TDS, "GetAccessPolicy"): get_access_policy,
-    (TDS, "GetRelayOutputs"): _empty_answer("tds:GetRelayOutputsResponse"),
-    (TDS, "GetCertificates"): _empty_answer("tds:GetCertificatesResponse"),
-    (TDS, "GetGeoLocation"): _empty_answer("tds:GetGeoLocationResponse"),
+    (TDS, "GetRelayOutputs"): empty_answer("tds:GetRelayOutputsResponse"),
+    (TDS, "GetCertificates"): empty_answer("tds:GetCertificatesResponse"),
+    (TDS, "GetGeoLocation"): empty_answer("tds:GetGeoLocationResponse"),
 }
 OPERATIONS.update({(TDS, name): _refuse(what) for name, what in REFUSED.items()})
 

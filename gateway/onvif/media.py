@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from lxml import etree
 
-from gateway.onvif.core import SERVICE_PATHS, Call, CameraSlot, Handler, Profile
+from gateway.onvif.core import SERVICE_PATHS, Call, CameraSlot, Handler, Profile, empty_answer
 from gateway.onvif.ptz import show_tokens
 from gateway.onvif.xml import NS, SoapFault, Xml, el, invalid_arg, raw, text
 
@@ -571,18 +571,6 @@ async def get_video_analytics_configurations(call: Call) -> Xml:
     )
 
 
-def empty_list(response: str) -> Handler:
-    """A getter of something the gateway does not serve (audio back-channel, RTSP metadata
-    stream): the empty list is the true answer (a named profile must still exist)."""
-
-    async def answer(call: Call) -> Xml:
-        if call.arg("ProfileToken"):
-            call.device.profile(call.arg("ProfileToken"))
-        return el(response)
-
-    return answer
-
-
 def synchronization_point(call: Call) -> Profile:
     """SetSynchronizationPoint: the gateway cannot make the camera's encoder send a keyframe,
     but every client joining or re-joining a stream starts at the last keyframe from the GOP
@@ -657,10 +645,6 @@ OPERATIONS: dict[tuple[str, str], Handler] = {
     (TRT, "GetOSDs"): get_osds,
     (TRT, "GetOSDOptions"): get_osd_options,
     (TRT, "GetVideoAnalyticsConfigurations"): get_video_analytics_configurations,
-    (TRT, "GetMetadataConfigurations"): empty_list("trt:GetMetadataConfigurationsResponse"),
-    (TRT, "GetAudioOutputs"): empty_list("trt:GetAudioOutputsResponse"),
-    (TRT, "GetAudioOutputConfigurations"): empty_list("trt:GetAudioOutputConfigurationsResponse"),
-    (TRT, "GetAudioDecoderConfigurations"): empty_list("trt:GetAudioDecoderConfigurationsResponse"),
     (TRT, "SetSynchronizationPoint"): set_synchronization_point,
 }
 for _name in (
@@ -690,3 +674,12 @@ for _name in (
     "DeleteOSD",
 ):
     OPERATIONS[(TRT, _name)] = modify_configuration
+
+# Getters of what the gateway does not serve (no metadata stream, no audio back-channel).
+for _name in (
+    "GetMetadataConfigurations",
+    "GetAudioOutputs",
+    "GetAudioOutputConfigurations",
+    "GetAudioDecoderConfigurations",
+):
+    OPERATIONS[(TRT, _name)] = empty_answer(f"trt:{_name}Response")

@@ -5,7 +5,7 @@ values), OSDs, analytics and metadata configurations, SetSynchronizationPoint.""
 
 from __future__ import annotations
 
-from gateway.onvif.core import Call, CameraSlot, Handler, Profile
+from gateway.onvif.core import Call, CameraSlot, Handler, Profile, empty_answer
 from gateway.onvif.media import (
     QUALITY_RANGE,
     _range,
@@ -13,7 +13,6 @@ from gateway.onvif.media import (
     analytics_configuration,
     analytics_slots,
     audio_source_configuration,
-    empty_list,
     encoder_options_profile,
     multicast_off,
     osd_options,
@@ -316,9 +315,6 @@ OPERATIONS: dict[tuple[str, str], Handler] = {
     (TR2, "GetVideoSourceConfigurationOptions"): get_video_source_configuration_options,
     (TR2, "GetAudioEncoderConfigurationOptions"): get_audio_encoder_configuration_options,
     (TR2, "GetAnalyticsConfigurations"): get_analytics_configurations,
-    (TR2, "GetMetadataConfigurations"): empty_list("tr2:GetMetadataConfigurationsResponse"),
-    (TR2, "GetAudioOutputConfigurations"): empty_list("tr2:GetAudioOutputConfigurationsResponse"),
-    (TR2, "GetAudioDecoderConfigurations"): empty_list("tr2:GetAudioDecoderConfigurationsResponse"),
     (TR2, "GetOSDs"): get_osds,
     (TR2, "GetOSDOptions"): get_osd_options,
     (TR2, "SetSynchronizationPoint"): set_synchronization_point,
@@ -334,3 +330,11 @@ OPERATIONS: dict[tuple[str, str], Handler] = {
     (TR2, "SetOSD"): modify,
     (TR2, "DeleteOSD"): modify,
 }
+
+# Getters of what the gateway does not serve (no metadata stream, no audio back-channel).
+for _name in (
+    "GetMetadataConfigurations",
+    "GetAudioOutputConfigurations",
+    "GetAudioDecoderConfigurations",
+):
+    OPERATIONS[(TR2, _name)] = empty_answer(f"tr2:{_name}Response")
