@@ -105,6 +105,9 @@ class ServerConfig:
     # How camera streams are read: "pyav" (FFmpeg through PyAV, the default) or "native"
     # (the gateway's own asyncio RTSP client; cheaper per camera). Per camera overridable.
     ingest: str = "pyav"
+    # Host (name or address) the VMS reaches the gateway by, when that is not the address it
+    # connects to (NAT, port forwarding): ONVIF XAddrs and stream URIs then name it.
+    advertise_host: str | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,7 @@ class CameraConfig:
     transport: str = "tcp"
     onvif_port: int | None = None
     ptz: str = "enabled"  # enabled | no-presets | disabled
+    imaging: str = "read-only"  # enabled | read-only | disabled (the camera's ONVIF Imaging)
     enabled: bool = True
     ingest: str | None = None  # None: [server] ingest
     extra: dict[str, Any] = field(default_factory=dict)
@@ -482,6 +486,7 @@ def loads(text: str, *, source: str = "<config>", base_dir: Path | None = None) 
         client_stall_timeout=float(sr.get("client_stall_timeout", (int, float), 10.0, _positive)),
         nvr_mode=sr.get("nvr_mode", bool, False),
         ingest=sr.get("ingest", str, "pyav", _ingest),
+        advertise_host=sr.get("advertise_host", str, None, _host),
     )
     sr.finish()
 
@@ -670,6 +675,16 @@ def _camera(r: _Reader) -> CameraConfig | None:
                 None
                 if v in ("enabled", "no-presets", "disabled")
                 else "must be enabled, no-presets or disabled"
+            ),
+        ),
+        imaging=r.get(
+            "imaging",
+            str,
+            "read-only",
+            lambda v: (
+                None
+                if v in ("enabled", "read-only", "disabled")
+                else "must be enabled, read-only or disabled"
             ),
         ),
         enabled=r.get("enabled", bool, True),

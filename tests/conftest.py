@@ -18,6 +18,7 @@ import pytest
 from gateway import config as cfgmod
 from gateway.runtime import Gateway
 from gateway.sim.runner import SimFleet, default_stream_specs
+from tests.onvif_matrix import pytest_terminal_summary  # noqa: F401  (ONVIF matrix report)
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

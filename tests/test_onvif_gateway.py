@@ -27,6 +27,7 @@ from lxml import etree
 from gateway.config import loads
 from gateway.onvif.backend import DeviceIdentity, StreamInfo
 from gateway.onvif.discovery import probe
+from gateway.onvif.imaging import OnvifImagingForwarder
 from gateway.onvif.ptz import OnvifPtzForwarder
 from gateway.onvif.server import start_onvif
 from gateway.onvif.xml import NS
@@ -112,6 +113,7 @@ class ClipBackend:
         self.motion_source = sim_onvif.SimMotion(sim)
         self.reconnects = 0
         self.reconnected = asyncio.Event()
+        self.imaging_forwarder: OnvifImagingForwarder | None = None
 
     def identity(self) -> DeviceIdentity:
         return DeviceIdentity(
@@ -133,9 +135,16 @@ class ClipBackend:
         self.reconnects += 1
         self.reconnected.set()
 
+    def has_keyframe(self, stream: str) -> bool:
+        return any(s.name == stream for s in self._streams)
+
     @property
     def ptz(self) -> OnvifPtzForwarder | None:
         return self._ptz
+
+    @property
+    def imaging(self) -> OnvifImagingForwarder | None:
+        return self.imaging_forwarder
 
     @property
     def motion(self) -> sim_onvif.SimMotion:
@@ -802,7 +811,8 @@ async def test_ws_discovery_hello_probe_bye(streams, sim_camera):
     servers = await start_onvif(config, {"cam1": backend})
     try:
         uuid = servers.device("cam1").uuid
-        hello = await asyncio.wait_for(_receive_with(loop, listener, b"/Hello<"), 5)
+        # Other devices on this host may announce themselves too: wait for ours.
+        hello = await asyncio.wait_for(_receive_with(loop, listener, b"/Hello<", uuid), 5)
         assert uuid.encode() in hello
         matches = await probe("127.0.0.1", timeout=1.0, port=port)
         ours = [m for m in matches if m.address == uuid]
@@ -812,15 +822,15 @@ async def test_ws_discovery_hello_probe_bye(streams, sim_camera):
         assert any(m.address == uuid for m in directed)
     finally:
         await servers.close()
-    bye = await asyncio.wait_for(_receive_with(loop, listener, b"/Bye<"), 5)
+    bye = await asyncio.wait_for(_receive_with(loop, listener, b"/Bye<", uuid), 5)
     assert uuid.encode() in bye
     listener.close()
 
 
 async def _receive_with(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, marker: bytes
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, marker: bytes, uuid: str
 ) -> bytes:
     while True:
         data = await loop.sock_recv(sock, 65536)
-        if marker in data:
+        if marker in data and uuid.encode() in data:
             return data

@@ -45,6 +45,10 @@ async def run_node(script: str, *args: str, timeout: float = 60) -> dict:
 async def test_npm_onvif_full_session(gateway, sim_camera):  # noqa: F811
     result = await run_node("npm_onvif_client.js", "127.0.0.1", str(gateway.base), USER, PASSWORD)
     assert result["ok"], result.get("error")
+    # GetServices lists Media2, so npm `onvif` uses it for everything it calls (issue 17).
+    assert result["media2"] is True
+    for step in ("getVideoEncoderConfigurationOptions", "getOSDs", "getOSDOptions"):
+        assert result["steps"][step] == "ok", step
     assert result["profiles"] == ["cam1_main", "cam1_sub"]
     assert result["info"]["manufacturer"] == "HIKVISION"
     assert result["streamUri"] == "rtsp://127.0.0.1:8554/cam1/main"

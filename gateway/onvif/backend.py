@@ -8,8 +8,8 @@ to the camera) and by the simulator; :class:`MotionSource` by :mod:`gateway.onvi
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from lxml import etree
@@ -83,6 +83,8 @@ class PtzSetup:
     node_token: str
     configuration_token: str
     configuration: etree._Element  # a tt:PTZConfiguration (any element name; re-tagged)
+    # The attributes of the camera's own PTZ GetServiceCapabilities (MoveStatus, ...).
+    capabilities: Mapping[str, str] = field(default_factory=dict)
 
 
 class PtzBackend(Protocol):
@@ -97,6 +99,17 @@ class PtzBackend(Protocol):
 
         Raises :class:`gateway.onvif.xml.SoapFault` for faults to pass on to the client.
         ``ProfileToken`` in ``operation`` is the virtual device's; the implementation maps it.
+        """
+        ...
+
+
+class ImagingBackend(Protocol):
+    async def call(self, operation: etree._Element) -> Xml:
+        """Perform an Imaging (ver20) operation; returns the response element as markup.
+
+        Raises :class:`gateway.onvif.xml.SoapFault` for faults to pass on to the client.
+        ``VideoSourceToken`` in ``operation`` is the virtual device's; the implementation
+        maps it to the camera's own.
         """
         ...
 
@@ -118,8 +131,17 @@ class CameraBackend(Protocol):
         """Reconnect the camera's upstream streams (what SystemReboot maps to)."""
         ...
 
+    def has_keyframe(self, stream: str) -> bool:
+        """Whether ``stream`` is live with a keyframe cached (a joining client starts there)."""
+        ...
+
     @property
     def ptz(self) -> PtzBackend | None: ...
+
+    @property
+    def imaging(self) -> ImagingBackend | None:
+        """The camera's ONVIF Imaging, once found; None before and for cameras without."""
+        ...
 
     @property
     def motion(self) -> MotionSource | None: ...

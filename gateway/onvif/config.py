@@ -28,6 +28,8 @@ class OnvifSettings:
     location: str = ""
     nvr_port: int | None = None
     max_subscriptions: int = 32
+    # ``[camera_network] subnets``: push notification consumers may never be there.
+    camera_subnets: tuple[str, ...] = ()
 
 
 def parse_settings(config: Config) -> OnvifSettings:
@@ -79,6 +81,7 @@ def parse_settings(config: Config) -> OnvifSettings:
         location=location,
         nvr_port=nvr_port,
         max_subscriptions=max_subs,
+        camera_subnets=tuple(config.camera_network.subnets) if config.camera_network else (),
     )
 
 

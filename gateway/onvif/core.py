@@ -18,7 +18,7 @@ from gateway import __version__
 from gateway.config import CameraConfig
 from gateway.onvif.backend import CameraBackend, DeviceIdentity, StreamInfo, device_uuid
 from gateway.onvif.config import OnvifSettings
-from gateway.onvif.xml import SoapRequest, Xml, child_text, invalid_arg
+from gateway.onvif.xml import SoapRequest, Xml, child_text, el, invalid_arg
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,16 @@ class CameraSlot:
         return f"{self.name}_audio_cfg"
 
     @property
+    def analytics_config(self) -> str:
+        return f"{self.name}_analytics"
+
+    @property
     def ptz_enabled(self) -> bool:
         return self.backend.ptz is not None and self.config.ptz != "disabled"
+
+    @property
+    def imaging_enabled(self) -> bool:
+        return self.backend.imaging is not None and self.config.imaging != "disabled"
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,8 @@ class VirtualDevice:
     reboots: list[str] = field(default_factory=list)
     # The simulator serves its streams on vendor paths: full RTSP URL per stream name.
     rtsp_url_for: Callable[[str], str] | None = None
+    # ``[server] advertise_host``: the host XAddrs and URIs name instead of the socket address.
+    advertise_host: str = ""
 
     def __post_init__(self) -> None:
         if not self.uuid:
@@ -162,6 +172,9 @@ class VirtualDevice:
     def has_ptz(self) -> bool:
         return any(s.ptz_enabled for s in self.slots)
 
+    def has_imaging(self) -> bool:
+        return any(s.imaging_enabled for s in self.slots)
+
     def has_audio(self) -> bool:
         return any(p.stream.audio is not None for p in self.profiles())
 
@@ -176,6 +189,7 @@ class Call:
     local_port: int
     now: float
     path: str
+    remote_ip: str = ""  # the client's address (push consumers are checked against it)
 
     @property
     def op(self) -> etree._Element:
@@ -185,7 +199,10 @@ class Call:
         return child_text(self.op, *path)
 
     def host(self) -> str:
-        return f"[{self.local_ip}]" if ":" in self.local_ip else self.local_ip
+        """The host the client can reach us by: ``[server] advertise_host`` when set (behind
+        NAT the socket's address is not reachable from the VMS), else the address the
+        request arrived on (as ONVIF Core asks: the address the client used)."""
+        return url_host(self.device.advertise_host or self.local_ip)
 
     def http_url(self, path: str) -> str:
         return f"http://{self.host()}:{self.local_port}{path}"
@@ -199,6 +216,24 @@ class Call:
 Handler = Callable[[Call], Awaitable[Xml]]
 
 
+def empty_answer(response: str) -> Handler:
+    """A getter whose true answer is the empty list: something the gateway does not serve
+    (relays, certificates, audio back-channel, RTSP metadata stream). A profile the request
+    names must still exist."""
+
+    async def answer(call: Call) -> Xml:
+        if call.arg("ProfileToken"):
+            call.device.profile(call.arg("ProfileToken"))
+        return el(response)
+
+    return answer
+
+
+def url_host(host: str) -> str:
+    """``host`` as it goes into a URL (IPv6 addresses in brackets)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def iso_time(ts: float) -> str:
     """Unix seconds as xs:dateTime in UTC with Z."""
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -210,4 +245,5 @@ SERVICE_PATHS = {
     "media2": "/onvif/media2_service",
     "events": "/onvif/events_service",
     "ptz": "/onvif/ptz_service",
+    "imaging": "/onvif/imaging_service",
 }

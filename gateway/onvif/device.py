@@ -3,6 +3,12 @@
 Read operations describe the virtual device (the real camera's identity, the gateway's
 addresses as the client reached them); operations that would change the network, time,
 users, firmware or factory state are refused; SystemReboot reconnects the camera's streams.
+
+Network getters show only what the VMS side sees of the device: the address it connected
+to, that interface's default route; never the host's resolvers nor anything of the camera
+network. Getters of features the gateway does not have (relays, IP filter, dynamic DNS,
+certificates, geolocation) answer with their empty or "off" value, as such a camera would:
+some clients refuse to add a device whose getter faults.
 """
 
 from __future__ import annotations
@@ -13,9 +19,11 @@ import re
 from datetime import UTC, datetime
 from urllib.parse import quote
 
+from lxml import etree
+
 from gateway.onvif import netinfo
-from gateway.onvif.core import SERVICE_PATHS, Call, Handler
-from gateway.onvif.xml import NS, Xml, el, operation_prohibited, text
+from gateway.onvif.core import SERVICE_PATHS, Call, Handler, empty_answer
+from gateway.onvif.xml import NS, SoapFault, Xml, el, operation_prohibited, text
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +126,18 @@ async def get_service_capabilities(call: Call) -> Xml:
 
 
 async def get_capabilities(call: Call) -> Xml:
-    from gateway.onvif import events, media, ptz
+    from gateway.onvif import events, imaging, media, ptz
 
-    category = call.arg("Category") or "All"
-    categories = set(category.split())
-    if not categories <= {"All", "Analytics", "Device", "Events", "Imaging", "Media", "PTZ"}:
-        raise operation_prohibited(f"unknown capability category {category!r}")
+    # Category is a list in the schema; clients send one element per category.
+    categories = {
+        name
+        for c in call.op
+        if etree.QName(c).localname == "Category"
+        for name in (c.text or "").split()
+    } or {"All"}
+    unknown = categories - {"All", "Analytics", "Device", "Events", "Imaging", "Media", "PTZ"}
+    if unknown:
+        raise no_such_service(f"unknown capability category {' '.join(sorted(unknown))}")
     every = "All" in categories
     dev = call.device
     parts: list[Xml] = []
@@ -165,17 +179,26 @@ async def get_capabilities(call: Call) -> Xml:
         )
     if every or "Events" in categories:
         parts.append(events.legacy_capabilities(call))
+    # The schema's order: Analytics, Device, Events, Imaging, Media, PTZ.
+    if (every or "Imaging" in categories) and dev.has_imaging():
+        parts.append(imaging.legacy_capabilities(call))
     if every or "Media" in categories:
         parts.append(media.legacy_capabilities(call))
     if (every or "PTZ" in categories) and dev.has_ptz():
         parts.append(ptz.legacy_capabilities(call))
-    if not parts:
-        raise operation_prohibited(f"capability category {category} is not supported")
+    if not parts or (not every and len(parts) < len(categories)):
+        missing = " ".join(sorted(categories - {"All"}))
+        raise no_such_service(f"this device has no {missing} service")
     return el("tds:GetCapabilitiesResponse", el("tds:Capabilities", parts))
 
 
+def no_such_service(reason: str) -> SoapFault:
+    """What ONVIF Core asks for a GetCapabilities category the device does not have."""
+    return SoapFault("Receiver", ("ter:ActionNotSupported", "ter:NoSuchService"), reason)
+
+
 async def get_services(call: Call) -> Xml:
-    from gateway.onvif import events, media, media2, ptz
+    from gateway.onvif import events, imaging, media, media2, ptz
 
     include = call.arg("IncludeCapability") in ("true", "1")
     dev = call.device
@@ -186,7 +209,10 @@ async def get_services(call: Call) -> Xml:
         (NS["tev"], "events", events.service_capabilities(call), (2, 60)),
     ]
     if dev.has_ptz():
-        entries.append((NS["tptz"], "ptz", ptz.service_capabilities(), (2, 60)))
+        claims = await ptz.camera_claims(call) if include else None
+        entries.append((NS["tptz"], "ptz", ptz.service_capabilities(claims), (2, 60)))
+    if dev.has_imaging():
+        entries.append((NS["timg"], "imaging", imaging.service_capabilities(), (2, 60)))
     services = [
         el(
             "tds:Service",
@@ -314,22 +340,61 @@ async def get_network_interfaces(call: Call) -> Xml:
 
 
 async def get_dns(call: Call) -> Xml:
-    servers = netinfo.resolvers()
+    # The gateway's own resolvers belong to the host (and its DNS sinkhole to the camera
+    # network); the VMS side is given no name service, so there is nothing to show.
+    return el("tds:GetDNSResponse", el("tds:DNSInformation", el("tt:FromDHCP", "false")))
+
+
+async def get_network_default_gateway(call: Call) -> Xml:
+    """The default route of the interface the VMS reached us on, when it leaves that way."""
+    iface = netinfo.interface_for_address(call.local_ip)
+    router = netinfo.default_gateway(iface.name) if iface is not None else None
     return el(
-        "tds:GetDNSResponse",
+        "tds:GetNetworkDefaultGatewayResponse",
+        el("tds:NetworkGateway", el("tt:IPv4Address", router) if router else None),
+    )
+
+
+async def get_zero_configuration(call: Call) -> Xml:
+    iface = netinfo.interface_for_address(call.local_ip)
+    return el(
+        "tds:GetZeroConfigurationResponse",
         el(
-            "tds:DNSInformation",
-            el("tt:FromDHCP", "false"),
-            (
-                el(
-                    "tt:DNSManual",
-                    el("tt:Type", "IPv6" if ":" in s else "IPv4"),
-                    el("tt:IPv6Address" if ":" in s else "tt:IPv4Address", s),
-                )
-                for s in servers
-            ),
+            "tds:ZeroConfiguration",
+            el("tt:InterfaceToken", iface.name if iface else "eth0"),
+            el("tt:Enabled", "false"),
         ),
     )
+
+
+async def get_ip_address_filter(call: Call) -> Xml:
+    # An empty deny list: the device filters nobody (the gateway's firewall does, elsewhere).
+    return el("tds:GetIPAddressFilterResponse", el("tds:IPAddressFilter", el("tt:Type", "Deny")))
+
+
+async def get_dynamic_dns(call: Call) -> Xml:
+    return el(
+        "tds:GetDynamicDNSResponse", el("tds:DynamicDNSInformation", el("tt:Type", "NoUpdate"))
+    )
+
+
+async def get_system_log(call: Call) -> Xml:
+    """System log: what this virtual device was asked to do (SystemReboot requests); the
+    access log is not kept per device (the gateway logs requests in its own log)."""
+    log_type = call.arg("LogType") or "System"
+    if log_type not in ("System", "Access"):
+        raise SoapFault("Sender", ("ter:InvalidArgVal",), f"LogType {log_type!r}")
+    lines = (
+        [f"SystemReboot: reconnected the streams of {names}" for names in call.device.reboots]
+        if log_type == "System"
+        else []
+    )
+    return el("tds:GetSystemLogResponse", el("tds:SystemLog", el("tt:String", "\n".join(lines))))
+
+
+async def get_access_policy(call: Call) -> Xml:
+    # No access policy file: every operation needs the one VMS account.
+    return el("tds:GetAccessPolicyResponse", el("tds:PolicyFile", el("tt:Data", "")))
 
 
 async def get_ntp(call: Call) -> Xml:
@@ -459,6 +524,15 @@ OPERATIONS: dict[tuple[str, str], Handler] = {
     (TDS, "GetUsers"): get_users,
     (TDS, "GetEndpointReference"): get_endpoint_reference,
     (TDS, "SystemReboot"): system_reboot,
+    (TDS, "GetNetworkDefaultGateway"): get_network_default_gateway,
+    (TDS, "GetZeroConfiguration"): get_zero_configuration,
+    (TDS, "GetIPAddressFilter"): get_ip_address_filter,
+    (TDS, "GetDynamicDNS"): get_dynamic_dns,
+    (TDS, "GetSystemLog"): get_system_log,
+    (TDS, "GetAccessPolicy"): get_access_policy,
+    (TDS, "GetRelayOutputs"): empty_answer("tds:GetRelayOutputsResponse"),
+    (TDS, "GetCertificates"): empty_answer("tds:GetCertificatesResponse"),
+    (TDS, "GetGeoLocation"): empty_answer("tds:GetGeoLocationResponse"),
 }
 OPERATIONS.update({(TDS, name): _refuse(what) for name, what in REFUSED.items()})
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from gateway.onvif import netinfo
-from gateway.onvif.xml import SOAP12, WSA2004, Xml, el, parse_xml
+from gateway.onvif.xml import SOAP12, WSA, WSA2004, Xml, el, parse_xml
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,13 @@ def _message_id() -> str:
 
 
 def _envelope(
-    action: str, body: Xml, *, relates_to: str | None, to: str, seq: tuple[int, int]
+    action: str,
+    body: Xml,
+    *,
+    relates_to: str | None,
+    to: str,
+    seq: tuple[int, int],
+    wsa: str = WSA2004,
 ) -> bytes:
     header = (
         el("a:MessageID", _message_id())
@@ -67,7 +73,7 @@ def _envelope(
     )
     return (
         f'<?xml version="1.0" encoding="UTF-8"?>\n<s:Envelope xmlns:s="{SOAP12}" '
-        f'xmlns:a="{WSA2004}" xmlns:d="{WSD}" xmlns:dn="{DN}" xmlns:tds="{TDS}">'
+        f'xmlns:a="{wsa}" xmlns:d="{WSD}" xmlns:dn="{DN}" xmlns:tds="{TDS}">'
         f"<s:Header>{header}</s:Header><s:Body>{body}</s:Body></s:Envelope>"
     ).encode()
 
@@ -84,9 +90,12 @@ def _endpoint_body(ep: Endpoint, *, with_types: bool = True) -> list[Xml]:
     return parts
 
 
-def probe_matches(ep: Endpoint, relates_to: str, seq: tuple[int, int]) -> bytes:
+def probe_matches(ep: Endpoint, relates_to: str, seq: tuple[int, int], wsa: str = WSA2004) -> bytes:
+    """ProbeMatches in the WS-Addressing version the Probe used (2004/08, the one
+    WS-Discovery 2005/04 names, or 2005/08, which some clients send)."""
     body = el("d:ProbeMatches", el("d:ProbeMatch", _endpoint_body(ep)))
-    return _envelope("ProbeMatches", body, relates_to=relates_to, to=ANONYMOUS, seq=seq)
+    to = ANONYMOUS if wsa == WSA2004 else f"{WSA}/anonymous"
+    return _envelope("ProbeMatches", body, relates_to=relates_to, to=to, seq=seq, wsa=wsa)
 
 
 def hello(ep: Endpoint, seq: tuple[int, int]) -> bytes:
@@ -145,6 +154,7 @@ class Probe:
     message_id: str
     types: tuple[tuple[str, str], ...]
     scopes: tuple[str, ...]
+    addressing: str = WSA2004  # the WS-Addressing namespace the Probe used
 
     @classmethod
     def parse(cls, data: bytes) -> Probe:
@@ -152,12 +162,16 @@ class Probe:
         probe = body.find(f"{{{WSD}}}Probe")
         if probe is None:
             raise ValueError("not a WS-Discovery Probe")
-        message_id = header.findtext(f"{{{WSA2004}}}MessageID") or ""
-        if not message_id.strip():
+        for addressing in (WSA2004, WSA):
+            message_id = (header.findtext(f"{{{addressing}}}MessageID") or "").strip()
+            if message_id:
+                break
+        else:
             raise ValueError("Probe without MessageID")
         scopes_el = probe.find(f"{{{WSD}}}Scopes")
         scopes = tuple((scopes_el.text or "").split()) if scopes_el is not None else ()
-        return cls(message_id.strip(), tuple(_qnames(probe.find(f"{{{WSD}}}Types"))), scopes)
+        types = tuple(_qnames(probe.find(f"{{{WSD}}}Types")))
+        return cls(message_id, types, scopes, addressing)
 
     def matches(self, ep: Endpoint) -> bool:
         for ns, local in self.types:
@@ -183,15 +197,14 @@ class ProbeMatch:
     @classmethod
     def parse_all(cls, data: bytes) -> list[ProbeMatch]:
         header, body = _parts(parse_xml(data, max_bytes=MAX_MESSAGE))
-        relates_to = (header.findtext(f"{{{WSA2004}}}RelatesTo") or "").strip()
+        wsa = WSA if header.find(f"{{{WSA}}}RelatesTo") is not None else WSA2004
+        relates_to = (header.findtext(f"{{{wsa}}}RelatesTo") or "").strip()
         matches = body.find(f"{{{WSD}}}ProbeMatches")
         if matches is None:
             raise ValueError("not a WS-Discovery ProbeMatches")
         result = []
         for m in matches.findall(f"{{{WSD}}}ProbeMatch"):
-            address = (
-                m.findtext(f"{{{WSA2004}}}EndpointReference/{{{WSA2004}}}Address") or ""
-            ).strip()
+            address = (m.findtext(f"{{{wsa}}}EndpointReference/{{{wsa}}}Address") or "").strip()
             result.append(
                 cls(
                     address=address,
@@ -286,6 +299,7 @@ class DiscoveryResponder:
         return [self.endpoint(dev) for dev in self.devices]
 
     def endpoint(self, dev: object) -> Endpoint:
+        from gateway.onvif.core import url_host
         from gateway.onvif.device import scopes
 
         return Endpoint(
@@ -298,7 +312,10 @@ class DiscoveryResponder:
                     dev.has_ptz(),  # type: ignore[attr-defined]
                 )
             ),
-            xaddrs=(f"http://{self.bind}:{dev.port}/onvif/device_service",),  # type: ignore[attr-defined]
+            xaddrs=(
+                f"http://{url_host(dev.advertise_host or self.bind)}:{dev.port}"  # type: ignore[attr-defined]
+                "/onvif/device_service",
+            ),
         )
 
     def add(self, dev: object) -> None:
@@ -330,7 +347,7 @@ class DiscoveryResponder:
         for ep in self.endpoints():
             if not probe.matches(ep):
                 continue
-            reply = probe_matches(ep, probe.message_id, self._seq())
+            reply = probe_matches(ep, probe.message_id, self._seq(), probe.addressing)
             if multicast:
                 loop = asyncio.get_running_loop()
                 self._next_key += 1

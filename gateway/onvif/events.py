@@ -1,11 +1,14 @@
-"""Event service (ver10/events/wsdl): PullPoint subscriptions carrying the cameras' motion.
+"""Event service (ver10/events/wsdl): PullPoint and WS-BaseNotification (push)
+subscriptions carrying the cameras' motion.
 
 Every change of a camera's :class:`~gateway.onvif.backend.MotionSource` becomes two
 notifications: ``tns1:VideoSource/MotionAlarm`` (State) and
 ``tns1:RuleEngine/CellMotionDetector/Motion`` (IsMotion). A subscription queues at most
 ``MAX_QUEUE`` messages (oldest dropped), PullMessages answers at once when some are queued
 and otherwise holds until its Timeout; every PullMessages extends the subscription by its
-original duration; expired subscriptions are removed.
+original duration; expired subscriptions are removed. A ``Subscribe`` subscription has the
+same queue, filter and lifetime, and a task posting its messages to the consumer
+(:mod:`gateway.onvif.push`); both kinds count against ``max_subscriptions``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from datetime import datetime
 
 from gateway.onvif.backend import MotionEvent
 from gateway.onvif.core import SERVICE_PATHS, Call, CameraSlot, Handler, VirtualDevice, iso_time
-from gateway.onvif.xml import NS, SoapFault, Xml, child, el, text
+from gateway.onvif.push import ConsumerRefused, Delivery, resolve_consumer
+from gateway.onvif.xml import NS, SoapFault, Xml, child, child_text, el, text
 
 TEV = NS["tev"]
 WSNT = NS["wsnt"]
@@ -105,6 +109,8 @@ class Subscription:
     queue: deque[Xml] = field(default_factory=lambda: deque(maxlen=MAX_QUEUE))
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
+    delivery: Delivery | None = None  # push subscriptions: who gets the messages
+    task: asyncio.Task[None] | None = None
 
     def push(self, topic: str, message: Xml) -> None:
         if self.accepts(topic):
@@ -139,13 +145,20 @@ class EventBroker:
         for sub in self.subscriptions.values():
             sub.closed = True
             sub.wakeup.set()
+            if sub.task is not None:
+                sub.task.cancel()
         self.subscriptions.clear()
 
+    def end(self, sub: Subscription) -> None:
+        """Remove ``sub`` (expired, unsubscribed, or its consumer gone); a push delivery in
+        flight finishes its batch and stops."""
+        self.subscriptions.pop(sub.id, None)
+        sub.closed = True
+        sub.wakeup.set()
+
     def prune(self, now: float) -> None:
-        for sid in [sid for sid, s in self.subscriptions.items() if s.expires <= now]:
-            sub = self.subscriptions.pop(sid)
-            sub.closed = True
-            sub.wakeup.set()
+        for sub in [s for s in self.subscriptions.values() if s.expires <= now]:
+            self.end(sub)
 
     def publish_motion(
         self, slot: CameraSlot, event: MotionEvent, operation: str = "Changed"
@@ -164,7 +177,14 @@ class EventBroker:
             for topic, message in motion_messages(slot, bool(source.state), now, "Initialized"):
                 sub.push(topic, message)
 
-    def create(self, now: float, expires: float, accepts: Callable[[str], bool]) -> Subscription:
+    def create(
+        self,
+        now: float,
+        expires: float,
+        accepts: Callable[[str], bool],
+        delivery: Delivery | None = None,
+        sid: str | None = None,
+    ) -> Subscription:
         self.prune(now)
         if len(self.subscriptions) >= self.device.settings.max_subscriptions:
             raise SoapFault(
@@ -173,8 +193,14 @@ class EventBroker:
                 f"at most {self.device.settings.max_subscriptions} subscriptions",
             )
         duration = max(1.0, expires - now)
-        sub = Subscription(secrets.token_hex(12), duration, expires, accepts)
+        sub = Subscription(sid or new_subscription_id(), duration, expires, accepts)
         self.subscriptions[sub.id] = sub
+        if delivery is not None:
+            sub.delivery = delivery
+            sub.task = asyncio.create_task(
+                delivery.run(sub.queue, sub.wakeup, lambda: sub.closed, lambda: self.end(sub)),
+                name=f"notify {delivery.consumer.url}",
+            )
         self.initial_state(sub, now)
         return sub
 
@@ -188,6 +214,10 @@ class EventBroker:
                 "no such subscription (expired or unsubscribed)",
             )
         return sub
+
+
+def new_subscription_id() -> str:
+    return secrets.token_hex(12)
 
 
 def _simple(name: str, value: str) -> Xml:
@@ -256,7 +286,7 @@ def service_capabilities(call: Call) -> Xml:
             "WSSubscriptionPolicySupport": "false",
             "WSPullPointSupport": "true",
             "WSPausableSubscriptionManagerInterfaceSupport": "false",
-            "MaxNotificationProducers": "0",
+            "MaxNotificationProducers": str(call.device.settings.max_subscriptions),
             "MaxPullPoints": str(call.device.settings.max_subscriptions),
             "PersistentNotificationStorage": "false",
         },
@@ -340,14 +370,19 @@ async def get_event_properties(call: Call) -> Xml:
     )
 
 
-async def create_pull_point_subscription(call: Call) -> Xml:
-    broker = _broker(call)
+def _requested(call: Call) -> tuple[Callable[[str], bool], float]:
+    """The topic filter and termination time a CreatePullPointSubscription/Subscribe asks."""
     expression = child(child(call.op, "Filter"), "TopicExpression")
     accepts = _topic_filter(expression.text if expression is not None else None)
     expires = parse_termination(call.arg("InitialTerminationTime"), call.now, DEFAULT_DURATION)
     if expires <= call.now:
         raise _invalid_termination("termination time lies in the past")
-    expires = min(expires, call.now + MAX_DURATION)
+    return accepts, min(expires, call.now + MAX_DURATION)
+
+
+async def create_pull_point_subscription(call: Call) -> Xml:
+    broker = _broker(call)
+    accepts, expires = _requested(call)
     sub = broker.create(call.now, expires, accepts)
     return el(
         "tev:CreatePullPointSubscriptionResponse",
@@ -355,6 +390,34 @@ async def create_pull_point_subscription(call: Call) -> Xml:
             "tev:SubscriptionReference",
             el("wsa:Address", call.http_url(SUBSCRIPTION_PATH + sub.id)),
         ),
+        el("wsnt:CurrentTime", iso_time(call.now)),
+        el("wsnt:TerminationTime", iso_time(sub.expires)),
+    )
+
+
+async def subscribe(call: Call) -> Xml:
+    """WS-BaseNotification Subscribe: messages are POSTed to the ConsumerReference."""
+    broker = _broker(call)
+    address = child_text(child(call.op, "ConsumerReference"), "Address")
+    if not address:
+        raise SoapFault("Sender", ("ter:InvalidArgVal",), "Subscribe without a consumer address")
+    accepts, expires = _requested(call)
+    try:
+        consumer = await resolve_consumer(
+            address,
+            subscriber=call.remote_ip,
+            local_ip=call.local_ip,
+            camera_hosts=[slot.config.host for slot in call.device.slots],
+            camera_subnets=call.device.settings.camera_subnets,
+        )
+    except ConsumerRefused as exc:
+        raise SoapFault("Sender", ("ter:InvalidArgVal",), f"consumer refused: {exc}") from None
+    sid = new_subscription_id()
+    url = call.http_url(SUBSCRIPTION_PATH + sid)
+    sub = broker.create(call.now, expires, accepts, Delivery(consumer, url), sid)
+    return el(
+        "wsnt:SubscribeResponse",
+        el("wsnt:SubscriptionReference", el("wsa:Address", url)),
         el("wsnt:CurrentTime", iso_time(call.now)),
         el("wsnt:TerminationTime", iso_time(sub.expires)),
     )
@@ -375,6 +438,8 @@ def subscription_id(call: Call) -> str | None:
 async def pull_messages(call: Call) -> Xml:
     broker = _broker(call)
     sub = broker.get(subscription_id(call), call.now)
+    if sub.delivery is not None:
+        raise SoapFault("Sender", ("ter:InvalidArgVal",), "a push subscription is not a pull point")
     timeout_text = call.arg("Timeout") or "PT10S"
     try:
         timeout = min(parse_duration(timeout_text), MAX_PULL_TIMEOUT)
@@ -420,10 +485,7 @@ async def renew(call: Call) -> Xml:
 
 async def unsubscribe(call: Call) -> Xml:
     broker = _broker(call)
-    sub = broker.get(subscription_id(call), call.now)
-    broker.subscriptions.pop(sub.id, None)
-    sub.closed = True
-    sub.wakeup.set()
+    broker.end(broker.get(subscription_id(call), call.now))
     return el("wsnt:UnsubscribeResponse")
 
 
@@ -440,6 +502,7 @@ OPERATIONS: dict[tuple[str, str], Handler] = {
     (TEV, "CreatePullPointSubscription"): create_pull_point_subscription,
     (TEV, "PullMessages"): pull_messages,
     (TEV, "SetSynchronizationPoint"): set_synchronization_point,
+    (WSNT, "Subscribe"): subscribe,
     (WSNT, "Renew"): renew,
     (WSNT, "Unsubscribe"): unsubscribe,
 }

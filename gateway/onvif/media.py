@@ -14,7 +14,8 @@ from collections.abc import Iterable
 
 from lxml import etree
 
-from gateway.onvif.core import SERVICE_PATHS, Call, CameraSlot, Handler, Profile
+from gateway.onvif.core import SERVICE_PATHS, Call, CameraSlot, Handler, Profile, empty_answer
+from gateway.onvif.ptz import show_tokens
 from gateway.onvif.xml import NS, SoapFault, Xml, el, invalid_arg, raw, text
 
 log = logging.getLogger(__name__)
@@ -72,9 +73,16 @@ def video_source_configuration(slot: CameraSlot, tag: str = "tt:VideoSourceConfi
 def video_encoder_configuration(p: Profile, tag: str = "tt:VideoEncoderConfiguration") -> Xml:
     s = p.stream
     codec_block: Xml | None = None
+    h265_block: Xml | None = None
     if s.codec == "H264":
         codec_block = el(
             "tt:H264", el("tt:GovLength", str(s.gop)), el("tt:H264Profile", s.profile or "Main")
+        )
+    elif s.codec == "H265":
+        # ver10 has no H.265 element; the encoder configuration's trailing xs:any carries it
+        # in the tt namespace, as H.265 cameras do, so Media1-only clients still see the GOP.
+        h265_block = el(
+            "tt:H265", el("tt:GovLength", str(s.gop)), el("tt:H265Profile", s.profile or "Main")
         )
     return el(
         tag,
@@ -92,6 +100,7 @@ def video_encoder_configuration(p: Profile, tag: str = "tt:VideoEncoderConfigura
         codec_block,
         multicast_off(),
         el("tt:SessionTimeout", "PT60S"),
+        h265_block,
         attrs={"token": p.video_encoder},
     )
 
@@ -122,8 +131,11 @@ def audio_encoder_configuration(p: Profile, tag: str = "tt:AudioEncoderConfigura
     )
 
 
-async def ptz_configuration(slot: CameraSlot, tag: str = f"{{{TT}}}PTZConfiguration") -> Xml | None:
-    """The camera's PTZ configuration re-tagged as ``tag`` (Clark notation), or None."""
+async def ptz_configuration(
+    slot: CameraSlot, tag: str = f"{{{TT}}}PTZConfiguration", *, nvr: bool = False
+) -> Xml | None:
+    """The camera's PTZ configuration re-tagged as ``tag`` (Clark notation), or None; its
+    tokens as the PTZ service shows them (prefixed in NVR mode)."""
     if not slot.ptz_enabled or slot.backend.ptz is None:
         return None
     try:
@@ -134,13 +146,13 @@ async def ptz_configuration(slot: CameraSlot, tag: str = f"{{{TT}}}PTZConfigurat
     except (OSError, TimeoutError, ValueError) as exc:
         log.warning("%s: PTZ configuration unavailable: %s", slot.name, exc)
         return None
-    node = etree.fromstring(etree.tostring(setup.configuration))
+    node = show_tokens(etree.fromstring(etree.tostring(setup.configuration)), nvr, slot)
     node.tag = tag
     return raw(node)
 
 
-async def profile_xml(p: Profile, tag: str = "trt:Profiles") -> Xml:
-    ptz = await ptz_configuration(p.slot)
+async def profile_xml(p: Profile, nvr: bool, tag: str = "trt:Profiles") -> Xml:
+    ptz = await ptz_configuration(p.slot, nvr=nvr)
     return el(
         tag,
         el("tt:Name", p.name),
@@ -201,12 +213,15 @@ async def get_service_capabilities(call: Call) -> Xml:
 
 
 async def get_profiles(call: Call) -> Xml:
-    return el("trt:GetProfilesResponse", [await profile_xml(p) for p in call.device.profiles()])
+    nvr = call.device.nvr
+    return el(
+        "trt:GetProfilesResponse", [await profile_xml(p, nvr) for p in call.device.profiles()]
+    )
 
 
 async def get_profile(call: Call) -> Xml:
     p = call.device.profile(call.arg("ProfileToken"))
-    return el("trt:GetProfileResponse", await profile_xml(p, "trt:Profile"))
+    return el("trt:GetProfileResponse", await profile_xml(p, call.device.nvr, "trt:Profile"))
 
 
 async def get_video_sources(call: Call) -> Xml:
@@ -253,6 +268,25 @@ async def get_compatible_video_source_configurations(call: Call) -> Xml:
     )
 
 
+def video_source_configuration_options(call: Call, slots: list[CameraSlot], tag: str) -> Xml:
+    """Bounds are the full picture of the camera's main stream: the only value there is."""
+    main = next(iter(slots[0].backend.streams()), None) if slots else None
+    if main is None:
+        raise invalid_arg("ter:NoConfig", "no stream of this camera has been seen yet")
+    return el(
+        tag,
+        el(
+            "tt:BoundsRange",
+            _range("tt:XRange", 0, 0),
+            _range("tt:YRange", 0, 0),
+            _range("tt:WidthRange", main.width, main.width),
+            _range("tt:HeightRange", main.height, main.height),
+        ),
+        (el("tt:VideoSourceTokensAvailable", s.video_source) for s in slots),
+        attrs={"MaximumNumberOfProfiles": str(len(call.device.profiles()))},
+    )
+
+
 async def get_video_source_configuration_options(call: Call) -> Xml:
     token = call.arg("ConfigurationToken")
     profile_token = call.arg("ProfileToken")
@@ -262,20 +296,9 @@ async def get_video_source_configuration_options(call: Call) -> Xml:
         slots = [call.device.profile(profile_token).slot]
     else:
         slots = list(call.device.slots)
-    main = next(iter(slots[0].backend.streams()))
     return el(
         "trt:GetVideoSourceConfigurationOptionsResponse",
-        el(
-            "trt:Options",
-            el(
-                "tt:BoundsRange",
-                _range("tt:XRange", 0, 0),
-                _range("tt:YRange", 0, 0),
-                _range("tt:WidthRange", main.width, main.width),
-                _range("tt:HeightRange", main.height, main.height),
-            ),
-            (el("tt:VideoSourceTokensAvailable", s.video_source) for s in slots),
-        ),
+        video_source_configuration_options(call, slots, "trt:Options"),
     )
 
 
@@ -317,35 +340,44 @@ async def get_compatible_video_encoder_configurations(call: Call) -> Xml:
     )
 
 
-async def get_video_encoder_configuration_options(call: Call) -> Xml:
+def encoder_options_profile(call: Call) -> Profile:
+    """The profile whose encoder options are asked for (by configuration or profile token)."""
     token = call.arg("ConfigurationToken")
     profile_token = call.arg("ProfileToken")
     if token:
-        p = _encoder_profiles(call, token)[0]
-    elif profile_token:
-        p = call.device.profile(profile_token)
-    else:
-        p = call.device.profiles()[0]
-    s = p.stream
+        return _encoder_profiles(call, token)[0]
+    if profile_token:
+        return call.device.profile(profile_token)
+    profiles = call.device.profiles()
+    if not profiles:
+        raise invalid_arg("ter:NoConfig", "no stream has been seen yet")
+    return profiles[0]
+
+
+async def get_video_encoder_configuration_options(call: Call) -> Xml:
+    """The stream as it is: every range is the single ingested value (nothing can be set)."""
+    s = encoder_options_profile(call).stream
     fps = max(1, round(s.fps))
+    common = [
+        el("tt:ResolutionsAvailable", _resolution(s.width, s.height)),
+        _range("tt:GovLengthRange", s.gop, s.gop),
+        _range("tt:FrameRateRange", fps, fps),
+        _range("tt:EncodingIntervalRange", 1, 1),
+    ]
+    bitrate = _range("tt:BitrateRange", s.bitrate_kbps, s.bitrate_kbps)
     h264: Xml | None = None
-    h264_ext: Xml | None = None
+    extension: Xml | None = None
     if s.codec == "H264":
-        common = [
-            el("tt:ResolutionsAvailable", _resolution(s.width, s.height)),
-            _range("tt:GovLengthRange", s.gop, s.gop),
-            _range("tt:FrameRateRange", fps, fps),
-            _range("tt:EncodingIntervalRange", 1, 1),
-            el("tt:H264ProfilesSupported", s.profile or "Main"),
-        ]
-        h264 = el("tt:H264", common)
-        h264_ext = el(
-            "tt:Extension",
-            el("tt:H264", common, _range("tt:BitrateRange", s.bitrate_kbps, s.bitrate_kbps)),
-        )
+        profiles = el("tt:H264ProfilesSupported", s.profile or "Main")
+        h264 = el("tt:H264", common, profiles)
+        extension = el("tt:Extension", el("tt:H264", common, profiles, bitrate))
+    elif s.codec == "H265":
+        # As for the configuration: H.265 in the ver10 extension point (tt namespace).
+        h265 = el("tt:H265", common, el("tt:H265ProfilesSupported", s.profile or "Main"), bitrate)
+        extension = el("tt:Extension", el("tt:Extension", h265))
     return el(
         "trt:GetVideoEncoderConfigurationOptionsResponse",
-        el("trt:Options", _range("tt:QualityRange", *QUALITY_RANGE), h264, h264_ext),
+        el("trt:Options", _range("tt:QualityRange", *QUALITY_RANGE), h264, extension),
     )
 
 
@@ -465,6 +497,99 @@ async def get_snapshot_uri(call: Call) -> Xml:
     )
 
 
+# ------------------------------------------------------- getters of what the gateway has not
+
+
+def osd_slots(call: Call) -> list[CameraSlot]:
+    """The cameras a GetOSDs/GetOSDOptions names (by video source configuration token)."""
+    token = call.arg("ConfigurationToken")
+    if token:
+        return [call.device.slot_by_token(token, "video_source_config")]
+    return list(call.device.slots)
+
+
+def osd_options(call: Call, tag: str) -> Xml:
+    """No overlay can be created through the gateway: it relays the camera's pixels, whose
+    own OSD (set on the camera) is already burnt in. Total 0 says so in ONVIF's terms."""
+    osd_slots(call)  # an unknown token is a fault, not an empty answer
+    return el(
+        tag,
+        el("tt:MaximumNumberOfOSDs", attrs={"Total": "0", "PlainText": "0", "Image": "0"}),
+        el("tt:Type", "Text"),
+        el("tt:PositionOption", "Custom"),
+        el("tt:TextOption", el("tt:Type", "Plain")),
+    )
+
+
+async def get_osds(call: Call) -> Xml:
+    osd_slots(call)
+    return el("trt:GetOSDsResponse")
+
+
+async def get_osd_options(call: Call) -> Xml:
+    return el("trt:GetOSDOptionsResponse", osd_options(call, "trt:OSDOptions"))
+
+
+def analytics_configuration(slot: CameraSlot, tag: str) -> Xml:
+    """The camera's motion detection as the analytics configuration the motion events name
+    (``VideoAnalyticsConfigurationToken`` of ``tns1:RuleEngine/CellMotionDetector/Motion``)."""
+    return el(
+        tag,
+        el("tt:Name", f"{slot.name} motion detection"),
+        el("tt:UseCount", str(len(list(slot.backend.streams())))),
+        el("tt:AnalyticsEngineConfiguration"),
+        el(
+            "tt:RuleEngineConfiguration",
+            el(
+                "tt:Rule",
+                el("tt:Parameters"),
+                attrs={"Name": "MotionDetectorRule", "Type": "tt:CellMotionDetector"},
+            ),
+        ),
+        attrs={"token": slot.analytics_config},
+    )
+
+
+def analytics_slots(call: Call) -> list[CameraSlot]:
+    token = call.arg("ConfigurationToken")
+    profile_token = call.arg("ProfileToken")
+    slots = [s for s in call.device.slots if s.backend.motion is not None]
+    if profile_token:
+        wanted = call.device.profile(profile_token).slot
+        slots = [s for s in slots if s is wanted]
+    if token:
+        slots = [s for s in slots if s.analytics_config == token]
+        if not slots:
+            raise invalid_arg("ter:NoConfig", f"no analytics configuration {token!r}")
+    return slots
+
+
+async def get_video_analytics_configurations(call: Call) -> Xml:
+    return el(
+        "trt:GetVideoAnalyticsConfigurationsResponse",
+        (analytics_configuration(s, "trt:Configurations") for s in analytics_slots(call)),
+    )
+
+
+def synchronization_point(call: Call) -> Profile:
+    """SetSynchronizationPoint: the gateway cannot make the camera's encoder send a keyframe,
+    but every client joining or re-joining a stream starts at the last keyframe from the GOP
+    cache at once. So the call succeeds when that keyframe is there to start from."""
+    p = call.device.profile(call.arg("ProfileToken"))
+    if not p.slot.backend.has_keyframe(p.stream.name):
+        raise SoapFault(
+            "Receiver",
+            ("ter:Action", "ter:NotAvailable"),
+            f"{p.token}: no keyframe yet (the camera's stream is not live)",
+        )
+    return p
+
+
+async def set_synchronization_point(call: Call) -> Xml:
+    synchronization_point(call)
+    return el("trt:SetSynchronizationPointResponse")
+
+
 async def create_profile(call: Call) -> Xml:
     raise SoapFault(
         "Receiver",
@@ -517,6 +642,10 @@ OPERATIONS: dict[tuple[str, str], Handler] = {
     (TRT, "GetSnapshotUri"): get_snapshot_uri,
     (TRT, "CreateProfile"): create_profile,
     (TRT, "DeleteProfile"): delete_profile,
+    (TRT, "GetOSDs"): get_osds,
+    (TRT, "GetOSDOptions"): get_osd_options,
+    (TRT, "GetVideoAnalyticsConfigurations"): get_video_analytics_configurations,
+    (TRT, "SetSynchronizationPoint"): set_synchronization_point,
 }
 for _name in (
     "AddVideoSourceConfiguration",
@@ -540,5 +669,17 @@ for _name in (
     "SetAudioSourceConfiguration",
     "SetAudioEncoderConfiguration",
     "SetMetadataConfiguration",
+    "CreateOSD",
+    "SetOSD",
+    "DeleteOSD",
 ):
     OPERATIONS[(TRT, _name)] = modify_configuration
+
+# Getters of what the gateway does not serve (no metadata stream, no audio back-channel).
+for _name in (
+    "GetMetadataConfigurations",
+    "GetAudioOutputs",
+    "GetAudioOutputConfigurations",
+    "GetAudioDecoderConfigurations",
+):
+    OPERATIONS[(TRT, _name)] = empty_answer(f"trt:{_name}Response")

@@ -1,17 +1,27 @@
 """Media2 service (ver20/media/wsdl): the same fixed profiles as Media, with H.265 reported
-properly. Advertised by GetServices: every operation a Profile T client needs for streaming
-(GetProfiles, GetStreamUri, GetSnapshotUri, the configuration getters) is answered."""
+properly. Advertised by GetServices, so it answers everything a client that switches to it
+calls: profiles, URIs, every configuration getter and its options (the ingested stream's own
+values), OSDs, analytics and metadata configurations, SetSynchronizationPoint."""
 
 from __future__ import annotations
 
-from gateway.onvif.core import Call, CameraSlot, Handler, Profile
+from gateway.onvif.core import Call, CameraSlot, Handler, Profile, empty_answer
 from gateway.onvif.media import (
+    QUALITY_RANGE,
+    _range,
     _resolution,
+    analytics_configuration,
+    analytics_slots,
     audio_source_configuration,
+    encoder_options_profile,
     multicast_off,
+    osd_options,
+    osd_slots,
     ptz_configuration,
     snapshot_path,
+    synchronization_point,
     video_source_configuration,
+    video_source_configuration_options,
 )
 from gateway.onvif.xml import NS, SoapFault, Xml, el, invalid_arg, text
 
@@ -88,7 +98,7 @@ async def get_service_capabilities(call: Call) -> Xml:
     return el("tr2:GetServiceCapabilitiesResponse", service_capabilities(call))
 
 
-async def profile2(p: Profile, types: set[str]) -> Xml:
+async def profile2(p: Profile, types: set[str], nvr: bool) -> Xml:
     every = "All" in types
     parts: list[Xml | None] = []
     if every or "VideoSource" in types:
@@ -100,7 +110,7 @@ async def profile2(p: Profile, types: set[str]) -> Xml:
     if (every or "AudioEncoder" in types) and p.stream.audio:
         parts.append(audio_encoder2(p, "tr2:AudioEncoder"))
     if every or "PTZ" in types:
-        parts.append(await ptz_configuration(p.slot, f"{{{TR2}}}PTZ"))
+        parts.append(await ptz_configuration(p.slot, f"{{{TR2}}}PTZ", nvr=nvr))
     configs = [x for x in parts if x is not None]
     return el(
         "tr2:Profiles",
@@ -118,7 +128,9 @@ async def get_profiles(call: Call) -> Xml:
         if isinstance(t.tag, str) and t.tag.endswith("}Type")
     }
     profiles = [call.device.profile(token)] if token else call.device.profiles()
-    return el("tr2:GetProfilesResponse", [await profile2(p, types) for p in profiles])
+    return el(
+        "tr2:GetProfilesResponse", [await profile2(p, types, call.device.nvr) for p in profiles]
+    )
 
 
 def _select(call: Call) -> list[Profile]:
@@ -184,6 +196,82 @@ async def get_audio_source_configurations(call: Call) -> Xml:
     )
 
 
+def video_encoder_options2(p: Profile) -> Xml:
+    """The stream's encoder as it is: each option is the single ingested value."""
+    s = p.stream
+    fps = text(round(s.fps, 3))
+    return el(
+        "tr2:Options",
+        el("tt:Encoding", s.codec),
+        _range("tt:QualityRange", *QUALITY_RANGE),
+        el("tt:ResolutionsAvailable", _resolution(s.width, s.height)),
+        _range("tt:BitrateRange", s.bitrate_kbps, s.bitrate_kbps),
+        attrs={
+            "GovLengthRange": f"{s.gop} {s.gop}",
+            "FrameRatesSupported": fps,
+            "ProfilesSupported": s.profile or "Main",
+            "ConstantBitRateSupported": "false",
+        },
+    )
+
+
+async def get_video_encoder_configuration_options(call: Call) -> Xml:
+    if call.arg("ConfigurationToken") or call.arg("ProfileToken"):
+        profiles = [encoder_options_profile(call)]
+    else:
+        profiles = call.device.profiles()
+    return el(
+        "tr2:GetVideoEncoderConfigurationOptionsResponse",
+        (video_encoder_options2(p) for p in profiles),
+    )
+
+
+async def get_video_source_configuration_options(call: Call) -> Xml:
+    slots = _source_slots(call, "video_source_config")
+    return el(
+        "tr2:GetVideoSourceConfigurationOptionsResponse",
+        video_source_configuration_options(call, slots, "tr2:Options"),
+    )
+
+
+async def get_audio_encoder_configuration_options(call: Call) -> Xml:
+    profiles = [p for p in _select(call) if p.stream.audio is not None]
+    options = []
+    for p in profiles:
+        a = p.stream.audio
+        assert a is not None
+        options.append(
+            el(
+                "tr2:Options",
+                el("tt:Encoding", AUDIO_MIME.get(a.codec, a.codec)),
+                el("tt:BitrateList", el("tt:Items", str(a.bitrate_kbps))),
+                el("tt:SampleRateList", el("tt:Items", str(a.sample_rate // 1000 or 1))),
+            )
+        )
+    return el("tr2:GetAudioEncoderConfigurationOptionsResponse", options)
+
+
+async def get_analytics_configurations(call: Call) -> Xml:
+    return el(
+        "tr2:GetAnalyticsConfigurationsResponse",
+        (analytics_configuration(s, "tr2:Configurations") for s in analytics_slots(call)),
+    )
+
+
+async def get_osds(call: Call) -> Xml:
+    osd_slots(call)
+    return el("tr2:GetOSDsResponse")
+
+
+async def get_osd_options(call: Call) -> Xml:
+    return el("tr2:GetOSDOptionsResponse", osd_options(call, "tr2:OSDOptions"))
+
+
+async def set_synchronization_point(call: Call) -> Xml:
+    synchronization_point(call)
+    return el("tr2:SetSynchronizationPointResponse")
+
+
 async def get_stream_uri(call: Call) -> Xml:
     protocol = call.arg("Protocol") or "RtspUnicast"
     p = call.device.profile(call.arg("ProfileToken"))
@@ -223,6 +311,13 @@ OPERATIONS: dict[tuple[str, str], Handler] = {
     (TR2, "GetAudioEncoderConfigurations"): get_audio_encoder_configurations,
     (TR2, "GetVideoSourceConfigurations"): get_video_source_configurations,
     (TR2, "GetAudioSourceConfigurations"): get_audio_source_configurations,
+    (TR2, "GetVideoEncoderConfigurationOptions"): get_video_encoder_configuration_options,
+    (TR2, "GetVideoSourceConfigurationOptions"): get_video_source_configuration_options,
+    (TR2, "GetAudioEncoderConfigurationOptions"): get_audio_encoder_configuration_options,
+    (TR2, "GetAnalyticsConfigurations"): get_analytics_configurations,
+    (TR2, "GetOSDs"): get_osds,
+    (TR2, "GetOSDOptions"): get_osd_options,
+    (TR2, "SetSynchronizationPoint"): set_synchronization_point,
     (TR2, "CreateProfile"): create_profile,
     (TR2, "DeleteProfile"): modify,
     (TR2, "AddConfiguration"): modify,
@@ -231,4 +326,15 @@ OPERATIONS: dict[tuple[str, str], Handler] = {
     (TR2, "SetVideoSourceConfiguration"): modify,
     (TR2, "SetAudioEncoderConfiguration"): modify,
     (TR2, "SetAudioSourceConfiguration"): modify,
+    (TR2, "CreateOSD"): modify,
+    (TR2, "SetOSD"): modify,
+    (TR2, "DeleteOSD"): modify,
 }
+
+# Getters of what the gateway does not serve (no metadata stream, no audio back-channel).
+for _name in (
+    "GetMetadataConfigurations",
+    "GetAudioOutputConfigurations",
+    "GetAudioDecoderConfigurations",
+):
+    OPERATIONS[(TR2, _name)] = empty_answer(f"tr2:{_name}Response")

@@ -1,5 +1,7 @@
-"""Facts about the gateway's own network interfaces (Linux), for GetNetworkInterfaces and for
-binding WS-Discovery to the interface that holds the VMS-side address."""
+"""Facts about the gateway's own network interfaces (Linux), for GetNetworkInterfaces,
+GetNetworkDefaultGateway, checking push consumers against the VMS-side network, and binding
+WS-Discovery to the interface that holds the VMS-side address. (The host's resolvers are
+deliberately not read: GetDNS must not reveal them.)"""
 
 from __future__ import annotations
 
@@ -69,18 +71,21 @@ def _ipv6_interface(ip: ipaddress.IPv6Address) -> Interface | None:
     return None
 
 
-def resolvers(path: str = "/etc/resolv.conf") -> list[str]:
-    """The name servers the gateway itself uses."""
-    servers: list[str] = []
+def default_gateway(interface: str, path: str = "/proc/net/route") -> str | None:
+    """The IPv4 default route's next hop through ``interface`` (None if the default route
+    leaves by another interface, or there is none)."""
     try:
-        lines = Path(path).read_text().splitlines()
+        lines = Path(path).read_text().splitlines()[1:]
     except OSError:
-        return servers
+        return None
     for line in lines:
         fields = line.split()
-        if len(fields) >= 2 and fields[0] == "nameserver":
+        if len(fields) < 8 or fields[0] != interface:
+            continue
+        destination, gateway, mask = fields[1], fields[2], fields[7]
+        if destination == "00000000" and mask == "00000000" and gateway != "00000000":
             try:
-                servers.append(str(ipaddress.ip_address(fields[1].split("%")[0])))
-            except ValueError:
-                continue
-    return servers
+                return socket.inet_ntoa(struct.pack("<I", int(gateway, 16)))
+            except (ValueError, struct.error):
+                return None
+    return None

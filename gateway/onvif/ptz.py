@@ -2,29 +2,27 @@
 
 The service finds the camera a request is for (by profile, node or configuration token) and
 hands the operation to that camera's :class:`~gateway.onvif.backend.PtzBackend`.
-:class:`OnvifPtzForwarder` is that backend for real cameras: onvif-zeep-async finds the
-camera's services, corrects for its clock and signs every request with WS-Security; each
-operation is re-encoded through the PTZ schema (so only schema-valid requests reach the
-camera) with the virtual profile token replaced by the camera's, and the camera's reply is
-parsed with the hardened parser and passed back.
+:class:`OnvifPtzForwarder` is that backend for real cameras (see :mod:`gateway.onvif.forward`).
+
+In NVR mode one device holds several cameras, whose node and configuration tokens may well be
+the same (every camera of a model names its node alike): there they are shown prefixed with
+the camera name, as profile tokens are, and mapped back on the way to the camera. A single
+camera's device shows the camera's own tokens. GetServiceCapabilities says what the cameras
+say (MoveStatus, StatusPosition): a client such as Frigate trusts MoveStatus.
 """
 
 from __future__ import annotations
 
-import asyncio
-import copy
 import logging
 from typing import Any
 
-import aiohttp
 from lxml import etree
 
 from gateway.onvif.backend import PtzBackend, PtzSetup
 from gateway.onvif.core import SERVICE_PATHS, Call, CameraSlot, Handler
+from gateway.onvif.forward import CameraServiceForwarder, camera_lacks
 from gateway.onvif.xml import (
     NS,
-    SOAP11,
-    SOAP12,
     SoapFault,
     Xml,
     action_not_supported,
@@ -34,14 +32,13 @@ from gateway.onvif.xml import (
     el,
     operation_prohibited,
     parse_markup,
-    parse_xml,
     raw,
 )
 
 log = logging.getLogger(__name__)
 
 TPTZ = NS["tptz"]
-MAX_REPLY_BYTES = 1024 * 1024
+TT = NS["tt"]
 
 OPERATIONS_FORWARDED = (
     "GetNodes",
@@ -66,27 +63,41 @@ PRESET_CHANGES = {"SetPreset", "RemovePreset", "SetHomePosition"}
 BY_NODE = {"GetNode": "NodeToken", "GetConfiguration": "PTZConfigurationToken"}
 BY_CONFIG = {"GetConfigurationOptions": "ConfigurationToken"}
 AGGREGATED = {"GetNodes": "PTZNode", "GetConfigurations": "PTZConfiguration"}
+# Capabilities a client acts on; each is claimed only if every PTZ camera claims it.
+REPORTED_CAPABILITIES = ("MoveStatus", "StatusPosition", "EFlip", "Reverse")
 
 
-def service_capabilities() -> Xml:
-    return el(
-        "tptz:Capabilities",
-        attrs={
-            "EFlip": "false",
-            "Reverse": "false",
-            "GetCompatibleConfigurations": "false",
-            "MoveStatus": "true",
-            "StatusPosition": "true",
-        },
-    )
+def service_capabilities(claims: dict[str, bool] | None = None) -> Xml:
+    attrs = {name: "false" for name in REPORTED_CAPABILITIES}
+    attrs["GetCompatibleConfigurations"] = "false"
+    for name, value in (claims or {}).items():
+        attrs[name] = "true" if value else "false"
+    return el("tptz:Capabilities", attrs=attrs)
 
 
 def legacy_capabilities(call: Call) -> Xml:
     return el("tt:PTZ", el("tt:XAddr", call.http_url(SERVICE_PATHS["ptz"])))
 
 
+async def camera_claims(call: Call) -> dict[str, bool]:
+    """What every PTZ camera of the device claims, from its own GetServiceCapabilities."""
+    claims = {name: True for name in REPORTED_CAPABILITIES}
+    for slot in _ptz_slots(call):
+        try:
+            caps = (await _backend(slot).setup()).capabilities
+        except SoapFault as fault:
+            log.info("%s: PTZ capabilities unavailable: %s", slot.name, fault.reason)
+            caps = {}
+        for name in REPORTED_CAPABILITIES:
+            claims[name] = claims[name] and caps.get(name, "false") in ("true", "1")
+    return claims
+
+
 async def get_service_capabilities(call: Call) -> Xml:
-    return el("tptz:GetServiceCapabilitiesResponse", service_capabilities())
+    if not call.device.has_ptz():
+        return el("tptz:GetServiceCapabilitiesResponse", service_capabilities())
+    claims = await camera_claims(call)
+    return el("tptz:GetServiceCapabilitiesResponse", service_capabilities(claims))
 
 
 def _ptz_slots(call: Call) -> list[CameraSlot]:
@@ -96,20 +107,47 @@ def _ptz_slots(call: Call) -> list[CameraSlot]:
     return slots
 
 
-async def _slot_for(call: Call, name: str) -> CameraSlot:
+def shown_token(nvr: bool, slot: CameraSlot, token: str) -> str:
+    """A camera's node/configuration token as the virtual device shows it."""
+    return f"{slot.name}_{token}" if nvr else token
+
+
+def show_tokens(node: etree._Element, nvr: bool, slot: CameraSlot) -> etree._Element:
+    """Prefix the node and configuration tokens inside ``node`` (a reply or a configuration)
+    in NVR mode; changes ``node`` in place and returns it."""
+    if not nvr:
+        return node
+    for item in node.iter():
+        if not isinstance(item.tag, str):
+            continue
+        local = etree.QName(item).localname
+        if local in ("PTZNode", "PTZConfiguration", "PTZ") and item.get("token"):
+            item.set("token", shown_token(nvr, slot, item.get("token", "")))
+        elif local == "NodeToken" and item.text:
+            item.text = shown_token(nvr, slot, item.text.strip())
+    return node
+
+
+async def _slot_for(call: Call, name: str) -> tuple[CameraSlot, etree._Element]:
+    """The camera ``call`` is for, and the request as that camera's tokens name things."""
     slots = _ptz_slots(call)
     token_name = BY_NODE.get(name) or BY_CONFIG.get(name)
     if token_name is None:
         profile = call.device.profile(call.arg("ProfileToken"))
         if not profile.slot.ptz_enabled:
             raise SoapFault("Sender", ("ter:InvalidArgVal", "ter:NoPTZProfile"), "no PTZ")
-        return profile.slot
+        return profile.slot, call.op
     token = call.arg(token_name)
+    nvr = call.device.nvr
     for slot in slots:
-        assert slot.backend.ptz is not None
-        setup = await slot.backend.ptz.setup()
-        if token in (setup.node_token, setup.configuration_token):
-            return slot
+        setup = await _backend(slot).setup()
+        for own in (setup.node_token, setup.configuration_token):
+            if token == shown_token(nvr, slot, own):
+                request = etree.fromstring(etree.tostring(call.op))
+                found = child(request, token_name)
+                assert found is not None
+                found.text = own
+                return slot, request
     subcode = "ter:NoEntity" if name == "GetNode" else "ter:NoConfig"
     raise SoapFault("Sender", ("ter:InvalidArgVal", subcode), f"no PTZ entity {token!r}")
 
@@ -119,21 +157,28 @@ def _backend(slot: CameraSlot) -> PtzBackend:
     return slot.backend.ptz
 
 
+def _shown(reply: Xml, nvr: bool, slot: CameraSlot) -> Xml:
+    if not nvr:
+        return reply
+    return raw(show_tokens(parse_markup(reply), nvr, slot))
+
+
 async def forward(call: Call) -> Xml:
     name = call.soap.name
+    nvr = call.device.nvr
     if name in AGGREGATED:
         # Every PTZ camera's nodes/configurations, under one response element.
         items: list[Xml] = []
         for slot in _ptz_slots(call):
             reply = parse_markup(await _backend(slot).call(call.op))
-            items.extend(raw(c) for c in children(reply, AGGREGATED[name]))
+            items.extend(raw(show_tokens(c, nvr, slot)) for c in children(reply, AGGREGATED[name]))
         return el(f"tptz:{name}Response", items)
-    slot = await _slot_for(call, name)
+    slot, request = await _slot_for(call, name)
     if name in PRESET_CHANGES and (
         slot.config.ptz == "no-presets" or not _backend(slot).presets_allowed
     ):
         raise operation_prohibited(f"{name}: preset changes are disabled for {slot.name}")
-    return await _backend(slot).call(call.op)
+    return _shown(await _backend(slot).call(request), nvr, slot)
 
 
 OPERATIONS: dict[tuple[str, str], Handler] = {
@@ -145,75 +190,32 @@ OPERATIONS.update({(TPTZ, name): forward for name in OPERATIONS_FORWARDED})
 # --------------------------------------------------------------------------- forwarder
 
 
-def fault_from_reply(fault: etree._Element, camera: str) -> SoapFault:
-    """Re-raise a camera's SOAP fault (1.2 or 1.1) with its ONVIF subcodes."""
-    ns = etree.QName(fault).namespace
-    if ns == SOAP12:
-        code = fault.findtext(f"{{{SOAP12}}}Code/{{{SOAP12}}}Value") or "Receiver"
-        subcodes: list[str] = []
-        node = fault.find(f"{{{SOAP12}}}Code/{{{SOAP12}}}Subcode")
-        while node is not None and len(subcodes) < 4:
-            value = (node.findtext(f"{{{SOAP12}}}Value") or "").strip()
-            if value:
-                subcodes.append("ter:" + value.split(":")[-1])
-            node = node.find(f"{{{SOAP12}}}Subcode")
-        reason = (fault.findtext(f"{{{SOAP12}}}Reason/{{{SOAP12}}}Text") or "").strip()
-    else:
-        code = "Sender" if "Client" in (fault.findtext("faultcode") or "") else "Receiver"
-        subcodes = []
-        reason = (fault.findtext("faultstring") or "").strip()
-    side = "Sender" if code.split(":")[-1] in ("Sender", "Client") else "Receiver"
-    return SoapFault(side, tuple(subcodes), f"camera {camera}: {reason or 'fault'}")
-
-
-class OnvifPtzForwarder:
+class OnvifPtzForwarder(CameraServiceForwarder):
     """PTZ of a real camera through its own ONVIF PTZ service (onvif-zeep-async)."""
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        host: str,
-        port: int,
-        username: str,
-        password: str,
-        policy: str = "enabled",
-        timeout: float = 10.0,
-    ) -> None:
-        self.name = name
-        self.host = host
-        self.port = port
-        self.username = username
-        self.password = password
+    namespace = TPTZ
+    token_element = "ProfileToken"
+
+    def __init__(self, *, policy: str = "enabled", **endpoint: Any) -> None:
+        """``endpoint``: :class:`CameraServiceForwarder`'s name, host, port, credentials."""
+        super().__init__(**endpoint)
         self.presets_allowed = policy == "enabled"
-        self.timeout = timeout
-        self._lock = asyncio.Lock()
-        self._camera: Any = None
-        self._service: Any = None
-        self._profile_token = ""
         self._setup: PtzSetup | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._configuration_token = ""
 
-    async def _connect(self) -> None:
-        from onvif import ONVIFCamera
+    async def _discover(self, camera: Any) -> Any:
+        media = await camera.create_media_service()
+        profiles = await media.GetProfiles()
+        ptz_profiles = [p for p in profiles if getattr(p, "PTZConfiguration", None)]
+        if not ptz_profiles:
+            raise camera_lacks(f"{self.name}: no PTZ")
+        service = await camera.create_ptz_service()
+        self.camera_token = ptz_profiles[0].token
+        self._configuration_token = ptz_profiles[0].PTZConfiguration.token
+        return service
 
-        camera = ONVIFCamera(self.host, self.port, self.username, self.password, adjust_time=True)
-        try:
-            await camera.update_xaddrs()
-            media = await camera.create_media_service()
-            profiles = await media.GetProfiles()
-            ptz_profiles = [p for p in profiles if getattr(p, "PTZConfiguration", None)]
-            if not ptz_profiles:
-                raise SoapFault("Receiver", ("ter:ActionNotSupported",), f"{self.name}: no PTZ")
-            service = await camera.create_ptz_service()
-        except BaseException:
-            await camera.close()
-            raise
-        self._camera = camera
-        self._service = service
-        self._profile_token = ptz_profiles[0].token
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
-        wanted = ptz_profiles[0].PTZConfiguration.token
+    async def _connected(self) -> None:
+        wanted = self._configuration_token
         configs = etree.fromstring(await self._send("GetConfigurations", {}))
         chosen = next(
             (c for c in children(configs, "PTZConfiguration") if c.get("token") == wanted),
@@ -222,90 +224,21 @@ class OnvifPtzForwarder:
         if chosen is None:
             raise SoapFault("Receiver", ("ter:Action",), f"{self.name}: PTZ configuration gone")
         node_token = child_text(chosen, "NodeToken") or ""
-        self._setup = PtzSetup(node_token, wanted, chosen)
-
-    async def _ensure(self) -> None:
-        async with self._lock:
-            if self._service is None:
-                try:
-                    await asyncio.wait_for(self._connect(), self.timeout * 3)
-                except SoapFault:
-                    await self._reset()
-                    raise
-                except Exception as exc:
-                    await self._reset()
-                    raise SoapFault(
-                        "Receiver", ("ter:Action",), f"camera {self.name} unreachable: {exc}"
-                    ) from None
+        try:
+            caps = etree.fromstring(await self._send("GetServiceCapabilities", {}))
+            found = child(caps, "Capabilities")
+            capabilities = dict(found.attrib) if found is not None else {}
+        except SoapFault as fault:
+            # Older PTZ services lack the call: claim nothing the camera did not say.
+            log.info("%s: PTZ GetServiceCapabilities refused (%s)", self.name, fault.reason)
+            capabilities = {}
+        self._setup = PtzSetup(node_token, wanted, chosen, capabilities)
 
     async def setup(self) -> PtzSetup:
         await self._ensure()
         assert self._setup is not None
         return self._setup
 
-    async def _send(self, name: str, kwargs: dict[str, Any]) -> Xml:
-        """Sign and send one operation; returns the camera's response element."""
-        assert self._service is not None and self._session is not None
-        client = self._service.zeep_client
-        envelope = client.create_message(self._service.ws_client, name, **kwargs)
-        body = etree.tostring(envelope, xml_declaration=True, encoding="utf-8")
-        headers = {"Content-Type": f'application/soap+xml; charset=utf-8; action="{TPTZ}/{name}"'}
-        async with self._session.post(self._service.xaddr, data=body, headers=headers) as resp:
-            data = await resp.content.read(MAX_REPLY_BYTES + 1)
-        try:
-            root = parse_xml(data, max_bytes=MAX_REPLY_BYTES)
-        except ValueError as exc:
-            raise SoapFault(
-                "Receiver", ("ter:Action",), f"camera {self.name}: unusable reply: {exc}"
-            ) from None
-        soap_ns = etree.QName(root).namespace
-        body_el = root.find(f"{{{soap_ns}}}Body") if soap_ns in (SOAP12, SOAP11) else None
-        first = (
-            next((c for c in body_el if isinstance(c.tag, str)), None)
-            if body_el is not None
-            else None
-        )
-        if first is None:
-            raise SoapFault("Receiver", ("ter:Action",), f"camera {self.name}: empty reply")
-        if etree.QName(first).localname == "Fault":
-            raise fault_from_reply(first, self.name)
-        return raw(first)
-
-    async def call(self, operation: etree._Element) -> Xml:
-        await self._ensure()
-        from zeep.helpers import serialize_object
-
-        name = etree.QName(operation).localname
-        request = copy.deepcopy(operation)
-        token = child(request, "ProfileToken")
-        if token is not None:
-            token.text = self._profile_token
-        client = self._service.zeep_client
-        try:
-            element = client.get_element(f"{{{TPTZ}}}{name}")
-            value = element.parse(request, client.wsdl.types)
-        except Exception as exc:  # zeep raises many types for schema mismatches
-            raise SoapFault("Sender", ("ter:InvalidArgVal",), f"{name}: {exc}") from None
-        kwargs = {k: v for k, v in (serialize_object(value) or {}).items() if v is not None}
-        try:
-            return await self._send(name, kwargs)
-        except SoapFault:
-            raise
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            await self._reset()
-            raise SoapFault(
-                "Receiver", ("ter:Action",), f"camera {self.name} unreachable: {exc}"
-            ) from None
-
     async def _reset(self) -> None:
-        camera, session = self._camera, self._session
-        self._camera = self._service = self._session = None
         self._setup = None
-        if session is not None:
-            await session.close()
-        if camera is not None:
-            await camera.close()
-
-    async def close(self) -> None:
-        async with self._lock:
-            await self._reset()
+        await super()._reset()

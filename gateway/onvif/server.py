@@ -22,7 +22,7 @@ from lxml import etree
 from gateway.config import Config
 from gateway.digest import DigestAuthenticator
 from gateway.onvif import device as device_service
-from gateway.onvif import events, media, media2, ptz
+from gateway.onvif import events, imaging, media, media2, ptz
 from gateway.onvif.backend import CameraBackend
 from gateway.onvif.config import OnvifSettings, camera_ports, nvr_port_of, parse_settings
 from gateway.onvif.core import SERVICE_PATHS, Call, CameraSlot, Handler, VirtualDevice
@@ -52,6 +52,7 @@ OPERATIONS: dict[tuple[str, str], Handler] = {
     **media2.OPERATIONS,
     **events.OPERATIONS,
     **ptz.OPERATIONS,
+    **imaging.OPERATIONS,
 }
 PRE_AUTH = device_service.PRE_AUTH | events.PRE_AUTH
 ACCEPTED_TYPES = ("application/soap+xml", "application/xml", "text/xml")
@@ -205,7 +206,7 @@ async def handle_soap(request: web.Request) -> web.StreamResponse:
         if refusal is not None:
             return refusal
     local_ip, local_port = _local(request)
-    call = Call(device, soap, local_ip, local_port, now, request.path)
+    call = Call(device, soap, local_ip, local_port, now, request.path, _remote(request))
     try:
         body = await handler(call)
     except SoapFault as fault:
@@ -314,6 +315,7 @@ def build_devices(
         if cam.enabled and cam.name in backends
     ]
     common = dict(
+        advertise_host=config.server.advertise_host or "",
         rtsp_port=config.server.rtsp_port,
         username=config.vms.username,
         password=config.vms.password.reveal(),

@@ -19,6 +19,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 from aiohttp import web
 
@@ -35,6 +36,7 @@ from gateway.onvif.backend import (
 from gateway.onvif.config import camera_ports, nvr_port_of, parse_settings
 from gateway.onvif.core import CameraSlot, VirtualDevice
 from gateway.onvif.discovery import DiscoveryResponder
+from gateway.onvif.imaging import OnvifImagingForwarder
 from gateway.onvif.motion import CameraMotion, motion_source_for
 from gateway.onvif.ptz import OnvifPtzForwarder
 from gateway.onvif.server import serve_device
@@ -185,49 +187,66 @@ def stream_facts(info: StreamStatus, previous: StreamInfo | None) -> StreamInfo 
 # --------------------------------------------------------------------------- PTZ
 
 
-class PtzDetection:
-    """Finds out in the background whether the camera has ONVIF PTZ; ``backend`` is the
-    forwarder once it has, None before and for cameras without PTZ."""
+def camera_endpoint(camera: CameraConfig) -> dict[str, Any]:
+    """Where and as whom a forwarder reaches the camera's own ONVIF services."""
+    return {
+        "name": camera.name,
+        "host": camera.host,
+        "port": camera.http_port,
+        "username": camera.username,
+        "password": camera.password.reveal(),
+    }
 
-    def __init__(self, camera: CameraConfig, backoff: Backoff) -> None:
+
+class ServiceDetection:
+    """Finds out in the background whether the camera has an ONVIF service the gateway
+    forwards (PTZ, Imaging); ``backend`` is the forwarder once it has, None before and for
+    cameras without."""
+
+    what = "service"
+
+    def __init__(self, camera: CameraConfig, backoff: Backoff, forwarder: Any) -> None:
         self.camera = camera
         self.backoff = backoff
-        self.forwarder = OnvifPtzForwarder(
-            name=camera.name,
-            host=camera.host,
-            port=camera.http_port,
-            username=camera.username,
-            password=camera.password.reveal(),
-            policy=camera.ptz,
-        )
+        self.forwarder = forwarder
         self.found: bool | None = None  # None: not known yet
         self.settled = asyncio.Event()  # set once ``found`` is known
         self._task: asyncio.Task[None] | None = None
 
     @property
-    def backend(self) -> OnvifPtzForwarder | None:
+    def backend(self) -> Any:
         return self.forwarder if self.found else None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"ptz probe {self.camera.name}")
+        self._task = asyncio.create_task(self._run(), name=f"{self.what} probe {self.camera.name}")
+
+    async def _probe(self) -> None:
+        """Connect the forwarder; raises SoapFault (ter:ActionNotSupported: not there)."""
+        await self.forwarder.setup()
 
     async def _run(self) -> None:
         while True:
             try:
-                await self.forwarder.setup()
+                await self._probe()
             except SoapFault as fault:
                 if "ter:ActionNotSupported" in fault.subcodes:
-                    log.info("%s: the camera has no ONVIF PTZ", self.camera.name)
+                    log.info("%s: the camera has no ONVIF %s", self.camera.name, self.what)
                     self.found = False
                     self.settled.set()
                     return
                 delay = self.backoff.next_delay()
                 log.info(
-                    "%s: PTZ probe failed (%s); again in %.0f s", self.camera.name, fault, delay
+                    "%s: %s probe failed (%s); again in %.0f s",
+                    self.camera.name,
+                    self.what,
+                    fault,
+                    delay,
                 )
                 await asyncio.sleep(delay)
             else:
-                log.info("%s: PTZ forwarded to the camera's ONVIF service", self.camera.name)
+                log.info(
+                    "%s: %s forwarded to the camera's ONVIF service", self.camera.name, self.what
+                )
                 self.found = True
                 self.settled.set()
                 return
@@ -238,6 +257,33 @@ class PtzDetection:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         await self.forwarder.close()
+
+
+class PtzDetection(ServiceDetection):
+    what = "PTZ"
+
+    def __init__(self, camera: CameraConfig, backoff: Backoff) -> None:
+        forwarder = OnvifPtzForwarder(**camera_endpoint(camera), policy=camera.ptz)
+        super().__init__(camera, backoff, forwarder)
+
+    @property
+    def backend(self) -> OnvifPtzForwarder | None:
+        return self.forwarder if self.found else None
+
+
+class ImagingDetection(ServiceDetection):
+    what = "Imaging"
+
+    def __init__(self, camera: CameraConfig, backoff: Backoff) -> None:
+        forwarder = OnvifImagingForwarder(**camera_endpoint(camera), channel=camera.channel)
+        super().__init__(camera, backoff, forwarder)
+
+    async def _probe(self) -> None:
+        await self.forwarder.connect()
+
+    @property
+    def backend(self) -> OnvifImagingForwarder | None:
+        return self.forwarder if self.found else None
 
 
 # --------------------------------------------------------------------------- backend
@@ -253,12 +299,14 @@ class RuntimeCamera:
         identities: InventoryIdentities,
         motion: CameraMotion,
         ptz: PtzDetection | None,
+        imaging: ImagingDetection | None = None,
     ) -> None:
         self.gateway = gateway
         self.camera = camera
         self.identities = identities
         self._motion = motion
         self._ptz = ptz
+        self._imaging = imaging
         self._known: dict[str, StreamInfo] = {}
         self._learning: asyncio.Task[None] | None = None
         if camera.on_demand:
@@ -302,9 +350,17 @@ class RuntimeCamera:
         if not self.gateway.reconnect(self.camera.name):
             raise LookupError(f"camera {self.camera.name} is not running")
 
+    def has_keyframe(self, stream: str) -> bool:
+        hub = self.gateway.hub(self.camera.name, stream)
+        return hub is not None and bool(hub.has_keyframe)
+
     @property
     def ptz(self) -> OnvifPtzForwarder | None:
         return self._ptz.backend if self._ptz is not None else None
+
+    @property
+    def imaging(self) -> OnvifImagingForwarder | None:
+        return self._imaging.backend if self._imaging is not None else None
 
     @property
     def motion(self) -> CameraMotion:
@@ -317,6 +373,8 @@ class RuntimeCamera:
         await self._motion.close()
         if self._ptz is not None:
             await self._ptz.close()
+        if self._imaging is not None:
+            await self._imaging.close()
 
 
 # --------------------------------------------------------------------------- service
@@ -370,6 +428,7 @@ class OnvifService:
             username=self.config.vms.username,
             password=self.config.vms.password.reveal(),
             settings=self.settings,
+            advertise_host=self.config.server.advertise_host or "",
         )
         device.uuid = self.identities.device_uuid("nvr" if nvr else name, device.uuid)
         return device
@@ -397,7 +456,8 @@ class OnvifService:
         """Serve ``cam``'s virtual device; raises OSError if its port cannot be bound."""
         motion = motion_source_for(cam)
         ptz = PtzDetection(cam, self._retry.fresh()) if cam.ptz != "disabled" else None
-        backend = RuntimeCamera(self.gateway, cam, self.identities, motion, ptz)
+        imaging = ImagingDetection(cam, self._retry.fresh()) if cam.imaging != "disabled" else None
+        backend = RuntimeCamera(self.gateway, cam, self.identities, motion, ptz, imaging)
         device = self._virtual(cam.name, [CameraSlot(cam, backend)], nvr=False, port=port)
         try:
             runner = await serve_device(device, self.config.server.bind)
@@ -407,6 +467,8 @@ class OnvifService:
         motion.start()
         if ptz is not None:
             ptz.start()
+        if imaging is not None:
+            imaging.start()
         self.cameras[cam.name] = DeviceEntry(device, runner, cam, backend)
         if self.discovery is not None:
             self.discovery.add(device)
@@ -447,6 +509,7 @@ class OnvifService:
             or config.vms != old.vms
             or config.server.bind != old.server.bind
             or config.server.nvr_mode != old.server.nvr_mode
+            or config.server.advertise_host != old.server.advertise_host
         )
         self.config, self.settings = config, settings
         ports = camera_ports(config)

@@ -35,6 +35,7 @@ NS: dict[str, str] = {
     "tr2": "http://www.onvif.org/ver20/media/wsdl",
     "tev": "http://www.onvif.org/ver10/events/wsdl",
     "tptz": "http://www.onvif.org/ver20/ptz/wsdl",
+    "timg": "http://www.onvif.org/ver20/imaging/wsdl",
     "ter": "http://www.onvif.org/ver10/error",
     "wsnt": "http://docs.oasis-open.org/wsn/b-2",
     "wstop": "http://docs.oasis-open.org/wsn/t-1",

@@ -1,9 +1,10 @@
-"""A simulated camera's own ONVIF services: device, media, media2, events, PTZ.
+"""A simulated camera's own ONVIF services: device, media, media2, events, PTZ, imaging.
 
 The same SOAP stack and services as the gateway's virtual devices (gateway.onvif), fed by a
 backend over :class:`~gateway.sim.device.SimDevice`: the simulated vendor identity, the
-camera's encoder settings, periodic motion (``motion_interval``) and, for PTZ models, a
-mechanical PTZ whose position lives in the device state (so every face of the camera agrees).
+camera's encoder settings, periodic motion (``motion_interval``), for PTZ models a
+mechanical PTZ whose position lives in the device state (so every face of the camera agrees),
+and an imaging block (brightness, IR cut filter, focus) in ``device.settings["imaging"]``.
 """
 
 from __future__ import annotations
@@ -133,6 +134,16 @@ class SimMotion:
             self.set(not self._state)
 
 
+def dispatch(face: object, op: etree._Element) -> Xml:
+    """Answer ``op`` with ``face``'s ``_op_<Name>`` method (the simulated camera's logic)."""
+    name = etree.QName(op).localname
+    handler = getattr(face, f"_op_{name}", None)
+    if handler is None:
+        raise SoapFault("Receiver", ("ter:ActionNotSupported",), f"{name} not supported")
+    result: Xml = handler(op)
+    return result
+
+
 class SimPtz:
     """A mechanical PTZ head over ``device.ptz_position`` / ``device.presets``."""
 
@@ -145,6 +156,8 @@ class SimPtz:
             NODE_TOKEN,
             CONFIG_TOKEN,
             etree.fromstring(self._configuration("tptz:PTZConfiguration", declare=True)),
+            # The simulated head reports where it is and whether it moves (GetStatus).
+            {"MoveStatus": "true", "StatusPosition": "true"},
         )
 
     async def setup(self) -> PtzSetup:
@@ -300,12 +313,7 @@ class SimPtz:
     # ------------------------------------------------------------ operations
 
     async def call(self, op: etree._Element) -> Xml:
-        name = etree.QName(op).localname
-        handler = getattr(self, f"_op_{name}", None)
-        if handler is None:
-            raise SoapFault("Receiver", ("ter:ActionNotSupported",), f"{name} not supported")
-        result: Xml = handler(op)
-        return result
+        return dispatch(self, op)
 
     def _op_GetNodes(self, op: etree._Element) -> Xml:
         return el("tptz:GetNodesResponse", self._node("tptz:PTZNode"))
@@ -444,6 +452,144 @@ class SimPtz:
         return el("tptz:SetHomePositionResponse")
 
 
+IMAGING_DEFAULTS: dict[str, Any] = {
+    "Brightness": 50.0,
+    "ColorSaturation": 50.0,
+    "Contrast": 50.0,
+    "Sharpness": 50.0,
+    "IrCutFilter": "AUTO",
+    "AutoFocusMode": "AUTO",
+    "FocusPosition": 0.5,
+}
+LEVELS = ("Brightness", "ColorSaturation", "Contrast", "Sharpness")
+IR_CUT_MODES = ("ON", "OFF", "AUTO")
+
+
+class SimImaging:
+    """The camera's imaging settings and focus lens over ``device.settings["imaging"]``."""
+
+    def __init__(self, device: SimDevice) -> None:
+        self.device = device
+        self.focus_moving = False
+
+    @property
+    def state(self) -> dict[str, Any]:
+        stored: dict[str, Any] = self.device.settings.setdefault("imaging", {})
+        for key, value in IMAGING_DEFAULTS.items():
+            stored.setdefault(key, value)
+        return stored
+
+    async def call(self, op: etree._Element) -> Xml:
+        return dispatch(self, op)
+
+    def _op_GetImagingSettings(self, op: etree._Element) -> Xml:
+        st = self.state
+        return el(
+            "timg:GetImagingSettingsResponse",
+            el(
+                "timg:ImagingSettings",
+                (el(f"tt:{k}", text(float(st[k]))) for k in LEVELS[:3]),
+                el("tt:Focus", el("tt:AutoFocusMode", st["AutoFocusMode"])),
+                el("tt:IrCutFilter", st["IrCutFilter"]),
+                el("tt:Sharpness", text(float(st["Sharpness"]))),
+            ),
+        )
+
+    def _op_SetImagingSettings(self, op: etree._Element) -> Xml:
+        settings = child(op, "ImagingSettings")
+        changes: dict[str, Any] = {}
+        for key in LEVELS:
+            value = child_text(settings, key)
+            if value is None:
+                continue
+            try:
+                level = float(value)
+            except ValueError:
+                raise invalid_arg("ter:SettingsInvalid", f"{key} {value!r}") from None
+            if not 0.0 <= level <= 100.0:
+                raise invalid_arg("ter:SettingsInvalid", f"{key} {value} outside 0..100")
+            changes[key] = level
+        ir_cut = child_text(settings, "IrCutFilter")
+        if ir_cut is not None:
+            if ir_cut not in IR_CUT_MODES:
+                raise invalid_arg("ter:SettingsInvalid", f"IrCutFilter {ir_cut!r}")
+            changes["IrCutFilter"] = ir_cut
+        focus_mode = child_text(settings, "Focus", "AutoFocusMode")
+        if focus_mode is not None:
+            if focus_mode not in ("AUTO", "MANUAL"):
+                raise invalid_arg("ter:SettingsInvalid", f"AutoFocusMode {focus_mode!r}")
+            changes["AutoFocusMode"] = focus_mode
+        self.state.update(changes)  # all or nothing: validated first
+        return el("timg:SetImagingSettingsResponse")
+
+    @staticmethod
+    def _range(tag: str, low: float, high: float) -> Xml:
+        return el(tag, el("tt:Min", text(low)), el("tt:Max", text(high)))
+
+    def _op_GetOptions(self, op: etree._Element) -> Xml:
+        return el(
+            "timg:GetOptionsResponse",
+            el(
+                "timg:ImagingOptions",
+                (self._range(f"tt:{k}", 0, 100) for k in LEVELS[:3]),
+                el(
+                    "tt:Focus",
+                    el("tt:AutoFocusModes", "AUTO"),
+                    el("tt:AutoFocusModes", "MANUAL"),
+                ),
+                (el("tt:IrCutFilterModes", mode) for mode in IR_CUT_MODES),
+                self._range("tt:Sharpness", 0, 100),
+            ),
+        )
+
+    def _op_GetMoveOptions(self, op: etree._Element) -> Xml:
+        return el(
+            "timg:GetMoveOptionsResponse",
+            el(
+                "timg:MoveOptions",
+                el("tt:Absolute", self._range("tt:Position", 0, 1)),
+                el("tt:Relative", self._range("tt:Distance", -1, 1)),
+                el("tt:Continuous", self._range("tt:Speed", -1, 1)),
+            ),
+        )
+
+    def _op_Move(self, op: etree._Element) -> Xml:
+        focus = child(op, "Focus")
+        state = self.state
+        position = float(state["FocusPosition"])
+        try:
+            if (value := child_text(focus, "Absolute", "Position")) is not None:
+                position = float(value)
+            elif (value := child_text(focus, "Relative", "Distance")) is not None:
+                position += float(value)
+            elif child(focus, "Continuous") is not None:
+                self.focus_moving = True
+                return el("timg:MoveResponse")
+            else:
+                raise invalid_arg("ter:InvalidMove", "Move without Absolute/Relative/Continuous")
+        except ValueError:
+            raise invalid_arg("ter:InvalidMove", "focus values must be numbers") from None
+        state["FocusPosition"] = max(0.0, min(1.0, position))
+        return el("timg:MoveResponse")
+
+    def _op_Stop(self, op: etree._Element) -> Xml:
+        self.focus_moving = False
+        return el("timg:StopResponse")
+
+    def _op_GetStatus(self, op: etree._Element) -> Xml:
+        return el(
+            "timg:GetStatusResponse",
+            el(
+                "timg:Status",
+                el(
+                    "tt:FocusStatus20",
+                    el("tt:Position", text(float(self.state["FocusPosition"]))),
+                    el("tt:MoveStatus", "MOVING" if self.focus_moving else "IDLE"),
+                ),
+            ),
+        )
+
+
 class SimBackend:
     """:class:`~gateway.onvif.backend.CameraBackend` of a simulated camera."""
 
@@ -451,6 +597,7 @@ class SimBackend:
         self.device = device
         self._motion = SimMotion(device)
         self._ptz = SimPtz(device) if device.ptz else None
+        self._imaging = SimImaging(device)
         self._jpegs: dict[str, bytes] = {}
 
     def identity(self) -> DeviceIdentity:
@@ -480,9 +627,17 @@ class SimBackend:
             int(self.device.settings.get("onvif_reboots", 0)) + 1
         )
 
+    def has_keyframe(self, stream: str) -> bool:
+        # The simulated encoder serves its clips from a keyframe on every connection.
+        return any(s.name == stream for s in self.streams())
+
     @property
     def ptz(self) -> SimPtz | None:
         return self._ptz
+
+    @property
+    def imaging(self) -> SimImaging:
+        return self._imaging
 
     @property
     def motion(self) -> SimMotion:
@@ -500,6 +655,7 @@ class _DiscoveryView:
         self.identity = virtual.identity
         self.location = virtual.location
         self.has_ptz = virtual.has_ptz
+        self.advertise_host = virtual.advertise_host
 
     @property
     def port(self) -> int:
@@ -527,6 +683,7 @@ def install(
         password=Secret(device.password),
         http_port=device.http_port,
         ptz="enabled" if device.ptz else "disabled",
+        imaging="enabled",
     )
     virtual = VirtualDevice(
         name=device.name,
