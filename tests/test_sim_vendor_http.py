@@ -19,12 +19,14 @@ from gateway.digest import DigestClient
 from gateway.onvif.motion import (
     MotionChange,
     MultipartParser,
+    Part,
     multipart_boundary,
     parse_dahua_event,
     parse_hikvision_alert,
 )
 from gateway.sim import dahua as sim_dahua
 from gateway.sim import hikvision as sim_hik
+from gateway.sim.device import SimDevice
 from tests.test_policy_support import PASSWORD, make_device, sim_cameras
 
 NS = "{http://www.hikvision.com/ver20/XMLSchema}"
@@ -321,38 +323,56 @@ async def test_faults_on_both_faces(fault: str) -> None:
                         parse_xml(body)
 
 
+async def read_motion(device: SimDevice, count: int) -> list[tuple[MotionChange, Part]]:
+    """The first ``count`` motion changes of the device's event stream, as the gateway's
+    own parsers read them."""
+    if device.vendor == "hikvision":
+        path, query, parse = "/ISAPI/Event/notification/alertStream", "", parse_hikvision_alert
+    else:
+        path, query = "/cgi-bin/eventManager.cgi", "action=attach&codes=[VideoMotion]"
+        parse = parse_dahua_event
+    uri = path + ("?" + query if query else "")
+    found: list[tuple[MotionChange, Part]] = []
+    async with sim_cameras(device) as (cam,), aiohttp.ClientSession() as session:
+        target = yarl.URL(f"http://127.0.0.1:{cam.port}{uri}", encoded=True)
+        async with session.get(target) as first:
+            challenges = first.headers.getall("WWW-Authenticate")
+        auth = DigestClient("admin", PASSWORD)
+        auth.handle_challenge(challenges)
+        headers = {"Authorization": auth.authorization("GET", uri) or ""}
+        async with session.get(target, headers=headers) as resp:
+            parser = MultipartParser(multipart_boundary(resp.headers["Content-Type"]))
+            while len(found) < count:
+                chunk = await resp.content.readany()
+                assert chunk
+                for part in parser.feed(chunk):
+                    change = parse(part.body)
+                    if change is not None:
+                        found.append((change, part))
+    return found[:count]
+
+
 @pytest.mark.parametrize("form", ["length", "boundary"])
 @pytest.mark.parametrize("vendor", ["hikvision", "dahua"])
 async def test_event_stream_forms_read_by_the_motion_parsers(vendor: str, form: str) -> None:
     """Both part forms of both vendors' streams, through the gateway's own parsers."""
     device = make_device("cam", vendor, motion_interval=0.05, event_form=form)
-    if vendor == "hikvision":
-        path, query, parse = "/ISAPI/Event/notification/alertStream", "", parse_hikvision_alert
-    else:
-        path, query = "/cgi-bin/eventManager.cgi", "action=attach&codes=[VideoMotion]"
-        parse = parse_dahua_event
-    async with sim_cameras(device) as (cam,), aiohttp.ClientSession() as session:
-        url = f"http://127.0.0.1:{cam.port}"
-        target = yarl.URL(url + path + ("?" + query if query else ""), encoded=True)
-        async with session.get(target) as first:
-            challenges = first.headers.getall("WWW-Authenticate")
-        auth = DigestClient("admin", PASSWORD)
-        auth.handle_challenge(challenges)
-        uri = path + ("?" + query if query else "")
-        headers = {"Authorization": auth.authorization("GET", uri) or ""}
-        async with session.get(target, headers=headers) as resp:
-            parser = MultipartParser(multipart_boundary(resp.headers["Content-Type"]))
-            changes: list[MotionChange] = []
-            while len(changes) < 3:
-                chunk = await resp.content.readany()
-                assert chunk
-                for part in parser.feed(chunk):
-                    if form == "boundary":
-                        assert "content-length" not in part.headers
-                    change = parse(part.body)
-                    if change is not None:
-                        changes.append(change)
-    assert changes[:3] == [MotionChange(True, 1), MotionChange(False, 1), MotionChange(True, 1)]
+    found = await read_motion(device, 3)
+    assert [change for change, _ in found] == [
+        MotionChange(True, 1),
+        MotionChange(False, 1),
+        MotionChange(True, 1),
+    ]
+    assert all(("content-length" in part.headers) == (form == "length") for _, part in found)
+
+
+@pytest.mark.parametrize("vendor", ["hikvision", "dahua"])
+async def test_a_recorder_streams_motion_for_every_channel(vendor: str) -> None:
+    device = make_device("nvr", vendor, motion_interval=0.05, channels=3)
+    found = await read_motion(device, 6)
+    assert [change for change, _ in found] == [MotionChange(True, n) for n in (1, 2, 3)] + [
+        MotionChange(False, n) for n in (1, 2, 3)
+    ]
 
 
 async def test_digest_challenges_in_each_vendors_form() -> None:

@@ -425,6 +425,15 @@ def _rpc_call(
     return _reply(call, False, error=(268894210, "Method not found"))
 
 
+def attach_part(device: SimDevice, text: str) -> bytes:
+    """One part of the attach stream, with or without Content-Length (``event_form``)."""
+    payload = text.encode() + b"\r\n"
+    head = "--myboundary\r\nContent-Type: text/plain\r\n"
+    if device.event_form == "length":
+        head += f"Content-Length: {len(payload)}\r\n"
+    return head.encode() + b"\r\n" + payload + b"\r\n"
+
+
 async def _attach(request: web.Request, device: SimDevice) -> web.StreamResponse:
     """``eventManager.cgi?action=attach``: multipart VideoMotion Start/Stop and heartbeats."""
     codes = request.query.get("codes", "[All]").strip("[]").split(",")
@@ -444,16 +453,16 @@ async def _attach(request: web.Request, device: SimDevice) -> web.StreamResponse
             break
         if motion:
             started = not started
-            text = f"Code=VideoMotion;action={'Start' if started else 'Stop'};index=0"
+            action = "Start" if started else "Stop"
+            texts = [
+                f"Code=VideoMotion;action={action};index={index}"
+                for index in range(device.channels)  # a recorder: one per channel
+            ]
         else:
-            text = "Heartbeat"
-        payload = text.encode() + b"\r\n"
-        head = "--myboundary\r\nContent-Type: text/plain\r\n"
-        if device.event_form == "length":
-            head += f"Content-Length: {len(payload)}\r\n"
-        part = head.encode() + b"\r\n" + payload + b"\r\n"
+            texts = ["Heartbeat"]
         try:
-            await response.write(part)
+            for text in texts:
+                await response.write(attach_part(device, text))
         except ConnectionError:
             break
     return response
