@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from gateway.rtsp.auth import DigestClient
+from gateway.digest import DigestClient
 
 from gateway.admin import api, tls
 from gateway.admin.auth import cleartext_allowed, cross_site
