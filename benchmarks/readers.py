@@ -49,7 +49,7 @@ from typing import Any
 from gateway.codecs import codec_name
 from gateway.codecs.sdp import parse_sdp
 from gateway.digest import DigestClient
-from gateway.rtp.receiver import ReceivedFrame
+from gateway.rtp.receiver import SEQ_AHEAD, SEQ_DUPLICATE, ReceivedFrame, sequence_step
 from gateway.rtp.spans import KEY_NONE, SPAN_END, continue_span
 from gateway.rtsp.client import (
     RtspClientError,
@@ -154,7 +154,8 @@ def _sei_first_bytes(codec: str) -> bytes | None:
 
 
 class TrackCount:
-    """What one RTP track received; sequence accounting as RFC 3550 appendix A.3."""
+    """What one RTP track received; sequence accounting as the gateway's RTSP reader does
+    it (:func:`gateway.rtp.receiver.sequence_step`)."""
 
     __slots__ = (
         "bytes",
@@ -201,16 +202,15 @@ class TrackCount:
             self.next_seq = (seq + 1) & 0xFFFF
             self.last_ts = timestamp
             return True
-        delta = (seq - self.highest_seq) & 0xFFFF
-        if delta == 0:
+        kind, self.highest_seq, self.lost = sequence_step(
+            self.first_seq, self.highest_seq, seq, self.packets, self.duplicates
+        )
+        if kind == SEQ_DUPLICATE:
             self.duplicates += 1
             return False
-        if delta < 0x8000:  # ahead: packets went missing
-            self.highest_seq += delta
+        if kind == SEQ_AHEAD:  # packets went missing
             self.next_seq = (seq + 1) & 0xFFFF
         # else behind: a late (reordered) packet, which makes up for a loss
-        expected = self.highest_seq - self.first_seq + 1
-        self.lost = max(0, expected - self.packets + self.duplicates)
         if (timestamp - self.last_ts) & 0xFFFFFFFF >= 0x80000000:
             self.timestamp_backwards += 1
         self.last_ts = timestamp

@@ -473,3 +473,38 @@ def test_rate_meter_averages_over_its_window_and_forgets_what_is_older() -> None
     meter.add(60.0, 10)  # after a minute of silence nothing old is left to average
     meter.add(61.0, 10)
     assert meter.rate() == pytest.approx(20.0)  # both over the one second between them
+
+
+async def test_hub_states_follow_the_transition_table() -> None:
+    """Every state change goes through one table: an upstream is started only from idle,
+    a failure of a stopped hub leaves it idle, and any new session makes it live."""
+    from gateway.media.hub import HubState
+
+    class Feeder:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def start(self) -> None:
+            self.calls.append("start")
+
+        def stop(self) -> None:
+            self.calls.append("stop")
+
+        def restart(self) -> None:
+            self.calls.append("restart")
+
+    hub = StreamHub("cam/main", on_demand=True)
+    feeder = Feeder()
+    hub.attach_upstream(feeder)
+    assert hub.state is HubState.IDLE and feeder.calls == []
+    hub.upstream_failed("a late report")  # nothing wanted the upstream: still idle
+    assert hub.state is HubState.IDLE
+    hub.subscribe(Recorder())
+    hub.subscribe(Recorder())  # already connecting: not started twice
+    assert hub.state is HubState.CONNECTING and feeder.calls == ["start"]
+    hub.upstream_failed("refused")
+    assert hub.state is HubState.DOWN and hub.state == "down"
+    hub.upstream_opened([CodecParams("H264", "video", 90000)])
+    assert hub.state is HubState.LIVE and hub.last_error == ""
+    hub.close()
+    assert hub.state is HubState.IDLE and feeder.calls == ["start", "stop"]

@@ -23,6 +23,7 @@ from gateway.rtsp.client import RtspClientError, RtspReader
 from gateway.rtsp.client_connection import ClientConnection
 from gateway.rtsp.message import (
     RtspConnectionParser,
+    RtspProtocolError,
     RtspRequest,
     RtspResponse,
 )
@@ -729,3 +730,19 @@ async def test_failed_play_raises_its_status_and_tears_down() -> None:
     finally:
         listener.close()
         await listener.wait_closed()
+
+
+def test_a_server_request_between_frames_comes_out_as_an_event() -> None:
+    """Servers probe clients too (OPTIONS as keep-alive): the request comes out of the
+    connection in order, the frames around it go to the track, and a malformed message
+    is a protocol error."""
+    frames: list[ReceivedFrame] = []
+    connection, tracks = connect(SDP, {4: 0}, on_frame=frames.append)
+    probe = b"OPTIONS rtsp://127.0.0.1/s RTSP/1.0\r\nCSeq: 5\r\n\r\n"
+    stream = b"".join(interleave(4, rtp(*p)) for p in PAYLOAD_SCRIPT[:3]) + probe
+    stream += b"".join(interleave(4, rtp(*p)) for p in PAYLOAD_SCRIPT[3:])
+    (request,) = connection.receive(stream, 0.0)
+    assert isinstance(request, RtspRequest) and (request.method, request.cseq) == ("OPTIONS", 5)
+    assert tracks[0].stats.packets == len(PAYLOAD_SCRIPT) and len(frames) == 6
+    with pytest.raises(RtspProtocolError):
+        connection.receive(b"NOT RTSP AT ALL\r\n\r\n", 0.0)
