@@ -66,7 +66,11 @@ echo "    $probe"
 echo "ok: the printed stream plays"
 
 echo "==> [readme] curl $dashboard (as a browser: redirected to the sign-in page)"
-page="$(curl --fail --silent --show-error --max-time 20 --insecure --location \
+# Trusting exactly the certificate the demo printed, when it serves HTTPS.
+certificate="$(sed -n 's/^  certificate: *\([^ ]*\).*$/\1/p' "$log")"
+trust=()
+if [ -n "$certificate" ]; then trust=(--cacert "$certificate"); fi
+page="$(curl --fail --silent --show-error --max-time 20 "${trust[@]}" --location \
     --header "Accept: text/html" "$dashboard")"
 grep -qi "password" <<< "$page" \
     || { echo "FAIL: the dashboard did not serve its sign-in page" >&2; exit 1; }
