@@ -55,19 +55,28 @@ or 'onvif-gateway init' to write a commented starter configuration.
 Handler = Callable[[argparse.Namespace], int]
 
 
-def console(stream: TextIO | None = None) -> Console:
+def console(stream: TextIO | None = None, *, wide: bool = False) -> Console:
     """A rich console for tables and progress: colours only on a terminal and never with
-    NO_COLOR set; plain text (no escape codes) when piped."""
+    NO_COLOR set; plain text (no escape codes) when piped. Tables fit the terminal's width
+    ($COLUMNS when set, e.g. an 80-column SSH session), 160 columns on a pipe, and have no
+    limit with ``wide``."""
     from rich.console import Console
 
     out = stream or sys.stdout
     tty = out.isatty()
+    width: int | None = None if tty else 160
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        width = int(columns)
+    if wide:
+        width = 10_000
     return Console(
         file=out,
         no_color=not tty or "NO_COLOR" in os.environ,
         force_terminal=tty,
         highlight=False,
-        width=None if tty else 160,
+        width=width,
+        soft_wrap=wide,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import csv
 import gc
 import json
 import logging
@@ -62,7 +63,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "camera streams, 1 when some do not, 3 when the admin API cannot be reached.",
     )
     cfgmod.add_config_argument(p)
-    p.add_argument("--json", action="store_true", help="print the API's JSON")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="print the API's JSON")
+    form.add_argument("--csv", action="store_true", help="print one CSV row per stream")
+    p.add_argument("--wide", action="store_true", help="every column, however wide the terminal")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
     p.set_defaults(handler=cmd_status)
 
@@ -266,43 +270,70 @@ async def _status(config: cfgmod.Config, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(body, indent=2))
         return EXIT_FINDINGS if down else EXIT_OK
+    rows = [
+        {
+            "camera": cam["name"],
+            "stream": s["stream"],
+            "state": s["state"],
+            "codec": s["codec"] or "",
+            "size": f"{s['width']}x{s['height']}" if s["width"] else "",
+            "bitrate": f"{s['bitrate'] / 1e6:.2f} Mbit/s",
+            "clients": str(s["clients"]),
+            "fps": f"{s['fps']:g}",
+            "reconnects": str(s["reconnects"]),
+            "last error": s["last_error"] or "",
+        }
+        for cam in cameras
+        for s in cam["streams"] or [_DISABLED]
+    ]
+    if args.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(STATUS_COLUMNS)
+        writer.writerows([row[c] for c in STATUS_COLUMNS] for row in rows)
+        return EXIT_FINDINGS if down else EXIT_OK
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(
-        "camera",
-        "stream",
-        "state",
-        "codec",
-        "size",
-        "fps",
-        "bitrate",
-        "clients",
-        "reconnects",
-        "last error",
-    )
+    # The first seven columns fit an 80-column terminal; --wide adds the rest.
+    columns = STATUS_COLUMNS if args.wide else STATUS_COLUMNS[:7]
+    table = Table(*columns, box=None, pad_edge=False)
     styles = {"live": "green", "down": "red"}
-    for cam in cameras:
-        if not cam["streams"]:
-            table.add_row(cam["name"], "-", "[yellow]disabled[/]", *[""] * 7)
-        for s in cam["streams"]:
-            style = styles.get(s["state"], "yellow")
-            table.add_row(
-                cam["name"],
-                s["stream"],
-                f"[{style}]{s['state']}[/]",
-                s["codec"] or "-",
-                f"{s['width']}x{s['height']}" if s["width"] else "-",
-                f"{s['fps']:g}",
-                f"{s['bitrate'] / 1e6:.2f} Mbit/s",
-                str(s["clients"]),
-                str(s["reconnects"]),
-                s["last_error"] or "",
-            )
-    out = console()
+    for row in rows:
+        cells = [escape(row[c]) or "-" for c in columns]
+        cells[2] = f"[{styles.get(row['state'], 'yellow')}]{cells[2]}[/]"
+        table.add_row(*cells)
+    out = console(wide=args.wide)
     out.print(table)
     if down:
         out.print(f"[red]not streaming:[/] {', '.join(down)}")
     return EXIT_FINDINGS if down else EXIT_OK
+
+
+STATUS_COLUMNS = (
+    "camera",
+    "stream",
+    "state",
+    "codec",
+    "size",
+    "bitrate",
+    "clients",
+    "fps",
+    "reconnects",
+    "last error",
+)
+# A disabled camera's one row.
+_DISABLED: dict[str, Any] = {
+    "stream": "-",
+    "state": "disabled",
+    "codec": "",
+    "width": 0,
+    "height": 0,
+    "bitrate": 0,
+    "clients": 0,
+    "fps": 0,
+    "reconnects": 0,
+    "last_error": "",
+}
 
 
 def _event_loop_run(coro: Any) -> int:

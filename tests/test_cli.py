@@ -288,6 +288,14 @@ async def test_demo_prints_dashboard_and_status_reads_it(tmp_path: Path) -> None
             code, out, _ = await gateway_cli("status", "--config", str(config), "--json", env=env)
             assert code == 0
             assert {c["name"] for c in json.loads(out)["cameras"]} == {"hik1", "dahua1"}
+            # An 80-column SSH terminal: no line wider; --wide and --csv carry the rest.
+            narrow = {**env, "COLUMNS": "80"}
+            code, out, _ = await gateway_cli("status", "--config", str(config), env=narrow)
+            assert code == 0 and all(len(line) <= 80 for line in out.splitlines()), out
+            code, out, _ = await gateway_cli("status", "-c", str(config), "--csv", env=env)
+            header, *rows = out.splitlines()
+            assert header.startswith("camera,stream,state,codec,size,bitrate,clients,fps")
+            assert len(rows) == 4 and all(",live," in row for row in rows), out
             code, _, err = await gateway_cli(
                 "status", "--config", str(config), env={"DEMO_ADMIN_PASSWORD": "wrong"}
             )

@@ -7,6 +7,7 @@ in a temporary state directory; the CLI runs as a real subprocess.
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
 import os
 import signal
@@ -338,6 +339,68 @@ async def test_cli_audit_enforce_inventory(tmp_path: Path) -> None:
 
         for text in outputs:
             assert PASSWORD not in text
+
+
+async def test_cli_dry_run_one_camera_csv_and_80_columns(tmp_path: Path) -> None:
+    hik, dh = clean_devices()
+    async with sim_cameras(hik, dh) as cams:
+        enable_all_telemetry(hik)
+        config = write_config(tmp_path, cams)
+
+        async def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return await asyncio.to_thread(_cli, *args)
+
+        # A dry run reads and plans; it writes nothing to the camera or the audit log.
+        before = sim_hik.get_value(hik, "/ISAPI/System/Network/EZVIZ", "enabled")
+        plan = await cli("enforce", "-c", str(config), "--camera", "lobby", "--dry-run", "--json")
+        assert plan.returncode == 1, plan.stderr
+        data = json.loads(plan.stdout)
+        jsonschema.validate(data, SCHEMA)
+        assert data["dry_run"] is True
+        assert [c["name"] for c in data["cameras"]] == ["lobby"]
+        changes = data["cameras"][0]["changes"]
+        assert changes and all(c["planned"] and not c["verified"] for c in changes)
+        assert sim_hik.get_value(hik, "/ISAPI/System/Network/EZVIZ", "enabled") == before
+        store = Store.in_state_dir(tmp_path / "state")
+        try:
+            assert PolicyStore(store).audit_log("lobby") == []
+        finally:
+            store.close()
+        text = await cli("enforce", "-c", str(config), "--camera", "lobby", "--dry-run")
+        assert "would set EZVIZ.enabled" in text.stdout and "dry run" in text.stdout
+
+        # An unknown camera is a usage error that names the nearest one.
+        typo = await cli("audit", "-c", str(config), "--camera", "lobyy")
+        assert typo.returncode == 2 and 'did you mean "lobby"' in typo.stderr
+
+        # CSV: a header and one row per camera; every cell a plain value.
+        rows = list(
+            csv.reader((await cli("inventory", "-c", str(config), "--csv")).stdout.splitlines())
+        )
+        assert rows[0][:4] == ["camera", "model", "firmware", "mac"]
+        assert {r[0] for r in rows[1:]} == {"lobby", "gate"}
+        audit_rows = list(
+            csv.reader((await cli("audit", "-c", str(config), "--csv")).stdout.splitlines())
+        )
+        assert audit_rows[0][0] == "camera" and any(r[2] == "finding" for r in audit_rows[1:])
+
+        # In an 80-column terminal no line is wider; --wide brings the other columns.
+        for command in (["inventory"], ["audit"], ["enforce", "--dry-run"]):
+            shown = await asyncio.to_thread(_cli_columns, 80, *command, "-c", str(config))
+            assert all(len(line) <= 80 for line in shown.stdout.splitlines()), shown.stdout
+        wide = await asyncio.to_thread(_cli_columns, 80, "inventory", "-c", str(config), "--wide")
+        assert hik.serial in wide.stdout
+
+
+def _cli_columns(columns: int, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": str(columns)},
+    )
 
 
 WRITER = """

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 import signal
 import sqlite3
@@ -48,7 +49,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     status_p.add_argument("--json", action="store_true", help="print the counters as JSON")
     _if_configured(status_p, "onvif-gateway-egress-counters.timer reads them this way")
     report_p = action("report", "per camera: blocked connections and DNS phone-home", _report)
-    report_p.add_argument("--json", action="store_true", help="print the report as JSON")
+    report_form = report_p.add_mutually_exclusive_group()
+    report_form.add_argument("--json", action="store_true", help="print the report as JSON")
+    report_form.add_argument(
+        "--csv", action="store_true", help="one CSV row per blocked destination and DNS name"
+    )
     report_p.add_argument(
         "--no-refresh",
         action="store_true",
@@ -227,6 +232,9 @@ def _report(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return EXIT_OK
+    if args.csv:
+        _report_csv(report)
+        return EXIT_OK
     if live_note:
         print(f"note: {live_note}")
     for camera in report["cameras"]:
@@ -253,6 +261,43 @@ def _report(args: argparse.Namespace) -> int:
                 f"{len(source['dns'])} DNS names"
             )
     return EXIT_OK
+
+
+def _report_csv(report: dict[str, Any]) -> None:
+    if report["note"]:
+        print(f"note: {report['note']}", file=sys.stderr)
+    out = csv.writer(sys.stdout, lineterminator="\n")
+    out.writerow(
+        ["camera", "kind", "protocol", "destination", "port", "count", "label", "last_seen"]
+    )
+    for camera in report["cameras"]:
+        for d in camera["blocked_destinations"]:
+            out.writerow(
+                [
+                    camera["name"],
+                    "blocked",
+                    d["protocol"],
+                    d["destination"],
+                    "" if d["port"] is None else d["port"],
+                    d["packets"],
+                    d["service"] or "",
+                    "",
+                ]
+            )
+        for q in camera["dns"]:
+            seen = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(q["last_seen"]))
+            out.writerow(
+                [
+                    camera["name"],
+                    "dns",
+                    q["qtype"],
+                    q["name"],
+                    "",
+                    q["count"],
+                    q["category_label"],
+                    seen,
+                ]
+            )
 
 
 def _serve(args: argparse.Namespace) -> int:

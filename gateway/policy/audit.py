@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -60,15 +60,20 @@ class Change:
     after: str
     verified: bool
     error: str | None = None
+    # A dry run's change: what enforce would write; nothing was written.
+    planned: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "key": self.key,
             "before": self.before,
             "after": self.after,
             "verified": self.verified,
             "error": self.error,
         }
+        if self.planned:
+            out["planned"] = True
+        return out
 
 
 @dataclass
@@ -136,6 +141,7 @@ class AuditReport:
     cameras: list[CameraAudit]
     generated_at: float
     kind: str = "audit"  # "audit" | "enforce"
+    dry_run: bool = False  # enforce that wrote nothing: its changes are planned
 
     def summary(self) -> dict[str, Any]:
         counts = {s: 0 for s in SEVERITIES}
@@ -163,7 +169,7 @@ class AuditReport:
         return 0
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "schema": f"onvif-gateway/{self.kind}",
             "schema_version": SCHEMA_VERSION,
             "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.generated_at)),
@@ -171,6 +177,9 @@ class AuditReport:
             "summary": self.summary(),
             "cameras": [c.to_json(with_changes=self.kind == "enforce") for c in self.cameras],
         }
+        if self.dry_run:
+            out["dry_run"] = True
+        return out
 
 
 def evaluate(
@@ -237,6 +246,7 @@ async def _check(
     actor: str,
     progress: Progress | None,
     members: list[str],
+    dry_run: bool = False,
 ) -> CameraAudit:
     result = CameraAudit(camera.name, camera.vendor, camera.host, members=members)
     say = progress or (lambda _camera, _message: None)
@@ -258,7 +268,12 @@ async def _check(
     if drifted:
         findings, diffs = evaluate(camera, record, policy, today, drifted)
     to_apply = [d for d in diffs if not _accepted(findings, d.key)]
-    if enforce and to_apply and camera.vendor in WRITABLE_VENDORS:
+    if enforce and dry_run and to_apply and camera.vendor in WRITABLE_VENDORS:
+        say(camera.name, f"would apply {len(to_apply)} setting(s) (dry run)")
+        result.changes = [
+            Change(d.key, d.current, d.desired, False, planned=True) for d in to_apply
+        ]
+    elif enforce and to_apply and camera.vendor in WRITABLE_VENDORS:
         say(camera.name, f"applying {len(to_apply)} setting(s)")
         await _apply(camera, client, pstore, record, to_apply, result, actor)
         if result.error is None:
@@ -328,6 +343,8 @@ async def _run(
     today: date | None,
     progress: Progress | None,
     client_factory: ClientFactory,
+    cameras: Collection[str] | None = None,
+    dry_run: bool = False,
 ) -> AuditReport:
     policy = policy or parse_policy(config)
     today = today or date.today()
@@ -354,6 +371,7 @@ async def _run(
                     actor=actor,
                     progress=progress,
                     members=members[camera.name],
+                    dry_run=dry_run,
                 )
             except Exception as exc:
                 audit = CameraAudit(camera.name, camera.vendor, camera.host)
@@ -363,8 +381,10 @@ async def _run(
                 await client.close()
 
     started = time.time()
-    results = await asyncio.gather(*(one(c) for c in managed_cameras(config)))
-    return AuditReport(list(results), started, "enforce" if enforce else "audit")
+    results = await asyncio.gather(*(one(c) for c in managed_cameras(config, cameras)))
+    return AuditReport(
+        list(results), started, "enforce" if enforce else "audit", dry_run=enforce and dry_run
+    )
 
 
 async def run_audit(
@@ -375,8 +395,10 @@ async def run_audit(
     today: date | None = None,
     progress: Progress | None = None,
     client_factory: ClientFactory = default_client_factory,
+    cameras: Collection[str] | None = None,
 ) -> AuditReport:
-    """Read every camera, record inventory and findings; change nothing on the cameras."""
+    """Read every camera (or those named), record inventory and findings; change nothing on
+    the cameras."""
     return await _run(
         config,
         store,
@@ -386,6 +408,7 @@ async def run_audit(
         today=today,
         progress=progress,
         client_factory=client_factory,
+        cameras=cameras,
     )
 
 
@@ -398,8 +421,12 @@ async def run_enforce(
     progress: Progress | None = None,
     actor: str = "enforce",
     client_factory: ClientFactory = default_client_factory,
+    cameras: Collection[str] | None = None,
+    dry_run: bool = False,
 ) -> AuditReport:
-    """Apply the telemetry policy, verify by reading back, record before/after."""
+    """Apply the telemetry policy, verify by reading back, record before/after. With
+    ``dry_run``, read and report the changes it would make (``planned``), writing nothing to
+    the cameras and nothing to the audit log."""
     return await _run(
         config,
         store,
@@ -409,6 +436,8 @@ async def run_enforce(
         today=today,
         progress=progress,
         client_factory=client_factory,
+        cameras=cameras,
+        dry_run=dry_run,
     )
 
 

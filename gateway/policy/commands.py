@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 import logging
 import sqlite3
@@ -16,7 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.config import Config, ConfigError, add_config_argument, load
+from gateway.cli import console
+from gateway.config import Config, ConfigError, add_config_argument, did_you_mean, load
 from gateway.policy.config import parse_policy
 from gateway.store import Store
 
@@ -51,12 +53,26 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "Firmware is never changed.",
     )
     _common(p)
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read the cameras and print the changes enforce would make; write nothing",
+    )
     p.set_defaults(handler=cmd_enforce)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     add_config_argument(p)
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--camera",
+        action="append",
+        metavar="NAME",
+        help="only this camera (repeat for several; default: every camera)",
+    )
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="print the report as JSON")
+    form.add_argument("--csv", action="store_true", help="print one CSV row per camera")
+    p.add_argument("--wide", action="store_true", help="every column, however wide the terminal")
 
 
 def _load(path: str) -> tuple[Config, Any] | int:
@@ -85,21 +101,40 @@ def _run(args: argparse.Namespace, kind: str) -> int:
     if isinstance(loaded, int):
         return loaded
     config, policy = loaded
+    chosen = args.camera
+    known = [c.name for c in config.cameras]
+    for name in chosen or ():
+        if name not in known:
+            print(f"--camera: no camera named {name!r}{did_you_mean(name, known)}", file=sys.stderr)
+            return EXIT_USAGE
     store = _open_store(config)
     if isinstance(store, int):
         return store
     from gateway.policy import audit, inventory
 
-    progress = None if args.json else _progress
+    progress = None if args.json or args.csv else _progress
     try:
         if kind == "inventory":
             result: Any = asyncio.run(
-                inventory.run_inventory(config, store, timeout=policy.request_timeout)
+                inventory.run_inventory(
+                    config, store, timeout=policy.request_timeout, cameras=chosen
+                )
             )
         elif kind == "audit":
-            result = asyncio.run(audit.run_audit(config, store, policy=policy, progress=progress))
+            result = asyncio.run(
+                audit.run_audit(config, store, policy=policy, progress=progress, cameras=chosen)
+            )
         else:
-            result = asyncio.run(audit.run_enforce(config, store, policy=policy, progress=progress))
+            result = asyncio.run(
+                audit.run_enforce(
+                    config,
+                    store,
+                    policy=policy,
+                    progress=progress,
+                    cameras=chosen,
+                    dry_run=args.dry_run,
+                )
+            )
     except (OSError, sqlite3.Error) as exc:
         print(f"{kind} failed: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
@@ -116,10 +151,12 @@ def _run(args: argparse.Namespace, kind: str) -> int:
             return EXIT_RUNTIME
     if args.json:
         print(json.dumps(data, indent=2))
+    elif args.csv:
+        _print_csv(data, kind)
     elif kind == "inventory":
-        _print_inventory(data)
+        _print_inventory(data, args.wide)
     else:
-        _print_report(data)
+        _print_report(data, args.wide)
     return int(result.exit_code())
 
 
@@ -148,43 +185,106 @@ _STYLES = {
 }
 
 
-def _console() -> Any:
-    from rich.console import Console
-
-    # Colours only on a terminal; plain text when piped or redirected.
-    tty = sys.stdout.isatty()
-    return Console(
-        force_terminal=tty, no_color=not tty, highlight=False, width=None if tty else 120
-    )
+# Inventory columns: the first four fit an 80-column terminal; --wide (or --csv/--json)
+# gives every one.
+INVENTORY_COLUMNS = ("camera", "model", "firmware", "mac", "vendor", "serial", "services on")
+NARROW_INVENTORY = 4
 
 
-def _print_inventory(data: dict[str, Any]) -> None:
-    from rich.table import Table
+def _console(wide: bool) -> Any:
+    return console(wide=wide)
 
-    table = Table(title="Camera inventory")
-    for column in ("camera", "vendor", "model", "serial", "mac", "firmware", "services on"):
-        table.add_column(column)
+
+def _inventory_rows(data: dict[str, Any]) -> list[dict[str, str]]:
+    rows = []
     for cam in data["cameras"]:
         ident = cam["identity"] or {}
-        if cam["error"]:
-            table.add_row(
-                cam["name"], cam["vendor"], "", "", "", "", f"[magenta]{cam['error']['message']}"
-            )
-            continue
-        firmware = f"{ident.get('firmware', '')} {ident.get('build', '')}".strip()
-        table.add_row(
-            cam["name"],
-            cam["vendor"],
-            ident.get("model", ""),
-            ident.get("serial", ""),
-            ident.get("mac", ""),
-            firmware,
-            ", ".join(cam["services"]) or "-",
+        error = (cam["error"] or {}).get("message", "")
+        rows.append(
+            {
+                "camera": cam["name"],
+                "model": ident.get("model", ""),
+                "firmware": f"{ident.get('firmware', '')} {ident.get('build', '')}".strip(),
+                "mac": ident.get("mac", ""),
+                "vendor": cam["vendor"],
+                "serial": ident.get("serial", ""),
+                "services on": ", ".join(cam.get("services") or []),
+                "error": error,
+            }
         )
-    console = _console()
-    console.print(table)
+    return rows
+
+
+def _print_inventory(data: dict[str, Any], wide: bool) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    columns = INVENTORY_COLUMNS if wide else INVENTORY_COLUMNS[:NARROW_INVENTORY]
+    table = Table(title="Camera inventory", box=None, pad_edge=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in _inventory_rows(data):
+        if row["error"]:
+            cells = [escape(row["camera"]), f"[magenta]{escape(row['error'])}[/]"]
+            table.add_row(*cells, *[""] * (len(columns) - 2))
+            continue
+        table.add_row(*(escape(row[c]) or "-" for c in columns))
+    out = _console(wide)
+    out.print(table)
+    if not wide:
+        out.print("(--wide adds vendor, serial and services; --csv and --json give everything)")
     for cam in data["cameras"]:
-        _print_extras(console, cam)
+        _print_extras(out, cam)
+
+
+def _print_csv(data: dict[str, Any], kind: str) -> None:
+    """One row per camera (inventory) or per finding and change (audit, enforce)."""
+    out = csv.writer(sys.stdout, lineterminator="\n")
+    if kind == "inventory":
+        out.writerow([*INVENTORY_COLUMNS, "error"])
+        for row in _inventory_rows(data):
+            out.writerow([row[c] for c in (*INVENTORY_COLUMNS, "error")])
+        return
+    out.writerow(
+        ["camera", "status", "kind", "severity", "id", "title", "current", "required", "action"]
+    )
+    for cam in data["cameras"]:
+        if cam["error"]:
+            out.writerow([cam["name"], cam["status"], "error", "", "", cam["error"]["message"]])
+        for f in cam["findings"]:
+            severity = "accepted" if f["status"] == "accepted" else f["severity"]
+            out.writerow(
+                [
+                    cam["name"],
+                    cam["status"],
+                    "finding",
+                    severity,
+                    f["id"],
+                    f["title"],
+                    f.get("current", ""),
+                    f.get("desired", ""),
+                    f["action"],
+                ]
+            )
+        for change in cam.get("changes", []):
+            state = (
+                "planned"
+                if change.get("planned")
+                else ("verified" if change["verified"] else "not verified")
+            )
+            out.writerow(
+                [
+                    cam["name"],
+                    cam["status"],
+                    "change",
+                    state,
+                    change["key"],
+                    "",
+                    change["before"] or "",
+                    change["after"],
+                    change["error"] or "",
+                ]
+            )
 
 
 def _print_extras(console: Any, cam: dict[str, Any]) -> None:
@@ -209,12 +309,14 @@ def _print_extras(console: Any, cam: dict[str, Any]) -> None:
             )
 
 
-def _print_report(data: dict[str, Any]) -> None:
+def _print_report(data: dict[str, Any], wide: bool) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    console = _console()
+    console = _console(wide)
     kind = "Enforce" if data["schema"].endswith("enforce") else "Audit"
+    if data.get("dry_run"):
+        kind = "Enforce (dry run: nothing written)"
     for cam in data["cameras"]:
         status = cam["status"]
         firmware = (cam["firmware"] or {}).get("text", "?")
@@ -227,15 +329,19 @@ def _print_report(data: dict[str, Any]) -> None:
             console.print(f"  [magenta]{escape(cam['error']['message'])}[/]")
         _print_extras(console, cam)
         for change in cam.get("changes", []):
-            mark = "[green]ok[/]" if change["verified"] else "[red]NOT VERIFIED[/]"
+            if change.get("planned"):
+                verb, mark = "would set", "[yellow](dry run)[/]"
+            else:
+                verb = "set"
+                mark = "[green]ok[/]" if change["verified"] else "[red]NOT VERIFIED[/]"
             console.print(
-                f"  set {escape(change['key'])}: {escape(str(change['before']))} -> "
+                f"  {verb} {escape(change['key'])}: {escape(str(change['before']))} -> "
                 f"{escape(change['after'])} {mark}"
             )
         if cam["findings"]:
             table = Table(show_header=True, box=None, pad_edge=False, padding=(0, 1))
             for column in ("severity", "id", "finding", "current -> required", "action"):
-                table.add_column(column)
+                table.add_column(column, overflow="fold")
             for f in cam["findings"]:
                 style = _STYLES["accepted"] if f["status"] == "accepted" else _STYLES[f["severity"]]
                 label = "accepted" if f["status"] == "accepted" else f["severity"]

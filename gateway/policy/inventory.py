@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,10 +160,14 @@ def device_groups(config: Config) -> list[list[CameraConfig]]:
     return list(groups.values())
 
 
-def managed_cameras(config: Config) -> list[CameraConfig]:
+def managed_cameras(config: Config, only: Collection[str] | None = None) -> list[CameraConfig]:
     """One camera per device (a recorder's first channel stands for it): Hikvision and
-    Dahua through their APIs, generic ones through ONVIF."""
-    return [group[0] for group in device_groups(config)]
+    Dahua through their APIs, generic ones through ONVIF. With ``only``, the devices that
+    answer for one of those camera names."""
+    groups = device_groups(config)
+    if only is not None:
+        groups = [g for g in groups if {c.name for c in g} & set(only)]
+    return [group[0] for group in groups]
 
 
 def members_of(config: Config) -> dict[str, list[str]]:
@@ -177,8 +181,10 @@ async def run_inventory(
     *,
     timeout: float = 10.0,
     client_factory: ClientFactory = default_client_factory,
+    cameras: Collection[str] | None = None,
 ) -> InventoryResult:
-    """Read every managed camera (in parallel, bounded) and record snapshots and history."""
+    """Read every managed camera (or those named; in parallel, bounded) and record
+    snapshots and history."""
     pstore = PolicyStore(store)
     limit = asyncio.Semaphore(MAX_PARALLEL)
 
@@ -194,7 +200,7 @@ async def run_inventory(
             record.members = members[camera.name]
             return record
 
-    records = list(await asyncio.gather(*(one(c) for c in managed_cameras(config))))
+    records = list(await asyncio.gather(*(one(c) for c in managed_cameras(config, cameras))))
     for record in records:
         save(pstore, record)
     return InventoryResult(records)
