@@ -567,6 +567,32 @@ def test_imaging_policy_and_advertise_host_are_validated():
         loads(base + '[server]\nadvertise_host = "http://x/"\n' + camera)
 
 
+def test_push_consumer_address_rules():
+    from gateway.onvif.push import ConsumerRefused, check_address
+
+    def check(address: str, subscriber: str = "10.1.1.7") -> None:
+        check_address(
+            address,
+            subscriber=subscriber,
+            local_ip="127.0.0.1",  # lo: 127.0.0.0/8 is "the network the VMS came from"
+            camera_hosts=["127.0.0.9"],
+            camera_subnets=["127.0.5.0/24"],
+        )
+
+    check("127.0.0.2")  # on the VMS-side network
+    check("10.1.1.7")  # the subscriber itself
+    for address, reason in (
+        ("127.0.0.9", "camera network"),
+        ("127.0.5.20", "camera network"),
+        ("127.0.0.1", "the gateway itself"),
+        ("10.1.1.8", "neither the subscriber"),
+        ("224.0.0.251", "not a unicast host"),
+        ("not-an-ip", "not an IP address"),
+    ):
+        with pytest.raises(ConsumerRefused, match=reason):
+            check(address)
+
+
 def test_default_gateway_is_read_for_one_interface_only(tmp_path):
     from gateway.onvif.netinfo import default_gateway
 

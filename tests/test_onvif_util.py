@@ -37,7 +37,6 @@ VMS_PASSWORD = "vms-" + secrets.token_hex(6)
 CAMERA_PASSWORD = "cam-" + secrets.token_hex(6)
 # Rows of the conformance matrix (tests/test_onvif_conformance.py) this test fills in.
 MATRIX_DEVICES = {"hik1": "Hikvision H.264", "dahua1": "Dahua H.265"}
-LIBONVIF_NONCE_REUSE = "libonvif 1.4.4 reuses a nonce within a second (issue 17 item 4)"
 
 
 def skip_reason() -> str | None:
@@ -156,10 +155,8 @@ def test_onvif_util_discovers_lists_profiles_and_rtsp(pair: Pair, tmp_path: Path
     camera = match.group(1)
     device = MATRIX_DEVICES[camera]
     record("onvif-util", device, "discover (-a)", "pass")
-    if "NotAuthorized" in out and "Token 0:" in out:
-        # Logged in, then a later request refused: libonvif's repeated nonce (item 4).
-        record("onvif-util", device, "get profiles, get rtsp", "xfail", LIBONVIF_NONCE_REUSE)
-        pytest.xfail(LIBONVIF_NONCE_REUSE)
+    # libonvif 1.4.4 reuses one nonce for every request within a second: the gateway lets
+    # that repeat through from the same address for Get* requests (gateway.onvif.security).
     assert "NotAuthorized" not in out, out
     assert f"Token 0: {camera}_main" in out and f"Token 1: {camera}_sub" in out, out
     uri = f"rtsp://{GATEWAY_IP}:8554/{camera}/main"
@@ -167,19 +164,14 @@ def test_onvif_util_discovers_lists_profiles_and_rtsp(pair: Pair, tmp_path: Path
     record("onvif-util", device, "get profiles, get rtsp", "pass")
 
     # `get network` (GetNetworkInterfaces, GetNetworkDefaultGateway, GetDNS) failed entirely
-    # before the gateway answered GetNetworkDefaultGateway. libonvif 1.4.4 reuses a nonce
-    # within one second (issue 17 item 4, fixed elsewhere): a NotAuthorized is that, and is
-    # recorded as the known failure it is.
+    # before the gateway answered GetNetworkDefaultGateway.
     network = pair.vms_run(
         "onvif-util", "-u", "vms", "-p", VMS_PASSWORD, GATEWAY_IP, stdin="get network\nquit\n"
     )
-    if "NotAuthorized" in network:
-        record("onvif-util", device, "get network", "xfail", LIBONVIF_NONCE_REUSE)
-    else:
-        assert "ERROR" not in network and f"IP Address: {GATEWAY_IP}" in network, network
-        # No default route leaves through the veth: none is shown, and no host resolver.
-        assert re.search(r"Gateway:\s*\n", network) and re.search(r"DNS:\s*\n", network), network
-        record("onvif-util", device, "get network", "pass")
+    assert "ERROR" not in network and f"IP Address: {GATEWAY_IP}" in network, network
+    # No default route leaves through the veth: none is shown, and no host resolver.
+    assert re.search(r"Gateway:\s*\n", network) and re.search(r"DNS:\s*\n", network), network
+    record("onvif-util", device, "get network", "pass")
 
     # The URI onvif-util printed plays from the VMS namespace.
     probed = json.loads(

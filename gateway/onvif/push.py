@@ -7,9 +7,9 @@ messages leave by HTTP POST to the consumer instead of waiting for PullMessages.
 The consumer URL is where the gateway would send requests on a VMS's say-so, so it is held to
 the VMS side: an ``http``/``https`` URL without credentials whose host (resolved once, at
 Subscribe, and pinned) is the subscriber's own address or on the network of the interface
-the Subscribe arrived on, and never a camera's address nor inside ``[camera_network]``'s
-subnets. Redirects are not followed; each batch is tried ``ATTEMPTS`` times, and a consumer
-that keeps failing ends its subscription.
+the Subscribe arrived on, and never the gateway's own address, a camera's address, nor
+inside ``[camera_network]``'s subnets. Redirects are not followed; each batch is tried
+``ATTEMPTS`` times, and a consumer that keeps failing ends its subscription.
 """
 
 from __future__ import annotations
@@ -75,13 +75,19 @@ def check_address(
     camera_subnets: Iterable[str],
 ) -> None:
     """Raise :class:`ConsumerRefused` unless ``address`` is on the VMS side (see module)."""
-    ip = ipaddress.ip_address(address)
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise ConsumerRefused(f"consumer address {address!r} is not an IP address") from None
     if ip.is_multicast or ip.is_unspecified or ip.is_reserved:
         raise ConsumerRefused(f"consumer address {address} is not a unicast host")
     if str(ip) in {str(h) for h in camera_hosts} or _in_any(ip, camera_subnets):
         raise ConsumerRefused(f"consumer address {address} is on the camera network")
     if str(ip) == subscriber:
         return
+    if str(ip) == local_ip:
+        # The gateway's own address (its admin API, other devices' ports) is no consumer.
+        raise ConsumerRefused(f"consumer address {address} is the gateway itself")
     iface = netinfo.interface_for_address(local_ip)
     if iface is not None:
         network = ipaddress.ip_network(f"{local_ip}/{iface.prefix_length}", strict=False)

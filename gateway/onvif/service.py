@@ -19,7 +19,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Generic, TypeVar
 
 from aiohttp import web
 
@@ -36,6 +36,7 @@ from gateway.onvif.backend import (
 from gateway.onvif.config import camera_ports, nvr_port_of, parse_settings
 from gateway.onvif.core import CameraSlot, VirtualDevice
 from gateway.onvif.discovery import DiscoveryResponder
+from gateway.onvif.forward import CameraServiceForwarder
 from gateway.onvif.imaging import OnvifImagingForwarder
 from gateway.onvif.motion import CameraMotion, motion_source_for
 from gateway.onvif.ptz import OnvifPtzForwarder
@@ -187,7 +188,7 @@ def stream_facts(info: StreamStatus, previous: StreamInfo | None) -> StreamInfo 
 # --------------------------------------------------------------------------- PTZ
 
 
-def camera_endpoint(camera: CameraConfig) -> dict[str, Any]:
+def camera_endpoint(camera: CameraConfig) -> dict[str, str | int]:
     """Where and as whom a forwarder reaches the camera's own ONVIF services."""
     return {
         "name": camera.name,
@@ -198,14 +199,17 @@ def camera_endpoint(camera: CameraConfig) -> dict[str, Any]:
     }
 
 
-class ServiceDetection:
+F = TypeVar("F", bound=CameraServiceForwarder)
+
+
+class ServiceDetection(Generic[F]):
     """Finds out in the background whether the camera has an ONVIF service the gateway
     forwards (PTZ, Imaging); ``backend`` is the forwarder once it has, None before and for
     cameras without."""
 
     what = "service"
 
-    def __init__(self, camera: CameraConfig, backoff: Backoff, forwarder: Any) -> None:
+    def __init__(self, camera: CameraConfig, backoff: Backoff, forwarder: F) -> None:
         self.camera = camera
         self.backoff = backoff
         self.forwarder = forwarder
@@ -214,20 +218,17 @@ class ServiceDetection:
         self._task: asyncio.Task[None] | None = None
 
     @property
-    def backend(self) -> Any:
+    def backend(self) -> F | None:
         return self.forwarder if self.found else None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"{self.what} probe {self.camera.name}")
 
-    async def _probe(self) -> None:
-        """Connect the forwarder; raises SoapFault (ter:ActionNotSupported: not there)."""
-        await self.forwarder.setup()
-
     async def _run(self) -> None:
         while True:
             try:
-                await self._probe()
+                # SoapFault with ter:ActionNotSupported: the camera has no such service.
+                await self.forwarder.connect()
             except SoapFault as fault:
                 if "ter:ActionNotSupported" in fault.subcodes:
                     log.info("%s: the camera has no ONVIF %s", self.camera.name, self.what)
@@ -259,31 +260,20 @@ class ServiceDetection:
         await self.forwarder.close()
 
 
-class PtzDetection(ServiceDetection):
+class PtzDetection(ServiceDetection[OnvifPtzForwarder]):
     what = "PTZ"
 
     def __init__(self, camera: CameraConfig, backoff: Backoff) -> None:
         forwarder = OnvifPtzForwarder(**camera_endpoint(camera), policy=camera.ptz)
         super().__init__(camera, backoff, forwarder)
 
-    @property
-    def backend(self) -> OnvifPtzForwarder | None:
-        return self.forwarder if self.found else None
 
-
-class ImagingDetection(ServiceDetection):
+class ImagingDetection(ServiceDetection[OnvifImagingForwarder]):
     what = "Imaging"
 
     def __init__(self, camera: CameraConfig, backoff: Backoff) -> None:
         forwarder = OnvifImagingForwarder(**camera_endpoint(camera), channel=camera.channel)
         super().__init__(camera, backoff, forwarder)
-
-    async def _probe(self) -> None:
-        await self.forwarder.connect()
-
-    @property
-    def backend(self) -> OnvifImagingForwarder | None:
-        return self.forwarder if self.found else None
 
 
 # --------------------------------------------------------------------------- backend
