@@ -222,9 +222,21 @@ def _url_host(address: str) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    loaded = load_config_or_exit(args.config)
-    if isinstance(loaded, int):
-        return loaded
+    try:
+        loaded = sections.load(args.config)
+    except cfgmod.ConfigError as exc:
+        # The gateway keeps running on the last file it accepted: ask it anyway, with the
+        # file's [admin] section, and say that the file needs attention.
+        try:
+            loaded = cfgmod.load_admin_section(args.config)
+        except cfgmod.ConfigError:
+            print(f"configuration error:\n{exc}", file=sys.stderr)
+            return EXIT_USAGE
+        print(
+            f"warning: {args.config} has {len(exc.problems)} problem(s) ('onvif-gateway "
+            "check' lists them); the running gateway keeps its last good configuration",
+            file=sys.stderr,
+        )
     if loaded.admin is None:
         print(f"{args.config}: no [admin] section, so no admin API to ask", file=sys.stderr)
         return EXIT_USAGE

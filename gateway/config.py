@@ -464,6 +464,29 @@ def loads(text: str, *, source: str = "<config>", base_dir: Path | None = None) 
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, [("", f"not valid TOML: {exc}")]) from None
+    return _from_data(data, text, source, base_dir)
+
+
+def load_admin_section(path: str | os.PathLike[str]) -> Config:
+    """Only the file's ``[admin]`` section and ``state_dir``, as a Config without cameras: how
+    ``status`` reaches a running gateway while the file has problems elsewhere (the gateway
+    keeps running on the last configuration it accepted). ConfigError when the file is not
+    TOML, or ``[admin]`` itself is missing or wrong."""
+    source = str(path)
+    try:
+        data = tomllib.loads(Path(path).read_bytes().decode("utf-8", errors="replace"))
+    except OSError as exc:
+        raise ConfigError(source, [("", f"cannot read file: {exc.strerror or exc}")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [("", f"not valid TOML: {exc}")]) from None
+    if not isinstance(data.get("admin"), dict):
+        raise ConfigError(source, [("admin", "is required to reach the admin API")])
+    kept: dict[str, Any] = {k: data[k] for k in ("state_dir", "admin") if k in data}
+    kept["vms"] = {"username": "unused", "password": "unused"}
+    return _from_data(kept, "", source, Path(path).resolve().parent)
+
+
+def _from_data(data: dict[str, Any], text: str, source: str, base_dir: Path | None) -> Config:
     problems: list[tuple[str, str]] = []
     base = base_dir or Path.cwd()
     top = _Reader(data, "", problems, base)

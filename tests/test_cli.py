@@ -296,6 +296,13 @@ async def test_demo_prints_dashboard_and_status_reads_it(tmp_path: Path) -> None
             header, *rows = out.splitlines()
             assert header.startswith("camera,stream,state,codec,size,bitrate,clients,fps")
             assert len(rows) == 4 and all(",live," in row for row in rows), out
+            # A file with a problem elsewhere: status still asks the running gateway, and
+            # says the file needs attention.
+            broken = tmp_path / "broken.toml"
+            broken.write_text(config.read_text() + '[[camera]]\nname = "bad name!"\n')
+            code, out, err = await gateway_cli("status", "--config", str(broken), env=env)
+            assert code == 0 and "hik1" in out, err
+            assert "problem(s)" in err and "last good configuration" in err, err
             code, _, err = await gateway_cli(
                 "status", "--config", str(config), env={"DEMO_ADMIN_PASSWORD": "wrong"}
             )
