@@ -392,3 +392,22 @@ async def test_passwd_and_check_commands(tmp_path: Path) -> None:
     assert parse(user.password_hash.reveal()).matches("a-long-password")
     code, _, err = await run_tool(sys.executable, "-m", "gateway", "check", "--config", str(config))
     assert code == 0 and "warning: admin.tls = false" in err
+
+
+async def test_configuration_for_admins_without_secrets(
+    admin: AdminGateway, camera_password: str
+) -> None:
+    async with admin.session() as session:
+        status, body, _ = await fetch(
+            session, "GET", admin.url + "/api/v1/config", as_user(admin, "admin")
+        )
+    assert status == 200
+    SPEC.validate("/api/v1/config", "get", 200, body)
+    config = body["config"]
+    assert config["vms"]["password"] == "********"
+    assert [u["name"] for u in config["admin"]["users"]] == ["vera", "otto", "ada"]
+    assert {c["password"] for c in config["cameras"]} == {"********"}
+    text = json.dumps(body)
+    secrets_in_use = [admin.password, admin.vms_password, camera_password, *PASSWORDS.values()]
+    assert not [s for s in secrets_in_use if s in text]
+    assert "$scrypt$" not in text

@@ -11,10 +11,12 @@ failed sign-ins and every state-changing request go to the audit trail
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import html
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -678,6 +680,40 @@ async def get_admin_log(request: web.Request) -> web.Response:
     return json_response({"entries": [e.to_json() for e in entries]})
 
 
+# Keys of the raw subsystem sections ([policy], [onvif], ...) whose values are not shown.
+SECRET_KEY = re.compile(r"pass|secret|token|credential|psk|community", re.IGNORECASE)
+REDACTED = "********"
+
+
+def redacted(value: Any, key: str = "") -> Any:
+    """``value`` as JSON with every secret replaced: :class:`~gateway.config.Secret` values
+    (every password of the typed sections) and, in the raw subsystem sections, the values of
+    keys that name a secret."""
+    if isinstance(value, cfgmod.Secret):
+        return REDACTED if value else None
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: redacted(getattr(value, f.name), f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {
+            str(k): REDACTED if SECRET_KEY.search(str(k)) and v else redacted(v, str(k))
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redacted(v, key) for v in value]
+    return value
+
+
+async def get_config(request: web.Request) -> web.Response:
+    config = ctx_of(request).gateway.config
+    return json_response(
+        {
+            "source": config.source,
+            "loaded_at": ctx_of(request).config_loaded_at,
+            "config": redacted(config),
+        }
+    )
+
+
 async def snapshot(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     camera = request.match_info["camera"]
@@ -878,6 +914,7 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
     ("GET", "/api/v1/admin-log", get_admin_log, "operator"),
     ("GET", "/api/v1/egress", get_egress, "viewer"),
     ("POST", "/api/v1/reload", reload_config, "admin"),
+    ("GET", "/api/v1/config", get_config, "admin"),
     ("GET", "/api/v1/live/{camera}/{stream}", live_view, "viewer"),
 ]
 ROLES: web.AppKey[dict[tuple[str, str], str]] = web.AppKey("roles", dict)
