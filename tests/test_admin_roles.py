@@ -154,13 +154,13 @@ async def test_lock_out_spares_sessions_and_other_accounts(admin: AdminGateway) 
         # The attacked name is locked out from this address, even with the right password...
         status, body, _ = await fetch(script, "GET", url, as_user(admin, "admin"))
         assert status == 429 and "too many" in body["error"]
-        status, _, _ = await fetch(
+        status, page, _ = await fetch(
             script,
             "POST",
             admin.url + "/login",
             data={"username": "ada", "password": PASSWORDS["ada"]},
         )
-        assert status == 429
+        assert status == 429 and b"Too many failed sign-ins" in page
         # ...but the open session and the other accounts (Prometheus, say) carry on.
         status, _, _ = await fetch(browser, "GET", url)
         assert status == 200

@@ -509,31 +509,36 @@ PLAIN_REFUSED = (
 )
 
 
+LOCKED_OUT = "Too many failed sign-ins for this account; try again in a few minutes."
+
+
+def _login_page(
+    request: web.Request, message: str, allowed: bool, status: int = 200
+) -> web.Response:
+    page = (
+        LOGIN_PAGE.replace("{next}", html.escape(_safe_next(request.query.get("next")), quote=True))
+        .replace("{failed}", " shown" if message else "")
+        .replace("{message}", html.escape(message))
+        .replace("{disabled}", "" if allowed else " disabled")
+    )
+    return web.Response(
+        text=page,
+        status=status,
+        content_type="text/html",
+        headers={
+            "Cache-Control": "no-store",
+            # The login page is self-contained: its style is inline, it has no script.
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+            "img-src data:; form-action 'self'; frame-ancestors 'none'",
+        },
+    )
+
+
 async def login_form(request: web.Request) -> web.StreamResponse:
     allowed = cleartext_allowed(request.secure, _address(request))
     if request.method == "GET":
-        failed = request.query.get("failed")
-        message = "Wrong user or password." if failed else ""
-        if not allowed:
-            message = PLAIN_REFUSED
-        page = (
-            LOGIN_PAGE.replace(
-                "{next}", html.escape(_safe_next(request.query.get("next")), quote=True)
-            )
-            .replace("{failed}", " shown" if message else "")
-            .replace("{message}", html.escape(message))
-            .replace("{disabled}", "" if allowed else " disabled")
-        )
-        return web.Response(
-            text=page,
-            content_type="text/html",
-            headers={
-                "Cache-Control": "no-store",
-                # The login page is self-contained: its style is inline, it has no script.
-                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-                "img-src data:; form-action 'self'; frame-ancestors 'none'",
-            },
-        )
+        message = "Wrong user or password." if request.query.get("failed") else ""
+        return _login_page(request, message if allowed else PLAIN_REFUSED, allowed)
     ctx = ctx_of(request)
     address = _address(request)
     if cross_site(request.headers, request.scheme, request.host):
@@ -547,7 +552,7 @@ async def login_form(request: web.Request) -> web.StreamResponse:
         _record(request, "sign-in-failed", "refused: password over plain HTTP", username, "form")
         return error(403, PLAIN_REFUSED)
     if ctx.auth.blocked(address, username):
-        return error(429, "too many failed sign-ins for this account; try again later")
+        return _login_page(request, LOCKED_OUT, allowed, 429)
     account = await ctx.auth.verify_password(username, password)
     if account is None:
         _sign_in_failed(request, username, "form")
