@@ -353,6 +353,11 @@ def test_generated_certificate_names_and_renewal(tmp_path: Path) -> None:
     assert {"192.0.2.5", "127.0.0.1", "::1"} <= addresses
     assert "localhost" in names.get_values_for_type(x509.DNSName)
     assert not tls.ensure_generated(tmp_path, "192.0.2.5").created  # kept
+    assert not tls.ensure_generated(tmp_path, "0.0.0.0").created  # a wildcard: still kept
+    moved = tls.ensure_generated(tmp_path, "198.51.100.7")  # a new bind address: replaced
+    assert moved.created and "198.51.100.7" in moved.names
+    info = tls.ensure_generated(tmp_path, "192.0.2.5")
+    assert info.created and "192.0.2.5" in info.names
     later = info.not_after - tls.RENEW_BEFORE + datetime.timedelta(days=1)
     renewed = tls.ensure_generated(tmp_path, "192.0.2.5", now=later)
     assert renewed.created and renewed.fingerprint != info.fingerprint
