@@ -377,8 +377,10 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
             response.headers.add("WWW-Authenticate", value)
         return response
     request[IDENTITY] = identity
+    if needed is None:  # no such route or method: 404/405 follow, nothing changes
+        return await handler(request)
     changing = request.method not in SAFE_METHODS
-    if needed is not None and not role_allows(identity.role, needed):
+    if not role_allows(identity.role, needed):
         if changing:
             _audit(request, _action_name(request), f"refused: needs role {needed}")
         return error(403, f"this needs the {needed} role; {identity.username} is {identity.role}")
