@@ -154,13 +154,13 @@ async def test_lock_out_spares_sessions_and_other_accounts(admin: AdminGateway) 
         # The attacked name is locked out from this address, even with the right password...
         status, body, _ = await fetch(script, "GET", url, as_user(admin, "admin"))
         assert status == 429 and "too many" in body["error"]
-        status, _, _ = await fetch(
+        status, page, _ = await fetch(
             script,
             "POST",
             admin.url + "/login",
             data={"username": "ada", "password": PASSWORDS["ada"]},
         )
-        assert status == 429
+        assert status == 429 and b"Too many failed sign-ins" in page
         # ...but the open session and the other accounts (Prometheus, say) carry on.
         status, _, _ = await fetch(browser, "GET", url)
         assert status == 200
@@ -353,6 +353,11 @@ def test_generated_certificate_names_and_renewal(tmp_path: Path) -> None:
     assert {"192.0.2.5", "127.0.0.1", "::1"} <= addresses
     assert "localhost" in names.get_values_for_type(x509.DNSName)
     assert not tls.ensure_generated(tmp_path, "192.0.2.5").created  # kept
+    assert not tls.ensure_generated(tmp_path, "0.0.0.0").created  # a wildcard: still kept
+    moved = tls.ensure_generated(tmp_path, "198.51.100.7")  # a new bind address: replaced
+    assert moved.created and "198.51.100.7" in moved.names
+    info = tls.ensure_generated(tmp_path, "192.0.2.5")
+    assert info.created and "192.0.2.5" in info.names
     later = info.not_after - tls.RENEW_BEFORE + datetime.timedelta(days=1)
     renewed = tls.ensure_generated(tmp_path, "192.0.2.5", now=later)
     assert renewed.created and renewed.fingerprint != info.fingerprint
@@ -392,3 +397,22 @@ async def test_passwd_and_check_commands(tmp_path: Path) -> None:
     assert parse(user.password_hash.reveal()).matches("a-long-password")
     code, _, err = await run_tool(sys.executable, "-m", "gateway", "check", "--config", str(config))
     assert code == 0 and "warning: admin.tls = false" in err
+
+
+async def test_configuration_for_admins_without_secrets(
+    admin: AdminGateway, camera_password: str
+) -> None:
+    async with admin.session() as session:
+        status, body, _ = await fetch(
+            session, "GET", admin.url + "/api/v1/config", as_user(admin, "admin")
+        )
+    assert status == 200
+    SPEC.validate("/api/v1/config", "get", 200, body)
+    config = body["config"]
+    assert config["vms"]["password"] == "********"
+    assert [u["name"] for u in config["admin"]["users"]] == ["vera", "otto", "ada"]
+    assert {c["password"] for c in config["cameras"]} == {"********"}
+    text = json.dumps(body)
+    secrets_in_use = [admin.password, admin.vms_password, camera_password, *PASSWORDS.values()]
+    assert not [s for s in secrets_in_use if s in text]
+    assert "$scrypt$" not in text

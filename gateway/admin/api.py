@@ -1,22 +1,20 @@
 """The admin HTTP application: JSON API (documented in ``openapi.yaml``), dashboard, live
-view, snapshots and ``/metrics``.
+view, snapshots and ``/metrics``: the resources and :data:`ROUTES`, each with the least role
+that may use it (the same as ``x-role`` in ``openapi.yaml``).
 
-Every route is authenticated (see :mod:`gateway.admin.auth`) except ``/healthz``,
-``/readyz`` (they reveal nothing but "ok") and the login form, and declares the least role
-that may use it (:data:`ROUTES`; the same as ``x-role`` in ``openapi.yaml``). Sign-ins,
-failed sign-ins and every state-changing request go to the audit trail
-(:mod:`gateway.admin.trail`).
+Every route is authenticated except ``/healthz``, ``/readyz`` (they reveal nothing but "ok")
+and the login form; :mod:`gateway.admin.access` does that, checks the role and records
+sign-ins and every state-changing request in the audit trail (:mod:`gateway.admin.trail`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
-import html
-import json
 import logging
+import re
 import time
-from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -26,15 +24,24 @@ from aiohttp import web
 
 from gateway import config as cfgmod
 from gateway.admin import metrics
-from gateway.admin.auth import (
-    CSRF_HEADER,
-    SESSION_COOKIE,
-    AdminAuth,
-    Identity,
-    cleartext_allowed,
-    cross_site,
-    role_allows,
+from gateway.admin.access import (
+    AUTH,
+    IDENTITY,
+    PUBLIC,
+    ROLES,
+    STATIC,
+    TRAIL,
+    Handler,
+    audit,
+    authenticate,
+    error,
+    json_response,
+    login_form,
+    logout,
+    peer_of,
+    security_headers,
 )
+from gateway.admin.auth import AdminAuth, Identity
 from gateway.admin.live import LiveViewer
 from gateway.admin.trail import AdminTrail
 from gateway.media.fmp4 import video_config
@@ -43,17 +50,11 @@ from gateway.store import Store
 
 log = logging.getLogger("gateway.admin")
 
-STATIC = Path(str(resources.files("gateway.admin") / "static"))
 OPENAPI = Path(str(resources.files("gateway.admin") / "openapi.yaml"))
 # Snapshot widths the dashboard asks for; any other width is refused so the cache (one
 # decode per stream and width) stays small.
 SNAPSHOT_WIDTHS = (160, 320, 480, 640, 960, 1280, 1920)
-PUBLIC = "public"
 MAX_LOG_LIMIT = 10_000
-SAFE_METHODS = ("GET", "HEAD")
-HSTS = "max-age=31536000"
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class AdminContext:
@@ -257,177 +258,14 @@ def mse_mime(codec: str, parameter_sets: tuple[bytes, ...]) -> str | None:
 # --------------------------------------------------------------------------- helpers
 
 
-def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        text=json.dumps(data, separators=(",", ":"), default=str),
-        status=status,
-        content_type="application/json",
-        headers={"Cache-Control": "no-store"},
-    )
-
-
-def error(status: int, message: str, **extra: Any) -> web.Response:
-    return json_response({"error": message, **extra}, status)
-
-
 def ctx_of(request: web.Request) -> AdminContext:
     return request.app[CTX]
 
 
 CTX: web.AppKey[AdminContext] = web.AppKey("ctx", AdminContext)
-IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity", Identity)
-
-
-def _identity(request: web.Request) -> Identity | None:
-    return request.get(IDENTITY)
-
-
-def peer_of(request: web.Request) -> str:
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    if not peer:
-        return "?"
-    host, port = peer[0], peer[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _address(request: web.Request) -> str:
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    return str(peer[0]) if peer else "?"
-
-
-def route_role(request: web.Request) -> str | None:
-    """The least role the matched route needs; None for no route (404/405 follow)."""
-    route = request.match_info.route
-    method = "GET" if request.method == "HEAD" else request.method
-    return request.app[ROLES].get((method, route.resource.canonical if route.resource else ""))
-
-
-def _wants_html(request: web.Request) -> bool:
-    return request.method == "GET" and "text/html" in request.headers.get("Accept", "")
 
 
 # --------------------------------------------------------------------------- middlewares
-
-
-@web.middleware
-async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:  # redirects (sign-in) and errors are responses too
-        _harden(request, exc)
-        raise
-    _harden(request, response)
-    return response
-
-
-def _harden(request: web.Request, response: web.StreamResponse) -> None:
-    if response.prepared:
-        return
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("X-Frame-Options", "DENY")
-    # same-origin rather than no-referrer: with no-referrer, browsers send "Origin: null"
-    # on the sign-in form's POST, which cross_site() must treat as foreign.
-    response.headers.setdefault("Referrer-Policy", "same-origin")
-    if request.secure:
-        response.headers.setdefault("Strict-Transport-Security", HSTS)
-    response.headers.setdefault(
-        "Content-Security-Policy",
-        "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
-        "connect-src 'self'; style-src 'self'; script-src 'self'; frame-ancestors 'none'",
-    )
-
-
-@web.middleware
-async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    needed = route_role(request)
-    if needed == PUBLIC:
-        return await handler(request)
-    ctx = ctx_of(request)
-    auth = ctx.auth
-    address = _address(request)
-    identity: Identity | None = None
-    session = auth.session(request.cookies.get(SESSION_COOKIE))
-    if session is not None:
-        identity = Identity(session.username, session.role, "session", session)
-    stale = False
-    header = request.headers.get("Authorization")
-    if identity is None and header:
-        name = auth.claimed_name(header)
-        method = header.split(None, 1)[0].lower()[:16]
-        if auth.blocked(address, name):
-            return error(429, "too many failed sign-ins for this account; try again later")
-        if method == "basic" and not cleartext_allowed(request.secure, address):
-            auth.failed(address, name)  # counted: bounds what a flood can write to the trail
-            _record(request, "sign-in-failed", "refused: Basic over plain HTTP", name, method)
-            return error(403, "Basic authentication over plain HTTP is refused; use HTTPS")
-        identity, stale = await auth.check_header(request.method, header, request.raw_path)
-        # Only passwords are counted: other schemes cannot guess one.
-        if identity is None and not stale and method in ("basic", "digest"):
-            _sign_in_failed(request, name, method)
-        elif identity is not None:
-            auth.succeeded(address, identity.username)
-    if identity is None:
-        if _wants_html(request) and not header:
-            raise web.HTTPSeeOther(f"/login?next={request.path}")
-        response = error(401, "authentication required")
-        for value in auth.challenge(stale=stale):
-            response.headers.add("WWW-Authenticate", value)
-        return response
-    request[IDENTITY] = identity
-    changing = request.method not in SAFE_METHODS
-    if needed is not None and not role_allows(identity.role, needed):
-        if changing:
-            _audit(request, _action_name(request), f"refused: needs role {needed}")
-        return error(403, f"this needs the {needed} role; {identity.username} is {identity.role}")
-    if changing:
-        if identity.session is not None:
-            if not auth.csrf_ok(identity.session, request.headers.get(CSRF_HEADER)):
-                _audit(request, _action_name(request), "refused: CSRF token missing or wrong")
-                return error(403, f"missing or wrong {CSRF_HEADER} header")
-        elif cross_site(request.headers, request.scheme, request.host):
-            _audit(request, _action_name(request), "refused: cross-site request")
-            return error(403, "cross-site request refused")
-    return await handler(request)
-
-
-def _action_name(request: web.Request) -> str:
-    return request.path.rstrip("/").rsplit("/", 1)[-1] or request.path
-
-
-def _sign_in_failed(request: web.Request, name: str, method: str) -> None:
-    ctx = ctx_of(request)
-    address = _address(request)
-    locked = ctx.auth.failed(address, name)
-    log.warning(
-        "admin login failed" if method == "form" else "admin authentication failed",
-        extra={"peer": peer_of(request), "path": request.path, "ratelimit": True},
-    )
-    _record(request, "sign-in-failed", "refused: wrong credentials", name, method)
-    if locked:
-        log.warning("admin sign-ins locked out", extra={"peer": peer_of(request), "user": name})
-        _record(request, "locked-out", "refused for the next 5 minutes", name, method)
-
-
-def _record(
-    request: web.Request,
-    action: str,
-    result: str,
-    account: str,
-    method: str,
-    role: str | None = None,
-    target: str | None = None,
-    detail: dict[str, Any] | None = None,
-) -> None:
-    ctx_of(request).trail.record(
-        account=account or "?",
-        role=role,
-        method=method,
-        source=peer_of(request),
-        action=action,
-        result=result,
-        target=target,
-        detail=detail,
-    )
 
 
 @web.middleware
@@ -444,38 +282,6 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return response
 
 
-def _audit(
-    request: web.Request,
-    action: str,
-    result: str = "ok",
-    target: str | None = None,
-    **detail: Any,
-) -> None:
-    """Log an admin action and record it in the audit trail."""
-    identity: Identity = request[IDENTITY]
-    log.info(
-        "admin action",
-        extra={
-            "action": action,
-            "user": identity.username,
-            "peer": peer_of(request),
-            "result": result,
-            **({"camera": target} if target else {}),
-            **{k: v if isinstance(v, str | int | float) else str(v) for k, v in detail.items()},
-        },
-    )
-    _record(
-        request,
-        action,
-        result,
-        identity.username,
-        identity.method,
-        identity.role,
-        target,
-        detail or None,
-    )
-
-
 # --------------------------------------------------------------------------- public
 
 
@@ -488,90 +294,6 @@ async def readyz(request: web.Request) -> web.Response:
     if rtsp is None or not rtsp.port:
         return json_response({"status": "starting"}, 503)
     return json_response({"status": "ok"})
-
-
-LOGIN_PAGE = (STATIC / "login.html").read_text(encoding="utf-8") if STATIC.exists() else ""
-
-
-def _safe_next(target: str | None) -> str:
-    if not target or not target.startswith("/") or target.startswith("//"):
-        return "/"
-    parts = urlsplit(target)
-    return parts.path or "/"
-
-
-PLAIN_REFUSED = (
-    "Signing in over plain HTTP from another computer is disabled: the password would cross "
-    "the network in the clear. Ask the administrator to turn on HTTPS ([admin] tls = true)."
-)
-
-
-async def login_form(request: web.Request) -> web.StreamResponse:
-    allowed = cleartext_allowed(request.secure, _address(request))
-    if request.method == "GET":
-        failed = request.query.get("failed")
-        message = "Wrong user or password." if failed else ""
-        if not allowed:
-            message = PLAIN_REFUSED
-        page = (
-            LOGIN_PAGE.replace(
-                "{next}", html.escape(_safe_next(request.query.get("next")), quote=True)
-            )
-            .replace("{failed}", " shown" if message else "")
-            .replace("{message}", html.escape(message))
-            .replace("{disabled}", "" if allowed else " disabled")
-        )
-        return web.Response(
-            text=page,
-            content_type="text/html",
-            headers={
-                "Cache-Control": "no-store",
-                # The login page is self-contained: its style is inline, it has no script.
-                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-                "img-src data:; form-action 'self'; frame-ancestors 'none'",
-            },
-        )
-    ctx = ctx_of(request)
-    address = _address(request)
-    if cross_site(request.headers, request.scheme, request.host):
-        return error(403, "cross-site sign-in refused")
-    form = await request.post()
-    username = str(form.get("username", ""))[:256]
-    password = str(form.get("password", ""))[:1024]
-    target = _safe_next(str(form.get("next", "")) or request.query.get("next"))
-    if not allowed:
-        ctx.auth.failed(address, username)
-        _record(request, "sign-in-failed", "refused: password over plain HTTP", username, "form")
-        return error(403, PLAIN_REFUSED)
-    if ctx.auth.blocked(address, username):
-        return error(429, "too many failed sign-ins for this account; try again later")
-    account = await ctx.auth.verify_password(username, password)
-    if account is None:
-        _sign_in_failed(request, username, "form")
-        raise web.HTTPSeeOther(f"/login?failed=1&next={target}")
-    ctx.auth.succeeded(address, username)
-    token, _ = ctx.auth.open_session(account)
-    log.info("admin login", extra={"user": username, "peer": peer_of(request)})
-    _record(request, "sign-in", "ok", username, "form", account.role)
-    response = web.HTTPSeeOther(target)
-    response.set_cookie(
-        SESSION_COOKIE,
-        token,
-        httponly=True,
-        samesite="Strict",
-        secure=request.secure,
-        path="/",
-    )
-    raise response
-
-
-async def logout(request: web.Request) -> web.StreamResponse:
-    ctx = ctx_of(request)
-    ctx.auth.close_session(request.cookies.get(SESSION_COOKIE))
-    _audit(request, "sign-out")
-    response = json_response({"logged_out": True})
-    response.del_cookie(SESSION_COOKIE, path="/")
-    return response
 
 
 # --------------------------------------------------------------------------- dashboard
@@ -677,6 +399,40 @@ async def get_admin_log(request: web.Request) -> web.Response:
     return json_response({"entries": [e.to_json() for e in entries]})
 
 
+# Keys of the raw subsystem sections ([policy], [onvif], ...) whose values are not shown.
+SECRET_KEY = re.compile(r"pass|secret|token|credential|psk|community", re.IGNORECASE)
+REDACTED = "********"
+
+
+def redacted(value: Any, key: str = "") -> Any:
+    """``value`` as JSON with every secret replaced: :class:`~gateway.config.Secret` values
+    (every password of the typed sections) and, in the raw subsystem sections, the values of
+    keys that name a secret."""
+    if isinstance(value, cfgmod.Secret):
+        return REDACTED if value else None
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: redacted(getattr(value, f.name), f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {
+            str(k): REDACTED if SECRET_KEY.search(str(k)) and v else redacted(v, str(k))
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redacted(v, key) for v in value]
+    return value
+
+
+async def get_config(request: web.Request) -> web.Response:
+    config = ctx_of(request).gateway.config
+    return json_response(
+        {
+            "source": config.source,
+            "loaded_at": ctx_of(request).config_loaded_at,
+            "config": redacted(config),
+        }
+    )
+
+
 async def snapshot(request: web.Request) -> web.StreamResponse:
     ctx = ctx_of(request)
     camera = request.match_info["camera"]
@@ -718,19 +474,19 @@ async def reconnect(request: web.Request) -> web.Response:
     try:
         _camera_config(ctx, name)
     except web.HTTPNotFound:
-        _audit(request, "reconnect", "refused: no such camera", target=name[:64])
+        audit(request, "reconnect", "refused: no such camera", target=name[:64])
         raise
     if not ctx.gateway.reconnect(name):
-        _audit(request, "reconnect", "refused: camera disabled", target=name)
+        audit(request, "reconnect", "refused: camera disabled", target=name)
         return error(409, f"camera {name!r} is disabled")
-    _audit(request, "reconnect", target=name)
+    audit(request, "reconnect", target=name)
     return json_response({"camera": name, "reconnecting": True}, 202)
 
 
 async def _policy_run(request: web.Request, action: str) -> web.Response:
     ctx = ctx_of(request)
     if ctx.policy_lock.locked():
-        _audit(request, action, "refused: another run in progress")
+        audit(request, action, "refused: another run in progress")
         return error(409, "another inventory, audit or enforce run is in progress")
     async with ctx.policy_lock:
         config = ctx.gateway.config
@@ -740,13 +496,13 @@ async def _policy_run(request: web.Request, action: str) -> web.Response:
         try:
             result = await _run_policy_action(action, config, ctx.store, identity.username)
         except cfgmod.ConfigError as exc:
-            _audit(request, action, "refused: policy configuration invalid")
+            audit(request, action, "refused: policy configuration invalid")
             return error(
                 422,
                 "the policy configuration is invalid",
                 problems=[{"key": k, "message": m} for k, m in exc.problems],
             )
-        _audit(request, action, seconds=round(time.monotonic() - started, 2), **_summary(result))
+        audit(request, action, seconds=round(time.monotonic() - started, 2), **_summary(result))
         return json_response(result.to_json())
 
 
@@ -794,7 +550,7 @@ async def reload_config(request: web.Request) -> web.Response:
             config = cfgmod.load(source)
             ctx.gateway.validate(config)
         except cfgmod.ConfigError as exc:
-            _audit(request, "reload", "refused: configuration invalid")
+            audit(request, "reload", "refused: configuration invalid")
             return error(
                 422,
                 "configuration invalid; nothing changed",
@@ -803,9 +559,9 @@ async def reload_config(request: web.Request) -> web.Response:
         try:
             changes = await ctx.gateway.reload(config)
         except ValueError as exc:
-            _audit(request, "reload", f"refused: {exc}")
+            audit(request, "reload", f"refused: {exc}")
             return error(409, str(exc))
-        _audit(request, "reload", changes={k: v for k, v in changes.items() if v})
+        audit(request, "reload", changes={k: v for k, v in changes.items() if v})
         return json_response({"changes": changes})
 
 
@@ -878,9 +634,9 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
     ("GET", "/api/v1/admin-log", get_admin_log, "operator"),
     ("GET", "/api/v1/egress", get_egress, "viewer"),
     ("POST", "/api/v1/reload", reload_config, "admin"),
+    ("GET", "/api/v1/config", get_config, "admin"),
     ("GET", "/api/v1/live/{camera}/{stream}", live_view, "viewer"),
 ]
-ROLES: web.AppKey[dict[tuple[str, str], str]] = web.AppKey("roles", dict)
 
 
 def build_app(ctx: AdminContext) -> web.Application:
@@ -888,6 +644,8 @@ def build_app(ctx: AdminContext) -> web.Application:
         middlewares=[security_headers, json_errors, authenticate], client_max_size=64 * 1024
     )
     app[CTX] = ctx
+    app[AUTH] = ctx.auth
+    app[TRAIL] = ctx.trail
     app[ROLES] = {(method, path): role for method, path, _, role in ROUTES}
     for method, path, handler, _ in ROUTES:
         if method == "GET":

@@ -11,14 +11,11 @@ import json
 import sqlite3
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway.cli import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
-from gateway.config import ADMIN_ROLES, add_config_argument
+from gateway.config import ADMIN_ROLES, ConfigError, add_config_argument, load
 from gateway.files import write_atomically
-
-if TYPE_CHECKING:
-    pass
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -88,14 +85,14 @@ def cmd_passwd(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_log(args: argparse.Namespace) -> int:
-    from gateway.commands import load_config_or_exit
-
     if not 1 <= args.limit <= 100_000:
         print("--limit must be between 1 and 100000", file=sys.stderr)
         return EXIT_USAGE
-    loaded = load_config_or_exit(args.config)
-    if isinstance(loaded, int):
-        return loaded
+    try:
+        loaded = load(args.config)
+    except ConfigError as exc:
+        print(f"configuration error:\n{exc}", file=sys.stderr)
+        return EXIT_USAGE
     from gateway.admin.trail import AdminTrail
     from gateway.policy.db import PolicyStore
     from gateway.store import Store

@@ -97,7 +97,7 @@ class AdminTrail:
                 role,
                 method,
                 source[:MAX_FIELD],
-                action,
+                action[:MAX_FIELD],
                 target[:MAX_FIELD] if target else None,
                 result[:MAX_FIELD],
                 json.dumps(detail, sort_keys=True, default=str)[:8192] if detail else None,
