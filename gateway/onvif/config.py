@@ -30,6 +30,8 @@ class OnvifSettings:
     max_subscriptions: int = 32
     # ``[camera_network] subnets``: push notification consumers may never be there.
     camera_subnets: tuple[str, ...] = ()
+    # ``[vms] allow_basic``: HTTP Basic accepted besides Digest (as for RTSP).
+    allow_basic: bool = False
 
 
 def parse_settings(config: Config) -> OnvifSettings:
@@ -82,6 +84,7 @@ def parse_settings(config: Config) -> OnvifSettings:
         nvr_port=nvr_port,
         max_subscriptions=max_subs,
         camera_subnets=tuple(config.camera_network.subnets) if config.camera_network else (),
+        allow_basic=config.vms.allow_basic,
     )
 
 
