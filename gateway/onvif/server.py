@@ -347,7 +347,14 @@ def build_devices(
         clock=clock,
     )
     devices = [
-        VirtualDevice(name=slot.name, slots=[slot], nvr=False, port=ports[slot.name], **common)
+        VirtualDevice(
+            name=slot.name,
+            slots=[slot],
+            nvr=False,
+            port=ports[slot.name],
+            bind=slot.config.bind or "",
+            **common,
+        )
         for slot in slots
     ]
     if config.server.nvr_mode and slots:
@@ -364,8 +371,10 @@ def build_devices(
 
 
 async def serve_device(device: VirtualDevice, bind: str) -> web.AppRunner:
-    """Serve ``device`` on ``bind``:``device.port``; ``await runner.cleanup()`` stops it.
-    Raises ``OSError`` if the port cannot be bound."""
+    """Serve ``device`` on its own address (``device.bind``), else ``bind``, at
+    ``device.port``; ``await runner.cleanup()`` stops it. Raises ``OSError`` if the port
+    cannot be bound."""
+    bind = device.bind or bind
     runner = web.AppRunner(make_app(device), access_log=None)
     await runner.setup()
     try:
@@ -393,15 +402,11 @@ async def start_onvif(
         for dev in devices:
             servers.runners.append(await serve_device(dev, config.server.bind))
         if settings.discovery and devices:
-            from gateway.onvif.discovery import DiscoveryResponder
+            from gateway.onvif.discovery import DiscoveryResponders
 
-            try:
-                servers.discovery = await DiscoveryResponder.start(
-                    config.server.bind, devices, config.server.discovery_port
-                )
-            except OSError as exc:
-                # Discovery is a convenience; devices stay reachable at their XAddrs.
-                log.warning("WS-Discovery not started on %s: %s", config.server.bind, exc)
+            servers.discovery = await DiscoveryResponders.start(
+                config.server.bind, devices, config.server.discovery_port
+            )
     except BaseException:
         await servers.close()
         raise
