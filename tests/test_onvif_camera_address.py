@@ -99,6 +99,28 @@ def test_camera_addresses_are_validated(server_bind: str, cameras: str, message:
         loads(BASE.format(server_bind=server_bind) + cameras)
 
 
+async def test_rtsp_server_listens_on_extra_addresses() -> None:
+    """What runtime does for each per-camera address (loopback: 127.0.0.2 is local)."""
+    import asyncio
+
+    from gateway.rtsp.server import RtspServer
+
+    server = RtspServer(lambda key: None)
+    await server.start("127.0.0.1", 0)
+    try:
+        await server.listen("127.0.0.2")
+        await server.listen("127.0.0.2")  # once only
+        assert server.addresses == ["127.0.0.1", "127.0.0.2"]
+        for host in server.addresses:
+            reader, writer = await asyncio.open_connection(host, server.port)
+            writer.write(b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\n")
+            assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"RTSP/1.0 200")
+            writer.close()
+    finally:
+        await server.close()
+    assert server.addresses == ["127.0.0.1"]
+
+
 # --------------------------------------------------------------------------- network namespaces
 
 CAMERA_IPS = {"hik1": "10.213.7.21", "dahua1": "10.213.7.22"}

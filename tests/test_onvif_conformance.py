@@ -9,7 +9,8 @@ Clients: onvif-zeep-async with Home Assistant's and Frigate's call sequences, np
 HTTPDigestAuth in one Session, curl --digest, and curl -u (Basic, refused with the Digest
 challenge as ``[vms] allow_basic`` is off) and --anyauth. Debian's onvif-util
 needs network namespaces (it finds devices by multicast with loopback off): it runs in
-tests/test_onvif_util.py and appears here as n/a.
+tests/test_onvif_util.py and appears here as n/a. The rows "adopted at its own address" come
+from tests/test_onvif_camera_address.py (per-camera addresses, in network namespaces).
 """
 
 from __future__ import annotations
