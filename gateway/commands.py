@@ -678,4 +678,5 @@ ntp = "allowed"
 # on_demand = false         # true: connect upstream only while a VMS client watches
 # transport = "tcp"         # or "udp"
 # ptz = "enabled"           # enabled | no-presets | disabled
+# bind = "10.0.0.21"        # an address of its own on this host (UniFi Protect: docs/onvif.md)
 """
