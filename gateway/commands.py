@@ -674,7 +674,7 @@ onvif_base_port = 8000      # camera k (0-based) is ONVIF device http://HOST:800
 [vms]                       # the account VMSes use; never a camera's own credentials
 username = "vms"
 password = "{vms_password}"
-# allow_basic = false       # RTSP Basic auth for old clients (Digest is always offered)
+# allow_basic = false       # Basic auth (RTSP, ONVIF HTTP) for old clients; Digest always offered
 
 [admin]                     # admin API, dashboard and /metrics, over HTTPS
 bind = "127.0.0.1"
@@ -721,4 +721,5 @@ ntp = "allowed"
 # on_demand = false         # true: connect upstream only while a VMS client watches
 # transport = "tcp"         # or "udp"
 # ptz = "enabled"           # enabled | no-presets | disabled
+# bind = "10.0.0.21"        # an address of its own on this host (UniFi Protect: docs/onvif.md)
 """

@@ -137,6 +137,10 @@ class CameraConfig:
     imaging: str = "read-only"  # enabled | read-only | disabled (the camera's ONVIF Imaging)
     enabled: bool = True
     ingest: str | None = None  # None: [server] ingest
+    # An address of the gateway host for this camera alone (a secondary IP or a macvlan
+    # sub-interface with its own MAC): its ONVIF device, WS-Discovery answers, RTSP and
+    # snapshot URIs are on it. None: [server] bind.
+    bind: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def stream_names(self) -> list[str]:
@@ -247,6 +251,30 @@ class Config:
             if cam.name == name:
                 return cam
         raise KeyError(name)
+
+    def camera_addresses(self) -> list[str]:
+        """The per-camera addresses (``[[camera]] bind``) the RTSP server must listen on
+        besides ``[server] bind``: those it does not already cover, in config order."""
+        found: list[str] = []
+        for cam in self.cameras:
+            if cam.bind and cam.bind not in found and not covers(self.server.bind, cam.bind):
+                found.append(cam.bind)
+        return found
+
+
+def covers(listening: str, address: str) -> bool:
+    """Whether a socket bound to ``listening`` takes connections to ``address`` (the same
+    address, or the wildcard of its family)."""
+    a, b = ipaddress.ip_address(listening), ipaddress.ip_address(address)
+    return a == b or (a.is_unspecified and a.version == b.version)
+
+
+def onvif_port_of(server: ServerConfig, cam: CameraConfig, index: int) -> int:
+    """The ONVIF port of camera ``index``: its ``onvif_port``; else ``onvif_base_port`` on
+    an address of its own, or base + index on ``[server] bind``."""
+    if cam.onvif_port:
+        return cam.onvif_port
+    return server.onvif_base_port if cam.bind else server.onvif_base_port + index
 
 
 # --------------------------------------------------------------------------- loading
@@ -407,6 +435,14 @@ def _ip(value: str) -> str | None:
     except ValueError:
         return f"{value!r} is not an IP address"
     return None
+
+
+def _own_address(value: str) -> str | None:
+    """A per-camera address: one IP, not a wildcard."""
+    problem = _ip(value)
+    if problem is None and ipaddress.ip_address(value).is_unspecified:
+        problem = f"{value!r} is a wildcard; give the camera's own address"
+    return problem
 
 
 def _host(value: str) -> str | None:
@@ -599,14 +635,23 @@ def _from_data(data: dict[str, Any], text: str, source: str, base_dir: Path | No
             sections[name] = data[name]
     top.finish()
 
-    ports: dict[int, str] = {}
-    _claim(ports, server.rtsp_port, "server.rtsp_port", problems)
+    # Ports are claimed per (address, port); a wildcard address overlaps every address of
+    # its family. The RTSP port is listened on at every per-camera address too.
+    ports: dict[tuple[str, int], str] = {}
+    _claim(ports, (server.bind, server.rtsp_port), "server.rtsp_port", problems)
+    for i, cam in indexed:
+        if (
+            cam.bind
+            and not covers(server.bind, cam.bind)
+            and (cam.bind, server.rtsp_port) not in ports
+        ):
+            _claim(ports, (cam.bind, server.rtsp_port), f"camera[{i}].bind", problems, where)
     if admin is not None:
-        _claim(ports, admin.port, "admin.port", problems)
+        _claim(ports, (admin.bind, admin.port), "admin.port", problems)
     for k, (i, cam) in enumerate(indexed):
-        # Camera k of the valid ones gets base + k, as gateway.onvif.config assigns them.
-        port = cam.onvif_port or (server.onvif_base_port + k)
-        _claim(ports, port, f"camera[{i}].onvif_port", problems, where)
+        # Camera k of the valid ones, as gateway.onvif.config assigns them.
+        port = onvif_port_of(server, cam, k)
+        _claim(ports, (cam.bind or server.bind, port), f"camera[{i}].onvif_port", problems, where)
 
     if problems:
         raise ConfigError(source, problems, where)
@@ -624,20 +669,21 @@ def _from_data(data: dict[str, Any], text: str, source: str, base_dir: Path | No
 
 
 def _claim(
-    ports: dict[int, str],
-    port: int,
+    ports: dict[tuple[str, int], str],
+    endpoint: tuple[str, int],
     key: str,
     problems: list[tuple[str, str]],
     where: dict[str, str] | None = None,
 ) -> None:
-    if port in ports:
-        holder = ports[port]
-        table, _, rest = holder.partition(".")
-        if where and table in where:
-            holder = f"{where[table]} {rest}"
-        problems.append((key, f"port {port} is already used by {holder}"))
-    else:
-        ports[port] = key
+    address, port = endpoint
+    for (held_address, held_port), holder in ports.items():
+        if held_port == port and (covers(held_address, address) or covers(address, held_address)):
+            table, _, rest = holder.partition(".")
+            if where and table in where:
+                holder = f"{where[table]} {rest}"
+            problems.append((key, f"port {port} is already used by {holder}"))
+            return
+    ports[endpoint] = key
 
 
 _ARRAY_TABLE = re.compile(r"^\s*\[\[\s*([A-Za-z0-9_.-]+)\s*\]\]")
@@ -719,6 +765,7 @@ def _camera(r: _Reader) -> CameraConfig | None:
         ),
         enabled=r.get("enabled", bool, True),
         ingest=r.get("ingest", str, None, _ingest),
+        bind=r.get("bind", str, None, _own_address),
         extra={
             k: r.table[k]
             for k in ("model", "firmware", "serial", "location", "mac")

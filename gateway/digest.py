@@ -35,6 +35,8 @@ _HASHES: dict[str, Callable[[bytes], hashlib._Hash]] = {
 }
 _PARAM_RE = re.compile(r'\s*([A-Za-z0-9_-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,"]*)\s*(,|$)')
 _MAX_HEADER = 4096
+_NONCE_LENGTH = 8 + 12 + 32
+_HEX_RE = re.compile(r"[0-9a-f]+")
 
 
 def parse_auth_params(text: str) -> dict[str, str]:
@@ -158,22 +160,21 @@ class DigestAuthenticator:
         return mac.hexdigest()[:32]
 
     def make_nonce(self, now: float) -> str:
+        """52 hex digits: issue time (8), a random salt (12), HMAC (32). Hex only: clients
+        that split the header on ``=`` (node-onvif) would break on base64 padding."""
         # A random salt makes every challenge unique: two clients challenged in the same
         # second must not share a nonce, or the second one's nc=1 looks like a replay.
-        issued = f"{int(now):x}-{secrets.token_hex(6)}"
+        issued = f"{int(now) & 0xFFFFFFFF:08x}{secrets.token_hex(6)}"
         return f"{issued}{self._nonce_mac(issued)}"
 
     def _nonce_issued(self, nonce: str) -> int | None:
         """Issue time if ``nonce`` is one of ours, else None."""
-        if len(nonce) < 35 or len(nonce) > 64:
+        if len(nonce) != _NONCE_LENGTH or not _HEX_RE.fullmatch(nonce):
             return None
         issued, mac = nonce[:-32], nonce[-32:]
         if not hmac.compare_digest(mac, self._nonce_mac(issued)):
             return None
-        try:
-            return int(issued.split("-", 1)[0], 16)
-        except ValueError:
-            return None
+        return int(issued[:8], 16)
 
     def challenge(self, now: float, stale: bool = False) -> list[str]:
         """WWW-Authenticate values for a 401 (Digest first: clients take the first they know)."""

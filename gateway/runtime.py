@@ -115,10 +115,11 @@ class Gateway:
         await self.rtsp.start(
             cfg.server.bind, cfg.server.rtsp_port, reuse_port=self.shard is not None
         )
+        await self._listen_on_camera_addresses(self.site_config)
         log.info(
             "RTSP server listening",
             extra={
-                "address": cfg.server.bind,
+                "address": ", ".join(self.rtsp.addresses),
                 "port": self.rtsp.port,
                 # The C build of the relay's per-packet loops, or their Python reference.
                 "span_walks": spans.IMPLEMENTATION,
@@ -129,6 +130,13 @@ class Gateway:
                 if site_wide and self.shard is not None and self.shard.index:
                     continue
                 self.services.append(await start(self))
+
+    async def _listen_on_camera_addresses(self, site: Config) -> None:
+        """RTSP on every per-camera address too, so each camera's stream URI names its own
+        address (every worker listens on all of them: a connection may be handed over)."""
+        assert self.rtsp is not None
+        for address in site.camera_addresses():
+            await self.rtsp.listen(address)
 
     def _authenticator(self, cfg: Config) -> DigestAuthenticator:
         return DigestAuthenticator(
@@ -211,6 +219,12 @@ class Gateway:
                 "server.bind and server.rtsp_port cannot change on reload; restart the gateway"
             )
         gwlog.register_secrets(iter_secrets(config))
+        # A camera's new address is listened on from now; one no longer used stays open
+        # until the next restart (harmless: it serves the same streams).
+        try:
+            await self._listen_on_camera_addresses(site)
+        except OSError as exc:
+            log.error("RTSP: cannot listen on a camera address", extra={"error": str(exc)})
         changes: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "unchanged": []}
         wanted = {cam.name: (i, cam) for i, cam in enumerate(config.cameras) if cam.enabled}
         for name in list(self.cameras):

@@ -5,9 +5,12 @@ writes it under the pytest temporary directory and prints it in the terminal sum
 Devices (simulated cameras behind a running ``Gateway`` in NVR mode): a Hikvision H.264
 camera, a Dahua H.265 camera, a Hikvision PTZ camera, and the NVR-mode device over all three.
 Clients: onvif-zeep-async with Home Assistant's and Frigate's call sequences, npm ``onvif``,
-``node-onvif``, python-requests with HTTPDigestAuth and curl --digest. Debian's onvif-util
+``node-onvif`` (with its snapshot fetch: Basic first, then Digest), python-requests with
+HTTPDigestAuth in one Session, curl --digest, and curl -u (Basic, refused with the Digest
+challenge as ``[vms] allow_basic`` is off) and --anyauth. Debian's onvif-util
 needs network namespaces (it finds devices by multicast with loopback off): it runs in
-tests/test_onvif_util.py and appears here as n/a.
+tests/test_onvif_util.py and appears here as n/a. The rows "adopted at its own address" come
+from tests/test_onvif_camera_address.py (per-camera addresses, in network namespaces).
 """
 
 from __future__ import annotations
@@ -80,21 +83,12 @@ async def lab(camera_password: str, tmp_path: Path, vms_password: str) -> AsyncI
         await fleet.stop()
 
 
-async def check(
-    client: str,
-    device: str,
-    operation: str,
-    job: Callable[[], Awaitable[Any]],
-    *,
-    known: str | None = None,
-) -> Any:
-    """Run one operation and record it; ``known``: the reason of a known failure that
-    another part of issue 17 fixes (recorded as xfail while it fails, pass once fixed)."""
+async def check(client: str, device: str, operation: str, job: Callable[[], Awaitable[Any]]) -> Any:
+    """Run one operation and record it."""
     try:
         result = await job()
     except Exception as exc:
-        detail = f"{type(exc).__name__}: {exc}"
-        record(client, device, operation, "xfail" if known else "fail", known or detail)
+        record(client, device, operation, "fail", f"{type(exc).__name__}: {exc}")
         return None
     record(client, device, operation, "pass")
     return result
@@ -273,6 +267,14 @@ async def node_onvif(lab: Lab, device: str) -> None:
         "pass" if ok else "fail",
         str(result.get("error") or ""),
     )
+    snapshot = result.get("snapshot") or {}
+    record(
+        client,
+        device,
+        "fetchSnapshot (Basic refused, Digest fallback)",
+        "pass" if snapshot.get("ok") else "fail",
+        str(snapshot.get("error") or ""),
+    )
 
 
 # --------------------------------------------------------------------------- HTTP Digest
@@ -287,14 +289,16 @@ async def requests_digest(lab: Lab, device: str) -> None:
 
     client = "python-requests HTTPDigestAuth"
     base = f"http://127.0.0.1:{lab.ports[device]}"
-    auth = HTTPDigestAuth("vms", lab.password)
+    # One Session keeps its nonce across requests, as VMS HTTP stacks do (its expiry is
+    # tested with an injected clock in tests/test_onvif_http_auth.py).
+    session = requests.Session()
+    session.auth = HTTPDigestAuth("vms", lab.password)
 
     def soap() -> None:
-        resp = requests.post(
+        resp = session.post(
             f"{base}/onvif/device_service",
             data=GET_INFO,
             headers={"Content-Type": "application/soap+xml"},
-            auth=auth,
             timeout=10,
         )
         assert resp.status_code == 200 and b"GetDeviceInformationResponse" in resp.content, (
@@ -303,11 +307,13 @@ async def requests_digest(lab: Lab, device: str) -> None:
 
     def snapshot() -> None:
         token = next(iter(onvif_tokens(lab, device)))
-        resp = requests.get(f"{base}/onvif/snapshot/{token}.jpg", auth=auth, timeout=10)
+        resp = session.get(f"{base}/onvif/snapshot/{token}.jpg", timeout=10)
         assert resp.status_code == 200 and resp.content[:2] == b"\xff\xd8", resp.status_code
 
-    await check(client, device, "POST GetDeviceInformation", lambda: asyncio.to_thread(soap))
-    await check(client, device, "GET snapshot", lambda: asyncio.to_thread(snapshot))
+    with session:
+        await check(client, device, "POST GetDeviceInformation", lambda: asyncio.to_thread(soap))
+        await check(client, device, "GET snapshot", lambda: asyncio.to_thread(snapshot))
+        await check(client, device, "POST again (kept nonce)", lambda: asyncio.to_thread(soap))
 
 
 def onvif_tokens(lab: Lab, device: str) -> list[str]:
@@ -318,12 +324,13 @@ def onvif_tokens(lab: Lab, device: str) -> list[str]:
     raise LookupError(device)
 
 
-async def curl_digest(lab: Lab, device: str, tmp: Path) -> None:
-    client = "curl --digest"
+async def curl_auth(lab: Lab, device: str, tmp: Path, client: str) -> None:
+    """curl --digest or --anyauth: SOAP POST (an empty-body first request) and snapshot."""
     base = f"http://127.0.0.1:{lab.ports[device]}"
     body = tmp / "get-info.xml"
     body.write_bytes(GET_INFO)
-    common = ("curl", "-sS", "--digest", "-u", f"vms:{lab.password}", "--max-time", "10")
+    scheme = client.split()[1]
+    common = ("curl", "-sS", scheme, "-u", f"vms:{lab.password}", "--max-time", "10")
 
     async def soap() -> None:
         code, out, err = await run_tool(
@@ -341,21 +348,33 @@ async def curl_digest(lab: Lab, device: str, tmp: Path) -> None:
         )
         assert code == 0 and jpeg.read_bytes()[:2] == b"\xff\xd8", err
 
-    await check(client, device, "POST GetDeviceInformation", soap, known=CURL_EMPTY_PROBE)
+    await check(client, device, "POST GetDeviceInformation", soap)
     await check(client, device, "GET snapshot", snapshot)
 
 
-# curl sends a Digest POST's first request without its body (Content-Length: 0) to learn the
-# challenge; the SOAP endpoint answers that 400 (empty XML) instead of 401 with the challenge.
-# HTTP Digest behaviour is issue 17 item 1 (not this part): known failure until it lands.
-CURL_EMPTY_PROBE = "empty-body Digest probe answered 400 instead of 401 (issue 17 item 1)"
+async def curl_basic(lab: Lab, device: str) -> None:
+    """curl -u sends Basic; with allow_basic off it must get 401 and the Digest challenge
+    (never 400), so a client that can fall back does (curl does with --anyauth)."""
+    client = "curl -u (Basic)"
+    token = onvif_tokens(lab, device)[0]
+    url = f"http://127.0.0.1:{lab.ports[device]}/onvif/snapshot/{token}.jpg"
+
+    async def refused_with_challenge() -> None:
+        argv = ("curl", "-sS", "-u", f"vms:{lab.password}", "--max-time", "10", "-o", "/dev/null")
+        code, out, err = await run_tool(*argv, "-D", "-", url)
+        assert code == 0, err
+        assert out.startswith("HTTP/1.1 401"), out[:100]
+        assert "www-authenticate: digest " in out.lower(), out[:400]
+
+    await check(client, device, "GET snapshot: 401 + Digest challenge", refused_with_challenge)
 
 
 # --------------------------------------------------------------------------- the matrix
 
 
 CLIENTS = ["zeep: Home Assistant", "zeep: Frigate", "npm onvif (Media2)", "node-onvif"]
-CLIENTS += ["python-requests HTTPDigestAuth", "curl --digest", "onvif-util"]
+CLIENTS += ["python-requests HTTPDigestAuth", "curl --digest", "curl --anyauth"]
+CLIENTS += ["curl -u (Basic)", "onvif-util"]
 
 
 @pytest.mark.parametrize("client", CLIENTS)
@@ -368,7 +387,7 @@ async def test_client_against_every_virtual_device(lab: Lab, client: str, tmp_pa
     node_client = client in ("npm onvif (Media2)", "node-onvif")
     if node_client and (shutil.which("node") is None or not (NODE_DIR / "node_modules").is_dir()):
         pytest.skip("node or tests/node/node_modules missing (cd tests/node && npm ci)")
-    if client == "curl --digest" and shutil.which("curl") is None:
+    if client.startswith("curl") and shutil.which("curl") is None:
         pytest.skip("needs curl")
     for device in DEVICES:
         if client == "zeep: Home Assistant":
@@ -381,6 +400,8 @@ async def test_client_against_every_virtual_device(lab: Lab, client: str, tmp_pa
             await node_onvif(lab, device)
         elif client == "python-requests HTTPDigestAuth":
             await requests_digest(lab, device)
+        elif client == "curl -u (Basic)":
+            await curl_basic(lab, device)
         else:
-            await curl_digest(lab, device, tmp_path)
+            await curl_auth(lab, device, tmp_path, client)
     assert not failures(client), failures(client)

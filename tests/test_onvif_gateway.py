@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import copy
 import datetime as dt
 import hashlib
@@ -17,7 +18,9 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -187,8 +190,12 @@ class Clock:
         return time.time() + self.offset
 
 
-@pytest.fixture
-async def gateway(streams, sim_camera):
+@contextlib.asynccontextmanager
+async def clip_gateway(
+    streams: list[StreamInfo], sim_camera: SimDevice, *, vms_extra: str = ""
+) -> AsyncIterator[Any]:
+    """The virtual devices of one clip camera (and the NVR device), on an injected clock
+    (``servers.clock.offset``); ``vms_extra``: more ``[vms]`` keys."""
     base, nvr = free_port(), free_port()
     config = loads(
         f"""
@@ -200,6 +207,7 @@ nvr_mode = true
 [vms]
 username = "{USER}"
 password = "{PASSWORD}"
+{vms_extra}
 [[camera]]
 name = "cam1"
 vendor = "hikvision"
@@ -229,9 +237,17 @@ location = "lab"
     servers.clock = clock  # type: ignore[attr-defined]
     servers.base = base  # type: ignore[attr-defined]
     servers.nvr_port = nvr  # type: ignore[attr-defined]
-    yield servers
-    await servers.close()
-    await forwarder.close()
+    try:
+        yield servers
+    finally:
+        await servers.close()
+        await forwarder.close()
+
+
+@pytest.fixture
+async def gateway(streams, sim_camera):
+    async with clip_gateway(streams, sim_camera) as servers:
+        yield servers
 
 
 # --------------------------------------------------------------------------- raw SOAP
@@ -572,8 +588,10 @@ async def test_authentication_matrix(gateway):
     assert (
         status == 200 and etree.QName(body_child(data)).localname == "GetDeviceInformationResponse"
     )
-    # The same answer replayed is refused; the next nonce count is accepted.
-    assert (await post(port, envelope(op), headers={"Authorization": auth}))[0] == 400
+    # The same answer replayed is refused (401 and a new challenge, not stale); the next
+    # nonce count is accepted.
+    status, headers, _ = await post(port, envelope(op), headers={"Authorization": auth})
+    assert status == 401 and "stale" not in headers["WWW-Authenticate"]
     auth = client.authorization("POST", "/onvif/device_service")
     assert (await post(port, envelope(op), headers={"Authorization": auth}))[0] == 200
 

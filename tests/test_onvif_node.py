@@ -69,6 +69,8 @@ async def test_node_onvif_init_and_profiles(gateway):  # noqa: F811
         "cam1_main": "rtsp://127.0.0.1:8554/cam1/main",
         "cam1_sub": "rtsp://127.0.0.1:8554/cam1/sub",
     }
+    # fetchSnapshot sends Basic (off by default) and falls back to the Digest challenge.
+    assert result["snapshot"]["ok"], result["snapshot"]
 
 
 async def test_npm_onvif_discovery_probe(streams, sim_camera):  # noqa: F811

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.config import Config, ConfigError
+from gateway.config import Config, ConfigError, covers, onvif_port_of
 
 _SCOPE_VALUE_RE = re.compile(r"^[A-Za-z0-9._~%-]{1,64}$")
 
@@ -30,6 +30,8 @@ class OnvifSettings:
     max_subscriptions: int = 32
     # ``[camera_network] subnets``: push notification consumers may never be there.
     camera_subnets: tuple[str, ...] = ()
+    # ``[vms] allow_basic``: HTTP Basic accepted besides Digest (as for RTSP).
+    allow_basic: bool = False
 
 
 def parse_settings(config: Config) -> OnvifSettings:
@@ -67,8 +69,15 @@ def parse_settings(config: Config) -> OnvifSettings:
         problems.append(("onvif.max_subscriptions", "must be an integer between 1 and 1024"))
         max_subs = 32
     if config.server.nvr_mode:
+        # The NVR device is on [server] bind: only what listens there can clash with it.
         port = nvr_port_of(config, nvr_port)
-        used = {config.server.rtsp_port} | set(camera_ports(config).values())
+        ports = camera_ports(config)
+        used = {config.server.rtsp_port}
+        used |= {
+            ports[c.name]
+            for c in config.cameras
+            if not c.bind or covers(config.server.bind, c.bind)
+        }
         if config.admin is not None:
             used.add(config.admin.port)
         if port in used:
@@ -82,15 +91,13 @@ def parse_settings(config: Config) -> OnvifSettings:
         nvr_port=nvr_port,
         max_subscriptions=max_subs,
         camera_subnets=tuple(config.camera_network.subnets) if config.camera_network else (),
+        allow_basic=config.vms.allow_basic,
     )
 
 
 def camera_ports(config: Config) -> dict[str, int]:
-    """The ONVIF port of each camera: its ``onvif_port`` or base port + its index."""
-    return {
-        cam.name: cam.onvif_port or (config.server.onvif_base_port + i)
-        for i, cam in enumerate(config.cameras)
-    }
+    """The ONVIF port of each camera (:func:`gateway.config.onvif_port_of`)."""
+    return {cam.name: onvif_port_of(config.server, cam, i) for i, cam in enumerate(config.cameras)}
 
 
 def nvr_port_of(config: Config, nvr_port: int | None) -> int:

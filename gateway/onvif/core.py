@@ -101,8 +101,14 @@ class VirtualDevice:
     rtsp_url_for: Callable[[str], str] | None = None
     # ``[server] advertise_host``: the host XAddrs and URIs name instead of the socket address.
     advertise_host: str = ""
+    # ``[[camera]] bind``: the camera's own address, served on instead of ``[server] bind``.
+    bind: str = ""
 
     def __post_init__(self) -> None:
+        if self.bind:
+            # A camera's own address is what the VMS reaches it by: advertise_host (NAT in
+            # front of [server] bind) is for the devices on [server] bind.
+            self.advertise_host = ""
         if not self.uuid:
             if self.nvr:
                 self.uuid = device_uuid(

@@ -375,6 +375,59 @@ class DiscoveryResponder:
         self._unicast = None
 
 
+class DiscoveryResponders:
+    """One :class:`DiscoveryResponder` per address the devices are served on (a device's
+    ``bind``, else ``default_bind``): each camera with an address of its own answers probes
+    from that address with XAddrs on it, as a camera of its own would. An address where
+    discovery cannot start is logged and skipped (devices stay reachable at their XAddrs)."""
+
+    def __init__(self, default_bind: str, port: int = PORT) -> None:
+        self.default_bind = default_bind
+        self.port = port
+        self.responders: dict[str, DiscoveryResponder] = {}
+
+    def address_of(self, dev: object) -> str:
+        return getattr(dev, "bind", "") or self.default_bind
+
+    @classmethod
+    async def start(
+        cls, default_bind: str, devices: Sequence[object], port: int = PORT
+    ) -> DiscoveryResponders:
+        responders = cls(default_bind, port)
+        for dev in devices:
+            await responders.add(dev, announce=False)
+        for responder in responders.responders.values():
+            for ep in responder.endpoints():
+                responder._send(hello(ep, responder._seq()), (MULTICAST_GROUP, port))
+        return responders
+
+    async def add(self, dev: object, *, announce: bool = True) -> None:
+        """Answer probes for ``dev`` from its address, starting a responder there if needed."""
+        address = self.address_of(dev)
+        responder = self.responders.get(address)
+        if responder is None:
+            try:
+                responder = await DiscoveryResponder.start(address, [], self.port)
+            except OSError as exc:
+                log.warning("WS-Discovery not started on %s: %s", address, exc)
+                return
+            self.responders[address] = responder
+        if announce:
+            responder.add(dev)
+        else:
+            responder.devices.append(dev)
+
+    def remove(self, dev: object) -> None:
+        responder = self.responders.get(self.address_of(dev))
+        if responder is not None:
+            responder.remove(dev)
+
+    async def close(self) -> None:
+        for responder in self.responders.values():
+            await responder.close()
+        self.responders.clear()
+
+
 # --------------------------------------------------------------------------- client
 
 

@@ -13,7 +13,7 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -60,6 +60,15 @@ ACCEPTED_TYPES = ("application/soap+xml", "application/xml", "text/xml")
 DEVICE_KEY: web.AppKey[VirtualDevice] = web.AppKey("onvif_device", VirtualDevice)
 
 
+class HttpAuthRefused(AuthError):
+    """The HTTP-level credentials (``Authorization``, or none) were refused: answered 401
+    with a Digest challenge, ``stale`` when only the nonce was out of date."""
+
+    def __init__(self, reason: str, *, stale: bool = False) -> None:
+        super().__init__(reason)
+        self.stale = stale
+
+
 @dataclass
 class Guard:
     """Credentials, replay cache, digest nonces and failure throttle of one device."""
@@ -67,6 +76,7 @@ class Guard:
     username: str
     password: str
     window: float
+    allow_basic: bool = False
     replay: ReplayCache = field(init=False)
     digest: DigestAuthenticator = field(init=False)
     throttle: FailureThrottle = field(default_factory=FailureThrottle)
@@ -80,6 +90,7 @@ class Guard:
             self._password_of,
             secrets.token_bytes(32),
             nonce_lifetime=self.window,
+            allow_basic=self.allow_basic,
             algorithms=("MD5", "SHA-256"),
             count_nonces=False,
         )
@@ -104,19 +115,23 @@ class Guard:
             )
             return
         header = request.headers.get("Authorization")
-        if header:
-            result = self.digest.authenticate(request.method, header, now, request.raw_path)
-            if result.username is None:
-                raise AuthError(f"HTTP auth: {result.reason}")
-            self.replay.add(b"digest:" + result.answer.encode(), now)
-            return
-        raise AuthError("no credentials")
+        if not header:
+            raise HttpAuthRefused("no credentials")
+        result = self.digest.authenticate(request.method, header, now, request.raw_path)
+        if result.username is None:
+            raise HttpAuthRefused(f"HTTP auth: {result.reason}", stale=result.stale)
+        if result.answer:  # Digest (Basic, when allowed, has no nonce to replay)
+            try:
+                self.replay.add(b"digest:" + result.answer.encode(), now)
+            except AuthError as exc:
+                raise HttpAuthRefused(f"HTTP auth: {exc}") from None
 
 
 def _guard(device: VirtualDevice) -> Guard:
     guard = getattr(device, "_guard", None)
     if guard is None:
-        guard = Guard(device.username, device.password, device.settings.auth_window)
+        settings = device.settings
+        guard = Guard(device.username, device.password, settings.auth_window, settings.allow_basic)
         device._guard = guard  # type: ignore[attr-defined]
     return guard
 
@@ -133,12 +148,17 @@ def _local(request: web.Request) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port or 80)
 
 
-def _fault_response(fault: SoapFault, soap_ns: str = SOAP12, **headers: str) -> web.Response:
-    return web.Response(
+def _fault_response(
+    fault: SoapFault, soap_ns: str = SOAP12, challenges: Sequence[str] = ()
+) -> web.Response:
+    response = web.Response(
         body=fault.to_bytes(soap_ns),
         status=fault.http_status,
-        headers={"Content-Type": content_type(soap_ns), **headers},
+        headers={"Content-Type": content_type(soap_ns)},
     )
+    for value in challenges:
+        response.headers.add("WWW-Authenticate", value)
+    return response
 
 
 async def _authenticate(
@@ -156,16 +176,14 @@ async def _authenticate(
         guard.throttle.failure(address, now)
         log.info("%s: refused %s from %s: %s", device.name, request.path, address, exc)
         fault = not_authorized()
-        if str(exc) == "no credentials":
-            # No credentials at all: offer HTTP Digest too (clients that only do Digest
-            # learn the challenge; WS-Security clients read the ONVIF fault in the body).
+        soap_ns = soap.soap_ns if soap else SOAP12
+        if isinstance(exc, HttpAuthRefused):
+            # HTTP-level credentials refused (or none): 401 with the Digest challenge, so
+            # HTTP clients retry (with a fresh nonce when stale, or Digest after a refused
+            # Basic); WS-Security clients read the ONVIF fault in the body.
             fault.http_status = 401
-            return _fault_response(
-                fault,
-                soap.soap_ns if soap else SOAP12,
-                **{"WWW-Authenticate": guard.digest.challenge(now)[0]},
-            )
-        return _fault_response(fault, soap.soap_ns if soap else SOAP12)
+            return _fault_response(fault, soap_ns, guard.digest.challenge(now, stale=exc.stale))
+        return _fault_response(fault, soap_ns)
     guard.throttle.success(address)
     return None
 
@@ -192,11 +210,17 @@ async def handle_soap(request: web.Request) -> web.StreamResponse:
         return _fault_response(
             SoapFault("Sender", ("ter:WellFormed",), "request too large", http_status=413)
         )
+    now = device.clock()
+    if not data.strip():
+        # libcurl's multi-pass auth (--digest, --anyauth) sends a POST without its body
+        # first to learn the challenge: answer as any Digest-guarded resource would.
+        refusal = await _authenticate(request, device, None, now)
+        if refusal is not None:
+            return refusal
     try:
         soap = SoapRequest.parse(data)
     except ValueError as exc:
         return _fault_response(SoapFault("Sender", ("ter:WellFormed",), str(exc)))
-    now = device.clock()
     key = (soap.namespace, soap.name)
     handler = OPERATIONS.get(key)
     if handler is None:
@@ -323,7 +347,14 @@ def build_devices(
         clock=clock,
     )
     devices = [
-        VirtualDevice(name=slot.name, slots=[slot], nvr=False, port=ports[slot.name], **common)
+        VirtualDevice(
+            name=slot.name,
+            slots=[slot],
+            nvr=False,
+            port=ports[slot.name],
+            bind=slot.config.bind or "",
+            **common,
+        )
         for slot in slots
     ]
     if config.server.nvr_mode and slots:
@@ -340,8 +371,10 @@ def build_devices(
 
 
 async def serve_device(device: VirtualDevice, bind: str) -> web.AppRunner:
-    """Serve ``device`` on ``bind``:``device.port``; ``await runner.cleanup()`` stops it.
-    Raises ``OSError`` if the port cannot be bound."""
+    """Serve ``device`` on its own address (``device.bind``), else ``bind``, at
+    ``device.port``; ``await runner.cleanup()`` stops it. Raises ``OSError`` if the port
+    cannot be bound."""
+    bind = device.bind or bind
     runner = web.AppRunner(make_app(device), access_log=None)
     await runner.setup()
     try:
@@ -369,15 +402,11 @@ async def start_onvif(
         for dev in devices:
             servers.runners.append(await serve_device(dev, config.server.bind))
         if settings.discovery and devices:
-            from gateway.onvif.discovery import DiscoveryResponder
+            from gateway.onvif.discovery import DiscoveryResponders
 
-            try:
-                servers.discovery = await DiscoveryResponder.start(
-                    config.server.bind, devices, config.server.discovery_port
-                )
-            except OSError as exc:
-                # Discovery is a convenience; devices stay reachable at their XAddrs.
-                log.warning("WS-Discovery not started on %s: %s", config.server.bind, exc)
+            servers.discovery = await DiscoveryResponders.start(
+                config.server.bind, devices, config.server.discovery_port
+            )
     except BaseException:
         await servers.close()
         raise

@@ -35,7 +35,7 @@ from gateway.onvif.backend import (
 )
 from gateway.onvif.config import camera_ports, nvr_port_of, parse_settings
 from gateway.onvif.core import CameraSlot, VirtualDevice
-from gateway.onvif.discovery import DiscoveryResponder
+from gateway.onvif.discovery import DiscoveryResponders
 from gateway.onvif.forward import CameraServiceForwarder
 from gateway.onvif.imaging import OnvifImagingForwarder
 from gateway.onvif.motion import CameraMotion, motion_source_for
@@ -388,7 +388,7 @@ class OnvifService:
         self.identities = InventoryIdentities(self.config.state_dir)
         self.cameras: dict[str, DeviceEntry] = {}
         self.nvr: DeviceEntry | None = None
-        self.discovery: DiscoveryResponder | None = None
+        self.discovery: DiscoveryResponders | None = None
         self._retry = retry or Backoff(1.0, 300.0)
 
     @property
@@ -407,7 +407,7 @@ class OnvifService:
         return int(rtsp.port) if rtsp is not None else self.config.server.rtsp_port
 
     def _virtual(
-        self, name: str, slots: list[CameraSlot], *, nvr: bool, port: int
+        self, name: str, slots: list[CameraSlot], *, nvr: bool, port: int, bind: str = ""
     ) -> VirtualDevice:
         device = VirtualDevice(
             name=name,
@@ -419,6 +419,7 @@ class OnvifService:
             password=self.config.vms.password.reveal(),
             settings=self.settings,
             advertise_host=self.config.server.advertise_host or "",
+            bind=bind,
         )
         device.uuid = self.identities.device_uuid("nvr" if nvr else name, device.uuid)
         return device
@@ -431,13 +432,9 @@ class OnvifService:
                     await self._add_camera(cam, ports[cam.name])
             await self._rebuild_nvr()
             if self.settings.discovery:
-                try:
-                    self.discovery = await DiscoveryResponder.start(
-                        self.config.server.bind, self.devices, self.config.server.discovery_port
-                    )
-                except OSError as exc:
-                    # Discovery is a convenience; devices stay reachable at their XAddrs.
-                    log.warning("WS-Discovery not started on %s: %s", self.config.server.bind, exc)
+                self.discovery = await DiscoveryResponders.start(
+                    self.config.server.bind, self.devices, self.config.server.discovery_port
+                )
         except BaseException:
             await self.close()
             raise
@@ -448,7 +445,9 @@ class OnvifService:
         ptz = PtzDetection(cam, self._retry.fresh()) if cam.ptz != "disabled" else None
         imaging = ImagingDetection(cam, self._retry.fresh()) if cam.imaging != "disabled" else None
         backend = RuntimeCamera(self.gateway, cam, self.identities, motion, ptz, imaging)
-        device = self._virtual(cam.name, [CameraSlot(cam, backend)], nvr=False, port=port)
+        device = self._virtual(
+            cam.name, [CameraSlot(cam, backend)], nvr=False, port=port, bind=cam.bind or ""
+        )
         try:
             runner = await serve_device(device, self.config.server.bind)
         except BaseException:
@@ -461,7 +460,7 @@ class OnvifService:
             imaging.start()
         self.cameras[cam.name] = DeviceEntry(device, runner, cam, backend)
         if self.discovery is not None:
-            self.discovery.add(device)
+            await self.discovery.add(device)
 
     async def _remove(self, entry: DeviceEntry) -> None:
         if self.discovery is not None:
@@ -482,7 +481,7 @@ class OnvifService:
         device = self._virtual("nvr", slots, nvr=True, port=port)
         self.nvr = DeviceEntry(device, await serve_device(device, self.config.server.bind))
         if self.discovery is not None:
-            self.discovery.add(device)
+            await self.discovery.add(device)
 
     async def reload(self, config: Config) -> None:
         """Add devices for added cameras, remove those of removed ones, restart those whose
@@ -528,12 +527,9 @@ class OnvifService:
             except OSError as exc:
                 log.error("ONVIF: NVR device not started: %s", exc)
         if everything and settings.discovery and self.devices:
-            try:
-                self.discovery = await DiscoveryResponder.start(
-                    config.server.bind, self.devices, config.server.discovery_port
-                )
-            except OSError as exc:
-                log.warning("WS-Discovery not started on %s: %s", config.server.bind, exc)
+            self.discovery = await DiscoveryResponders.start(
+                config.server.bind, self.devices, config.server.discovery_port
+            )
 
     async def close(self) -> None:
         if self.discovery is not None:

@@ -308,23 +308,41 @@ class RtspServer:
         self.udp_rtcp: asyncio.DatagramTransport | None = None
         self.udp_ports: tuple[int, int] | None = None
         self._server: asyncio.base_events.Server | None = None
+        # Listeners on more addresses (per-camera addresses), same port: see listen().
+        self._extra_servers: dict[str, asyncio.base_events.Server] = {}
+        self._reuse_port = False
         self._reaper: asyncio.TimerHandle | None = None
         self.host = ""
         self.port = 0
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
+        self._reuse_port = reuse_port
+        self._server = await self._listen(host, port)
+        sock = self._server.sockets[0]
+        self.host, self.port = sock.getsockname()[:2]
+        self._schedule_reaper()
+
+    async def _listen(self, host: str, port: int) -> asyncio.base_events.Server:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
+        return await loop.create_server(
             lambda: RtspConnection(self),
             host,
             port,
             reuse_address=True,
-            reuse_port=reuse_port or None,
+            reuse_port=self._reuse_port or None,
             backlog=1024,
         )
-        sock = self._server.sockets[0]
-        self.host, self.port = sock.getsockname()[:2]
-        self._schedule_reaper()
+
+    async def listen(self, host: str) -> None:
+        """Also accept on ``host`` at the started port (a camera's own address), once.
+        Raises ``OSError`` if it cannot be bound."""
+        if host not in self._extra_servers:
+            self._extra_servers[host] = await self._listen(host, self.port)
+
+    @property
+    def addresses(self) -> list[str]:
+        """Every address listened on: the started one first."""
+        return [self.host, *self._extra_servers]
 
     async def adopt(self, sock: socket.socket, data: bytes) -> None:
         """Serve a connection another worker accepted, starting with the bytes it read."""
@@ -342,15 +360,17 @@ class RtspServer:
     async def close(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
-        if self._server is not None:
-            self._server.close()
+        servers = [self._server, *self._extra_servers.values()] if self._server else []
+        for server in servers:
+            server.close()
         for conn in list(self.connections):
             conn.close()
         for transport in (self.udp_rtp, self.udp_rtcp):
             if transport is not None:
                 transport.close()
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in servers:
+            await server.wait_closed()
+        self._extra_servers.clear()
 
     async def ensure_udp(self) -> tuple[int, int]:
         """Open the shared RTP/RTCP sockets (an even/odd port pair) on first UDP SETUP."""
