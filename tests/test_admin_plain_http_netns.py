@@ -30,7 +30,7 @@ ADMIN_PORT = 8080  # inside a namespace this test made: nothing else can hold it
 
 CLIENT = r"""
 import base64, http.client, json, sys, urllib.parse
-from gateway.rtsp.auth import DigestClient
+from gateway.digest import DigestClient
 
 host, port, user, password = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 

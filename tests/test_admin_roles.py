@@ -18,10 +18,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from gateway.rtsp.auth import DigestClient
 
 from gateway.admin import api, tls
 from gateway.admin.auth import cleartext_allowed, cross_site
+from gateway.digest import DigestClient
 from gateway.passwords import hash_password, parse
 from gateway.sim.runner import SimFleet
 from tests.admin_support import AdminGateway, OpenApi, admin_gateway
