@@ -67,12 +67,18 @@ def parse_settings(config: Config) -> OnvifSettings:
         problems.append(("onvif.max_subscriptions", "must be an integer between 1 and 1024"))
         max_subs = 32
     if config.server.nvr_mode:
+        server = config.server
         port = nvr_port_of(config, nvr_port)
-        used = {config.server.rtsp_port} | set(camera_ports(config).values())
+        cameras = camera_ports(config).values()
+        used = {server.rtsp_port, server.rtsps_port} | set(cameras)
+        used |= {server.onvif_https_port(p) for p in cameras}
         if config.admin is not None:
             used.add(config.admin.port)
+        https = server.onvif_https_port(port)
         if port in used:
             problems.append(("onvif.nvr_port", f"port {port} is already used"))
+        elif https is not None and (https in used or https > 65535):
+            problems.append(("onvif.nvr_port", f"its HTTPS port {https} is used or invalid"))
     if problems:
         raise ConfigError(config.source, problems)
     return OnvifSettings(

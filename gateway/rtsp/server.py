@@ -9,6 +9,11 @@ in ``server_port`` and distinguished by their own addresses.
 
 Sessions end with TEARDOWN, with their control connection, or (UDP) after
 ``session_timeout`` seconds without a request or an RTCP report.
+
+RTSPS (:meth:`RtspServer.start_tls`) is the same server on a TLS listener: requests,
+Digest auth and sessions as on plain RTSP, but media only interleaved in the TLS
+connection; a SETUP asking for RTP over UDP is refused with 461, as those packets would
+travel unprotected. TLS connections are never handed to another worker process.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import logging
 import re
 import secrets
 import socket
+import ssl
 import time
 import zlib
 from collections import deque
@@ -60,6 +66,8 @@ ALLOWED_METHODS = (
 _TRACK_RE = re.compile(r"^(?P<base>.*?)/?trackID=(?P<track>\d{1,3})$")
 MAX_SESSIONS_PER_CONNECTION = 16
 MAX_CONNECTIONS = 4096
+# Seconds a client has to complete the TLS handshake on the RTSPS listener.
+TLS_HANDSHAKE_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -308,9 +316,11 @@ class RtspServer:
         self.udp_rtcp: asyncio.DatagramTransport | None = None
         self.udp_ports: tuple[int, int] | None = None
         self._server: asyncio.base_events.Server | None = None
+        self._tls_server: asyncio.base_events.Server | None = None
         self._reaper: asyncio.TimerHandle | None = None
         self.host = ""
         self.port = 0
+        self.tls_port: int | None = None
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
@@ -325,6 +335,21 @@ class RtspServer:
         sock = self._server.sockets[0]
         self.host, self.port = sock.getsockname()[:2]
         self._schedule_reaper()
+
+    async def start_tls(self, host: str, port: int, context: ssl.SSLContext) -> None:
+        """Serve RTSPS on ``host``:``port`` too, with ``context`` (whose certificate chain
+        may be reloaded while serving); :attr:`tls_port` is the port bound."""
+        loop = asyncio.get_running_loop()
+        self._tls_server = await loop.create_server(
+            lambda: RtspConnection(self, secure=True),
+            host,
+            port,
+            ssl=context,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+            reuse_address=True,
+            backlog=1024,
+        )
+        self.tls_port = self._tls_server.sockets[0].getsockname()[1]
 
     async def adopt(self, sock: socket.socket, data: bytes) -> None:
         """Serve a connection another worker accepted, starting with the bytes it read."""
@@ -342,15 +367,16 @@ class RtspServer:
     async def close(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
-        if self._server is not None:
-            self._server.close()
+        listeners = [s for s in (self._server, self._tls_server) if s is not None]
+        for listener in listeners:
+            listener.close()
         for conn in list(self.connections):
             conn.close()
         for transport in (self.udp_rtp, self.udp_rtcp):
             if transport is not None:
                 transport.close()
-        if self._server is not None:
-            await self._server.wait_closed()
+        for listener in listeners:
+            await listener.wait_closed()
 
     async def ensure_udp(self) -> tuple[int, int]:
         """Open the shared RTP/RTCP sockets (an even/odd port pair) on first UDP SETUP."""
@@ -443,8 +469,9 @@ class _RtcpIn(asyncio.DatagramProtocol):
 class RtspConnection(asyncio.Protocol):
     """One control connection: parses requests, answers them in order, carries TCP media."""
 
-    def __init__(self, server: RtspServer) -> None:
+    def __init__(self, server: RtspServer, *, secure: bool = False) -> None:
         self.server = server
+        self.secure = secure  # over TLS: interleaved media only, never handed off
         self.parser = RtspConnectionParser("server")
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] = ("", 0)
@@ -454,7 +481,7 @@ class RtspConnection(asyncio.Protocol):
         self._queue: deque[RtspRequest] = deque()
         self._serving: asyncio.Task[None] | None = None
         self._handing_off = False
-        self.handoff_allowed = True
+        self.handoff_allowed = not secure
         self._closed = False
 
     @property
@@ -693,7 +720,8 @@ class Handler:
         if "://" not in base:
             host = self.conn.local[0]
             host = f"[{host}]" if ":" in host else host
-            base = f"rtsp://{host}:{self.conn.local[1]}{base}"
+            scheme = "rtsps" if self.conn.secure else "rtsp"
+            base = f"{scheme}://{host}:{self.conn.local[1]}{base}"
         sdp = session_description(source, self.conn.local[0])
         self.respond(200, {"Content-Type": "application/sdp", "Content-Base": base}, sdp)
 
@@ -716,7 +744,16 @@ class Handler:
         except ValueError:
             self.respond(461)
             return
-        spec = next((s for s in specs if not s.is_multicast and s.profile == "AVP"), None)
+        # Over TLS only interleaved media: RTP over UDP would travel unprotected.
+        secure = self.conn.secure
+        spec = next(
+            (
+                s
+                for s in specs
+                if not s.is_multicast and s.profile == "AVP" and (s.is_tcp or not secure)
+            ),
+            None,
+        )
         if spec is None:
             self.respond(461)
             return
