@@ -28,13 +28,12 @@ from gateway.digest import DigestClient
 from gateway.onvif.config import OnvifSettings
 from gateway.onvif.core import VirtualDevice
 from gateway.onvif.discovery import DiscoveryResponder
-from gateway.onvif.service import OnvifService
 from gateway.onvif.xml import NS
 from gateway.runtime import Gateway
 from gateway.sim.runner import SimFleet
 from tests.conftest import free_port, free_ports, gateway_config_text, require, run_tool
 from tests.test_onvif_gateway import envelope, security_header
-from tests.test_onvif_runtime import live
+from tests.test_onvif_runtime import live, onvif_of
 
 TLS_ONVIF_SERVICES = "\n[onvif]\ndiscovery = false\n"
 
@@ -70,10 +69,6 @@ async def tls_gateway(fleet: SimFleet, tmp_path: Path, vms_password: str) -> Asy
 def certificate(gw: Gateway) -> Path:
     assert gw.vms_tls is not None
     return gw.vms_tls.cert
-
-
-def onvif_of(gw: Gateway) -> OnvifService:
-    return next(s for s in gw.services if isinstance(s, OnvifService))
 
 
 def rtsps_url(gw: Gateway, path: str, password: str | None) -> str:
