@@ -627,6 +627,8 @@ onvif_base_port = 8000      # camera k (0-based) is ONVIF device http://HOST:800
 # session_timeout = 60      # seconds an idle UDP client session is kept
 # client_send_budget = 4194304   # bytes a slow client may lag before skipping to a keyframe
 # client_stall_timeout = 10.0    # seconds a client may stay over budget before it is dropped
+# rtsps_port = 8322         # RTSPS for VMSs that support it; off when absent
+# onvif_https_offset = 443  # ONVIF devices also over HTTPS on port + 443 (docs/operations.md)
 
 [vms]                       # the account VMSes use; never a camera's own credentials
 username = "vms"
