@@ -201,6 +201,34 @@ async def test_rtsps_refuses_udp_and_serves_interleaved(
         writer.close()
 
 
+async def presented_fingerprint(port: int, cert: Path) -> str:
+    """The SHA-256 fingerprint of the certificate a new TLS connection to ``port`` gets."""
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls.client_context(cert))
+    try:
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True)
+        return tls.fingerprint(ssl.DER_cert_to_PEM_cert(der).encode())
+    finally:
+        writer.close()
+
+
+async def test_renewed_certificate_reaches_new_connections(tls_gateway: Gateway) -> None:
+    assert tls_gateway.vms_tls is not None and tls_gateway.rtsp is not None
+    assert tls_gateway.rtsp.tls_port is not None
+    cert, key = tls_gateway.vms_tls.cert, tls_gateway.vms_tls.key
+    https_port = onvif_of(tls_gateway).device("hik1").https_port
+    assert https_port is not None
+    old = tls_gateway.vms_tls.fingerprint
+    assert await presented_fingerprint(tls_gateway.rtsp.tls_port, cert) == old
+    # What an integrator's renewal does: new files in place; then a reload (the periodic
+    # check would find them within a minute too).
+    renewed = tls.generate(cert, key, ["127.0.0.1", "localhost"])
+    await tls_gateway.reload(tls_gateway.site_config)
+    assert tls_gateway.vms_tls.fingerprint == renewed.fingerprint != old
+    assert await presented_fingerprint(tls_gateway.rtsp.tls_port, cert) == renewed.fingerprint
+    assert await presented_fingerprint(https_port, cert) == renewed.fingerprint
+
+
 # --------------------------------------------------------------------------- ONVIF over HTTPS
 
 
