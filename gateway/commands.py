@@ -161,6 +161,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         "valid": True,
         "file": config.source,
         "rtsp": f"rtsp://{config.server.bind}:{config.server.rtsp_port}/",
+        **(
+            {"rtsps": f"rtsps://{_url_host(config.server.bind)}:{config.server.rtsps_port}/"}
+            if config.server.rtsps_port is not None
+            else {}
+        ),
         "cameras": [
             {
                 "name": c.name,
@@ -192,9 +197,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     out = console()
     admin = f", admin on {summary['admin']}" if "admin" in summary else ""
+    rtsps = f", RTSPS on port {config.server.rtsps_port}" if "rtsps" in summary else ""
     out.print(
         f"[green]{config.source}: valid[/]; {len(config.cameras)} camera(s), RTSP on "
-        f"{config.server.bind}:{config.server.rtsp_port}{admin}"
+        f"{config.server.bind}:{config.server.rtsp_port}{rtsps}{admin}"
     )
     if not summary["cameras"]:
         out.print("no [[camera]] yet: add one block per camera", markup=False)

@@ -488,3 +488,16 @@ def test_generated_vms_certificate_names_the_vms_side(tmp_path: Path) -> None:
     assert admin.cert.name == "admin-tls.crt" and admin.fingerprint != moved.fingerprint
     context = tls.client_context(moved.cert)
     assert context.verify_mode == ssl.CERT_REQUIRED
+
+
+async def test_check_names_the_rtsps_listener_and_refuses_it_with_workers(tmp_path: Path) -> None:
+    from tests.test_cli import gateway_cli
+
+    path = tmp_path / "gateway.toml"
+    path.write_text(BASE.format(server='bind = "192.0.2.5"\nrtsps_port = 8322'))
+    code, out, err = await gateway_cli("check", "--config", str(path), "--json")
+    assert code == 0, err
+    assert json.loads(out)["rtsps"] == "rtsps://192.0.2.5:8322/"
+    path.write_text(BASE.format(server="rtsps_port = 8322\nworkers = 2"))
+    code, _, err = await gateway_cli("check", "--config", str(path))
+    assert code != 0 and "rtsps_port: RTSPS needs workers = 1" in err
