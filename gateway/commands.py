@@ -165,6 +165,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         "valid": True,
         "file": config.source,
         "rtsp": f"rtsp://{config.server.bind}:{config.server.rtsp_port}/",
+        **(
+            {"rtsps": f"rtsps://{_url_host(config.server.bind)}:{config.server.rtsps_port}/"}
+            if config.server.rtsps_port is not None
+            else {}
+        ),
         "cameras": [
             {
                 "name": c.name,
@@ -196,9 +201,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     out = console()
     admin = f", admin on {summary['admin']}" if "admin" in summary else ""
+    rtsps = f", RTSPS on port {config.server.rtsps_port}" if "rtsps" in summary else ""
     out.print(
         f"[green]{config.source}: valid[/]; {len(config.cameras)} camera(s), RTSP on "
-        f"{config.server.bind}:{config.server.rtsp_port}{admin}"
+        f"{config.server.bind}:{config.server.rtsp_port}{rtsps}{admin}"
     )
     if not summary["cameras"]:
         out.print("no [[camera]] yet: add one block per camera", markup=False)
@@ -670,6 +676,8 @@ onvif_base_port = 8000      # camera k (0-based) is ONVIF device http://HOST:800
 # session_timeout = 60      # seconds an idle UDP client session is kept
 # client_send_budget = 4194304   # bytes a slow client may lag before skipping to a keyframe
 # client_stall_timeout = 10.0    # seconds a client may stay over budget before it is dropped
+# rtsps_port = 8322         # RTSPS for VMSs that support it; off when absent
+# onvif_https_offset = 443  # ONVIF devices also over HTTPS on port + 443 (docs/operations.md)
 
 [vms]                       # the account VMSes use; never a camera's own credentials
 username = "vms"

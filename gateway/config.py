@@ -9,6 +9,7 @@ Secrets are wrapped in :class:`Secret`, whose ``repr``/``str`` never reveal them
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import ipaddress
 import os
@@ -108,6 +109,27 @@ class ServerConfig:
     # Host (name or address) the VMS reaches the gateway by, when that is not the address it
     # connects to (NAT, port forwarding): ONVIF XAddrs and stream URIs then name it.
     advertise_host: str | None = None
+    # TLS towards the VMS, off by default (many VMSs support neither): RTSPS on its own
+    # port (rtsp/server.py), rtsps:// URIs from GetStreamUri when asked for (Media2
+    # RtspsUnicast) or always with prefer_rtsps; ONVIF over HTTPS on each device's port +
+    # onvif_https_offset, plain HTTP off with onvif_http = false (offset 0: HTTPS on the
+    # devices' own ports). tls_cert/tls_key: the integrator's certificate, else one is
+    # generated in the state directory (gateway.tls).
+    rtsps_port: int | None = None
+    prefer_rtsps: bool = False
+    onvif_https_offset: int | None = None
+    onvif_http: bool = True
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    @property
+    def vms_tls(self) -> bool:
+        """Whether anything is served over TLS towards the VMS."""
+        return self.rtsps_port is not None or self.onvif_https_offset is not None
+
+    def onvif_https_port(self, port: int) -> int | None:
+        """The HTTPS port of the ONVIF device whose HTTP port is ``port`` (None: no HTTPS)."""
+        return None if self.onvif_https_offset is None else port + self.onvif_https_offset
 
 
 @dataclass(frozen=True)
@@ -554,6 +576,7 @@ def _from_data(data: dict[str, Any], text: str, source: str, base_dir: Path | No
         ingest=sr.get("ingest", str, "pyav", _ingest),
         advertise_host=sr.get("advertise_host", str, None, _host),
     )
+    server = _server_tls(sr, server)
     sr.finish()
 
     vms_t = _table(top, "vms", True) or {}
@@ -639,6 +662,8 @@ def _from_data(data: dict[str, Any], text: str, source: str, base_dir: Path | No
     # its family. The RTSP port is listened on at every per-camera address too.
     ports: dict[tuple[str, int], str] = {}
     _claim(ports, (server.bind, server.rtsp_port), "server.rtsp_port", problems)
+    if server.rtsps_port is not None:
+        _claim(ports, (server.bind, server.rtsps_port), "server.rtsps_port", problems)
     for i, cam in indexed:
         if (
             cam.bind
@@ -651,7 +676,15 @@ def _from_data(data: dict[str, Any], text: str, source: str, base_dir: Path | No
     for k, (i, cam) in enumerate(indexed):
         # Camera k of the valid ones, as gateway.onvif.config assigns them.
         port = onvif_port_of(server, cam, k)
-        _claim(ports, (cam.bind or server.bind, port), f"camera[{i}].onvif_port", problems, where)
+        address = cam.bind or server.bind
+        if server.onvif_http:
+            _claim(ports, (address, port), f"camera[{i}].onvif_port", problems, where)
+        https = server.onvif_https_port(port)
+        if https is not None and https > 65535:
+            problems.append((f"camera[{i}].onvif_port", f"HTTPS port {https} is above 65535"))
+        elif https is not None and (https != port or not server.onvif_http):
+            key = f"camera[{i}].onvif_port (HTTPS)"
+            _claim(ports, (address, https), key, problems, where)
 
     if problems:
         raise ConfigError(source, problems, where)
@@ -777,6 +810,57 @@ def _camera(r: _Reader) -> CameraConfig | None:
     return cam if name and vendor else None
 
 
+def _tls_files(r: _Reader) -> tuple[str | None, str | None]:
+    """``tls_cert`` and ``tls_key`` of a table: both or neither, each a readable file
+    (resolved against the configuration's directory)."""
+    tls_cert = r.get("tls_cert", str, None)
+    tls_key = r.get("tls_key", str, None)
+    if (tls_cert is None) != (tls_key is None):
+        r.error("tls_key" if tls_key is None else "tls_cert", "give both tls_cert and tls_key")
+    for key, value in (("tls_cert", tls_cert), ("tls_key", tls_key)):
+        if value is not None and not (r.base_dir / value).is_file():
+            r.error(key, f"{r.base_dir / value} is not a readable file")
+    return (
+        str(r.base_dir / tls_cert) if tls_cert else None,
+        str(r.base_dir / tls_key) if tls_key else None,
+    )
+
+
+def _server_tls(r: _Reader, server: ServerConfig) -> ServerConfig:
+    """The VMS-side TLS keys of ``[server]`` (see :class:`ServerConfig`)."""
+    rtsps_port = r.get("rtsps_port", int, None, _port)
+    prefer_rtsps = r.get("prefer_rtsps", bool, False)
+    offset = r.get(
+        "onvif_https_offset",
+        int,
+        None,
+        lambda v: None if 0 <= v <= 65534 else "must be between 0 and 65534",
+    )
+    onvif_http = r.get("onvif_http", bool, True)
+    tls_cert, tls_key = _tls_files(r)
+    if prefer_rtsps and rtsps_port is None:
+        r.error("prefer_rtsps", "needs rtsps_port (the RTSPS listener)")
+    if rtsps_port is not None and server.workers > 1:
+        # A TLS session lives in the process that accepted it; it cannot be handed to the
+        # worker owning the camera as a plain connection is.
+        r.error("rtsps_port", "RTSPS needs workers = 1 (TLS sessions cannot be handed over)")
+    if not onvif_http and offset is None:
+        r.error("onvif_http", "false needs onvif_https_offset (else no ONVIF at all)")
+    if offset == 0 and onvif_http:
+        r.error("onvif_https_offset", "0 (HTTPS on the HTTP ports) needs onvif_http = false")
+    if tls_cert and rtsps_port is None and offset is None:
+        r.error("tls_cert", "is set but neither rtsps_port nor onvif_https_offset is")
+    return dataclasses.replace(
+        server,
+        rtsps_port=rtsps_port,
+        prefer_rtsps=bool(prefer_rtsps),
+        onvif_https_offset=offset,
+        onvif_http=bool(onvif_http),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )
+
+
 def _admin(r: _Reader) -> AdminConfig:
     r.used.add("user")
     raw_users = r.table.get("user", [])
@@ -806,13 +890,7 @@ def _admin(r: _Reader) -> AdminConfig:
             ur.error("name", f"duplicate admin account {user.name!r}")
         names.add(user.name)
         users.append(user)
-    tls_cert = r.get("tls_cert", str, None)
-    tls_key = r.get("tls_key", str, None)
-    if (tls_cert is None) != (tls_key is None):
-        r.error("tls_key" if tls_key is None else "tls_cert", "give both tls_cert and tls_key")
-    for key, value in (("tls_cert", tls_cert), ("tls_key", tls_key)):
-        if value is not None and not (r.base_dir / value).is_file():
-            r.error(key, f"{r.base_dir / value} is not a readable file")
+    tls_cert, tls_key = _tls_files(r)
     tls = r.get("tls", bool, True)
     if not tls and tls_cert:
         r.error("tls_cert", "is set but tls = false")
@@ -822,8 +900,8 @@ def _admin(r: _Reader) -> AdminConfig:
         bind=r.get("bind", str, "127.0.0.1", _ip),
         port=r.get("port", int, 8080, _port),
         tls=tls,
-        tls_cert=str(r.base_dir / tls_cert) if tls_cert else None,
-        tls_key=str(r.base_dir / tls_key) if tls_key else None,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
         users=tuple(users),
     )
 

@@ -14,9 +14,11 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gateway import log as gwlog
+from gateway import tls
 from gateway.admin import service as admin_service
 from gateway.config import CameraConfig, Config, iter_secrets
 from gateway.digest import DigestAuthenticator
@@ -40,6 +42,10 @@ from gateway.workers import (
 )
 
 log = logging.getLogger("gateway")
+
+# Seconds between checks of the VMS-side certificate files (a renewal by the integrator's
+# tooling is picked up without a restart; a generated one is renewed before it expires).
+CERT_CHECK_INTERVAL = 60.0
 
 
 @dataclass
@@ -78,6 +84,9 @@ class Gateway:
         self.config = shard_config(config, shard) if shard else config
         self.cameras: dict[str, CameraRuntime] = {}
         self.rtsp: RtspServer | None = None
+        # The VMS-side certificate (RTSPS, ONVIF over HTTPS), when [server] enables either.
+        self.vms_tls: tls.ServerTLS | None = None
+        self._cert_watch: asyncio.Task[None] | None = None
         self.services: list[Any] = []
         self.start_services = start_services
         # Shared by the workers of one supervisor, so a nonce from one is good at another.
@@ -125,6 +134,8 @@ class Gateway:
                 "span_walks": spans.IMPLEMENTATION,
             },
         )
+        if cfg.server.vms_tls:
+            await self._start_vms_tls(cfg)
         if self.start_services:
             for start, site_wide in SERVICE_STARTERS:
                 if site_wide and self.shard is not None and self.shard.index:
@@ -137,6 +148,43 @@ class Gateway:
         assert self.rtsp is not None
         for address in site.camera_addresses():
             await self.rtsp.listen(address)
+
+    async def _start_vms_tls(self, cfg: Config) -> None:
+        """Load (or generate) the VMS-side certificate and open the RTSPS listener."""
+        try:
+            cert, key = await asyncio.to_thread(_vms_tls_files, cfg)
+            self.vms_tls = tls.ServerTLS(cert, key, tls.VMS.label)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise OSError(f"VMS side: no usable TLS certificate: {exc}") from exc
+        self._cert_watch = asyncio.create_task(self._watch_certificate(), name="vms-cert-watch")
+        log.info(
+            "VMS-side certificate loaded",
+            extra={"path": str(cert), "fingerprint": self.vms_tls.fingerprint},
+        )
+        if cfg.server.rtsps_port is None:
+            return
+        assert self.rtsp is not None
+        await self.rtsp.start_tls(cfg.server.bind, cfg.server.rtsps_port, self.vms_tls.context)
+        log.info(
+            "RTSPS server listening",
+            extra={"address": cfg.server.bind, "port": self.rtsp.tls_port},
+        )
+
+    async def _watch_certificate(self) -> None:
+        while True:
+            await asyncio.sleep(CERT_CHECK_INTERVAL)
+            await self._refresh_certificate(self.config)
+
+    async def _refresh_certificate(self, cfg: Config) -> None:
+        """Renew a generated certificate when due, and load changed files."""
+        if self.vms_tls is None:
+            return
+        try:
+            cert, key = await asyncio.to_thread(_vms_tls_files, cfg)
+        except (OSError, ValueError) as exc:
+            log.error("VMS-side certificate unavailable", extra={"error": str(exc)})
+            return
+        self.vms_tls.refresh(cert, key)
 
     def _authenticator(self, cfg: Config) -> DigestAuthenticator:
         return DigestAuthenticator(
@@ -190,6 +238,9 @@ class Gateway:
             except Exception:
                 log.exception("service failed to stop cleanly")
         self.services.clear()
+        if self._cert_watch is not None:
+            self._cert_watch.cancel()
+            self._cert_watch = None
         for cam in self.cameras.values():
             cam.close()
         if self._handoff is not None:
@@ -218,6 +269,13 @@ class Gateway:
             raise ValueError(
                 "server.bind and server.rtsp_port cannot change on reload; restart the gateway"
             )
+        if (config.server.rtsps_port, config.server.vms_tls) != (
+            old.server.rtsps_port,
+            old.server.vms_tls,
+        ):
+            raise ValueError(
+                "server.rtsps_port, or switching VMS-side TLS on or off, needs a restart"
+            )
         gwlog.register_secrets(iter_secrets(config))
         # A camera's new address is listened on from now; one no longer used stays open
         # until the next restart (harmless: it serves the same streams).
@@ -244,6 +302,8 @@ class Gateway:
                 changes["added"].append(name)
             self.cameras[name] = self._start_camera(cam, index)
         self.config = config
+        # New tls_cert/tls_key paths (or renewed files) apply to new connections at once.
+        await self._refresh_certificate(config)
         if self.rtsp is not None:
             self.rtsp.authenticator = self._authenticator(config)
             self.rtsp.limits = self._limits(config)
@@ -350,3 +410,17 @@ class Gateway:
         """:meth:`stream_status` as a dict (what the admin API serialises)."""
         status = self.stream_status(camera, stream)
         return dataclasses.asdict(status) if status is not None else None
+
+
+def _vms_tls_files(cfg: Config) -> tuple[Path, Path]:
+    """The VMS-side certificate and key: ``[server] tls_cert``/``tls_key``, else the one
+    generated for the VMS-side addresses (bind, advertise_host and every per-camera
+    address)."""
+    server = cfg.server
+    return tls.server_files(
+        server.tls_cert,
+        server.tls_key,
+        cfg.state_dir,
+        [server.bind, server.advertise_host, *cfg.camera_addresses()],
+        tls.VMS,
+    )

@@ -14,6 +14,7 @@ from typing import Protocol
 from gateway.config import Config
 from gateway.media.hub import StreamHub
 from gateway.rtsp.server import RtspServer
+from gateway.tls import ServerTLS
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,11 @@ class GatewayView(Protocol):
 
     @property
     def rtsp(self) -> RtspServer | None: ...
+
+    @property
+    def vms_tls(self) -> ServerTLS | None:
+        """The VMS-side certificate (RTSPS, ONVIF over HTTPS); None when TLS is off."""
+        ...
 
     @property
     def reload_hooks(self) -> list[ReloadHook]:

@@ -25,6 +25,7 @@ FOUNDATION = {
     "gateway.safexml",
     "gateway.log",
     "gateway.store",
+    "gateway.tls",
 }
 # Higher layers may import lower ones, never the other way round. Within a layer, packages
 # may import each other as long as no two import each other (checked below).

@@ -214,3 +214,35 @@ def onvif_util(lab: Pair, ip: str) -> str:
 def node(lab: Pair, script: str, *args: str) -> dict:
     out = lab.vms_run("node", str(NODE_DIR / script), *args, timeout=60)
     return json.loads(out.strip().splitlines()[-1])
+
+
+async def test_rtsps_listens_on_extra_addresses_too(tmp_path: Path) -> None:
+    """A camera with its own address gets rtsps:// URIs on that address: the TLS listener
+    follows every extra address, whichever was added first."""
+    import asyncio
+    import ssl
+
+    from gateway import tls
+    from gateway.rtsp.server import RtspServer
+
+    cert, key = tmp_path / "vms.crt", tmp_path / "vms.key"
+    tls.generate(cert, key, ["127.0.0.1", "127.0.0.2", "127.0.0.3"])
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    client = ssl.create_default_context(cafile=str(cert))
+    server = RtspServer(lambda key: None)
+    await server.start("127.0.0.1", 0)
+    try:
+        await server.listen("127.0.0.2")  # before TLS starts
+        await server.start_tls("127.0.0.1", 0, context)
+        await server.listen("127.0.0.3")  # after
+        assert server.tls_port is not None
+        for host in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):
+            reader, writer = await asyncio.open_connection(
+                host, server.tls_port, ssl=client, server_hostname=host
+            )
+            writer.write(b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\n\r\n")
+            assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"RTSP/1.0 200")
+            writer.close()
+    finally:
+        await server.close()

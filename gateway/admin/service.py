@@ -105,7 +105,7 @@ async def start(gateway: Any) -> AdminService | NoAdmin:
     if admin.tls:
         try:
             cert, key = await asyncio.to_thread(_server_files, admin, config.state_dir)
-            server_tls = tls.ServerTLS(cert, key)
+            server_tls = tls.ServerTLS(cert, key, "admin")
         except (OSError, ValueError) as exc:
             raise OSError(f"admin: no usable TLS certificate: {exc}") from exc
     else:

@@ -70,18 +70,19 @@ def parse_settings(config: Config) -> OnvifSettings:
         max_subs = 32
     if config.server.nvr_mode:
         # The NVR device is on [server] bind: only what listens there can clash with it.
+        server = config.server
         port = nvr_port_of(config, nvr_port)
         ports = camera_ports(config)
-        used = {config.server.rtsp_port}
-        used |= {
-            ports[c.name]
-            for c in config.cameras
-            if not c.bind or covers(config.server.bind, c.bind)
-        }
+        here = [ports[c.name] for c in config.cameras if not c.bind or covers(server.bind, c.bind)]
+        used: set[int | None] = {server.rtsp_port, server.rtsps_port, *here}
+        used |= {server.onvif_https_port(p) for p in here}
         if config.admin is not None:
             used.add(config.admin.port)
+        https = server.onvif_https_port(port)
         if port in used:
             problems.append(("onvif.nvr_port", f"port {port} is already used"))
+        elif https is not None and (https in used or https > 65535):
+            problems.append(("onvif.nvr_port", f"its HTTPS port {https} is used or invalid"))
     if problems:
         raise ConfigError(config.source, problems)
     return OnvifSettings(

@@ -103,6 +103,12 @@ class VirtualDevice:
     advertise_host: str = ""
     # ``[[camera]] bind``: the camera's own address, served on instead of ``[server] bind``.
     bind: str = ""
+    # TLS towards the VMS (``[server]``): HTTPS port (None: none), whether plain HTTP is
+    # served on ``port``, the RTSPS port (None: no rtsps:// URIs) and ``prefer_rtsps``.
+    https_port: int | None = None
+    http: bool = True
+    rtsps_port: int | None = None
+    prefer_rtsps: bool = False
 
     def __post_init__(self) -> None:
         if self.bind:
@@ -156,6 +162,15 @@ class VirtualDevice:
                 return loc
         return self.settings.location
 
+    def xaddrs(self, host: str) -> tuple[str, ...]:
+        """The device service's addresses on ``host``: plain HTTP first when served, so a
+        VMS that takes the first XAddr and knows no TLS still connects."""
+        host = url_host(host)
+        found = [f"http://{host}:{self.port}"] if self.http else []
+        if self.https_port is not None:
+            found.append(f"https://{host}:{self.https_port}")
+        return tuple(f"{base}{SERVICE_PATHS['device']}" for base in found)
+
     def profiles(self) -> list[Profile]:
         return [
             Profile(f"{slot.name}_{stream.name}", slot, stream)
@@ -196,6 +211,7 @@ class Call:
     now: float
     path: str
     remote_ip: str = ""  # the client's address (push consumers are checked against it)
+    secure: bool = False  # the request came over HTTPS: the addresses answered are https
 
     @property
     def op(self) -> etree._Element:
@@ -211,12 +227,23 @@ class Call:
         return url_host(self.device.advertise_host or self.local_ip)
 
     def http_url(self, path: str) -> str:
-        return f"http://{self.host()}:{self.local_port}{path}"
+        """A URL of this device on the connection the request came by (https over TLS)."""
+        scheme = "https" if self.secure else "http"
+        return f"{scheme}://{self.host()}:{self.local_port}{path}"
 
-    def rtsp_url(self, profile: Profile) -> str:
-        if self.device.rtsp_url_for is not None:
-            return self.device.rtsp_url_for(profile.stream.name)
-        return f"rtsp://{self.host()}:{self.device.rtsp_port}{profile.stream.path}"
+    def rtsp_url(self, profile: Profile, *, tls: bool | None = None) -> str:
+        """The stream URI of ``profile``: rtsps:// when ``tls`` (None: when ``[server]
+        prefer_rtsps`` says so), else rtsp://. A fault when RTSPS is asked for but off."""
+        device = self.device
+        if tls is None:
+            tls = device.prefer_rtsps and device.rtsps_port is not None
+        if tls:
+            if device.rtsps_port is None:
+                raise invalid_arg("ter:InvalidStreamSetup", "RTSPS is not enabled on this device")
+            return f"rtsps://{self.host()}:{device.rtsps_port}{profile.stream.path}"
+        if device.rtsp_url_for is not None:
+            return device.rtsp_url_for(profile.stream.name)
+        return f"rtsp://{self.host()}:{device.rtsp_port}{profile.stream.path}"
 
 
 Handler = Callable[[Call], Awaitable[Xml]]

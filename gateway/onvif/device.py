@@ -68,7 +68,9 @@ async def get_system_date_and_time(call: Call) -> Xml:
     )
 
 
-def device_service_capabilities() -> Xml:
+def device_service_capabilities(call: Call) -> Xml:
+    # TLS 1.2 (and later) when the device is served over HTTPS ([server] onvif_https_offset).
+    tls12 = _bool(call.device.https_port is not None)
     return el(
         "tds:Capabilities",
         el(
@@ -88,7 +90,7 @@ def device_service_capabilities() -> Xml:
             attrs={
                 "TLS1.0": "false",
                 "TLS1.1": "false",
-                "TLS1.2": "false",
+                "TLS1.2": tls12,
                 "OnboardKeyGeneration": "false",
                 "AccessPolicyConfig": "false",
                 "DefaultAccessPolicy": "false",
@@ -122,7 +124,7 @@ def device_service_capabilities() -> Xml:
 
 
 async def get_service_capabilities(call: Call) -> Xml:
-    return el("tds:GetServiceCapabilitiesResponse", device_service_capabilities())
+    return el("tds:GetServiceCapabilitiesResponse", device_service_capabilities(call))
 
 
 async def get_capabilities(call: Call) -> Xml:
@@ -167,7 +169,7 @@ async def get_capabilities(call: Call) -> Xml:
                 el(
                     "tt:Security",
                     el("tt:TLS1.1", "false"),
-                    el("tt:TLS1.2", "false"),
+                    el("tt:TLS1.2", _bool(dev.https_port is not None)),
                     el("tt:OnboardKeyGeneration", "false"),
                     el("tt:AccessPolicyConfig", "false"),
                     el("tt:X.509Token", "false"),
@@ -203,7 +205,7 @@ async def get_services(call: Call) -> Xml:
     include = call.arg("IncludeCapability") in ("true", "1")
     dev = call.device
     entries: list[tuple[str, str, Xml, tuple[int, int]]] = [
-        (TDS, "device", device_service_capabilities(), (2, 60)),
+        (TDS, "device", device_service_capabilities(call), (2, 60)),
         (NS["trt"], "media", media.service_capabilities(call), (2, 60)),
         (NS["tr2"], "media2", media2.service_capabilities(call), (2, 60)),
         (NS["tev"], "events", events.service_capabilities(call), (2, 60)),
@@ -411,10 +413,16 @@ async def get_network_protocols(call: Call) -> Xml:
             el("tt:Port", str(port)),
         )
 
+    # The port the request came by for its own protocol (behind port forwarding it is the
+    # one the VMS knows), the configured one for the other.
+    dev = call.device
+    http = dev.port if call.secure else call.local_port
+    https = call.local_port if call.secure else dev.https_port
     return el(
         "tds:GetNetworkProtocolsResponse",
-        proto("HTTP", call.local_port),
-        proto("RTSP", call.device.rtsp_port),
+        proto("HTTP", http) if dev.http else None,
+        proto("HTTPS", https) if https is not None else None,
+        proto("RTSP", dev.rtsp_port),
     )
 
 

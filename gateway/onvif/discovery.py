@@ -299,7 +299,6 @@ class DiscoveryResponder:
         return [self.endpoint(dev) for dev in self.devices]
 
     def endpoint(self, dev: object) -> Endpoint:
-        from gateway.onvif.core import url_host
         from gateway.onvif.device import scopes
 
         return Endpoint(
@@ -312,10 +311,7 @@ class DiscoveryResponder:
                     dev.has_ptz(),  # type: ignore[attr-defined]
                 )
             ),
-            xaddrs=(
-                f"http://{url_host(dev.advertise_host or self.bind)}:{dev.port}"  # type: ignore[attr-defined]
-                "/onvif/device_service",
-            ),
+            xaddrs=dev.xaddrs(dev.advertise_host or self.bind),  # type: ignore[attr-defined]
         )
 
     def add(self, dev: object) -> None:

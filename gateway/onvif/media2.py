@@ -27,7 +27,8 @@ from gateway.onvif.xml import NS, SoapFault, Xml, el, invalid_arg, text
 
 TR2 = NS["tr2"]
 AUDIO_MIME = {"G711": "PCMU", "AAC": "MP4A-LATM", "G726": "G726"}
-RTSP_PROTOCOLS = {"RtspUnicast", "RTSP", "RtspOverHttp"}
+# Media2's Protocol values (case-sensitive) the gateway knows; multicast is never offered.
+RTSP_PROTOCOLS = {"RtspUnicast", "RTSP", "RtspOverHttp", "RtspsUnicast"}
 
 
 def video_encoder2(p: Profile, tag: str) -> Xml:
@@ -279,7 +280,10 @@ async def get_stream_uri(call: Call) -> Xml:
         raise invalid_arg("ter:InvalidStreamSetup", f"protocol {protocol} is not offered")
     if protocol == "RtspOverHttp":
         raise invalid_arg("ter:InvalidStreamSetup", "RTSP over HTTP is not offered")
-    return el("tr2:GetStreamUriResponse", el("tr2:Uri", call.rtsp_url(p)))
+    # RtspsUnicast: RTSP over TLS with the media inside the TLS connection (interleaved);
+    # the RTSPS listener refuses RTP over UDP, and SRTP is not offered.
+    tls = True if protocol == "RtspsUnicast" else None
+    return el("tr2:GetStreamUriResponse", el("tr2:Uri", call.rtsp_url(p, tls=tls)))
 
 
 async def get_snapshot_uri(call: Call) -> Xml:

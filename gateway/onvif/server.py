@@ -12,6 +12,7 @@ import contextlib
 import hmac
 import logging
 import secrets
+import ssl
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -230,7 +231,9 @@ async def handle_soap(request: web.Request) -> web.StreamResponse:
         if refusal is not None:
             return refusal
     local_ip, local_port = _local(request)
-    call = Call(device, soap, local_ip, local_port, now, request.path, _remote(request))
+    call = Call(
+        device, soap, local_ip, local_port, now, request.path, _remote(request), request.secure
+    )
     try:
         body = await handler(call)
     except SoapFault as fault:
@@ -338,9 +341,13 @@ def build_devices(
         for cam in config.cameras
         if cam.enabled and cam.name in backends
     ]
+    server = config.server
     common = dict(
-        advertise_host=config.server.advertise_host or "",
-        rtsp_port=config.server.rtsp_port,
+        advertise_host=server.advertise_host or "",
+        rtsp_port=server.rtsp_port,
+        http=server.onvif_http,
+        rtsps_port=server.rtsps_port,
+        prefer_rtsps=server.prefer_rtsps,
         username=config.vms.username,
         password=config.vms.password.reveal(),
         settings=settings,
@@ -353,6 +360,7 @@ def build_devices(
             nvr=False,
             port=ports[slot.name],
             bind=slot.config.bind or "",
+            https_port=server.onvif_https_port(ports[slot.name]),
             **common,
         )
         for slot in slots
@@ -364,26 +372,35 @@ def build_devices(
                 slots=slots,
                 nvr=True,
                 port=nvr_port_of(config, settings.nvr_port),
+                https_port=server.onvif_https_port(nvr_port_of(config, settings.nvr_port)),
                 **common,
             )
         )
     return devices
 
 
-async def serve_device(device: VirtualDevice, bind: str) -> web.AppRunner:
+async def serve_device(
+    device: VirtualDevice, bind: str, tls: ssl.SSLContext | None = None
+) -> web.AppRunner:
     """Serve ``device`` on its own address (``device.bind``), else ``bind``, at
-    ``device.port``; ``await runner.cleanup()`` stops it. Raises ``OSError`` if the port
-    cannot be bound."""
+    ``device.port`` (unless ``device.http`` is off) and over HTTPS with ``tls`` on
+    ``device.https_port`` when it has one; ``await runner.cleanup()`` stops it. Raises
+    ``OSError`` if a port cannot be bound."""
     bind = device.bind or bind
     runner = web.AppRunner(make_app(device), access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, bind, device.port, reuse_address=True)
-        await site.start()
+        if device.http:
+            await web.TCPSite(runner, bind, device.port, reuse_address=True).start()
+        if device.https_port is not None:
+            if tls is None:
+                raise OSError(f"ONVIF device {device.name}: HTTPS port but no certificate")
+            site = web.TCPSite(runner, bind, device.https_port, ssl_context=tls, reuse_address=True)
+            await site.start()
     except BaseException:
         await runner.cleanup()
         raise
-    log.info("ONVIF device %s on %s:%d (%s)", device.name, bind, device.port, device.uuid)
+    log.info("ONVIF device %s at %s (%s)", device.name, " ".join(device.xaddrs(bind)), device.uuid)
     return runner
 
 
@@ -392,15 +409,17 @@ async def start_onvif(
     backends: Mapping[str, CameraBackend],
     *,
     clock=time.time,
+    tls: ssl.SSLContext | None = None,
 ) -> OnvifServers:
-    """Serve every enabled camera in ``backends`` as a virtual device; raises ``OSError``
-    if a port cannot be bound (everything already started is stopped again)."""
+    """Serve every enabled camera in ``backends`` as a virtual device (over HTTPS too with
+    ``tls`` when ``[server] onvif_https_offset`` is set); raises ``OSError`` if a port
+    cannot be bound (everything already started is stopped again)."""
     settings = parse_settings(config)
     devices = build_devices(config, backends, settings, clock=clock)
     servers = OnvifServers(devices, [])
     try:
         for dev in devices:
-            servers.runners.append(await serve_device(dev, config.server.bind))
+            servers.runners.append(await serve_device(dev, config.server.bind, tls))
         if settings.discovery and devices:
             from gateway.onvif.discovery import DiscoveryResponders
 

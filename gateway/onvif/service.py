@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
@@ -406,6 +407,10 @@ class OnvifService:
         rtsp = self.gateway.rtsp
         return int(rtsp.port) if rtsp is not None else self.config.server.rtsp_port
 
+    def _rtsps_port(self) -> int | None:
+        rtsp = self.gateway.rtsp
+        return rtsp.tls_port if rtsp is not None else self.config.server.rtsps_port
+
     def _virtual(
         self, name: str, slots: list[CameraSlot], *, nvr: bool, port: int, bind: str = ""
     ) -> VirtualDevice:
@@ -420,6 +425,10 @@ class OnvifService:
             settings=self.settings,
             advertise_host=self.config.server.advertise_host or "",
             bind=bind,
+            https_port=self.config.server.onvif_https_port(port),
+            http=self.config.server.onvif_http,
+            rtsps_port=self._rtsps_port(),
+            prefer_rtsps=self.config.server.prefer_rtsps,
         )
         device.uuid = self.identities.device_uuid("nvr" if nvr else name, device.uuid)
         return device
@@ -449,7 +458,7 @@ class OnvifService:
             cam.name, [CameraSlot(cam, backend)], nvr=False, port=port, bind=cam.bind or ""
         )
         try:
-            runner = await serve_device(device, self.config.server.bind)
+            runner = await serve_device(device, self.config.server.bind, self._tls())
         except BaseException:
             await backend.close()
             raise
@@ -461,6 +470,11 @@ class OnvifService:
         self.cameras[cam.name] = DeviceEntry(device, runner, cam, backend)
         if self.discovery is not None:
             await self.discovery.add(device)
+
+    def _tls(self) -> ssl.SSLContext | None:
+        """The VMS-side certificate's context (the runtime reloads renewed files into it)."""
+        vms_tls = self.gateway.vms_tls
+        return vms_tls.context if vms_tls is not None else None
 
     async def _remove(self, entry: DeviceEntry) -> None:
         if self.discovery is not None:
@@ -479,7 +493,8 @@ class OnvifService:
             return
         port = nvr_port_of(self.config, self.settings.nvr_port)
         device = self._virtual("nvr", slots, nvr=True, port=port)
-        self.nvr = DeviceEntry(device, await serve_device(device, self.config.server.bind))
+        runner = await serve_device(device, self.config.server.bind, self._tls())
+        self.nvr = DeviceEntry(device, runner)
         if self.discovery is not None:
             await self.discovery.add(device)
 
@@ -499,6 +514,9 @@ class OnvifService:
             or config.server.bind != old.server.bind
             or config.server.nvr_mode != old.server.nvr_mode
             or config.server.advertise_host != old.server.advertise_host
+            or config.server.onvif_https_offset != old.server.onvif_https_offset
+            or config.server.onvif_http != old.server.onvif_http
+            or config.server.prefer_rtsps != old.server.prefer_rtsps
         )
         self.config, self.settings = config, settings
         ports = camera_ports(config)

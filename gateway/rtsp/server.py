@@ -9,6 +9,11 @@ in ``server_port`` and distinguished by their own addresses.
 
 Sessions end with TEARDOWN, with their control connection, or (UDP) after
 ``session_timeout`` seconds without a request or an RTCP report.
+
+RTSPS (:meth:`RtspServer.start_tls`) is the same server on a TLS listener: requests,
+Digest auth and sessions as on plain RTSP, but media only interleaved in the TLS
+connection; a SETUP asking for RTP over UDP is refused with 461, as those packets would
+travel unprotected. TLS connections are never handed to another worker process.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import logging
 import re
 import secrets
 import socket
+import ssl
 import time
 import zlib
 from collections import deque
@@ -60,6 +66,8 @@ ALLOWED_METHODS = (
 _TRACK_RE = re.compile(r"^(?P<base>.*?)/?trackID=(?P<track>\d{1,3})$")
 MAX_SESSIONS_PER_CONNECTION = 16
 MAX_CONNECTIONS = 4096
+# Seconds a client has to complete the TLS handshake on the RTSPS listener.
+TLS_HANDSHAKE_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -311,9 +319,14 @@ class RtspServer:
         # Listeners on more addresses (per-camera addresses), same port: see listen().
         self._extra_servers: dict[str, asyncio.base_events.Server] = {}
         self._reuse_port = False
+        self._tls_server: asyncio.base_events.Server | None = None
+        # RTSPS on the per-camera addresses too, at the same TLS port.
+        self._tls_context: ssl.SSLContext | None = None
+        self._extra_tls_servers: dict[str, asyncio.base_events.Server] = {}
         self._reaper: asyncio.TimerHandle | None = None
         self.host = ""
         self.port = 0
+        self.tls_port: int | None = None
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
         self._reuse_port = reuse_port
@@ -338,11 +351,37 @@ class RtspServer:
         Raises ``OSError`` if it cannot be bound."""
         if host not in self._extra_servers:
             self._extra_servers[host] = await self._listen(host, self.port)
+        tls_port = self.tls_port
+        if tls_port is not None and host not in self._extra_tls_servers:
+            self._extra_tls_servers[host] = await self._listen_tls(host, tls_port)
 
     @property
     def addresses(self) -> list[str]:
         """Every address listened on: the started one first."""
         return [self.host, *self._extra_servers]
+
+    async def start_tls(self, host: str, port: int, context: ssl.SSLContext) -> None:
+        """Serve RTSPS on ``host``:``port`` too, and on every address :meth:`listen` added,
+        with ``context`` (whose certificate chain may be reloaded while serving);
+        :attr:`tls_port` is the port bound."""
+        self._tls_context = context
+        self._tls_server = await self._listen_tls(host, port)
+        self.tls_port = self._tls_server.sockets[0].getsockname()[1]
+        for extra in self._extra_servers:
+            if extra not in self._extra_tls_servers:
+                self._extra_tls_servers[extra] = await self._listen_tls(extra, self.tls_port)
+
+    async def _listen_tls(self, host: str, port: int) -> asyncio.base_events.Server:
+        loop = asyncio.get_running_loop()
+        return await loop.create_server(
+            lambda: RtspConnection(self, secure=True),
+            host,
+            port,
+            ssl=self._tls_context,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+            reuse_address=True,
+            backlog=1024,
+        )
 
     async def adopt(self, sock: socket.socket, data: bytes) -> None:
         """Serve a connection another worker accepted, starting with the bytes it read."""
@@ -360,17 +399,27 @@ class RtspServer:
     async def close(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
-        servers = [self._server, *self._extra_servers.values()] if self._server else []
-        for server in servers:
-            server.close()
+        listeners = [
+            s
+            for s in (
+                self._server,
+                *self._extra_servers.values(),
+                self._tls_server,
+                *self._extra_tls_servers.values(),
+            )
+            if s
+        ]
+        for listener in listeners:
+            listener.close()
         for conn in list(self.connections):
             conn.close()
         for transport in (self.udp_rtp, self.udp_rtcp):
             if transport is not None:
                 transport.close()
-        for server in servers:
-            await server.wait_closed()
+        for listener in listeners:
+            await listener.wait_closed()
         self._extra_servers.clear()
+        self._extra_tls_servers.clear()
 
     async def ensure_udp(self) -> tuple[int, int]:
         """Open the shared RTP/RTCP sockets (an even/odd port pair) on first UDP SETUP."""
@@ -463,8 +512,9 @@ class _RtcpIn(asyncio.DatagramProtocol):
 class RtspConnection(asyncio.Protocol):
     """One control connection: parses requests, answers them in order, carries TCP media."""
 
-    def __init__(self, server: RtspServer) -> None:
+    def __init__(self, server: RtspServer, *, secure: bool = False) -> None:
         self.server = server
+        self.secure = secure  # over TLS: interleaved media only, never handed off
         self.parser = RtspConnectionParser("server")
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] = ("", 0)
@@ -474,7 +524,7 @@ class RtspConnection(asyncio.Protocol):
         self._queue: deque[RtspRequest] = deque()
         self._serving: asyncio.Task[None] | None = None
         self._handing_off = False
-        self.handoff_allowed = True
+        self.handoff_allowed = not secure
         self._closed = False
 
     @property
@@ -713,7 +763,8 @@ class Handler:
         if "://" not in base:
             host = self.conn.local[0]
             host = f"[{host}]" if ":" in host else host
-            base = f"rtsp://{host}:{self.conn.local[1]}{base}"
+            scheme = "rtsps" if self.conn.secure else "rtsp"
+            base = f"{scheme}://{host}:{self.conn.local[1]}{base}"
         sdp = session_description(source, self.conn.local[0])
         self.respond(200, {"Content-Type": "application/sdp", "Content-Base": base}, sdp)
 
@@ -736,7 +787,16 @@ class Handler:
         except ValueError:
             self.respond(461)
             return
-        spec = next((s for s in specs if not s.is_multicast and s.profile == "AVP"), None)
+        # Over TLS only interleaved media: RTP over UDP would travel unprotected.
+        secure = self.conn.secure
+        spec = next(
+            (
+                s
+                for s in specs
+                if not s.is_multicast and s.profile == "AVP" and (s.is_tcp or not secure)
+            ),
+            None,
+        )
         if spec is None:
             self.respond(461)
             return

@@ -29,7 +29,7 @@ from gateway.onvif.backend import (
     StreamInfo,
 )
 from gateway.onvif.config import OnvifSettings
-from gateway.onvif.core import CameraSlot, VirtualDevice, iso_time
+from gateway.onvif.core import SERVICE_PATHS, CameraSlot, VirtualDevice, iso_time, url_host
 from gateway.onvif.server import install as install_device
 from gateway.onvif.xml import NS, SoapFault, Xml, child, child_text, el, invalid_arg, text
 from gateway.sim.device import SimDevice
@@ -662,6 +662,10 @@ class _DiscoveryView:
         backend = self.virtual.slots[0].backend
         assert isinstance(backend, SimBackend)
         return backend.device.http_port
+
+    def xaddrs(self, host: str) -> tuple[str, ...]:
+        """The camera's device service (plain HTTP: simulated cameras serve no TLS)."""
+        return (f"http://{url_host(host)}:{self.port}{SERVICE_PATHS['device']}",)
 
 
 def install(
