@@ -46,7 +46,8 @@ exit codes:
   1    the command ran and found problems (e.g. non-compliant cameras, invalid config)
   2    usage error or unreadable configuration
   3    runtime failure (cannot bind a port, nftables missing, camera unreachable)
-  130  interrupted (Ctrl-C)
+  130  interrupted (Ctrl-C) before the command finished its work; 'run' and 'demo' run
+       until stopped, so SIGINT or SIGTERM is their normal end (exit 0)
 
 Start with 'onvif-gateway demo' to see simulated cameras served through the gateway,
 or 'onvif-gateway init' to write a commented starter configuration.
