@@ -101,6 +101,12 @@ class ServerConfig:
     # keyframe, and seconds of continuous backlog before it is disconnected.
     client_send_budget: int = 4 * 1024 * 1024
     client_stall_timeout: float = 10.0
+    # Seconds a request's header section and body may take to arrive (RTSP, ONVIF, admin),
+    # and a connection may idle without a playing stream (docs/security.md).
+    request_timeout: float = 5.0
+    idle_timeout: float = 30.0
+    # Connections one source address may hold on each listener; 0: half the listener's cap.
+    connections_per_address: int = 0
     nvr_mode: bool = False
     # How camera streams are read: "pyav" (FFmpeg through PyAV, the default) or "native"
     # (the gateway's own asyncio RTSP client; cheaper per camera). Per camera overridable.
@@ -484,6 +490,11 @@ def loads(text: str, *, source: str = "<config>", base_dir: Path | None = None) 
             lambda v: None if v >= 65536 else "must be at least 65536",
         ),
         client_stall_timeout=float(sr.get("client_stall_timeout", (int, float), 10.0, _positive)),
+        request_timeout=float(sr.get("request_timeout", (int, float), 5.0, _positive)),
+        idle_timeout=float(sr.get("idle_timeout", (int, float), 30.0, _positive)),
+        connections_per_address=sr.get(
+            "connections_per_address", int, 0, lambda v: None if v >= 0 else "must be >= 0"
+        ),
         nvr_mode=sr.get("nvr_mode", bool, False),
         ingest=sr.get("ingest", str, "pyav", _ingest),
         advertise_host=sr.get("advertise_host", str, None, _host),

@@ -21,6 +21,7 @@ from gateway.admin import service as admin_service
 from gateway.config import CameraConfig, Config, iter_secrets
 from gateway.digest import DigestAuthenticator
 from gateway.egress import service as egress_service
+from gateway.limits import listener_caps, open_file_limit
 from gateway.media.hub import StreamHub
 from gateway.media.ingest import IngestOptions, PyAVIngest
 from gateway.media.native_ingest import NativeIngest
@@ -140,10 +141,16 @@ class Gateway:
 
     @staticmethod
     def _limits(cfg: Config) -> ServerLimits:
+        server = cfg.server
+        caps = listener_caps("rtsp", open_file_limit(), server.connections_per_address)
         return ServerLimits(
-            session_timeout=cfg.server.session_timeout,
-            send_budget=cfg.server.client_send_budget,
-            stall_timeout=cfg.server.client_stall_timeout,
+            session_timeout=server.session_timeout,
+            send_budget=server.client_send_budget,
+            stall_timeout=server.client_stall_timeout,
+            request_timeout=server.request_timeout,
+            idle_timeout=server.idle_timeout,
+            max_connections=caps.total,
+            connections_per_address=caps.per_address,
         )
 
     def _start_camera(self, cam: CameraConfig, index: int) -> CameraRuntime:

@@ -37,6 +37,7 @@ from gateway.admin.auth import (
 )
 from gateway.admin.live import LiveViewer
 from gateway.admin.trail import AdminTrail
+from gateway.limits import body_deadline
 from gateway.media.fmp4 import video_config
 from gateway.media.hub import StreamHub
 from gateway.store import Store
@@ -883,9 +884,10 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
 ROLES: web.AppKey[dict[tuple[str, str], str]] = web.AppKey("roles", dict)
 
 
-def build_app(ctx: AdminContext) -> web.Application:
+def build_app(ctx: AdminContext, request_timeout: float = 5.0) -> web.Application:
     app = web.Application(
-        middlewares=[security_headers, json_errors, authenticate], client_max_size=64 * 1024
+        middlewares=[security_headers, body_deadline(request_timeout), json_errors, authenticate],
+        client_max_size=64 * 1024,
     )
     app[CTX] = ctx
     app[ROLES] = {(method, path): role for method, path, _, role in ROUTES}

@@ -4,7 +4,7 @@ Every check takes ``now`` (Unix seconds) as an argument. A captured request cann
 replayed: UsernameToken ``Created`` must lie within ``window`` seconds of now and each nonce
 is remembered for that window (the devices' HTTP Digest, :mod:`gateway.digest`, remembers
 each answer in the same :class:`ReplayCache`). Repeated failures
-from one address earn a growing delay (:class:`FailureThrottle`).
+from one address earn a growing delay (:class:`gateway.limits.FailureThrottle`).
 """
 
 from __future__ import annotations
@@ -222,54 +222,3 @@ def verify_username_token(
             source=source,
             read_only=is_read_only(operation),
         )
-
-
-# --------------------------------------------------------------------------- throttling
-
-
-class FailureThrottle:
-    """Per-address delay after repeated authentication failures.
-
-    The first ``free`` failures within ``forget_after`` seconds cost nothing; each further
-    one doubles the delay from ``base`` up to ``maximum``. At most ``max_addresses`` are
-    tracked (the least recently failing are forgotten first), so memory stays bounded.
-    """
-
-    def __init__(
-        self,
-        *,
-        free: int = 3,
-        base: float = 0.25,
-        maximum: float = 4.0,
-        forget_after: float = 300.0,
-        max_addresses: int = 4096,
-    ) -> None:
-        self.free = free
-        self.base = base
-        self.maximum = maximum
-        self.forget_after = forget_after
-        self.max_addresses = max_addresses
-        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
-
-    def delay(self, address: str, now: float) -> float:
-        entry = self._failures.get(address)
-        if entry is None:
-            return 0.0
-        count, last = entry
-        if now - last > self.forget_after:
-            del self._failures[address]
-            return 0.0
-        if count <= self.free:
-            return 0.0
-        return min(self.maximum, self.base * 2 ** (count - self.free - 1))
-
-    def failure(self, address: str, now: float) -> None:
-        count, last = self._failures.pop(address, (0, now))
-        if now - last > self.forget_after:
-            count = 0
-        self._failures[address] = (count + 1, now)
-        while len(self._failures) > self.max_addresses:
-            self._failures.popitem(last=False)
-
-    def success(self, address: str) -> None:
-        self._failures.pop(address, None)

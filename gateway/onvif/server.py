@@ -21,6 +21,7 @@ from lxml import etree
 
 from gateway.config import Config
 from gateway.digest import DigestAuthenticator
+from gateway.limits import CappedSite, FailureThrottle, HttpLimits, body_deadline
 from gateway.onvif import device as device_service
 from gateway.onvif import events, imaging, media, media2, ptz
 from gateway.onvif.backend import CameraBackend
@@ -28,7 +29,6 @@ from gateway.onvif.config import OnvifSettings, camera_ports, nvr_port_of, parse
 from gateway.onvif.core import SERVICE_PATHS, Call, CameraSlot, Handler, VirtualDevice
 from gateway.onvif.security import (
     AuthError,
-    FailureThrottle,
     ReplayCache,
     UsernameToken,
     verify_username_token,
@@ -269,8 +269,10 @@ def install(app: web.Application, device: VirtualDevice) -> None:
     app.cleanup_ctx.append(lifecycle)
 
 
-def make_app(device: VirtualDevice) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+def make_app(device: VirtualDevice, request_timeout: float = 5.0) -> web.Application:
+    app = web.Application(
+        client_max_size=MAX_BODY_BYTES, middlewares=[body_deadline(request_timeout)]
+    )
     install(app, device)
     return app
 
@@ -339,13 +341,15 @@ def build_devices(
     return devices
 
 
-async def serve_device(device: VirtualDevice, bind: str) -> web.AppRunner:
-    """Serve ``device`` on ``bind``:``device.port``; ``await runner.cleanup()`` stops it.
-    Raises ``OSError`` if the port cannot be bound."""
-    runner = web.AppRunner(make_app(device), access_log=None)
+async def serve_device(device: VirtualDevice, bind: str, limits: HttpLimits) -> web.AppRunner:
+    """Serve ``device`` on ``bind``:``device.port`` within ``limits`` (shared by all the
+    devices of a gateway); ``await runner.cleanup()`` stops it. Raises ``OSError`` if the
+    port cannot be bound."""
+    app = make_app(device, limits.request_timeout)
+    runner = web.AppRunner(app, access_log=None, **limits.runner_options())
     await runner.setup()
     try:
-        site = web.TCPSite(runner, bind, device.port, reuse_address=True)
+        site = CappedSite(runner, bind, device.port, limits, reuse_address=True)
         await site.start()
     except BaseException:
         await runner.cleanup()
@@ -365,9 +369,10 @@ async def start_onvif(
     settings = parse_settings(config)
     devices = build_devices(config, backends, settings, clock=clock)
     servers = OnvifServers(devices, [])
+    limits = HttpLimits.for_listener("onvif", config.server)
     try:
         for dev in devices:
-            servers.runners.append(await serve_device(dev, config.server.bind))
+            servers.runners.append(await serve_device(dev, config.server.bind, limits))
         if settings.discovery and devices:
             from gateway.onvif.discovery import DiscoveryResponder
 

@@ -26,6 +26,7 @@ from aiohttp import web
 from gateway.backoff import Backoff
 from gateway.config import CameraConfig, Config, ConfigError
 from gateway.devices.base import DeviceIdentity as InventoryIdentity
+from gateway.limits import HttpLimits
 from gateway.onvif.backend import (
     VENDOR_NAMES,
     AudioInfo,
@@ -396,6 +397,8 @@ class OnvifService:
         self.config: Config = gateway.config
         self.settings = parse_settings(self.config)
         self.identities = InventoryIdentities(self.config.state_dir)
+        # One cap on connections for every device's port together (docs/security.md).
+        self.http_limits = HttpLimits.for_listener("onvif", self.config.server)
         self.cameras: dict[str, DeviceEntry] = {}
         self.nvr: DeviceEntry | None = None
         self.discovery: DiscoveryResponder | None = None
@@ -460,7 +463,7 @@ class OnvifService:
         backend = RuntimeCamera(self.gateway, cam, self.identities, motion, ptz, imaging)
         device = self._virtual(cam.name, [CameraSlot(cam, backend)], nvr=False, port=port)
         try:
-            runner = await serve_device(device, self.config.server.bind)
+            runner = await serve_device(device, self.config.server.bind, self.http_limits)
         except BaseException:
             await backend.close()
             raise
@@ -490,7 +493,9 @@ class OnvifService:
             return
         port = nvr_port_of(self.config, self.settings.nvr_port)
         device = self._virtual("nvr", slots, nvr=True, port=port)
-        self.nvr = DeviceEntry(device, await serve_device(device, self.config.server.bind))
+        self.nvr = DeviceEntry(
+            device, await serve_device(device, self.config.server.bind, self.http_limits)
+        )
         if self.discovery is not None:
             self.discovery.add(device)
 
