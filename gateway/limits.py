@@ -165,24 +165,71 @@ def open_file_limit() -> int:
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
+class Refusals:
+    """What the listeners refused: counts by (listener, reason) for the metrics
+    (``onvif_gateway_refusals_total``), and per source address for the log lines.
+
+    One per gateway process, shared by its listeners; at most ``max_sources`` addresses are
+    remembered (the least recently refused are forgotten first)."""
+
+    def __init__(self, max_sources: int = 1024) -> None:
+        self.max_sources = max_sources
+        self.totals: dict[tuple[str, str], int] = {}
+        self._by_source: OrderedDict[str, int] = OrderedDict()
+
+    def count(self, listener: str, reason: str, source: str) -> int:
+        """Count one refusal; returns how many ``source`` has had (of any kind)."""
+        key = (listener, reason)
+        self.totals[key] = self.totals.get(key, 0) + 1
+        seen = self._by_source.pop(source, 0) + 1
+        self._by_source[source] = seen
+        while len(self._by_source) > self.max_sources:
+            self._by_source.popitem(last=False)
+        return seen
+
+    def total(self, listener: str, reason: str) -> int:
+        return self.totals.get((listener, reason), 0)
+
+    def log(self, listener: str, reason: str, source: str, **fields: object) -> None:
+        """Count and log one refusal: one line per source address every 30 s at most
+        (gateway.log.RateLimiter), saying how many that address has had."""
+        seen = self.count(listener, reason, source)
+        log.warning(
+            "refused",
+            extra={
+                "listener": listener,
+                "reason": reason,
+                "peer": source,
+                "refusals": seen,
+                "ratelimit": True,
+                **fields,
+            },
+        )
+
+
 class ConnectionCounter:
     """Open connections of one listener, in total and per source address."""
 
-    def __init__(self, caps: ListenerCaps) -> None:
+    def __init__(
+        self, caps: ListenerCaps, listener: str = "", refusals: Refusals | None = None
+    ) -> None:
         self.caps = caps
+        self.listener = listener
+        self.refusals = refusals if refusals is not None else Refusals()
         self.total = 0
         self._by_address: dict[str, int] = {}
-        self.refused = 0
 
     def admit(self, address: str) -> str | None:
         """Count a new connection from ``address``; the reason it is refused, or None."""
-        if self.total >= self.caps.total:
-            self.refused += 1
-            return f"listener full ({self.caps.total} connections)"
+        refused = None
         held = self._by_address.get(address, 0)
-        if held >= self.caps.per_address:
-            self.refused += 1
-            return f"address holds {held} connections (cap {self.caps.per_address})"
+        if self.total >= self.caps.total:
+            refused = f"listener full ({self.caps.total} connections)"
+        elif held >= self.caps.per_address:
+            refused = f"address holds {held} connections (cap {self.caps.per_address})"
+        if refused is not None:
+            self.refusals.log(self.listener, "connection_cap", address, detail=refused)
+            return refused
         self.total += 1
         self._by_address[address] = held + 1
         return None
@@ -208,26 +255,15 @@ class CappedProtocol(asyncio.Protocol):
     """Wraps one aiohttp request handler: a connection over the listener's caps is closed
     at once (never reaching aiohttp), any other is passed through untouched."""
 
-    def __init__(self, inner: asyncio.Protocol, counter: ConnectionCounter, name: str) -> None:
+    def __init__(self, inner: asyncio.Protocol, counter: ConnectionCounter) -> None:
         self.inner = inner
         self.counter = counter
-        self.name = name
         self.address: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         address = str(peer[0]) if peer else "unknown"
-        refused = self.counter.admit(address)
-        if refused is not None:
-            log.warning(
-                "connection refused",
-                extra={
-                    "listener": self.name,
-                    "peer": address,
-                    "reason": refused,
-                    "ratelimit": True,
-                },
-            )
+        if self.counter.admit(address) is not None:
             cast(asyncio.Transport, transport).abort()
             return
         self.address = address
@@ -257,10 +293,10 @@ class CappedProtocol(asyncio.Protocol):
 
 
 def capped_factory(
-    factory: Callable[[], Any], counter: ConnectionCounter, name: str
+    factory: Callable[[], Any], counter: ConnectionCounter
 ) -> Callable[[], asyncio.Protocol]:
     """A protocol factory for ``loop.create_server`` that caps ``factory``'s connections."""
-    return lambda: CappedProtocol(factory(), counter, name)
+    return lambda: CappedProtocol(factory(), counter)
 
 
 @dataclass
@@ -276,13 +312,22 @@ class HttpLimits:
     idle_timeout: float = 30.0
 
     @classmethod
-    def for_listener(cls, name: str, server: ServerConfig) -> HttpLimits:
+    def for_listener(
+        cls, name: str, server: ServerConfig, refusals: Refusals | None = None
+    ) -> HttpLimits:
         caps = listener_caps(name, open_file_limit(), server.connections_per_address)
-        return cls(name, ConnectionCounter(caps), server.request_timeout, server.idle_timeout)
+        counter = ConnectionCounter(caps, name, refusals)
+        return cls(name, counter, server.request_timeout, server.idle_timeout)
+
+    def body_deadline(self) -> Any:
+        """The :func:`body_deadline` middleware for this listener."""
+        return body_deadline(self.request_timeout, self.name, self.counter.refusals)
 
     def runner_options(self) -> dict[str, Any]:
-        """Keyword arguments for ``web.AppRunner``."""
-        return {"keepalive_timeout": self.idle_timeout}
+        """Keyword arguments for ``web.AppRunner``: the keep-alive timeout, and how long the
+        rest of a body refused early is read and dropped before closing (aiohttp's
+        lingering close; its default of 10 s would let a trickling client stay that long)."""
+        return {"keepalive_timeout": self.idle_timeout, "lingering_time": self.request_timeout}
 
 
 class CappedSite(web.TCPSite):
@@ -300,7 +345,7 @@ class CappedSite(web.TCPSite):
         assert server is not None
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            capped_factory(server, self.limits.counter, self.limits.name),
+            capped_factory(server, self.limits.counter),
             self._host,
             self._port,
             ssl=self._ssl_context,
@@ -310,7 +355,7 @@ class CappedSite(web.TCPSite):
         )
 
 
-def body_deadline(seconds: float) -> Any:
+def body_deadline(seconds: float, listener: str, refusals: Refusals) -> Any:
     """aiohttp middleware: a request's body must arrive within ``seconds`` (read here, so
     handlers get it from memory); a client trickling it gets 408 and the connection closes."""
 
@@ -323,10 +368,7 @@ def body_deadline(seconds: float) -> Any:
             try:
                 await asyncio.wait_for(request.read(), seconds)
             except TimeoutError:
-                log.warning(
-                    "request body too slow",
-                    extra={"peer": request.remote or "", "path": request.path, "ratelimit": True},
-                )
+                refusals.log(listener, "request_timeout", request.remote or "", path=request.path)
                 response = web.Response(status=408, text="request body too slow\n")
                 response.force_close()
                 return response

@@ -21,7 +21,7 @@ from gateway.admin import service as admin_service
 from gateway.config import CameraConfig, Config, iter_secrets
 from gateway.digest import DigestAuthenticator
 from gateway.egress import service as egress_service
-from gateway.limits import listener_caps, open_file_limit
+from gateway.limits import Refusals, listener_caps, open_file_limit
 from gateway.media.hub import StreamHub
 from gateway.media.ingest import IngestOptions, PyAVIngest
 from gateway.media.native_ingest import NativeIngest
@@ -92,6 +92,8 @@ class Gateway:
         # JPEGs decoded on demand from the cached keyframe, shared by the dashboard and
         # ONVIF GetSnapshotUri; a burst of requests decodes once.
         self.snapshots = SnapshotCache(max_age=2.0)
+        # What the listeners refused (hostile load, failed logins), for metrics and logs.
+        self.refusals = Refusals()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -106,6 +108,7 @@ class Gateway:
             authenticator=self._authenticator(cfg),
             server_name="onvif-gateway",
             limits=self._limits(cfg),
+            refusals=self.refusals,
             handoff=self._handoff_target if self.shard else None,
         )
         if self.shard is not None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.config import Config
+from gateway.limits import Refusals
 from gateway.media.hub import StreamHub
 from gateway.rtsp.server import RtspServer
 
@@ -63,6 +64,11 @@ class GatewayView(Protocol):
 
     @property
     def rtsp(self) -> RtspServer | None: ...
+
+    @property
+    def refusals(self) -> Refusals:
+        """What every listener of this process refused (docs/security.md)."""
+        ...
 
     @property
     def reload_hooks(self) -> list[ReloadHook]:

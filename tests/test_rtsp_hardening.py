@@ -137,7 +137,7 @@ async def test_a_client_that_never_reads_holds_bounded_memory_and_is_dropped() -
         # The server stopped reading while its answers went unread, then dropped the client.
         assert peak < 1024 * 1024, peak
         assert sent < 16 * 1024 * 1024, sent
-        assert server.stats.refusals.get("write_timeout") == 1
+        assert server.refusals.total("rtsp", "write_timeout") == 1
     finally:
         sender.cancel()
         sock.close()
@@ -153,7 +153,7 @@ async def test_requests_before_authentication_are_rate_limited() -> None:
         for _ in range(25):
             assert (await client.request("OPTIONS", "rtsp://127.0.0.1/x")).status == 200
         assert time.monotonic() - start >= (25 - 5) / 40 * 0.9
-        assert server.stats.refusals.get("rate_limited", 0) > 0
+        assert server.refusals.total("rtsp", "rate_limited") > 0
         client.close()
         # After authenticating the connection is not throttled.
         authed = await RawClient.connect(server.port, PASSWORD)
@@ -174,7 +174,7 @@ async def test_a_request_that_never_completes_times_out(server: RtspServer) -> N
     data = await read_until_closed(reader)
     assert data.startswith(b"RTSP/1.0 408")
     assert time.monotonic() - start < 3.0
-    assert server.stats.refusals.get("request_timeout") == 1
+    assert server.refusals.total("rtsp", "request_timeout") == 1
     writer.close()
 
 
@@ -201,7 +201,7 @@ async def test_one_address_cannot_take_every_connection(server: RtspServer) -> N
     reader, writer = await connect_from(server.port, "127.0.0.1")
     assert (await read_until_closed(reader)).startswith(b"RTSP/1.0 503")
     writer.close()
-    assert server.stats.refusals.get("connection_cap") == 1
+    assert server.refusals.total("rtsp", "connection_cap") == 1
     # Another address still gets in.
     reader, writer = await connect_from(server.port, "127.0.0.2")
     writer.write(options(1))
@@ -245,7 +245,7 @@ async def test_password_guessing_is_slowed_per_address_and_cut_off(server: RtspS
     delays, closed = await guess(server.port, "127.0.0.1", "wrong", 3)
     assert delays[-1] >= LIMITS.auth_delay_base * 0.9  # the third failure waits
     assert closed  # after auth_failures_to_close failures
-    assert server.stats.refusals["auth_failure"] == 3
+    assert server.refusals.total("rtsp", "auth_failure") == 3
     # The next connection from that address waits longer for each answer...
     again, _ = await guess(server.port, "127.0.0.1", "wrong", 2)
     assert again[0] >= LIMITS.auth_delay_base * 2 * 0.9
@@ -274,7 +274,7 @@ async def test_a_stale_nonce_is_not_a_failed_login() -> None:
             response = await client.request("DESCRIBE", "rtsp://127.0.0.1/x")
             assert response.status == 401
             assert "stale=true" in ",".join(response.headers.get_all("WWW-Authenticate")).lower()
-        assert "auth_failure" not in server.stats.refusals
+        assert server.refusals.total("rtsp", "auth_failure") == 0
         client.close()
     finally:
         await server.close()

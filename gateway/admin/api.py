@@ -37,7 +37,7 @@ from gateway.admin.auth import (
 )
 from gateway.admin.live import LiveViewer
 from gateway.admin.trail import AdminTrail
-from gateway.limits import body_deadline
+from gateway.limits import HttpLimits
 from gateway.media.fmp4 import video_config
 from gateway.media.hub import StreamHub
 from gateway.store import Store
@@ -77,6 +77,7 @@ class AdminContext:
                 egress=self.egress,
                 camera_count=lambda: len(self.gateway.config.cameras),
                 config_loaded_at=lambda: self.config_loaded_at,
+                refusals=lambda: dict(self.gateway.refusals.totals),
             )
         )
 
@@ -884,9 +885,9 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
 ROLES: web.AppKey[dict[tuple[str, str], str]] = web.AppKey("roles", dict)
 
 
-def build_app(ctx: AdminContext, request_timeout: float = 5.0) -> web.Application:
+def build_app(ctx: AdminContext, limits: HttpLimits) -> web.Application:
     app = web.Application(
-        middlewares=[security_headers, body_deadline(request_timeout), json_errors, authenticate],
+        middlewares=[security_headers, limits.body_deadline(), json_errors, authenticate],
         client_max_size=64 * 1024,
     )
     app[CTX] = ctx

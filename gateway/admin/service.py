@@ -113,9 +113,9 @@ async def start(gateway: Any) -> AdminService | NoAdmin:
         log.warning("admin API over plain HTTP (tls = false): passwords only from loopback")
     store = Store.in_state_dir(config.state_dir)
     ctx = AdminContext(gateway, auth, store)
-    limits = HttpLimits.for_listener("admin", config.server)
+    limits = HttpLimits.for_listener("admin", config.server, gateway.refusals)
     runner = web.AppRunner(
-        build_app(ctx, limits.request_timeout),
+        build_app(ctx, limits),
         access_log=None,
         handle_signals=False,
         **limits.runner_options(),

@@ -21,7 +21,7 @@ from lxml import etree
 
 from gateway.config import Config
 from gateway.digest import DigestAuthenticator
-from gateway.limits import CappedSite, FailureThrottle, HttpLimits, body_deadline
+from gateway.limits import CappedSite, FailureThrottle, HttpLimits
 from gateway.onvif import device as device_service
 from gateway.onvif import events, imaging, media, media2, ptz
 from gateway.onvif.backend import CameraBackend
@@ -269,10 +269,8 @@ def install(app: web.Application, device: VirtualDevice) -> None:
     app.cleanup_ctx.append(lifecycle)
 
 
-def make_app(device: VirtualDevice, request_timeout: float = 5.0) -> web.Application:
-    app = web.Application(
-        client_max_size=MAX_BODY_BYTES, middlewares=[body_deadline(request_timeout)]
-    )
+def make_app(device: VirtualDevice, limits: HttpLimits) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[limits.body_deadline()])
     install(app, device)
     return app
 
@@ -345,7 +343,7 @@ async def serve_device(device: VirtualDevice, bind: str, limits: HttpLimits) -> 
     """Serve ``device`` on ``bind``:``device.port`` within ``limits`` (shared by all the
     devices of a gateway); ``await runner.cleanup()`` stops it. Raises ``OSError`` if the
     port cannot be bound."""
-    app = make_app(device, limits.request_timeout)
+    app = make_app(device, limits)
     runner = web.AppRunner(app, access_log=None, **limits.runner_options())
     await runner.setup()
     try:

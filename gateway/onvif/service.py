@@ -398,7 +398,7 @@ class OnvifService:
         self.settings = parse_settings(self.config)
         self.identities = InventoryIdentities(self.config.state_dir)
         # One cap on connections for every device's port together (docs/security.md).
-        self.http_limits = HttpLimits.for_listener("onvif", self.config.server)
+        self.http_limits = HttpLimits.for_listener("onvif", self.config.server, gateway.refusals)
         self.cameras: dict[str, DeviceEntry] = {}
         self.nvr: DeviceEntry | None = None
         self.discovery: DiscoveryResponder | None = None

@@ -21,9 +21,9 @@ import secrets
 import socket
 import time
 import zlib
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import cast
 
 from gateway.codecs.sdp import SdpTrack, session_sdp
@@ -32,6 +32,7 @@ from gateway.limits import (
     ConnectionCounter,
     FailureThrottle,
     ListenerCaps,
+    Refusals,
     TokenBucket,
 )
 from gateway.rtp.frame import Frame
@@ -65,9 +66,6 @@ ALLOWED_METHODS = (
 )
 _TRACK_RE = re.compile(r"^(?P<base>.*?)/?trackID=(?P<track>\d{1,3})$")
 MAX_SESSIONS_PER_CONNECTION = 16
-# Refusals (ServerStats.refusals) are logged per source address at most once per this many
-# seconds; the counters themselves are exact.
-REFUSAL_LOG_INTERVAL = 30.0
 
 
 @dataclass(frozen=True)
@@ -98,24 +96,6 @@ class ServerLimits:
     auth_delay_base: float = 0.5
     auth_delay_max: float = 8.0
     auth_failures_to_close: int = 3
-
-
-@dataclass
-class ServerStats:
-    """Refusals by reason (the admin API's metrics), and the most recent per source."""
-
-    refusals: dict[str, int] = field(default_factory=dict)
-    by_source: OrderedDict[str, int] = field(default_factory=OrderedDict)
-    max_sources: int = 1024
-
-    def refuse(self, reason: str, source: str) -> int:
-        """Count one refusal; returns how many ``source`` has had."""
-        self.refusals[reason] = self.refusals.get(reason, 0) + 1
-        count = self.by_source.pop(source, 0) + 1
-        self.by_source[source] = count
-        while len(self.by_source) > self.max_sources:
-            self.by_source.popitem(last=False)
-        return count
 
 
 @dataclass(frozen=True)
@@ -343,14 +323,15 @@ class RtspServer:
         limits: ServerLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
         handoff: HandOff | None = None,
+        refusals: Refusals | None = None,
     ) -> None:
         self.resolve = resolve
         self.handoff = handoff
         self.authenticator = authenticator
         self.server_name = server_name
         self.clock = clock
-        self.stats = ServerStats()
-        self.counter = ConnectionCounter(ListenerCaps(1, 1))
+        self.refusals = refusals if refusals is not None else Refusals()
+        self.counter = ConnectionCounter(ListenerCaps(1, 1), "rtsp", self.refusals)
         self.auth_throttle = FailureThrottle()
         self.preauth = TokenBucket(1.0, 1.0, clock())
         self.limits = limits or ServerLimits()
@@ -381,11 +362,7 @@ class RtspServer:
 
     def refuse(self, reason: str, peer: str, **fields: object) -> None:
         """Count a refusal and log it (one line per source address and interval)."""
-        count = self.stats.refuse(reason, peer)
-        log.warning(
-            "RTSP request refused",
-            extra={"peer": peer, "reason": reason, "refusals": count, "ratelimit": True, **fields},
-        )
+        self.refusals.log("rtsp", reason, peer, **fields)
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
         loop = asyncio.get_running_loop()
@@ -571,7 +548,6 @@ class RtspConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         refused = self.server.counter.admit(self.peer[0])
         if refused is not None:
-            self.server.refuse("connection_cap", self.peer[0], detail=refused)
             transport.write(bytes(RtspResponse(503, headers={"CSeq": "0", "Retry-After": "5"})))
             self._closed = True
             transport.close()
@@ -711,7 +687,7 @@ class RtspConnection(asyncio.Protocol):
                     return
                 delay = self._admission_delay()
                 if delay > 0:
-                    self.server.stats.refuse("rate_limited", self.peer[0])
+                    self.server.refuse("rate_limited", self.peer[0])
                     await asyncio.sleep(delay)
                     continue
                 waiting = Handler(self, self._queue.popleft()).run()
