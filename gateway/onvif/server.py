@@ -21,7 +21,7 @@ from lxml import etree
 
 from gateway.config import Config
 from gateway.digest import DigestAuthenticator
-from gateway.limits import CappedSite, FailureThrottle, HttpLimits
+from gateway.limits import CappedSite, FailureThrottle, HttpLimits, TokenBucket
 from gateway.onvif import device as device_service
 from gateway.onvif import events, imaging, media, media2, ptz
 from gateway.onvif.backend import CameraBackend
@@ -60,19 +60,41 @@ ACCEPTED_TYPES = ("application/soap+xml", "application/xml", "text/xml")
 DEVICE_KEY: web.AppKey[VirtualDevice] = web.AppKey("onvif_device", VirtualDevice)
 
 
+# SystemReboot (the one operation that takes a device's streams down for a moment; factory
+# reset, firmware upgrade and the like are refused outright): once per device per
+# DISRUPTIVE_INTERVAL seconds. Other configuration writes (Set*, Create*, Delete*, Add*,
+# Remove*): CHANGE_RATE a second per device, CHANGE_BURST at once. Event pulls and PTZ
+# moves are not limited (a VMS pulls continuously; a joystick sends moves in bursts).
+DISRUPTIVE = frozenset({"SystemReboot"})
+DISRUPTIVE_INTERVAL = 60.0
+CHANGE_RATE = 10.0
+CHANGE_BURST = 40
+CONFIGURATION_WRITES = ("Set", "Create", "Delete", "Add", "Remove")
+
+
 @dataclass
 class Guard:
-    """Credentials, replay cache, digest nonces and failure throttle of one device."""
+    """Credentials, replay cache, digest nonces, failure throttle and the rate of
+    state-changing operations of one device. ``replay`` is shared by every device of a
+    gateway (see :class:`~gateway.onvif.security.ReplayCache`); without one given, the
+    device has its own (the simulator's devices)."""
 
     username: str
     password: str
     window: float
-    replay: ReplayCache = field(init=False)
+    replay: ReplayCache | None = None
     digest: DigestAuthenticator = field(init=False)
     throttle: FailureThrottle = field(default_factory=FailureThrottle)
+    disruptive: TokenBucket = field(
+        default_factory=lambda: TokenBucket(1.0 / DISRUPTIVE_INTERVAL, 1, time.monotonic())
+    )
+    changes: TokenBucket = field(
+        default_factory=lambda: TokenBucket(CHANGE_RATE, CHANGE_BURST, time.monotonic())
+    )
 
     def __post_init__(self) -> None:
-        self.replay = ReplayCache(self.window)
+        if self.replay is None:
+            self.replay = ReplayCache(self.window)
         # Each Digest answer is accepted once, remembered in the same replay cache as the
         # UsernameToken nonces (clients may send concurrent requests out of nc order).
         self.digest = DigestAuthenticator(
@@ -83,6 +105,19 @@ class Guard:
             algorithms=("MD5", "SHA-256"),
             count_nonces=False,
         )
+
+    @property
+    def cache(self) -> ReplayCache:
+        assert self.replay is not None  # set in __post_init__
+        return self.replay
+
+    def admit_change(self, operation: str, now: float) -> bool:
+        """Whether a state-changing ``operation`` may run now (``now``: monotonic)."""
+        if operation in DISRUPTIVE:
+            return self.disruptive.take(now)
+        if operation.startswith(CONFIGURATION_WRITES):
+            return self.changes.take(now)
+        return True
 
     def _password_of(self, username: str) -> str | None:
         known = hmac.compare_digest(username.encode(), self.username.encode())
@@ -98,7 +133,7 @@ class Guard:
                 password=self.password,
                 now=now,
                 window=self.window,
-                replay=self.replay,
+                replay=self.cache,
                 source=request.remote,
                 operation=etree.QName(soap.operation).localname if soap is not None else "",
             )
@@ -108,17 +143,23 @@ class Guard:
             result = self.digest.authenticate(request.method, header, now, request.raw_path)
             if result.username is None:
                 raise AuthError(f"HTTP auth: {result.reason}")
-            self.replay.add(b"digest:" + result.answer.encode(), now)
+            self.cache.add(b"digest:" + result.answer.encode(), now)
             return
         raise AuthError("no credentials")
 
 
-def _guard(device: VirtualDevice) -> Guard:
+def _guard(device: VirtualDevice, replay: ReplayCache | None = None) -> Guard:
+    """The device's guard, made on first use (with ``replay`` as its replay cache)."""
     guard = getattr(device, "_guard", None)
     if guard is None:
-        guard = Guard(device.username, device.password, device.settings.auth_window)
+        guard = Guard(device.username, device.password, device.settings.auth_window, replay)
         device._guard = guard  # type: ignore[attr-defined]
     return guard
+
+
+def share_replay_cache(device: VirtualDevice, replay: ReplayCache) -> None:
+    """Make ``device`` check nonces in ``replay``, the cache of all the gateway's devices."""
+    _guard(device, replay)
 
 
 def _remote(request: web.Request) -> str:
@@ -205,6 +246,23 @@ async def handle_soap(request: web.Request) -> web.StreamResponse:
         refusal = await _authenticate(request, device, soap, now)
         if refusal is not None:
             return refusal
+        if not _guard(device).admit_change(soap.name, time.monotonic()):
+            log.warning(
+                "%s: %s refused: too many state-changing requests",
+                device.name,
+                soap.name,
+                extra={"peer": _remote(request), "ratelimit": True},
+            )
+            return _fault_response(
+                SoapFault(
+                    "Receiver",
+                    ("ter:Action",),
+                    f"{soap.name} refused: too many such requests; retry later",
+                    http_status=503,
+                ),
+                soap.soap_ns,
+                **{"Retry-After": "60" if soap.name in DISRUPTIVE else "1"},
+            )
     local_ip, local_port = _local(request)
     call = Call(device, soap, local_ip, local_port, now, request.path, _remote(request))
     try:
@@ -368,6 +426,9 @@ async def start_onvif(
     devices = build_devices(config, backends, settings, clock=clock)
     servers = OnvifServers(devices, [])
     limits = HttpLimits.for_listener("onvif", config.server)
+    replay = ReplayCache(settings.auth_window)
+    for dev in devices:
+        share_replay_cache(dev, replay)
     try:
         for dev in devices:
             servers.runners.append(await serve_device(dev, config.server.bind, limits))

@@ -40,7 +40,8 @@ from gateway.onvif.discovery import DiscoveryResponder
 from gateway.onvif.imaging import OnvifImagingForwarder
 from gateway.onvif.motion import CameraMotion, motion_source_for
 from gateway.onvif.ptz import OnvifPtzForwarder
-from gateway.onvif.server import serve_device
+from gateway.onvif.security import SharedReplayCache
+from gateway.onvif.server import serve_device, share_replay_cache
 from gateway.onvif.xml import SoapFault
 from gateway.view import GatewayView, StreamStatus
 
@@ -399,6 +400,9 @@ class OnvifService:
         self.identities = InventoryIdentities(self.config.state_dir)
         # One cap on connections for every device's port together (docs/security.md).
         self.http_limits = HttpLimits.for_listener("onvif", self.config.server, gateway.refusals)
+        # Every device's nonces in one cache, in the state directory so the worker processes
+        # share it: a token captured at one camera's device is refused at all the others.
+        self.replay = SharedReplayCache(self.settings.auth_window, self.config.state_dir)
         self.cameras: dict[str, DeviceEntry] = {}
         self.nvr: DeviceEntry | None = None
         self.discovery: DiscoveryResponder | None = None
@@ -434,6 +438,7 @@ class OnvifService:
             advertise_host=self.config.server.advertise_host or "",
         )
         device.uuid = self.identities.device_uuid("nvr" if nvr else name, device.uuid)
+        share_replay_cache(device, self.replay)
         return device
 
     async def start(self) -> None:
@@ -517,6 +522,7 @@ class OnvifService:
             or config.server.advertise_host != old.server.advertise_host
         )
         self.config, self.settings = config, settings
+        self.replay.window = settings.auth_window
         ports = camera_ports(config)
         wanted = {cam.name: cam for cam in config.cameras if cam.enabled}
         changed = False
@@ -560,6 +566,7 @@ class OnvifService:
         for entry in reversed(entries):
             await self._remove(entry)
         self.identities.close()
+        self.replay.close()
 
 
 async def start(gateway: GatewayView) -> OnvifService:
