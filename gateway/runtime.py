@@ -217,11 +217,19 @@ class Gateway:
             config = shard_config(site, self.shard)
         old = self.config
         if (config.server.bind, config.server.rtsp_port) != (old.server.bind, old.server.rtsp_port):
-            raise ValueError(
+            problem = (
                 "server.bind and server.rtsp_port cannot change on reload; restart the gateway"
             )
+            log.error("reload refused", extra={"error": problem})
+            raise ValueError(problem)
         gwlog.register_secrets(iter_secrets(config))
-        changes: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "unchanged": []}
+        changes: dict[str, list[str]] = {
+            "added": [],
+            "removed": [],
+            "changed": [],
+            "unchanged": [],
+            "failed": [],
+        }
         wanted = {cam.name: (i, cam) for i, cam in enumerate(config.cameras) if cam.enabled}
         for name in list(self.cameras):
             if name not in wanted:
@@ -232,6 +240,12 @@ class Gateway:
             if current is not None and current.config == cam:
                 current.index = index
                 changes["unchanged"].append(name)
+                continue
+            if current is not None and self._same_source(current.config, cam):
+                # Credentials or settings other services use (PTZ, imaging, policy): the
+                # streams and their viewers stay; new credentials reconnect the camera.
+                self._update_camera(current, cam, index)
+                changes["changed"].append(name)
                 continue
             if current is not None:
                 current.close()
@@ -244,12 +258,44 @@ class Gateway:
             self.rtsp.authenticator = self._authenticator(config)
             self.rtsp.limits = self._limits(config)
         self.site_config = site
-        for hook in self.reload_hooks:
-            await hook(config)
-        for hook in self.site_reload_hooks:
-            await hook(site)
-        log.info("configuration reloaded", extra={k: ",".join(v) for k, v in changes.items()})
+        hooks = [(h, config) for h in self.reload_hooks] + [
+            (h, site) for h in self.site_reload_hooks
+        ]
+        for hook, given in hooks:
+            # One service failing to follow must not keep the others on the old
+            # configuration, nor go unnoticed.
+            try:
+                await hook(given)
+            except Exception as exc:
+                name = getattr(hook, "__qualname__", repr(hook))
+                changes["failed"].append(name)
+                log.exception(
+                    "reload: a service failed to apply the configuration",
+                    extra={"service": name, "error": str(exc)},
+                )
+        level = logging.ERROR if changes["failed"] else logging.INFO
+        log.log(level, "configuration reloaded", extra={k: ",".join(v) for k, v in changes.items()})
         return changes
+
+    def _same_source(self, old: CameraConfig, new: CameraConfig) -> bool:
+        """Whether ``new`` streams exactly what ``old`` does (credentials aside)."""
+
+        def source(cam: CameraConfig) -> tuple[object, ...]:
+            urls = tuple(cam.upstream_url(s, with_credentials=False) for s in cam.stream_names())
+            kind = cam.ingest or self.config.server.ingest
+            return (urls, cam.on_demand, cam.transport, kind)
+
+        return source(old) == source(new)
+
+    def _update_camera(self, runtime: CameraRuntime, cam: CameraConfig, index: int) -> None:
+        old = runtime.config
+        runtime.config, runtime.index = cam, index
+        if (old.username, old.password.reveal()) == (cam.username, cam.password.reveal()):
+            return
+        for stream, ingest in runtime.ingests.items():
+            with_credentials = isinstance(ingest, PyAVIngest)
+            url = cam.upstream_url(stream, with_credentials=with_credentials)
+            ingest.reconnect_with(url, cam.username, cam.password.reveal())
 
     # ------------------------------------------------------------------ lookups
 
