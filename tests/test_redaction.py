@@ -108,3 +108,29 @@ def test_the_inventory_store_never_gives_a_secret_back(tmp_path: Path) -> None:
     for secret in ("public", "private", "other"):
         assert secret not in dump
     store.close()
+
+
+def test_device_uuids_come_from_the_gateways_secret_and_old_ones_stay(tmp_path: Path) -> None:
+    from gateway.onvif.service import UUID_MIGRATIONS, InventoryIdentities
+
+    public = "urn:uuid:9b2d8b5e-0000-5000-8000-000000000001"  # what the camera's address gives
+    # Upgrading: a device served by an older version keeps the uuid it was first served with.
+    old = Store.in_state_dir(tmp_path / "a")
+    old.migrate("onvif", UUID_MIGRATIONS[:1])
+    old.execute(
+        "INSERT INTO onvif_device_uuid(camera, uuid, first_served) VALUES ('cam0', ?, 1)",
+        (public,),
+    )
+    old.close()
+    one = InventoryIdentities(str(tmp_path / "a"))
+    assert one.device_uuid("cam0", public) == public
+    fresh = one.device_uuid("cam1", public)
+    assert fresh != public and fresh.startswith("urn:uuid:")
+    one.close()
+    again = InventoryIdentities(str(tmp_path / "a"))
+    assert again.device_uuid("cam1", public) == fresh  # remembered
+    again.close()
+    # Another gateway (another secret) derives another uuid from the same camera.
+    other = InventoryIdentities(str(tmp_path / "b"))
+    assert other.device_uuid("cam1", public) not in (public, fresh)
+    other.close()

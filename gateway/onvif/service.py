@@ -14,9 +14,12 @@ added and removed cameras and leaves the others running.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import secrets
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -57,6 +60,7 @@ AUDIO_CODECS = {"PCMU": "G711", "PCMA": "G711", "AAC": "AAC"}
 UUID_MIGRATIONS = (
     "CREATE TABLE onvif_device_uuid ("
     " camera TEXT PRIMARY KEY, uuid TEXT NOT NULL, first_served REAL NOT NULL)",
+    "CREATE TABLE onvif_uuid_secret (secret BLOB NOT NULL)",
 )
 
 
@@ -114,15 +118,20 @@ class InventoryIdentities:
         )
 
     def device_uuid(self, name: str, computed: str) -> str:
-        """The urn:uuid this camera's virtual device was first served with, or ``computed``
+        """The urn:uuid this camera's virtual device was first served with, or a new one
         (remembered from now on). A VMS keys devices on it, so it must not change when the
-        inventory later learns the camera's serial, nor across restarts."""
+        inventory later learns the camera's serial, nor across restarts, nor on upgrade.
+
+        A new one is ``computed`` (from the camera's serial, MAC or address and name) hashed
+        again under this gateway's own random secret: WS-Discovery announces the uuid to
+        anyone, and it must not give away the camera's address or serial."""
         if self._store is None:
             return computed
         try:
             rows = self._store.query("SELECT uuid FROM onvif_device_uuid WHERE camera = ?", (name,))
             if rows:
                 return str(rows[0]["uuid"])
+            computed = f"urn:uuid:{uuid.uuid5(self._namespace(), computed)}"
             self._store.execute(
                 "INSERT INTO onvif_device_uuid(camera, uuid, first_served) VALUES (?, ?, ?)",
                 (name, computed, time.time()),
@@ -130,6 +139,18 @@ class InventoryIdentities:
         except sqlite3.Error as exc:
             log.warning("ONVIF: cannot keep the device uuid of %s: %s", name, exc)
         return computed
+
+    def _namespace(self) -> uuid.UUID:
+        """The gateway's uuid namespace, from a random secret made on first use."""
+        assert self._store is not None
+        with self._store.transaction() as db:
+            row = db.execute("SELECT secret FROM onvif_uuid_secret").fetchone()
+            if row is None:
+                secret = secrets.token_bytes(32)
+                db.execute("INSERT INTO onvif_uuid_secret (secret) VALUES (?)", (secret,))
+            else:
+                secret = bytes(row[0])
+        return uuid.UUID(bytes=hashlib.sha256(b"onvif-device-uuid:" + secret).digest()[:16])
 
     def close(self) -> None:
         if self._store is not None:
