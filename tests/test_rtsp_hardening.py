@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.digest import DigestAuthenticator
+from gateway.digest import DigestAuthenticator, digest_response, parse_auth_params, split_scheme
 from gateway.rtsp.message import RtspConnectionParser, RtspRequest, RtspResponse
 from gateway.rtsp.server import RtspServer, ServerLimits
 from tests.test_rtsp_server import RawClient
@@ -278,3 +278,27 @@ async def test_a_stale_nonce_is_not_a_failed_login() -> None:
         client.close()
     finally:
         await server.close()
+
+
+async def test_a_digest_answer_without_qop_works_only_on_its_connection(server: RtspServer) -> None:
+    """Most RTSP clients answer without qop=auth; such an answer, captured, must not let
+    another connection in (it is asked for a fresh nonce: stale, not a failed login)."""
+    uri = "rtsp://127.0.0.1/x"
+    client = await RawClient.connect(server.port, None)
+    challenge = await client.request("DESCRIBE", uri)
+    params = parse_auth_params(split_scheme(challenge.headers.get_all("WWW-Authenticate")[0])[1])
+    answer = digest_response(
+        "MD5", "vms", params["realm"], PASSWORD, "DESCRIBE", uri, params["nonce"]
+    )
+    header = (
+        f'Digest username="vms", realm="{params["realm"]}", nonce="{params["nonce"]}", '
+        f'uri="{uri}", response="{answer}"'
+    )
+    assert (await client.request("DESCRIBE", uri, {"Authorization": header})).status == 404
+    client.close()
+    replayed = await RawClient.connect(server.port, None)
+    response = await replayed.request("DESCRIBE", uri, {"Authorization": header})
+    assert response.status == 401
+    assert "stale=true" in ",".join(response.headers.get_all("WWW-Authenticate")).lower()
+    assert server.refusals.total("rtsp", "auth_failure") == 0
+    replayed.close()

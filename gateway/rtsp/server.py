@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from gateway.codecs.sdp import SdpTrack, session_sdp
-from gateway.digest import DigestAuthenticator
+from gateway.digest import DigestAuthenticator, parse_auth_params, split_scheme
 from gateway.limits import (
     ConnectionCounter,
     FailureThrottle,
@@ -531,10 +531,35 @@ class RtspConnection(asyncio.Protocol):
         self.last_request = now
         # When the bytes of a request still incomplete began to arrive (None between them).
         self._partial_since: float | None = None
+        # Digest nonces this connection was challenged with (the latest few).
+        self._nonces: deque[str] = deque(maxlen=4)
 
     @property
     def peer_text(self) -> str:
         return f"{self.peer[0]}:{self.peer[1]}"
+
+    def remember_challenge(self, www_authenticate: str) -> None:
+        scheme, rest = split_scheme(www_authenticate)
+        if scheme == "digest":
+            with contextlib.suppress(ValueError):
+                nonce = parse_auth_params(rest).get("nonce")
+                if nonce:
+                    self._nonces.append(nonce)
+
+    def answer_bound(self, authorization: str) -> bool:
+        """Whether a valid Authorization may be used on this connection. A Digest answer
+        without qop=auth has nothing that counts it (most RTSP clients send none), so a
+        captured one would work on any connection for the nonce's lifetime: it is taken
+        only on the connection the nonce was given to; elsewhere the client is asked to
+        answer a fresh nonce (stale, not a failed login)."""
+        scheme, rest = split_scheme(authorization)
+        if scheme != "digest":
+            return True
+        try:
+            params = parse_auth_params(rest)
+        except ValueError:
+            return False
+        return "qop" in params or params.get("nonce") in self._nonces
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -833,16 +858,21 @@ class Handler:
         now = time.time()
         header = self.request.headers.get("Authorization")
         result = None
+        stale = False
         if header:
             result = auth.authenticate(self.request.method, header, now, uri=self.request.uri)
+            stale = result.stale
             if result.username is not None:
-                conn.authenticated = True
-                self.server.auth_throttle.success(conn.peer[0])
-                return True
+                if conn.answer_bound(header):
+                    conn.authenticated = True
+                    self.server.auth_throttle.success(conn.peer[0])
+                    return True
+                stale = True  # a no-qop answer to a nonce this connection was not given
         response = RtspResponse.for_request(self.request, 401)
-        for value in auth.challenge(now, stale=bool(result and result.stale)):
+        for value in auth.challenge(now, stale=stale):
             response.headers.add("WWW-Authenticate", value)
-        if not header or (result is not None and result.stale):
+            conn.remember_challenge(value)
+        if not header or stale:
             # A first request without credentials, or a client re-answering an expired
             # nonce: the ordinary Digest exchange, not a failure.
             conn.send(response)
