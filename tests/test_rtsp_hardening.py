@@ -302,3 +302,26 @@ async def test_a_digest_answer_without_qop_works_only_on_its_connection(server: 
     assert "stale=true" in ",".join(response.headers.get_all("WWW-Authenticate")).lower()
     assert server.refusals.total("rtsp", "auth_failure") == 0
     replayed.close()
+
+
+async def test_parallel_guessing_from_one_address_is_no_faster(server: RtspServer) -> None:
+    answered: list[float] = []
+    start = time.monotonic()
+
+    async def one() -> None:
+        reader, writer = await connect_from(server.port, "127.0.0.3")
+        client = RawClient(reader, writer, "wrong")
+        try:
+            while (await client.request("DESCRIBE", "rtsp://127.0.0.1/x")).status == 401:
+                answered.append(time.monotonic() - start)
+        except (ConnectionError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+    await asyncio.wait_for(asyncio.gather(*(one() for _ in range(8))), 30)
+    # One answer at a time, each after the address's delay: 8 connections do not make 8
+    # guesses at once; those that would wait too long are closed unanswered.
+    early = [t for t in answered if t < 1.0]
+    assert len(early) <= 4, answered
+    assert server.refusals.total("rtsp", "auth_queue_full") > 0

@@ -21,7 +21,7 @@ import secrets
 import socket
 import time
 import zlib
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -66,6 +66,8 @@ ALLOWED_METHODS = (
 )
 _TRACK_RE = re.compile(r"^(?P<base>.*?)/?trackID=(?P<track>\d{1,3})$")
 MAX_SESSIONS_PER_CONNECTION = 16
+# How many maximal failed-login delays one address may have queued (see Handler._refuse_login).
+AUTH_QUEUE_DELAYS = 4
 
 
 @dataclass(frozen=True)
@@ -333,6 +335,8 @@ class RtspServer:
         self.refusals = refusals if refusals is not None else Refusals()
         self.counter = ConnectionCounter(ListenerCaps(1, 1), "rtsp", self.refusals)
         self.auth_throttle = FailureThrottle()
+        # Per source address: when its last delayed failed-login answer goes out.
+        self.auth_answers: OrderedDict[str, float] = OrderedDict()
         self.preauth = TokenBucket(1.0, 1.0, clock())
         self.limits = limits or ServerLimits()
         self.sessions: dict[str, ServerSession] = {}
@@ -881,7 +885,11 @@ class Handler:
 
     async def _refuse_login(self, response: RtspResponse) -> None:
         """A failed login: counted against the source address, answered after that address's
-        delay, and the connection closed after a few failures."""
+        delay, and the connection closed after a few failures.
+
+        The delayed answers of one address go out one after the other (each waits for the
+        one before it), so parallel connections guess no faster than one; when that queue
+        is longer than AUTH_QUEUE_DELAYS delays, the connection is closed unanswered."""
         server, conn = self.server, self.conn
         address = conn.peer[0]
         clock = server.clock()
@@ -892,7 +900,16 @@ class Handler:
             "auth_failure", address, failures=server.auth_throttle.failures(address, clock)
         )
         if delay:
-            await asyncio.sleep(delay)
+            answer_at = max(clock, server.auth_answers.get(address, clock)) + delay
+            if answer_at - clock > AUTH_QUEUE_DELAYS * server.limits.auth_delay_max:
+                server.refuse("auth_queue_full", address)
+                conn.close()
+                return
+            server.auth_answers.pop(address, None)
+            server.auth_answers[address] = answer_at
+            while len(server.auth_answers) > 4096:
+                server.auth_answers.popitem(last=False)
+            await asyncio.sleep(answer_at - clock)
         if conn.auth_failures >= server.limits.auth_failures_to_close:
             response.headers.set("Connection", "close")
             conn.send(response)
