@@ -107,6 +107,8 @@ class ServerConfig:
     idle_timeout: float = 30.0
     # Connections one source address may hold on each listener; 0: half the listener's cap.
     connections_per_address: int = 0
+    # Networks whose unicast WS-Discovery probes are answered; empty: bind's own subnet.
+    discovery_allow: tuple[str, ...] = ()
     nvr_mode: bool = False
     # How camera streams are read: "pyav" (FFmpeg through PyAV, the default) or "native"
     # (the gateway's own asyncio RTSP client; cheaper per camera). Per camera overridable.
@@ -392,6 +394,15 @@ def _port(value: int) -> str | None:
     return None if 1 <= value <= 65535 else "must be a port number between 1 and 65535"
 
 
+def _ipv4_networks(value: list[Any]) -> str | None:
+    for item in value:
+        try:
+            ipaddress.IPv4Network(str(item), strict=False)
+        except ValueError:
+            return f"{item!r} is not an IPv4 network (e.g. 10.0.0.0/24)"
+    return None
+
+
 def _positive(value: float) -> str | None:
     return None if value > 0 else "must be greater than zero"
 
@@ -495,6 +506,7 @@ def loads(text: str, *, source: str = "<config>", base_dir: Path | None = None) 
         connections_per_address=sr.get(
             "connections_per_address", int, 0, lambda v: None if v >= 0 else "must be >= 0"
         ),
+        discovery_allow=tuple(sr.get("discovery_allow", list, [], _ipv4_networks)),
         nvr_mode=sr.get("nvr_mode", bool, False),
         ingest=sr.get("ingest", str, "pyav", _ingest),
         advertise_host=sr.get("advertise_host", str, None, _host),

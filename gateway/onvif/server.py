@@ -437,7 +437,10 @@ async def start_onvif(
 
             try:
                 servers.discovery = await DiscoveryResponder.start(
-                    config.server.bind, devices, config.server.discovery_port
+                    config.server.bind,
+                    devices,
+                    config.server.discovery_port,
+                    config.server.discovery_allow,
                 )
             except OSError as exc:
                 # Discovery is a convenience; devices stay reachable at their XAddrs.

@@ -472,7 +472,11 @@ class OnvifService:
             if self.settings.discovery:
                 try:
                     self.discovery = await DiscoveryResponder.start(
-                        self.config.server.bind, self.devices, self.config.server.discovery_port
+                        self.config.server.bind,
+                        self.devices,
+                        self.config.server.discovery_port,
+                        self.config.server.discovery_allow,
+                        self.gateway.refusals,
                     )
                 except OSError as exc:
                     # Discovery is a convenience; devices stay reachable at their XAddrs.
@@ -572,7 +576,11 @@ class OnvifService:
         if everything and settings.discovery and self.devices:
             try:
                 self.discovery = await DiscoveryResponder.start(
-                    config.server.bind, self.devices, config.server.discovery_port
+                    config.server.bind,
+                    self.devices,
+                    config.server.discovery_port,
+                    config.server.discovery_allow,
+                    self.gateway.refusals,
                 )
             except OSError as exc:
                 log.warning("WS-Discovery not started on %s: %s", config.server.bind, exc)
