@@ -409,10 +409,10 @@ async def unicast_probes(port: int, count: int) -> int:
 
 
 async def fetch_metrics(site: Site) -> str:
-    auth = aiohttp.BasicAuth("admin", site.admin_password)
+    auth = {"Authorization": aiohttp.encode_basic_auth("admin", site.admin_password)}
     async with (
         aiohttp.ClientSession() as session,
-        session.get(f"http://127.0.0.1:{site.admin_port}/metrics", auth=auth) as response,
+        session.get(f"http://127.0.0.1:{site.admin_port}/metrics", headers=auth) as response,
     ):
         assert response.status == 200
         return await response.text()
