@@ -43,7 +43,7 @@ from gateway.onvif.discovery import DiscoveryResponder
 from gateway.onvif.imaging import OnvifImagingForwarder
 from gateway.onvif.motion import CameraMotion, motion_source_for
 from gateway.onvif.ptz import OnvifPtzForwarder
-from gateway.onvif.security import SharedReplayCache
+from gateway.onvif.security import ReplayCache, SharedReplayCache
 from gateway.onvif.server import serve_device, share_replay_cache
 from gateway.onvif.xml import SoapFault
 from gateway.view import GatewayView, StreamStatus
@@ -411,6 +411,16 @@ class DeviceEntry:
     backend: RuntimeCamera | None = None
 
 
+def shared_replay_cache(window: float, state_dir: str) -> ReplayCache:
+    """The replay cache every device (and worker process) shares; in memory, for this
+    process's devices alone, when the state directory cannot hold it."""
+    try:
+        return SharedReplayCache(window, state_dir)
+    except (OSError, sqlite3.Error) as exc:
+        log.warning("ONVIF: replay cache in memory only (%s: %s)", state_dir, exc)
+        return ReplayCache(window)
+
+
 class OnvifService:
     """The virtual devices of a running gateway, following its configuration."""
 
@@ -423,7 +433,7 @@ class OnvifService:
         self.http_limits = HttpLimits.for_listener("onvif", self.config.server, gateway.refusals)
         # Every device's nonces in one cache, in the state directory so the worker processes
         # share it: a token captured at one camera's device is refused at all the others.
-        self.replay = SharedReplayCache(self.settings.auth_window, self.config.state_dir)
+        self.replay = shared_replay_cache(self.settings.auth_window, self.config.state_dir)
         self.cameras: dict[str, DeviceEntry] = {}
         self.nvr: DeviceEntry | None = None
         self.discovery: DiscoveryResponder | None = None
@@ -595,7 +605,8 @@ class OnvifService:
         for entry in reversed(entries):
             await self._remove(entry)
         self.identities.close()
-        self.replay.close()
+        if isinstance(self.replay, SharedReplayCache):
+            self.replay.close()
 
 
 async def start(gateway: GatewayView) -> OnvifService:
