@@ -253,12 +253,21 @@ class ConnectionCounter:
 
 class CappedProtocol(asyncio.Protocol):
     """Wraps one aiohttp request handler: a connection over the listener's caps is closed
-    at once (never reaching aiohttp), any other is passed through untouched."""
+    at once (never reaching aiohttp), any other is passed through, and must complete its
+    first request's header section within ``header_timeout`` seconds of connecting.
+    (aiohttp has no header timeout of its own; later requests on a kept-alive connection are
+    bounded by its keep-alive timeout.)"""
 
-    def __init__(self, inner: asyncio.Protocol, counter: ConnectionCounter) -> None:
+    def __init__(
+        self, inner: asyncio.Protocol, counter: ConnectionCounter, header_timeout: float
+    ) -> None:
         self.inner = inner
         self.counter = counter
+        self.header_timeout = header_timeout
         self.address: str | None = None
+        self._transport: asyncio.Transport | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._tail = b""  # the last bytes seen, for a header end split across reads
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -267,18 +276,37 @@ class CappedProtocol(asyncio.Protocol):
             cast(asyncio.Transport, transport).abort()
             return
         self.address = address
+        self._transport = cast(asyncio.Transport, transport)
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(self.header_timeout, self._too_slow)
         self.inner.connection_made(transport)
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if self.address is not None and self._transport is not None:
+            self.counter.refusals.log(self.counter.listener, "request_timeout", self.address)
+            self._transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.address is None:
             return
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         self.counter.release(self.address)
         self.address = None
         self.inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self.address is not None:
-            self.inner.data_received(data)
+        if self.address is None:
+            return
+        if self._deadline is not None:
+            seen = self._tail + data
+            if b"\r\n\r\n" in seen:
+                self._deadline.cancel()
+                self._deadline = None
+            self._tail = seen[-3:]
+        self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
         return self.inner.eof_received() if self.address is not None else None
@@ -293,10 +321,10 @@ class CappedProtocol(asyncio.Protocol):
 
 
 def capped_factory(
-    factory: Callable[[], Any], counter: ConnectionCounter
+    factory: Callable[[], Any], counter: ConnectionCounter, header_timeout: float
 ) -> Callable[[], asyncio.Protocol]:
     """A protocol factory for ``loop.create_server`` that caps ``factory``'s connections."""
-    return lambda: CappedProtocol(factory(), counter)
+    return lambda: CappedProtocol(factory(), counter, header_timeout)
 
 
 @dataclass
@@ -345,7 +373,7 @@ class CappedSite(web.TCPSite):
         assert server is not None
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            capped_factory(server, self.limits.counter),
+            capped_factory(server, self.limits.counter, self.limits.request_timeout),
             self._host,
             self._port,
             ssl=self._ssl_context,

@@ -63,7 +63,7 @@ async def site() -> AsyncIterator[tuple[int, HttpLimits]]:
     async def echo(request: web.Request) -> web.Response:
         return web.Response(body=await request.read())
 
-    server = ServerConfig(request_timeout=0.5, idle_timeout=0.8, connections_per_address=3)
+    server = ServerConfig(request_timeout=0.5, idle_timeout=3.0, connections_per_address=3)
     limits = HttpLimits.for_listener("admin", server, Refusals())
     app = web.Application(middlewares=[limits.body_deadline()])
     app.router.add_route("*", "/", echo)
@@ -89,16 +89,26 @@ async def test_a_slow_body_gets_408(site: tuple[int, HttpLimits]) -> None:
 
 
 async def test_slow_headers_and_idle_connections_are_closed(site: tuple[int, HttpLimits]) -> None:
-    port, _ = site
+    port, limits = site
     idle = await asyncio.open_connection("127.0.0.1", port)
     slow = await asyncio.open_connection("127.0.0.1", port)
     slow[1].write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # the header section never ends
     start = time.monotonic()
     for reader, _ in (idle, slow):
         assert await read_until_closed(reader) == b""
-    assert time.monotonic() - start < 4.0
+    # Within request_timeout (0.5 s), long before the keep-alive timeout (3 s).
+    assert time.monotonic() - start < 2.0
+    assert limits.counter.refusals.total("admin", "request_timeout") == 2
     for _, writer in (idle, slow):
         writer.close()
+    # A kept-alive connection idles until the keep-alive timeout, then is closed.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    start = time.monotonic()
+    await read_until_closed(reader, 10)
+    assert 2.0 < time.monotonic() - start < 8.0
+    writer.close()
 
 
 async def test_one_address_cannot_take_the_listener(site: tuple[int, HttpLimits]) -> None:
