@@ -74,6 +74,24 @@ async def test_every_hikvision_document_comes_out_redacted() -> None:
     assert_redacted(settings)
 
 
+def test_keys_of_known_secret_tables_by_vendor() -> None:
+    # Wi-Fi, SNMPv3, Ehome and cloud keys as the vendors name them.
+    for key in (
+        "WLan.eth2.Keys[0]",
+        "WLan.eth2.Key",
+        "WirelessSecurity.WPA.sharedKey",
+        "WirelessSecurity.WEP.encryptionKey1",
+        "SNMPAdvanced.privacyKey",
+        "SNMP.trapCommunity",
+        "PPPoE.Password",
+        "Ehome.key",
+        "EZVIZ.verificationCode",
+    ):
+        assert is_secret_key(key), key
+    for key in ("WLan.eth2.KeyID", "WLan.eth2.Encryption", "SNMP.Enable", "DDNS[0].HostName"):
+        assert not is_secret_key(key), key
+
+
 def test_the_inventory_store_never_gives_a_secret_back(tmp_path: Path) -> None:
     store = Store.in_state_dir(tmp_path)
     policy = PolicyStore(store)

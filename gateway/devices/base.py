@@ -23,7 +23,8 @@ REDACTED = "********"
 # DDNS, NAS, Wi-Fi), SNMP communities, pre-shared and other keys (Wi-Fi PSK/WEP/WPA, SNMPv3
 # auth/priv, Ehome), cloud verification codes, tokens.
 _SECRET_KEY = re.compile(
-    r"(passw|pwd|passphrase|secret|token|verificationcode|community|psk|key\d*$)", re.I
+    r"(passw|pwd|passphrase|secret|token|verificationcode|community|psk|keys?\d*(\[\d+\])?$)",
+    re.I,
 )
 
 
