@@ -113,7 +113,7 @@ def test_the_inventory_store_never_gives_a_secret_back(tmp_path: Path) -> None:
         None,
         time.time(),
     )
-    policy.save_inventory(
+    events = policy.save_inventory(
         "gate",
         "dahua",
         {"model": "m"},
@@ -122,7 +122,9 @@ def test_the_inventory_store_never_gives_a_secret_back(tmp_path: Path) -> None:
         None,
         time.time(),
     )
-    dump = repr(policy.snapshots()) + repr(policy.history())
+    # The events (which the policy loop logs) say the community changed, not to what.
+    assert any(e.key == "SNMP.GetCommunity" for e in events)
+    dump = repr(events) + repr(policy.snapshots()) + repr(policy.history())
     for secret in ("public", "private", "other"):
         assert secret not in dump
     store.close()
