@@ -102,6 +102,14 @@ class ServerConfig:
     # keyframe, and seconds of continuous backlog before it is disconnected.
     client_send_budget: int = 4 * 1024 * 1024
     client_stall_timeout: float = 10.0
+    # Seconds a request's header section and body may take to arrive (RTSP, ONVIF, admin),
+    # and a connection may idle without a playing stream (docs/security.md).
+    request_timeout: float = 5.0
+    idle_timeout: float = 30.0
+    # Connections one source address may hold on each listener; 0: half the listener's cap.
+    connections_per_address: int = 0
+    # Networks whose unicast WS-Discovery probes are answered; empty: bind's own subnet.
+    discovery_allow: tuple[str, ...] = ()
     nvr_mode: bool = False
     # How camera streams are read: "pyav" (FFmpeg through PyAV, the default) or "native"
     # (the gateway's own asyncio RTSP client; cheaper per camera). Per camera overridable.
@@ -443,6 +451,15 @@ def _port(value: int) -> str | None:
     return None if 1 <= value <= 65535 else "must be a port number between 1 and 65535"
 
 
+def _ipv4_networks(value: list[Any]) -> str | None:
+    for item in value:
+        try:
+            ipaddress.IPv4Network(str(item), strict=False)
+        except ValueError:
+            return f"{item!r} is not an IPv4 network (e.g. 10.0.0.0/24)"
+    return None
+
+
 def _positive(value: float) -> str | None:
     return None if value > 0 else "must be greater than zero"
 
@@ -572,6 +589,12 @@ def _from_data(data: dict[str, Any], text: str, source: str, base_dir: Path | No
             lambda v: None if v >= 65536 else "must be at least 65536",
         ),
         client_stall_timeout=float(sr.get("client_stall_timeout", (int, float), 10.0, _positive)),
+        request_timeout=float(sr.get("request_timeout", (int, float), 5.0, _positive)),
+        idle_timeout=float(sr.get("idle_timeout", (int, float), 30.0, _positive)),
+        connections_per_address=sr.get(
+            "connections_per_address", int, 0, lambda v: None if v >= 0 else "must be >= 0"
+        ),
+        discovery_allow=tuple(sr.get("discovery_allow", list, [], _ipv4_networks)),
         nvr_mode=sr.get("nvr_mode", bool, False),
         ingest=sr.get("ingest", str, "pyav", _ingest),
         advertise_host=sr.get("advertise_host", str, None, _host),

@@ -23,6 +23,7 @@ from gateway.admin import service as admin_service
 from gateway.config import CameraConfig, Config, iter_secrets
 from gateway.digest import DigestAuthenticator
 from gateway.egress import service as egress_service
+from gateway.limits import Refusals, listener_caps, open_file_limit
 from gateway.media.hub import StreamHub
 from gateway.media.ingest import IngestOptions, PyAVIngest
 from gateway.media.native_ingest import NativeIngest
@@ -100,6 +101,8 @@ class Gateway:
         # JPEGs decoded on demand from the cached keyframe, shared by the dashboard and
         # ONVIF GetSnapshotUri; a burst of requests decodes once.
         self.snapshots = SnapshotCache(max_age=2.0)
+        # What the listeners refused (hostile load, failed logins), for metrics and logs.
+        self.refusals = Refusals()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -114,6 +117,7 @@ class Gateway:
             authenticator=self._authenticator(cfg),
             server_name="onvif-gateway",
             limits=self._limits(cfg),
+            refusals=self.refusals,
             handoff=self._handoff_target if self.shard else None,
         )
         if self.shard is not None:
@@ -196,10 +200,16 @@ class Gateway:
 
     @staticmethod
     def _limits(cfg: Config) -> ServerLimits:
+        server = cfg.server
+        caps = listener_caps("rtsp", open_file_limit(), server.connections_per_address)
         return ServerLimits(
-            session_timeout=cfg.server.session_timeout,
-            send_budget=cfg.server.client_send_budget,
-            stall_timeout=cfg.server.client_stall_timeout,
+            session_timeout=server.session_timeout,
+            send_budget=server.client_send_budget,
+            stall_timeout=server.client_stall_timeout,
+            request_timeout=server.request_timeout,
+            idle_timeout=server.idle_timeout,
+            max_connections=caps.total,
+            connections_per_address=caps.per_address,
         )
 
     def _start_camera(self, cam: CameraConfig, index: int) -> CameraRuntime:
@@ -266,16 +276,18 @@ class Gateway:
             config = shard_config(site, self.shard)
         old = self.config
         if (config.server.bind, config.server.rtsp_port) != (old.server.bind, old.server.rtsp_port):
-            raise ValueError(
+            problem = (
                 "server.bind and server.rtsp_port cannot change on reload; restart the gateway"
             )
+            log.error("reload refused", extra={"error": problem})
+            raise ValueError(problem)
         if (config.server.rtsps_port, config.server.vms_tls) != (
             old.server.rtsps_port,
             old.server.vms_tls,
         ):
-            raise ValueError(
-                "server.rtsps_port, or switching VMS-side TLS on or off, needs a restart"
-            )
+            problem = "server.rtsps_port, or switching VMS-side TLS on or off, needs a restart"
+            log.error("reload refused", extra={"error": problem})
+            raise ValueError(problem)
         gwlog.register_secrets(iter_secrets(config))
         # A camera's new address is listened on from now; one no longer used stays open
         # until the next restart (harmless: it serves the same streams).
@@ -283,7 +295,13 @@ class Gateway:
             await self._listen_on_camera_addresses(site)
         except OSError as exc:
             log.error("RTSP: cannot listen on a camera address", extra={"error": str(exc)})
-        changes: dict[str, list[str]] = {"added": [], "removed": [], "changed": [], "unchanged": []}
+        changes: dict[str, list[str]] = {
+            "added": [],
+            "removed": [],
+            "changed": [],
+            "unchanged": [],
+            "failed": [],
+        }
         wanted = {cam.name: (i, cam) for i, cam in enumerate(config.cameras) if cam.enabled}
         for name in list(self.cameras):
             if name not in wanted:
@@ -294,6 +312,12 @@ class Gateway:
             if current is not None and current.config == cam:
                 current.index = index
                 changes["unchanged"].append(name)
+                continue
+            if current is not None and self._same_source(current.config, cam):
+                # Credentials or settings other services use (PTZ, imaging, policy): the
+                # streams and their viewers stay; new credentials reconnect the camera.
+                self._update_camera(current, cam, index)
+                changes["changed"].append(name)
                 continue
             if current is not None:
                 current.close()
@@ -308,12 +332,44 @@ class Gateway:
             self.rtsp.authenticator = self._authenticator(config)
             self.rtsp.limits = self._limits(config)
         self.site_config = site
-        for hook in self.reload_hooks:
-            await hook(config)
-        for hook in self.site_reload_hooks:
-            await hook(site)
-        log.info("configuration reloaded", extra={k: ",".join(v) for k, v in changes.items()})
+        hooks = [(h, config) for h in self.reload_hooks] + [
+            (h, site) for h in self.site_reload_hooks
+        ]
+        for hook, given in hooks:
+            # One service failing to follow must not keep the others on the old
+            # configuration, nor go unnoticed.
+            try:
+                await hook(given)
+            except Exception as exc:
+                name = getattr(hook, "__qualname__", repr(hook))
+                changes["failed"].append(name)
+                log.exception(
+                    "reload: a service failed to apply the configuration",
+                    extra={"service": name, "error": str(exc)},
+                )
+        level = logging.ERROR if changes["failed"] else logging.INFO
+        log.log(level, "configuration reloaded", extra={k: ",".join(v) for k, v in changes.items()})
         return changes
+
+    def _same_source(self, old: CameraConfig, new: CameraConfig) -> bool:
+        """Whether ``new`` streams exactly what ``old`` does (credentials aside)."""
+
+        def source(cam: CameraConfig) -> tuple[object, ...]:
+            urls = tuple(cam.upstream_url(s, with_credentials=False) for s in cam.stream_names())
+            kind = cam.ingest or self.config.server.ingest
+            return (urls, cam.on_demand, cam.transport, kind)
+
+        return source(old) == source(new)
+
+    def _update_camera(self, runtime: CameraRuntime, cam: CameraConfig, index: int) -> None:
+        old = runtime.config
+        runtime.config, runtime.index = cam, index
+        if (old.username, old.password.reveal()) == (cam.username, cam.password.reveal()):
+            return
+        for stream, ingest in runtime.ingests.items():
+            with_credentials = isinstance(ingest, PyAVIngest)
+            url = cam.upstream_url(stream, with_credentials=with_credentials)
+            ingest.reconnect_with(url, cam.username, cam.password.reveal())
 
     # ------------------------------------------------------------------ lookups
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.config import Config
+from gateway.limits import Refusals
 from gateway.media.hub import StreamHub
 from gateway.rtsp.server import RtspServer
 from gateway.tls import ServerTLS
@@ -68,6 +69,11 @@ class GatewayView(Protocol):
     @property
     def vms_tls(self) -> ServerTLS | None:
         """The VMS-side certificate (RTSPS, ONVIF over HTTPS); None when TLS is off."""
+        ...
+
+    @property
+    def refusals(self) -> Refusals:
+        """What every listener of this process refused (docs/security.md)."""
         ...
 
     @property

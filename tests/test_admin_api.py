@@ -16,7 +16,7 @@ from openapi_spec_validator import validate as validate_spec
 
 from gateway.admin.live import LiveViewer
 from gateway.codecs.base import CodecParams
-from gateway.digest import DigestClient
+from gateway.digest import DigestClient, digest_response
 from gateway.media.hub import StreamHub
 from gateway.rtsp.client import RtspReader
 from gateway.sim.runner import SimFleet
@@ -133,6 +133,46 @@ async def test_digest_authentication(admin: AdminGateway) -> None:
             {"Authorization": wrong.authorization("GET", path) or ""},
         )
         assert status == 401
+
+
+async def test_digest_changes_need_qop_auth(admin: AdminGateway) -> None:
+    """Without qop=auth nothing counts Digest answers, so a captured header would work again
+    for the nonce's lifetime: reads take it, changes do not."""
+    path = "/api/v1/cameras/hik1/reconnect"
+    async with admin.session() as session:
+        _, _, response = await fetch(session, "GET", admin.url + "/api/v1/cameras")
+        challenge = response.headers.getall("WWW-Authenticate")[0]
+        nonce = re.search(r'nonce="([^"]+)"', challenge)
+        realm = re.search(r'realm="([^"]+)"', challenge)
+        assert nonce and realm
+
+        def rfc2069(method: str, uri: str) -> str:
+            answer = digest_response(
+                "MD5", admin.username, realm[1], admin.password, method, uri, nonce[1]
+            )
+            return (
+                f'Digest username="{admin.username}", realm="{realm[1]}", nonce="{nonce[1]}", '
+                f'uri="{uri}", response="{answer}"'
+            )
+
+        read = rfc2069("GET", "/api/v1/cameras")
+        status, _, _ = await fetch(
+            session, "GET", admin.url + "/api/v1/cameras", {"Authorization": read}
+        )
+        assert status == 200
+        status, _, _ = await fetch(
+            session, "POST", admin.url + path, {"Authorization": rfc2069("POST", path)}
+        )
+        assert status == 401
+        client = DigestClient(admin.username, admin.password, allow_basic=False)
+        client.handle_challenge(challenge)
+        status, _, _ = await fetch(
+            session,
+            "POST",
+            admin.url + path,
+            {"Authorization": client.authorization("POST", path) or ""},
+        )
+        assert status == 202
 
 
 async def test_login_session_cookie_and_csrf(admin: AdminGateway) -> None:

@@ -315,11 +315,12 @@ async def test_device_information_from_the_inventory(gateway: Gateway, vms_passw
     assert info.Model == INVENTORIED["model"]
     assert info.SerialNumber == INVENTORIED["serial"]
     assert info.FirmwareVersion == "V5.6.11 build 190426"
-    # The urn:uuid follows the real camera's serial, so it survives restarts and re-adds.
-    expected = device_uuid(
+    # The urn:uuid is derived from the serial under the gateway's own secret: WS-Discovery
+    # announces it to anyone, and it must not give the serial (or an address) away.
+    public = device_uuid(
         DeviceIdentity("HIKVISION", "", "", INVENTORIED["serial"]), host="", name=""
     )
-    assert inventoried.uuid == expected
+    assert inventoried.uuid.startswith("urn:uuid:") and inventoried.uuid != public
 
     # dahua1 has no inventory: its identity comes from the configuration.
     configured = service.device("dahua1")
@@ -559,3 +560,28 @@ async def test_on_demand_camera_has_profiles_before_anyone_plays_it(
         assert hub.state == "idle"
     finally:
         await gw.stop()
+
+
+async def test_a_token_is_good_at_one_device_once_and_reboots_are_rate_limited(
+    gateway: Gateway, vms_password: str
+) -> None:
+    service = onvif_of(gateway)
+    hik, dahua = service.device("hik1"), service.device("dahua1")
+    header = security_header("vms", vms_password)
+    info = envelope("<tds:GetDeviceInformation/>", header)
+    status, _, _ = await post(hik.port, info)
+    assert status == 200
+    # The same token (sniffed) at another camera's device, with another body: refused.
+    reboot = envelope("<tds:SystemReboot/>", header)
+    status, _, _ = await post(dahua.port, reboot)
+    assert status in (400, 401) and dahua.reboots == []
+    # A fresh token reboots once; the next reboot within the interval is refused.
+    status, _, _ = await post(
+        dahua.port, envelope("<tds:SystemReboot/>", security_header("vms", vms_password))
+    )
+    assert status == 200 and dahua.reboots == ["dahua1"]
+    status, headers, _ = await post(
+        dahua.port, envelope("<tds:SystemReboot/>", security_header("vms", vms_password))
+    )
+    assert status == 503 and headers["Retry-After"] == "60"
+    assert dahua.reboots == ["dahua1"]

@@ -44,6 +44,7 @@ from gateway.admin.access import (
 from gateway.admin.auth import AdminAuth, Identity
 from gateway.admin.live import LiveViewer
 from gateway.admin.trail import AdminTrail
+from gateway.limits import HttpLimits
 from gateway.media.fmp4 import video_config
 from gateway.media.hub import StreamHub
 from gateway.store import Store
@@ -77,6 +78,7 @@ class AdminContext:
                 egress=self.egress,
                 camera_count=lambda: len(self.gateway.config.cameras),
                 config_loaded_at=lambda: self.config_loaded_at,
+                refusals=lambda: dict(self.gateway.refusals.totals),
             )
         )
 
@@ -639,9 +641,10 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
 ]
 
 
-def build_app(ctx: AdminContext) -> web.Application:
+def build_app(ctx: AdminContext, limits: HttpLimits) -> web.Application:
     app = web.Application(
-        middlewares=[security_headers, json_errors, authenticate], client_max_size=64 * 1024
+        middlewares=[security_headers, limits.body_deadline(), json_errors, authenticate],
+        client_max_size=64 * 1024,
     )
     app[CTX] = ctx
     app[AUTH] = ctx.auth

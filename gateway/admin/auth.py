@@ -32,6 +32,7 @@ import binascii
 import hashlib
 import hmac
 import ipaddress
+import logging
 import secrets
 import time
 from collections import OrderedDict
@@ -41,10 +42,13 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from gateway.config import ADMIN_ROLES, AdminUser
-from gateway.digest import DigestAuthenticator, split_scheme
+from gateway.digest import DigestAuthenticator, parse_auth_params, split_scheme
 from gateway.passwords import PasswordHash, parse
 
+log = logging.getLogger("gateway.admin")
+
 REALM = "onvif-gateway admin"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SESSION_COOKIE = "gw_session"
 CSRF_HEADER = "X-CSRF-Token"
 SESSION_IDLE = 8 * 3600.0
@@ -231,6 +235,14 @@ class AdminAuth:
         result = self.digest.authenticate(method, authorization, self.clock(), uri)
         if result.username is None or result.username not in self.accounts:
             return None, result.stale
+        if method not in SAFE_METHODS and "qop" not in parse_auth_params(rest):
+            # Without qop=auth nothing counts the answers: the same header would work again
+            # for the nonce's lifetime. Changes need it (curl, requests and browsers do it).
+            log.warning(
+                "admin change refused: Digest without qop=auth",
+                extra={"user": result.username, "ratelimit": True},
+            )
+            return None, False
         return Identity(result.username, self.accounts[result.username].role, "digest"), False
 
     # ------------------------------------------------------------------ login sessions

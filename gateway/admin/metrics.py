@@ -186,6 +186,16 @@ class GatewayCollector(Collector):
         yield dns
         yield phone_home
 
+        refused = CounterMetricFamily(
+            f"{PREFIX}_refusals",
+            "Connections and requests refused under hostile load or failed logins, by listener "
+            "and reason (docs/security.md)",
+            labels=["listener", "reason"],
+        )
+        for (listener, reason), count in sorted(src.refusals().items()):
+            refused.add_metric([listener, reason], float(count))
+        yield refused
+
 
 class MetricSources:
     """What the collector reads; the admin service wires these to the running gateway."""
@@ -197,12 +207,14 @@ class MetricSources:
         egress: Callable[[], dict[str, Any]],
         camera_count: Callable[[], int],
         config_loaded_at: Callable[[], float],
+        refusals: Callable[[], dict[tuple[str, str], int]] = dict,
     ) -> None:
         self.streams = streams
         self.findings = findings
         self.egress = egress
         self.camera_count = camera_count
         self.config_loaded_at = config_loaded_at
+        self.refusals = refusals
 
 
 def build_registry(sources: MetricSources) -> CollectorRegistry:

@@ -24,6 +24,7 @@ from gateway.admin import tls
 from gateway.admin.api import AdminContext, build_app
 from gateway.admin.auth import AdminAuth
 from gateway.config import AdminConfig, Config
+from gateway.limits import CappedSite, HttpLimits
 from gateway.store import Store
 
 log = logging.getLogger("gateway.admin")
@@ -112,12 +113,19 @@ async def start(gateway: Any) -> AdminService | NoAdmin:
         log.warning("admin API over plain HTTP (tls = false): passwords only from loopback")
     store = Store.in_state_dir(config.state_dir)
     ctx = AdminContext(gateway, auth, store)
-    runner = web.AppRunner(build_app(ctx), access_log=None, handle_signals=False)
+    limits = HttpLimits.for_listener("admin", config.server, gateway.refusals)
+    runner = web.AppRunner(
+        build_app(ctx, limits),
+        access_log=None,
+        handle_signals=False,
+        **limits.runner_options(),
+    )
     await runner.setup()
-    site = web.TCPSite(
+    site = CappedSite(
         runner,
         admin.bind,
         admin.port,
+        limits,
         reuse_address=True,
         ssl_context=server_tls.context if server_tls else None,
     )

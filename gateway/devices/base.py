@@ -19,7 +19,13 @@ if TYPE_CHECKING:
     from gateway.config import CameraConfig
 
 REDACTED = "********"
-_SECRET_KEY = re.compile(r"(password|passwd|secret|token|verificationcode|(^|\.)key$)", re.I)
+# Camera-side secrets by key name, whatever the vendor table: passwords (FTP, SMTP, PPPoE,
+# DDNS, NAS, Wi-Fi), SNMP communities, pre-shared and other keys (Wi-Fi PSK/WEP/WPA, SNMPv3
+# auth/priv, Ehome), cloud verification codes, tokens.
+_SECRET_KEY = re.compile(
+    r"(passw|pwd|passphrase|secret|token|verificationcode|community|psk|keys?\d*(\[\d+\])?$)",
+    re.I,
+)
 
 
 @dataclass(frozen=True)

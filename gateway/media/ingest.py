@@ -151,6 +151,12 @@ class PyAVIngest:
     def restart(self) -> None:
         self._restart.set()
 
+    def reconnect_with(self, url: str, username: str, password: str) -> None:
+        """New camera credentials (a configuration reload): the next session uses ``url``
+        (which embeds them); the current one is restarted, the hub's clients stay."""
+        self._url = url
+        self.restart()
+
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout)

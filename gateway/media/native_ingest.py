@@ -69,6 +69,12 @@ class NativeIngest:
     def restart(self) -> None:
         self._restart.set()
 
+    def reconnect_with(self, url: str, username: str, password: str) -> None:
+        """New camera credentials (a configuration reload): the next session uses them; the
+        current one is restarted, the hub's clients stay. ``url`` is without credentials."""
+        self._username, self._password = username, password
+        self.restart()
+
     def join(self, timeout: float | None = None) -> None:
         """Nothing to join: the reader lives on the loop (API parity with PyAV ingest)."""
 

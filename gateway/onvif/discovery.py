@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from lxml import etree
 
+from gateway.limits import KeyedBuckets, Refusals
 from gateway.onvif import netinfo
 from gateway.onvif.xml import SOAP12, WSA, WSA2004, Xml, el, parse_xml
 
@@ -94,6 +95,16 @@ def probe_matches(ep: Endpoint, relates_to: str, seq: tuple[int, int], wsa: str 
     """ProbeMatches in the WS-Addressing version the Probe used (2004/08, the one
     WS-Discovery 2005/04 names, or 2005/08, which some clients send)."""
     body = el("d:ProbeMatches", el("d:ProbeMatch", _endpoint_body(ep)))
+    to = ANONYMOUS if wsa == WSA2004 else f"{WSA}/anonymous"
+    return _envelope("ProbeMatches", body, relates_to=relates_to, to=to, seq=seq, wsa=wsa)
+
+
+def probe_matches_many(
+    eps: Sequence[Endpoint], relates_to: str, seq: tuple[int, int], wsa: str = WSA2004
+) -> bytes:
+    """One ProbeMatches holding a ProbeMatch per endpoint (WS-Discovery allows several), the
+    answer to a unicast Probe: one datagram out per probe in, whatever the camera count."""
+    body = el("d:ProbeMatches", (el("d:ProbeMatch", _endpoint_body(ep)) for ep in eps))
     to = ANONYMOUS if wsa == WSA2004 else f"{WSA}/anonymous"
     return _envelope("ProbeMatches", body, relates_to=relates_to, to=to, seq=seq, wsa=wsa)
 
@@ -256,11 +267,43 @@ class _Receiver(asyncio.DatagramProtocol):
         self.responder.received(data, addr, multicast=self.multicast)
 
 
-class DiscoveryResponder:
-    """Answers probes for ``devices`` (VirtualDevice objects) on ``bind``'s interface."""
+# Replies to one source address: PROBE_RATE probes a second answered, PROBE_BURST at once
+# (a VMS probes a few times on a scan); more are dropped (counted as refusals).
+PROBE_RATE = 1.0
+PROBE_BURST = 5
+# ProbeMatch elements in one unicast reply (a few KB); more cameras take more datagrams.
+MATCHES_PER_MESSAGE = 16
 
-    def __init__(self, bind: str, devices: Sequence[object], port: int = PORT) -> None:
+
+def allowed_networks(bind: str, allow: Sequence[str]) -> list[ipaddress.IPv4Network]:
+    """Who may probe by unicast: ``allow`` (``[server] discovery_allow``), else the subnet of
+    ``bind``'s interface (just ``bind`` if that cannot be read)."""
+    if allow:
+        return [ipaddress.IPv4Network(n, strict=False) for n in allow]
+    interface = netinfo.interface_for_address(bind)
+    prefix = interface.prefix_length if interface is not None else 32
+    return [ipaddress.IPv4Network(f"{bind}/{prefix}", strict=False)]
+
+
+class DiscoveryResponder:
+    """Answers probes for ``devices`` (VirtualDevice objects) on ``bind``'s interface.
+
+    A unicast Probe can come from anywhere with any source address, so it is the means of
+    a reflection attack: it is answered only from ``allow`` networks, with one ProbeMatches
+    for all the devices. Any probe source gets PROBE_RATE answers a second."""
+
+    def __init__(
+        self,
+        bind: str,
+        devices: Sequence[object],
+        port: int = PORT,
+        allow: Sequence[str] = (),
+        refusals: Refusals | None = None,
+    ) -> None:
         self.bind = bind
+        self.allow = allowed_networks(bind, allow)
+        self.refusals = refusals if refusals is not None else Refusals()
+        self._per_source = KeyedBuckets(PROBE_RATE, PROBE_BURST)
         # 3702 on a real network; another port lets two gateways (or a test) share a host.
         self.port = port
         self.devices = list(devices)
@@ -273,12 +316,17 @@ class DiscoveryResponder:
 
     @classmethod
     async def start(
-        cls, bind: str, devices: Sequence[object], port: int = PORT
+        cls,
+        bind: str,
+        devices: Sequence[object],
+        port: int = PORT,
+        allow: Sequence[str] = (),
+        refusals: Refusals | None = None,
     ) -> DiscoveryResponder:
         address = ipaddress.ip_address(bind)
         if address.version != 4 or address.is_unspecified:
             raise OSError(f"WS-Discovery needs one IPv4 VMS-side address, not {bind}")
-        responder = cls(bind, devices, port)
+        responder = cls(bind, devices, port, allow, refusals)
         loop = asyncio.get_running_loop()
         unicast = _unicast_socket(bind, port)
         transport, _ = await loop.create_datagram_endpoint(
@@ -336,22 +384,42 @@ class DiscoveryResponder:
             self._unicast.sendto(data, addr)
 
     def received(self, data: bytes, addr: tuple[str, int], *, multicast: bool) -> None:
+        source = addr[0]
+        if not multicast and not self._allowed(source):
+            self.refusals.log("discovery", "not_allowed", source)
+            return
         try:
             probe = Probe.parse(data)
         except ValueError:
             return  # not a probe (or hostile): dropped silently, as WS-Discovery asks
-        for ep in self.endpoints():
-            if not probe.matches(ep):
-                continue
+        if not self._per_source.take(source, time.monotonic()):
+            self.refusals.log("discovery", "rate_limited", source)
+            return
+        found = [ep for ep in self.endpoints() if probe.matches(ep)]
+        if not multicast:
+            for first in range(0, len(found), MATCHES_PER_MESSAGE):
+                group = found[first : first + MATCHES_PER_MESSAGE]
+                self._send(
+                    probe_matches_many(group, probe.message_id, self._seq(), probe.addressing),
+                    addr,
+                )
+            return
+        # Multicast: one ProbeMatches per device, each after its own random delay (the spec's
+        # APP_MAX_DELAY, so a segment's devices do not answer at once).
+        loop = asyncio.get_running_loop()
+        for ep in found:
             reply = probe_matches(ep, probe.message_id, self._seq(), probe.addressing)
-            if multicast:
-                loop = asyncio.get_running_loop()
-                self._next_key += 1
-                key = self._next_key
-                delay = random.uniform(0, APP_MAX_DELAY)
-                self._pending[key] = loop.call_later(delay, self._send_later, key, reply, addr)
-            else:
-                self._send(reply, addr)
+            self._next_key += 1
+            key = self._next_key
+            delay = random.uniform(0, APP_MAX_DELAY)
+            self._pending[key] = loop.call_later(delay, self._send_later, key, reply, addr)
+
+    def _allowed(self, source: str) -> bool:
+        try:
+            ip = ipaddress.IPv4Address(source)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.allow)
 
     def _send_later(self, key: int, data: bytes, addr: tuple[str, int]) -> None:
         self._pending.pop(key, None)
@@ -377,9 +445,18 @@ class DiscoveryResponders:
     from that address with XAddrs on it, as a camera of its own would. An address where
     discovery cannot start is logged and skipped (devices stay reachable at their XAddrs)."""
 
-    def __init__(self, default_bind: str, port: int = PORT) -> None:
+    def __init__(
+        self,
+        default_bind: str,
+        port: int = PORT,
+        allow: Sequence[str] = (),
+        refusals: Refusals | None = None,
+    ) -> None:
         self.default_bind = default_bind
         self.port = port
+        # [server] discovery_allow and the refusal counters, for every responder.
+        self.allow = allow
+        self.refusals = refusals
         self.responders: dict[str, DiscoveryResponder] = {}
 
     def address_of(self, dev: object) -> str:
@@ -387,9 +464,14 @@ class DiscoveryResponders:
 
     @classmethod
     async def start(
-        cls, default_bind: str, devices: Sequence[object], port: int = PORT
+        cls,
+        default_bind: str,
+        devices: Sequence[object],
+        port: int = PORT,
+        allow: Sequence[str] = (),
+        refusals: Refusals | None = None,
     ) -> DiscoveryResponders:
-        responders = cls(default_bind, port)
+        responders = cls(default_bind, port, allow, refusals)
         for dev in devices:
             await responders.add(dev, announce=False)
         for responder in responders.responders.values():
@@ -403,7 +485,9 @@ class DiscoveryResponders:
         responder = self.responders.get(address)
         if responder is None:
             try:
-                responder = await DiscoveryResponder.start(address, [], self.port)
+                responder = await DiscoveryResponder.start(
+                    address, [], self.port, self.allow, self.refusals
+                )
             except OSError as exc:
                 log.warning("WS-Discovery not started on %s: %s", address, exc)
                 return

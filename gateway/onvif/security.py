@@ -4,7 +4,7 @@ Every check takes ``now`` (Unix seconds) as an argument. A captured request cann
 replayed: UsernameToken ``Created`` must lie within ``window`` seconds of now and each nonce
 is remembered for that window (the devices' HTTP Digest, :mod:`gateway.digest`, remembers
 each answer in the same :class:`ReplayCache`). Repeated failures
-from one address earn a growing delay (:class:`FailureThrottle`).
+from one address earn a growing delay (:class:`gateway.limits.FailureThrottle`).
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from lxml import etree
 
 from gateway.onvif.xml import WSSE, WSU
+from gateway.store import Store
 
 # Older clients (and some firmware) use the 2002/2003 drafts of the secext namespace.
 SECEXT_NAMESPACES = (
@@ -32,6 +34,11 @@ PASSWORD_DIGEST = (
     "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-username-token-profile-1.0"
     "#PasswordDigest"
 )
+
+
+# How far ahead of the gateway's clock a UsernameToken's Created may be: a client's clock a
+# little fast is fine, a token made for later is not (docs/security.md).
+FUTURE_SKEW = 10.0
 
 
 class AuthError(Exception):
@@ -134,6 +141,10 @@ class ReplayCache:
     that first used it, within :attr:`REPEAT_WINDOW` seconds, at most :attr:`MAX_REPEATS`
     times, for a read-only operation. From another address, later, more often, or for an
     operation that changes state, it is a replay.
+
+    One cache serves every virtual device of a gateway (the devices share the VMS password,
+    so a token captured at one would otherwise be good at all the others);
+    :class:`SharedReplayCache` extends it to every worker process.
     """
 
     REPEAT_WINDOW = 1.0
@@ -155,27 +166,100 @@ class ReplayCache:
             del self._seen[key]
 
     def add(
-        self, key: bytes, now: float, *, source: str | None = None, read_only: bool = False
+        self,
+        key: bytes,
+        now: float,
+        *,
+        source: str | None = None,
+        read_only: bool = False,
+        keep: float | None = None,
     ) -> None:
-        """Remember ``key`` or raise :class:`AuthError` if it was seen in the window (but
-        for the repeat described above, which needs ``source`` and ``read_only``)."""
+        """Remember ``key`` for ``keep`` seconds (default: the window) or raise
+        :class:`AuthError` if it is remembered already (but for the repeat described above,
+        which needs ``source`` and ``read_only``)."""
         self.prune(now)
         use = self._seen.get(key)
         if use is not None:
-            repeat_ok = (
-                read_only
-                and source is not None
-                and source == use.source
-                and now - use.first <= self.REPEAT_WINDOW
-                and use.repeats < self.MAX_REPEATS
-            )
-            if not repeat_ok:
-                raise AuthError("nonce replayed")
+            self._check_repeat(use, now, source, read_only)
             use.repeats += 1
             return
         if len(self._seen) >= self.max_entries:
             raise AuthError("replay cache full; refusing until older nonces expire")
-        self._seen[key] = _Use(now + self.window, now, source)
+        self._seen[key] = _Use(now + (keep or self.window), now, source)
+
+    def _check_repeat(self, use: _Use, now: float, source: str | None, read_only: bool) -> None:
+        repeat_ok = (
+            read_only
+            and source is not None
+            and source == use.source
+            and now - use.first <= self.REPEAT_WINDOW
+            and use.repeats < self.MAX_REPEATS
+        )
+        if not repeat_ok:
+            raise AuthError("nonce replayed")
+
+
+REPLAY_DB = "replay.sqlite3"
+_REPLAY_SCHEMA = (
+    """CREATE TABLE seen (
+        key BLOB PRIMARY KEY, expiry REAL NOT NULL, first REAL NOT NULL,
+        source TEXT, repeats INTEGER NOT NULL DEFAULT 0);
+    CREATE INDEX seen_expiry ON seen (expiry);""",
+)
+
+
+class SharedReplayCache(ReplayCache):
+    """The same rules, kept in a SQLite file of the state directory (``replay.sqlite3``,
+    0600), so a nonce used at any worker process's device is refused at every other one.
+    Each check is one short ``BEGIN IMMEDIATE`` transaction (WAL, no fsync per commit):
+    ONVIF requests come at most a few a second per camera."""
+
+    PRUNE_EVERY = 5.0
+
+    def __init__(self, window: float, state_dir: str | Path, max_entries: int = 65536) -> None:
+        super().__init__(window, max_entries)
+        self.store = Store(Path(state_dir) / REPLAY_DB)
+        self.store.migrate("replay", _REPLAY_SCHEMA)
+        self._pruned = 0.0
+
+    def __len__(self) -> int:
+        return int(self.store.query("SELECT count(*) AS n FROM seen")[0]["n"])
+
+    def prune(self, now: float) -> None:
+        self.store.execute("DELETE FROM seen WHERE expiry <= ?", (now,))
+        self._pruned = now
+
+    def add(
+        self,
+        key: bytes,
+        now: float,
+        *,
+        source: str | None = None,
+        read_only: bool = False,
+        keep: float | None = None,
+    ) -> None:
+        if now - self._pruned > self.PRUNE_EVERY:
+            self.prune(now)
+        with self.store.transaction() as db:
+            row = db.execute(
+                "SELECT expiry, first, source, repeats FROM seen WHERE key = ? AND expiry > ?",
+                (key, now),
+            ).fetchone()
+            if row is not None:
+                use = _Use(row[0], row[1], row[2], row[3])
+                self._check_repeat(use, now, source, read_only)
+                db.execute("UPDATE seen SET repeats = repeats + 1 WHERE key = ?", (key,))
+                return
+            count = db.execute("SELECT count(*) FROM seen WHERE expiry > ?", (now,)).fetchone()
+            if count[0] >= self.max_entries:
+                raise AuthError("replay cache full; refusing until older nonces expire")
+            db.execute(
+                "INSERT OR REPLACE INTO seen (key, expiry, first, source) VALUES (?, ?, ?, ?)",
+                (key, now + (keep or self.window), now, source),
+            )
+
+    def close(self) -> None:
+        self.store.close()
 
 
 def is_read_only(operation: str) -> bool:
@@ -210,8 +294,13 @@ def verify_username_token(
         raise AuthError("wrong password")
     if token.created is not None:
         created = parse_created(token.created)
-        if abs(now - created) > window:
-            raise AuthError(f"Created is {now - created:+.0f} s from now, outside ±{window:g} s")
+        if now - created > window:
+            raise AuthError(f"Created is {now - created:.0f} s old, more than {window:g} s")
+        if created - now > FUTURE_SKEW:
+            # A token made for later would outlive its nonce's stay in the cache.
+            raise AuthError(
+                f"Created is {created - now:.0f} s ahead, more than {FUTURE_SKEW:g} s of clock skew"
+            )
     if token.nonce is not None:
         # Keyed on nonce and Created together: the digest binds both, so a captured request
         # replayed as-is is still refused, while clients that reuse a weak nonce within one
@@ -221,55 +310,5 @@ def verify_username_token(
             now,
             source=source,
             read_only=is_read_only(operation),
+            keep=window + FUTURE_SKEW,
         )
-
-
-# --------------------------------------------------------------------------- throttling
-
-
-class FailureThrottle:
-    """Per-address delay after repeated authentication failures.
-
-    The first ``free`` failures within ``forget_after`` seconds cost nothing; each further
-    one doubles the delay from ``base`` up to ``maximum``. At most ``max_addresses`` are
-    tracked (the least recently failing are forgotten first), so memory stays bounded.
-    """
-
-    def __init__(
-        self,
-        *,
-        free: int = 3,
-        base: float = 0.25,
-        maximum: float = 4.0,
-        forget_after: float = 300.0,
-        max_addresses: int = 4096,
-    ) -> None:
-        self.free = free
-        self.base = base
-        self.maximum = maximum
-        self.forget_after = forget_after
-        self.max_addresses = max_addresses
-        self._failures: OrderedDict[str, tuple[int, float]] = OrderedDict()
-
-    def delay(self, address: str, now: float) -> float:
-        entry = self._failures.get(address)
-        if entry is None:
-            return 0.0
-        count, last = entry
-        if now - last > self.forget_after:
-            del self._failures[address]
-            return 0.0
-        if count <= self.free:
-            return 0.0
-        return min(self.maximum, self.base * 2 ** (count - self.free - 1))
-
-    def failure(self, address: str, now: float) -> None:
-        count, last = self._failures.pop(address, (0, now))
-        if now - last > self.forget_after:
-            count = 0
-        self._failures[address] = (count + 1, now)
-        while len(self._failures) > self.max_addresses:
-            self._failures.popitem(last=False)
-
-    def success(self, address: str) -> None:
-        self._failures.pop(address, None)

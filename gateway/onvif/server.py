@@ -22,6 +22,7 @@ from lxml import etree
 
 from gateway.config import Config
 from gateway.digest import DigestAuthenticator
+from gateway.limits import CappedSite, FailureThrottle, HttpLimits, TokenBucket
 from gateway.onvif import device as device_service
 from gateway.onvif import events, imaging, media, media2, ptz
 from gateway.onvif.backend import CameraBackend
@@ -29,7 +30,6 @@ from gateway.onvif.config import OnvifSettings, camera_ports, nvr_port_of, parse
 from gateway.onvif.core import SERVICE_PATHS, Call, CameraSlot, Handler, VirtualDevice
 from gateway.onvif.security import (
     AuthError,
-    FailureThrottle,
     ReplayCache,
     UsernameToken,
     verify_username_token,
@@ -70,20 +70,42 @@ class HttpAuthRefused(AuthError):
         self.stale = stale
 
 
+# SystemReboot (the one operation that takes a device's streams down for a moment; factory
+# reset, firmware upgrade and the like are refused outright): once per device per
+# DISRUPTIVE_INTERVAL seconds. Other configuration writes (Set*, Create*, Delete*, Add*,
+# Remove*): CHANGE_RATE a second per device, CHANGE_BURST at once. Event pulls and PTZ
+# moves are not limited (a VMS pulls continuously; a joystick sends moves in bursts).
+DISRUPTIVE = frozenset({"SystemReboot"})
+DISRUPTIVE_INTERVAL = 60.0
+CHANGE_RATE = 10.0
+CHANGE_BURST = 40
+CONFIGURATION_WRITES = ("Set", "Create", "Delete", "Add", "Remove")
+
+
 @dataclass
 class Guard:
-    """Credentials, replay cache, digest nonces and failure throttle of one device."""
+    """Credentials, replay cache, digest nonces, failure throttle and the rate of
+    state-changing operations of one device. ``replay`` is shared by every device of a
+    gateway (see :class:`~gateway.onvif.security.ReplayCache`); without one given, the
+    device has its own (the simulator's devices)."""
 
     username: str
     password: str
     window: float
     allow_basic: bool = False
-    replay: ReplayCache = field(init=False)
+    replay: ReplayCache | None = None
     digest: DigestAuthenticator = field(init=False)
     throttle: FailureThrottle = field(default_factory=FailureThrottle)
+    disruptive: TokenBucket = field(
+        default_factory=lambda: TokenBucket(1.0 / DISRUPTIVE_INTERVAL, 1, time.monotonic())
+    )
+    changes: TokenBucket = field(
+        default_factory=lambda: TokenBucket(CHANGE_RATE, CHANGE_BURST, time.monotonic())
+    )
 
     def __post_init__(self) -> None:
-        self.replay = ReplayCache(self.window)
+        if self.replay is None:
+            self.replay = ReplayCache(self.window)
         # Each Digest answer is accepted once, remembered in the same replay cache as the
         # UsernameToken nonces (clients may send concurrent requests out of nc order).
         self.digest = DigestAuthenticator(
@@ -95,6 +117,19 @@ class Guard:
             algorithms=("MD5", "SHA-256"),
             count_nonces=False,
         )
+
+    @property
+    def cache(self) -> ReplayCache:
+        assert self.replay is not None  # set in __post_init__
+        return self.replay
+
+    def admit_change(self, operation: str, now: float) -> bool:
+        """Whether a state-changing ``operation`` may run now (``now``: monotonic)."""
+        if operation in DISRUPTIVE:
+            return self.disruptive.take(now)
+        if operation.startswith(CONFIGURATION_WRITES):
+            return self.changes.take(now)
+        return True
 
     def _password_of(self, username: str) -> str | None:
         known = hmac.compare_digest(username.encode(), self.username.encode())
@@ -110,7 +145,7 @@ class Guard:
                 password=self.password,
                 now=now,
                 window=self.window,
-                replay=self.replay,
+                replay=self.cache,
                 source=request.remote,
                 operation=etree.QName(soap.operation).localname if soap is not None else "",
             )
@@ -123,18 +158,26 @@ class Guard:
             raise HttpAuthRefused(f"HTTP auth: {result.reason}", stale=result.stale)
         if result.answer:  # Digest (Basic, when allowed, has no nonce to replay)
             try:
-                self.replay.add(b"digest:" + result.answer.encode(), now)
+                self.cache.add(b"digest:" + result.answer.encode(), now)
             except AuthError as exc:
                 raise HttpAuthRefused(f"HTTP auth: {exc}") from None
 
 
-def _guard(device: VirtualDevice) -> Guard:
+def _guard(device: VirtualDevice, replay: ReplayCache | None = None) -> Guard:
+    """The device's guard, made on first use (with ``replay`` as its replay cache)."""
     guard = getattr(device, "_guard", None)
     if guard is None:
         settings = device.settings
-        guard = Guard(device.username, device.password, settings.auth_window, settings.allow_basic)
+        guard = Guard(
+            device.username, device.password, settings.auth_window, settings.allow_basic, replay
+        )
         device._guard = guard  # type: ignore[attr-defined]
     return guard
+
+
+def share_replay_cache(device: VirtualDevice, replay: ReplayCache) -> None:
+    """Make ``device`` check nonces in ``replay``, the cache of all the gateway's devices."""
+    _guard(device, replay)
 
 
 def _remote(request: web.Request) -> str:
@@ -150,12 +193,15 @@ def _local(request: web.Request) -> tuple[str, int]:
 
 
 def _fault_response(
-    fault: SoapFault, soap_ns: str = SOAP12, challenges: Sequence[str] = ()
+    fault: SoapFault,
+    soap_ns: str = SOAP12,
+    challenges: Sequence[str] = (),
+    headers: Mapping[str, str] | None = None,
 ) -> web.Response:
     response = web.Response(
         body=fault.to_bytes(soap_ns),
         status=fault.http_status,
-        headers={"Content-Type": content_type(soap_ns)},
+        headers={"Content-Type": content_type(soap_ns), **(headers or {})},
     )
     for value in challenges:
         response.headers.add("WWW-Authenticate", value)
@@ -230,6 +276,23 @@ async def handle_soap(request: web.Request) -> web.StreamResponse:
         refusal = await _authenticate(request, device, soap, now)
         if refusal is not None:
             return refusal
+        if not _guard(device).admit_change(soap.name, time.monotonic()):
+            log.warning(
+                "%s: %s refused: too many state-changing requests",
+                device.name,
+                soap.name,
+                extra={"peer": _remote(request), "ratelimit": True},
+            )
+            return _fault_response(
+                SoapFault(
+                    "Receiver",
+                    ("ter:Action",),
+                    f"{soap.name} refused: too many such requests; retry later",
+                    http_status=503,
+                ),
+                soap.soap_ns,
+                headers={"Retry-After": "60" if soap.name in DISRUPTIVE else "1"},
+            )
     local_ip, local_port = _local(request)
     call = Call(
         device, soap, local_ip, local_port, now, request.path, _remote(request), request.secure
@@ -296,8 +359,8 @@ def install(app: web.Application, device: VirtualDevice) -> None:
     app.cleanup_ctx.append(lifecycle)
 
 
-def make_app(device: VirtualDevice) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES)
+def make_app(device: VirtualDevice, limits: HttpLimits) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[limits.body_deadline()])
     install(app, device)
     return app
 
@@ -380,22 +443,26 @@ def build_devices(
 
 
 async def serve_device(
-    device: VirtualDevice, bind: str, tls: ssl.SSLContext | None = None
+    device: VirtualDevice, bind: str, tls: ssl.SSLContext | None, limits: HttpLimits
 ) -> web.AppRunner:
     """Serve ``device`` on its own address (``device.bind``), else ``bind``, at
     ``device.port`` (unless ``device.http`` is off) and over HTTPS with ``tls`` on
-    ``device.https_port`` when it has one; ``await runner.cleanup()`` stops it. Raises
-    ``OSError`` if a port cannot be bound."""
+    ``device.https_port`` when it has one, within ``limits`` (shared by all the devices of a
+    gateway); ``await runner.cleanup()`` stops it. Raises ``OSError`` if a port cannot be
+    bound."""
     bind = device.bind or bind
-    runner = web.AppRunner(make_app(device), access_log=None)
+    app = make_app(device, limits)
+    runner = web.AppRunner(app, access_log=None, **limits.runner_options())
     await runner.setup()
     try:
         if device.http:
-            await web.TCPSite(runner, bind, device.port, reuse_address=True).start()
+            await CappedSite(runner, bind, device.port, limits, reuse_address=True).start()
         if device.https_port is not None:
             if tls is None:
                 raise OSError(f"ONVIF device {device.name}: HTTPS port but no certificate")
-            site = web.TCPSite(runner, bind, device.https_port, ssl_context=tls, reuse_address=True)
+            site = CappedSite(
+                runner, bind, device.https_port, limits, ssl_context=tls, reuse_address=True
+            )
             await site.start()
     except BaseException:
         await runner.cleanup()
@@ -417,14 +484,21 @@ async def start_onvif(
     settings = parse_settings(config)
     devices = build_devices(config, backends, settings, clock=clock)
     servers = OnvifServers(devices, [])
+    limits = HttpLimits.for_listener("onvif", config.server)
+    replay = ReplayCache(settings.auth_window)
+    for dev in devices:
+        share_replay_cache(dev, replay)
     try:
         for dev in devices:
-            servers.runners.append(await serve_device(dev, config.server.bind, tls))
+            servers.runners.append(await serve_device(dev, config.server.bind, tls, limits))
         if settings.discovery and devices:
             from gateway.onvif.discovery import DiscoveryResponders
 
             servers.discovery = await DiscoveryResponders.start(
-                config.server.bind, devices, config.server.discovery_port
+                config.server.bind,
+                devices,
+                config.server.discovery_port,
+                config.server.discovery_allow,
             )
     except BaseException:
         await servers.close()

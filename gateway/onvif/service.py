@@ -14,10 +14,13 @@ added and removed cameras and leaves the others running.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import secrets
 import sqlite3
 import ssl
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Generic, TypeVar
@@ -27,6 +30,7 @@ from aiohttp import web
 from gateway.backoff import Backoff
 from gateway.config import CameraConfig, Config, ConfigError
 from gateway.devices.base import DeviceIdentity as InventoryIdentity
+from gateway.limits import HttpLimits
 from gateway.onvif.backend import (
     VENDOR_NAMES,
     AudioInfo,
@@ -41,7 +45,8 @@ from gateway.onvif.forward import CameraServiceForwarder
 from gateway.onvif.imaging import OnvifImagingForwarder
 from gateway.onvif.motion import CameraMotion, motion_source_for
 from gateway.onvif.ptz import OnvifPtzForwarder
-from gateway.onvif.server import serve_device
+from gateway.onvif.security import ReplayCache, SharedReplayCache
+from gateway.onvif.server import serve_device, share_replay_cache
 from gateway.onvif.xml import SoapFault
 from gateway.view import GatewayView, StreamStatus
 
@@ -57,6 +62,7 @@ AUDIO_CODECS = {"PCMU": "G711", "PCMA": "G711", "AAC": "AAC"}
 UUID_MIGRATIONS = (
     "CREATE TABLE onvif_device_uuid ("
     " camera TEXT PRIMARY KEY, uuid TEXT NOT NULL, first_served REAL NOT NULL)",
+    "CREATE TABLE onvif_uuid_secret (secret BLOB NOT NULL)",
 )
 
 
@@ -114,15 +120,20 @@ class InventoryIdentities:
         )
 
     def device_uuid(self, name: str, computed: str) -> str:
-        """The urn:uuid this camera's virtual device was first served with, or ``computed``
+        """The urn:uuid this camera's virtual device was first served with, or a new one
         (remembered from now on). A VMS keys devices on it, so it must not change when the
-        inventory later learns the camera's serial, nor across restarts."""
+        inventory later learns the camera's serial, nor across restarts, nor on upgrade.
+
+        A new one is ``computed`` (from the camera's serial, MAC or address and name) hashed
+        again under this gateway's own random secret: WS-Discovery announces the uuid to
+        anyone, and it must not give away the camera's address or serial."""
         if self._store is None:
             return computed
         try:
             rows = self._store.query("SELECT uuid FROM onvif_device_uuid WHERE camera = ?", (name,))
             if rows:
                 return str(rows[0]["uuid"])
+            computed = f"urn:uuid:{uuid.uuid5(self._namespace(), computed)}"
             self._store.execute(
                 "INSERT INTO onvif_device_uuid(camera, uuid, first_served) VALUES (?, ?, ?)",
                 (name, computed, time.time()),
@@ -130,6 +141,18 @@ class InventoryIdentities:
         except sqlite3.Error as exc:
             log.warning("ONVIF: cannot keep the device uuid of %s: %s", name, exc)
         return computed
+
+    def _namespace(self) -> uuid.UUID:
+        """The gateway's uuid namespace, from a random secret made on first use."""
+        assert self._store is not None
+        with self._store.transaction() as db:
+            row = db.execute("SELECT secret FROM onvif_uuid_secret").fetchone()
+            if row is None:
+                secret = secrets.token_bytes(32)
+                db.execute("INSERT INTO onvif_uuid_secret (secret) VALUES (?)", (secret,))
+            else:
+                secret = bytes(row[0])
+        return uuid.UUID(bytes=hashlib.sha256(b"onvif-device-uuid:" + secret).digest()[:16])
 
     def close(self) -> None:
         if self._store is not None:
@@ -379,6 +402,16 @@ class DeviceEntry:
     backend: RuntimeCamera | None = None
 
 
+def shared_replay_cache(window: float, state_dir: str) -> ReplayCache:
+    """The replay cache every device (and worker process) shares; in memory, for this
+    process's devices alone, when the state directory cannot hold it."""
+    try:
+        return SharedReplayCache(window, state_dir)
+    except (OSError, sqlite3.Error) as exc:
+        log.warning("ONVIF: replay cache in memory only (%s: %s)", state_dir, exc)
+        return ReplayCache(window)
+
+
 class OnvifService:
     """The virtual devices of a running gateway, following its configuration."""
 
@@ -387,6 +420,11 @@ class OnvifService:
         self.config: Config = gateway.config
         self.settings = parse_settings(self.config)
         self.identities = InventoryIdentities(self.config.state_dir)
+        # One cap on connections for every device's port together (docs/security.md).
+        self.http_limits = HttpLimits.for_listener("onvif", self.config.server, gateway.refusals)
+        # Every device's nonces in one cache, in the state directory so the worker processes
+        # share it: a token captured at one camera's device is refused at all the others.
+        self.replay = shared_replay_cache(self.settings.auth_window, self.config.state_dir)
         self.cameras: dict[str, DeviceEntry] = {}
         self.nvr: DeviceEntry | None = None
         self.discovery: DiscoveryResponders | None = None
@@ -431,6 +469,7 @@ class OnvifService:
             prefer_rtsps=self.config.server.prefer_rtsps,
         )
         device.uuid = self.identities.device_uuid("nvr" if nvr else name, device.uuid)
+        share_replay_cache(device, self.replay)
         return device
 
     async def start(self) -> None:
@@ -442,7 +481,11 @@ class OnvifService:
             await self._rebuild_nvr()
             if self.settings.discovery:
                 self.discovery = await DiscoveryResponders.start(
-                    self.config.server.bind, self.devices, self.config.server.discovery_port
+                    self.config.server.bind,
+                    self.devices,
+                    self.config.server.discovery_port,
+                    self.config.server.discovery_allow,
+                    self.gateway.refusals,
                 )
         except BaseException:
             await self.close()
@@ -458,7 +501,9 @@ class OnvifService:
             cam.name, [CameraSlot(cam, backend)], nvr=False, port=port, bind=cam.bind or ""
         )
         try:
-            runner = await serve_device(device, self.config.server.bind, self._tls())
+            runner = await serve_device(
+                device, self.config.server.bind, self._tls(), self.http_limits
+            )
         except BaseException:
             await backend.close()
             raise
@@ -493,7 +538,7 @@ class OnvifService:
             return
         port = nvr_port_of(self.config, self.settings.nvr_port)
         device = self._virtual("nvr", slots, nvr=True, port=port)
-        runner = await serve_device(device, self.config.server.bind, self._tls())
+        runner = await serve_device(device, self.config.server.bind, self._tls(), self.http_limits)
         self.nvr = DeviceEntry(device, runner)
         if self.discovery is not None:
             await self.discovery.add(device)
@@ -519,6 +564,7 @@ class OnvifService:
             or config.server.prefer_rtsps != old.server.prefer_rtsps
         )
         self.config, self.settings = config, settings
+        self.replay.window = settings.auth_window
         ports = camera_ports(config)
         wanted = {cam.name: cam for cam in config.cameras if cam.enabled}
         changed = False
@@ -546,7 +592,11 @@ class OnvifService:
                 log.error("ONVIF: NVR device not started: %s", exc)
         if everything and settings.discovery and self.devices:
             self.discovery = await DiscoveryResponders.start(
-                config.server.bind, self.devices, config.server.discovery_port
+                config.server.bind,
+                self.devices,
+                config.server.discovery_port,
+                config.server.discovery_allow,
+                self.gateway.refusals,
             )
 
     async def close(self) -> None:
@@ -559,6 +609,8 @@ class OnvifService:
         for entry in reversed(entries):
             await self._remove(entry)
         self.identities.close()
+        if isinstance(self.replay, SharedReplayCache):
+            self.replay.close()
 
 
 async def start(gateway: GatewayView) -> OnvifService:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.devices.base import REDACTED, is_secret_key, redact
 from gateway.store import Store
 
 MIGRATIONS = [
@@ -165,6 +166,8 @@ class PolicyStore:
                     continue
                 drifted = enforced is not None and key in enforced and enforced[key] == before
                 kind = "setting_drifted" if drifted else "setting_changed"
+                if is_secret_key(key):  # that it changed is news; the values are secrets
+                    before, after = _hidden(before), _hidden(after)
                 events.append(HistoryEvent(kind, key, before, after))
         if error is not None and previous is not None:
             identity = identity or previous["identity"]
@@ -184,7 +187,7 @@ class PolicyStore:
                     vendor,
                     json.dumps(dict(identity)) if identity else None,
                     json.dumps(services),
-                    json.dumps(dict(settings), sort_keys=True),
+                    json.dumps(redact(settings), sort_keys=True),
                     error,
                 ),
             )
@@ -202,7 +205,7 @@ class PolicyStore:
             sql += " WHERE camera = ?"
             params = (camera,)
         rows = self.store.query(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))
-        return [dict(row) for row in reversed(rows)]
+        return [_redacted_entry(dict(row)) for row in reversed(rows)]
 
     # ------------------------------------------------------------------ findings
 
@@ -271,6 +274,16 @@ class PolicyStore:
         return {row["key"]: row["after"] for row in rows}
 
 
+def _hidden(value: str | None) -> str | None:
+    return REDACTED if value else value
+
+
+def _redacted_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    if entry.get("key") and is_secret_key(str(entry["key"])):
+        entry["before"], entry["after"] = _hidden(entry["before"]), _hidden(entry["after"])
+    return entry
+
+
 def _snapshot(row: sqlite3.Row) -> dict[str, Any]:
     return {
         "camera": row["camera"],
@@ -278,7 +291,8 @@ def _snapshot(row: sqlite3.Row) -> dict[str, Any]:
         "vendor": row["vendor"],
         "identity": json.loads(row["identity"]) if row["identity"] else None,
         "services": json.loads(row["services"]),
-        "settings": json.loads(row["settings"]),
+        # Redacted on the way out too: rows stored before a key was known to be secret.
+        "settings": redact(json.loads(row["settings"])),
         "error": row["error"],
     }
 

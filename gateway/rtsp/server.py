@@ -27,13 +27,20 @@ import socket
 import ssl
 import time
 import zlib
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import cast
 
 from gateway.codecs.sdp import SdpTrack, session_sdp
-from gateway.digest import DigestAuthenticator
+from gateway.digest import DigestAuthenticator, parse_auth_params, split_scheme
+from gateway.limits import (
+    ConnectionCounter,
+    FailureThrottle,
+    ListenerCaps,
+    Refusals,
+    TokenBucket,
+)
 from gateway.rtp.frame import Frame
 from gateway.rtp.interleaved import interleave
 from gateway.rtsp.message import (
@@ -65,9 +72,10 @@ ALLOWED_METHODS = (
 )
 _TRACK_RE = re.compile(r"^(?P<base>.*?)/?trackID=(?P<track>\d{1,3})$")
 MAX_SESSIONS_PER_CONNECTION = 16
-MAX_CONNECTIONS = 4096
 # Seconds a client has to complete the TLS handshake on the RTSPS listener.
 TLS_HANDSHAKE_TIMEOUT = 10.0
+# How many maximal failed-login delays one address may have queued (see Handler._refuse_login).
+AUTH_QUEUE_DELAYS = 4
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,28 @@ class ServerLimits:
     send_budget: int = 4 * 1024 * 1024
     stall_timeout: float = 10.0
     describe_timeout: float = 10.0
+    # A request's header section and body must arrive within this many seconds.
+    request_timeout: float = 5.0
+    # A connection with no playing session and no request for this long is closed (one with
+    # a session set up but not playing gets session_timeout, as its Session header says).
+    idle_timeout: float = 30.0
+    # A connection whose responses stay unread this long is closed.
+    write_timeout: float = 10.0
+    # Reading stops while more than this many bytes of responses wait to be sent (a
+    # connection without a playing session: a playing one is governed by send_budget).
+    output_budget: int = 64 * 1024
+    # Requests before the connection has authenticated: per connection, and for the server.
+    preauth_rate: float = 10.0
+    preauth_burst: int = 20
+    global_preauth_rate: float = 1000.0
+    # Connections held by the server, and by one source address.
+    max_connections: int = 4096
+    connections_per_address: int = 2048
+    # Failed logins: a delay growing per source address (after the first), up to
+    # auth_delay_max seconds; the connection closes after auth_failures_to_close of them.
+    auth_delay_base: float = 0.5
+    auth_delay_max: float = 8.0
+    auth_failures_to_close: int = 3
 
 
 @dataclass(frozen=True)
@@ -303,13 +333,20 @@ class RtspServer:
         limits: ServerLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
         handoff: HandOff | None = None,
+        refusals: Refusals | None = None,
     ) -> None:
         self.resolve = resolve
         self.handoff = handoff
         self.authenticator = authenticator
         self.server_name = server_name
-        self.limits = limits or ServerLimits()
         self.clock = clock
+        self.refusals = refusals if refusals is not None else Refusals()
+        self.counter = ConnectionCounter(ListenerCaps(1, 1), "rtsp", self.refusals)
+        self.auth_throttle = FailureThrottle()
+        # Per source address: when its last delayed failed-login answer goes out.
+        self.auth_answers: OrderedDict[str, float] = OrderedDict()
+        self.preauth = TokenBucket(1.0, 1.0, clock())
+        self.limits = limits or ServerLimits()
         self.sessions: dict[str, ServerSession] = {}
         self.connections: set[RtspConnection] = set()
         self.udp_rtp: asyncio.DatagramTransport | None = None
@@ -327,6 +364,25 @@ class RtspServer:
         self.host = ""
         self.port = 0
         self.tls_port: int | None = None
+
+    @property
+    def limits(self) -> ServerLimits:
+        return self._limits
+
+    @limits.setter
+    def limits(self, limits: ServerLimits) -> None:
+        # A reload may change them; connections already counted stay counted.
+        self._limits = limits
+        self.counter.caps = ListenerCaps(limits.max_connections, limits.connections_per_address)
+        self.auth_throttle.free = 1
+        self.auth_throttle.base = limits.auth_delay_base
+        self.auth_throttle.maximum = limits.auth_delay_max
+        self.preauth.rate = limits.global_preauth_rate
+        self.preauth.burst = limits.global_preauth_rate
+
+    def refuse(self, reason: str, peer: str, **fields: object) -> None:
+        """Count a refusal and log it (one line per source address and interval)."""
+        self.refusals.log("rtsp", reason, peer, **fields)
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
         self._reuse_port = reuse_port
@@ -485,7 +541,8 @@ class RtspServer:
 
     def _schedule_reaper(self) -> None:
         loop = asyncio.get_running_loop()
-        self._reaper = loop.call_later(5.0, self._reap)
+        interval = max(0.05, min(1.0, self.limits.request_timeout / 4))
+        self._reaper = loop.call_later(interval, self._reap)
 
     def _reap(self) -> None:
         now = self.clock()
@@ -493,6 +550,8 @@ class RtspServer:
         for session in list(self.sessions.values()):
             if not session.tcp and now - session.last_activity > timeout:
                 session.close_for("session timed out")
+        for conn in list(self.connections):
+            conn.check_timeouts(now)
         self._schedule_reaper()
 
 
@@ -510,7 +569,14 @@ class _RtcpIn(asyncio.DatagramProtocol):
 
 
 class RtspConnection(asyncio.Protocol):
-    """One control connection: parses requests, answers them in order, carries TCP media."""
+    """One control connection: parses requests, answers them in order, carries TCP media.
+
+    One request at a time: the parser is asked for the next request only once the previous
+    one is answered, and reading stops (the transport is paused) while a request waits, so a
+    client pipelining requests at full speed holds at most one socket read in memory. After
+    each request the serving task yields to the event loop, so frames for every other client
+    go out between any two requests of one connection.
+    """
 
     def __init__(self, server: RtspServer, *, secure: bool = False) -> None:
         self.server = server
@@ -520,16 +586,54 @@ class RtspConnection(asyncio.Protocol):
         self.peer: tuple[str, int] = ("", 0)
         self.local: tuple[str, int] = ("", 0)
         self.sessions: set[str] = set()
-        # Requests waiting for their answer, served in order by one task at a time.
+        # The request being answered (at most one; more stay unparsed in the parser).
         self._queue: deque[RtspRequest] = deque()
         self._serving: asyncio.Task[None] | None = None
         self._handing_off = False
         self.handoff_allowed = not secure
         self._closed = False
+        self._counted = False
+        self._reading = True
+        # Set while the transport's buffer is under its high-water mark (output_budget).
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self.authenticated = False
+        self.auth_failures = 0
+        limits = server.limits
+        now = server.clock()
+        self._bucket = TokenBucket(limits.preauth_rate, limits.preauth_burst, now)
+        self.last_request = now
+        # When the bytes of a request still incomplete began to arrive (None between them).
+        self._partial_since: float | None = None
+        # Digest nonces this connection was challenged with (the latest few).
+        self._nonces: deque[str] = deque(maxlen=4)
 
     @property
     def peer_text(self) -> str:
         return f"{self.peer[0]}:{self.peer[1]}"
+
+    def remember_challenge(self, www_authenticate: str) -> None:
+        scheme, rest = split_scheme(www_authenticate)
+        if scheme == "digest":
+            with contextlib.suppress(ValueError):
+                nonce = parse_auth_params(rest).get("nonce")
+                if nonce:
+                    self._nonces.append(nonce)
+
+    def answer_bound(self, authorization: str) -> bool:
+        """Whether a valid Authorization may be used on this connection. A Digest answer
+        without qop=auth has nothing that counts it (most RTSP clients send none), so a
+        captured one would work on any connection for the nonce's lifetime: it is taken
+        only on the connection the nonce was given to; elsewhere the client is asked to
+        answer a fresh nonce (stale, not a failed login)."""
+        scheme, rest = split_scheme(authorization)
+        if scheme != "digest":
+            return True
+        try:
+            params = parse_auth_params(rest)
+        except ValueError:
+            return False
+        return "qop" in params or params.get("nonce") in self._nonces
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -541,14 +645,22 @@ class RtspConnection(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if len(self.server.connections) >= MAX_CONNECTIONS:
-            transport.write(bytes(RtspResponse(503, headers={"CSeq": "0"})))
+        refused = self.server.counter.admit(self.peer[0])
+        if refused is not None:
+            transport.write(bytes(RtspResponse(503, headers={"CSeq": "0", "Retry-After": "5"})))
+            self._closed = True
             transport.close()
             return
+        self._counted = True
+        transport.set_write_buffer_limits(high=self.server.limits.output_budget)
         self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self._writable.set()  # wakes a serving task waiting for the client to read
+        if self._counted:
+            self._counted = False
+            self.server.counter.release(self.peer[0])
         self.server.connections.discard(self)
         for sid in list(self.sessions):
             session = self.server.sessions.get(sid)
@@ -556,32 +668,89 @@ class RtspConnection(asyncio.Protocol):
                 self.server.end_session(session)
         self.transport = None
 
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
     def close(self) -> None:
         if self.transport is not None and not self._closed:
             self._closed = True
             self.transport.close()
 
+    def playing(self) -> bool:
+        """Whether a session of this connection is playing."""
+        sessions = self.server.sessions
+        return any((s := sessions.get(sid)) is not None and s.playing for sid in self.sessions)
+
+    def check_timeouts(self, now: float) -> None:
+        """Close the connection when a request is too slow to arrive or it idles too long
+        (called by the server's reaper about every second)."""
+        if self._closed or self._handing_off:
+            return
+        limits = self.server.limits
+        if self._partial_since is not None and now - self._partial_since > limits.request_timeout:
+            self.server.refuse("request_timeout", self.peer[0])
+            if self.transport is not None:
+                self.transport.write(bytes(RtspResponse(408, headers={"CSeq": "0"})))
+            self.close()
+            return
+        if self._serving is not None or self.playing():
+            return
+        idle = limits.session_timeout if self.sessions else limits.idle_timeout
+        if now - self.last_request > idle:
+            log.info(
+                "idle RTSP connection closed",
+                extra={"peer": self.peer_text, "idle_seconds": round(now - self.last_request)},
+            )
+            self.close()
+
     def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        self.parser.feed(data)
+        if self._serving is None and not self._handing_off:
+            self._next_request()
+
+    def _next_request(self) -> bool:
+        """Parse up to the next request; True when one is queued (reading paused), False
+        when more bytes are needed (reading resumed) or the connection failed."""
         parser = self.parser
-        parser.feed(data)
         while True:
             try:
                 event = parser.next_event()
             except RtspProtocolError as exc:
                 self._reject(exc)
-                return
+                return False
             if event is NEED_DATA:
-                return
+                if parser.idle:
+                    self._partial_since = None
+                elif self._partial_since is None:
+                    self._partial_since = self.server.clock()
+                self._set_reading(True)
+                return False
             if isinstance(event, InterleavedFrame):
                 self._touch_by_channel(event.channel)
             elif isinstance(event, RtspRequest):
-                if len(self._queue) >= 16:
-                    self._reject(RtspProtocolError(400, "too many pipelined requests"))
-                    return
+                self._partial_since = None
+                self.last_request = self.server.clock()
                 self._queue.append(event)
-                if self._serving is None and not self._handing_off:
+                self._set_reading(False)
+                if self._serving is None:
                     self._serving = asyncio.ensure_future(self._serve())
+                return True
             # Responses from a client are not expected; ignore them.
+
+    def _set_reading(self, on: bool) -> None:
+        transport = self.transport
+        if on == self._reading or transport is None or self._closed:
+            return
+        self._reading = on
+        if on:
+            transport.resume_reading()
+        else:
+            transport.pause_reading()
 
     def _reject(self, exc: RtspProtocolError) -> None:
         log.info("malformed RTSP input", extra={"peer": self.peer_text, "error": str(exc)})
@@ -596,18 +765,50 @@ class RtspConnection(asyncio.Protocol):
             if session is not None and channel - 1 in session.channels.values():
                 session.last_activity = now
 
+    def _admission_delay(self) -> float:
+        """Seconds the next request must wait: none once the connection has authenticated,
+        else what the connection's and the server's pre-authentication buckets say."""
+        if self.authenticated:
+            return 0.0
+        now = self.server.clock()
+        wait = max(self._bucket.wait(now), self.server.preauth.wait(now))
+        if wait == 0.0:
+            self._bucket.take(now)
+            self.server.preauth.take(now)
+        return wait
+
     async def _serve(self) -> None:
-        """Answer the queued requests in order; ends when the queue is empty."""
+        """Answer requests one at a time, in order, until no complete one is buffered."""
+        limits = self.server.limits
         try:
             while self._queue and not self._closed:
                 if self.handoff_allowed and self._hand_off():
                     return
+                delay = self._admission_delay()
+                if delay > 0:
+                    self.server.refuse("rate_limited", self.peer[0])
+                    await asyncio.sleep(delay)
+                    continue
                 waiting = Handler(self, self._queue.popleft()).run()
                 if waiting is not None:
                     try:
                         await waiting
                     except Exception:  # one failed request must not stall the connection
                         log.exception("RTSP request failed", extra={"peer": self.peer_text})
+                if not self._writable.is_set() and not self.playing():
+                    # The client does not read its responses: read nothing more from it
+                    # until it does, and give up on it after write_timeout.
+                    try:
+                        await asyncio.wait_for(self._writable.wait(), limits.write_timeout)
+                    except TimeoutError:
+                        self.server.refuse("write_timeout", self.peer[0])
+                        if self.transport is not None:
+                            self.transport.abort()
+                        return
+                # Let the event loop send frames (and serve others) before the next request.
+                await asyncio.sleep(0)
+                if not self._closed and not self._handing_off:
+                    self._next_request()
         finally:
             self._serving = None
 
@@ -628,7 +829,7 @@ class RtspConnection(asyncio.Protocol):
         data = b"".join(bytes(r) for r in self._queue) + self.parser.take_buffered()
         self._queue.clear()
         self._handing_off = True
-        self.transport.pause_reading()
+        self._set_reading(False)
         task = asyncio.ensure_future(asyncio.to_thread(send, sock, data))
         task.add_done_callback(lambda t: self._handed_off(t, data))
         return True
@@ -645,14 +846,15 @@ class RtspConnection(asyncio.Protocol):
                 },
             )
             self._handing_off = False
-            if self.transport is not None:
-                self.transport.resume_reading()
             self.data_received(data)
             return
         # The owner holds its own descriptor of the connection now; ours just goes away.
         log.info("client connection handed to the camera's worker", extra={"peer": self.peer_text})
         self._closed = True
         self.server.connections.discard(self)
+        if self._counted:
+            self._counted = False
+            self.server.counter.release(self.peer[0])
         if self.transport is not None:
             self.transport.abort()
 
@@ -708,8 +910,9 @@ class Handler:
         if req.headers.get("Require"):
             self.respond(551, {"Unsupported": req.headers.get("Require") or ""})
             return None
-        if not self._authorized():
-            return None
+        verdict = self._authorized()
+        if verdict is not True:
+            return verdict or None
         if method == "DESCRIBE":
             return self.describe()
         if method == "SETUP":
@@ -718,26 +921,71 @@ class Handler:
             getattr(self, method.lower())()
         return None
 
-    def _authorized(self) -> bool:
+    def _authorized(self) -> bool | Coroutine[None, None, None]:
+        """True when the request may proceed, False when it was answered with a challenge;
+        else the refusal to await (a 401 after a delay, for a failed login)."""
         auth = self.server.authenticator
+        conn = self.conn
         if auth is None:
+            conn.authenticated = True
             return True
         now = time.time()
         header = self.request.headers.get("Authorization")
         result = None
+        stale = False
         if header:
             result = auth.authenticate(self.request.method, header, now, uri=self.request.uri)
+            stale = result.stale
             if result.username is not None:
-                return True
-        if header:
-            log.warning(
-                "RTSP authentication failed", extra={"peer": self.conn.peer_text, "ratelimit": True}
-            )
+                if conn.answer_bound(header):
+                    conn.authenticated = True
+                    self.server.auth_throttle.success(conn.peer[0])
+                    return True
+                stale = True  # a no-qop answer to a nonce this connection was not given
         response = RtspResponse.for_request(self.request, 401)
-        for value in auth.challenge(now, stale=bool(result and result.stale)):
+        for value in auth.challenge(now, stale=stale):
             response.headers.add("WWW-Authenticate", value)
-        self.conn.send(response)
-        return False
+            conn.remember_challenge(value)
+        if not header or stale:
+            # A first request without credentials, or a client re-answering an expired
+            # nonce: the ordinary Digest exchange, not a failure.
+            conn.send(response)
+            return False
+        return self._refuse_login(response)
+
+    async def _refuse_login(self, response: RtspResponse) -> None:
+        """A failed login: counted against the source address, answered after that address's
+        delay, and the connection closed after a few failures.
+
+        The delayed answers of one address go out one after the other (each waits for the
+        one before it), so parallel connections guess no faster than one; when that queue
+        is longer than AUTH_QUEUE_DELAYS delays, the connection is closed unanswered."""
+        server, conn = self.server, self.conn
+        address = conn.peer[0]
+        clock = server.clock()
+        delay = server.auth_throttle.delay(address, clock)
+        server.auth_throttle.failure(address, clock)
+        conn.auth_failures += 1
+        server.refuse(
+            "auth_failure", address, failures=server.auth_throttle.failures(address, clock)
+        )
+        if delay:
+            answer_at = max(clock, server.auth_answers.get(address, clock)) + delay
+            if answer_at - clock > AUTH_QUEUE_DELAYS * server.limits.auth_delay_max:
+                server.refuse("auth_queue_full", address)
+                conn.close()
+                return
+            server.auth_answers.pop(address, None)
+            server.auth_answers[address] = answer_at
+            while len(server.auth_answers) > 4096:
+                server.auth_answers.popitem(last=False)
+            await asyncio.sleep(answer_at - clock)
+        if conn.auth_failures >= server.limits.auth_failures_to_close:
+            response.headers.set("Connection", "close")
+            conn.send(response)
+            conn.close()
+            return
+        conn.send(response)
 
     def _resolve(self) -> tuple[StreamSource | None, int | None, str]:
         path = request_path(self.request.uri)

@@ -1,0 +1,67 @@
+"""A configuration reload keeps a camera's viewers when its streams stay the same (only its
+credentials or a setting other services use changed), and a service failing to follow a
+reload is logged, not lost."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import pytest
+
+from gateway.config import Secret
+from gateway.rtsp.client import RtspReader
+from gateway.runtime import Gateway
+from tests.conftest import stream_url
+
+
+async def test_a_settings_or_credentials_change_keeps_the_viewers(
+    gateway: Gateway, vms_password: str
+) -> None:
+    reader = RtspReader(stream_url(gateway, "hik1", "main", vms_password))
+    await reader.start()
+    try:
+        await reader.wait_frames(5, timeout=15, media="video")
+        hub = gateway.hub("hik1", "main")
+        cams = list(gateway.config.cameras)
+        hik = next(i for i, c in enumerate(cams) if c.name == "hik1")
+        cams[hik] = dataclasses.replace(cams[hik], ptz="disabled")
+        changes = await gateway.reload(dataclasses.replace(gateway.config, cameras=cams))
+        assert changes["changed"] == ["hik1"]
+        assert gateway.hub("hik1", "main") is hub  # the same stream, the same viewers
+        received = reader.tracks[0].frames
+        await reader.wait_frames(received + 10, timeout=10, media="video")
+        # New credentials reconnect the camera under the viewer: it keeps receiving.
+        sessions = hub.upstream_sessions if hub else 0
+        same = cams[hik].password.reveal()
+        cams[hik] = dataclasses.replace(cams[hik], password=Secret(same + " "))
+        await gateway.reload(dataclasses.replace(gateway.config, cameras=cams))
+        cams[hik] = dataclasses.replace(cams[hik], password=Secret(same))
+        await gateway.reload(dataclasses.replace(gateway.config, cameras=cams))
+        assert gateway.hub("hik1", "main") is hub
+        received = reader.tracks[0].frames
+        await reader.wait_frames(received + 10, timeout=20, media="video")
+        assert hub is not None and hub.upstream_sessions > sessions
+    finally:
+        await reader.close()
+
+
+async def test_a_failing_service_is_logged_and_the_others_follow(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    followed = []
+
+    async def broken(config: object) -> None:
+        raise RuntimeError("cannot apply")
+
+    async def fine(config: object) -> None:
+        followed.append(config)
+
+    gateway.reload_hooks[:] = [broken, fine]
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        changes = await gateway.reload(gateway.config)
+    assert followed == [gateway.config]
+    assert changes["failed"] and "broken" in changes["failed"][0]
+    assert any(
+        r.levelno == logging.ERROR and "failed to apply" in r.getMessage() for r in caplog.records
+    )
