@@ -278,7 +278,14 @@ async def _status(config: cfgmod.Config, args: argparse.Namespace) -> int:
         print(f"cannot reach the admin API at {base}: {exc or type(exc).__name__}", file=sys.stderr)
         return EXIT_RUNTIME
     cameras = body["cameras"]
-    down = [c["name"] for c in cameras if c["enabled"] and not c["connected"]]
+    # Every stream that should deliver frames does; an idle on-demand stream (nobody
+    # watching) and a disabled camera are as they should be.
+    down = [
+        (f"{cam['name']}/{s['stream']}", s)
+        for cam in cameras
+        for s in cam["streams"]
+        if s.get("should_stream", cam["enabled"]) and s["state"] != "live"
+    ]
     if args.json:
         print(json.dumps(body, indent=2))
         return EXIT_FINDINGS if down else EXIT_OK
@@ -289,11 +296,11 @@ async def _status(config: cfgmod.Config, args: argparse.Namespace) -> int:
             "state": s["state"],
             "codec": s["codec"] or "",
             "size": f"{s['width']}x{s['height']}" if s["width"] else "",
-            "bitrate": f"{s['bitrate'] / 1e6:.2f} Mbit/s",
+            "bitrate": f"{s['bitrate'] / 1e6:.2f} Mbit/s" if s["bitrate"] is not None else "",
             "clients": str(s["clients"]),
-            "fps": f"{s['fps']:g}",
+            "fps": f"{s['fps']:g}" if s["fps"] is not None else "",
             "reconnects": str(s["reconnects"]),
-            "last error": s["last_error"] or "",
+            "last error": _last_error(s),
         }
         for cam in cameras
         for s in cam["streams"] or [_DISABLED]
@@ -309,15 +316,17 @@ async def _status(config: cfgmod.Config, args: argparse.Namespace) -> int:
     # The first seven columns fit an 80-column terminal; --wide adds the rest.
     columns = STATUS_COLUMNS if args.wide else STATUS_COLUMNS[:7]
     table = Table(*columns, box=None, pad_edge=False)
-    styles = {"live": "green", "down": "red"}
+    styles = {"live": "green", "down": "red", "idle": "cyan", "disabled": "dim"}
     for row in rows:
         cells = [escape(row[c]) or "-" for c in columns]
         cells[2] = f"[{styles.get(row['state'], 'yellow')}]{cells[2]}[/]"
         table.add_row(*cells)
     out = console(wide=args.wide)
     out.print(table)
-    if down:
-        out.print(f"[red]not streaming:[/] {', '.join(down)}")
+    for path, s in down:
+        # Under the table, so an 80-column terminal shows why without --wide.
+        why = ", ".join(x for x in (s["state"], _last_error(s)) if x)
+        out.print(f"[red]not streaming:[/] {escape(path)} ({escape(why)})")
     return EXIT_FINDINGS if down else EXIT_OK
 
 
@@ -333,19 +342,28 @@ STATUS_COLUMNS = (
     "reconnects",
     "last error",
 )
-# A disabled camera's one row.
+# A disabled camera's one row (gateways that list no streams for it).
 _DISABLED: dict[str, Any] = {
     "stream": "-",
     "state": "disabled",
     "codec": "",
     "width": 0,
     "height": 0,
-    "bitrate": 0,
+    "bitrate": None,
     "clients": 0,
-    "fps": 0,
+    "fps": None,
     "reconnects": 0,
     "last_error": "",
 }
+
+
+def _last_error(stream: dict[str, Any]) -> str:
+    """The stream's last error, with when it went down (``since 23:10:05Z: ...``)."""
+    error = stream.get("last_error") or ""
+    since = stream.get("down_since")
+    if since:
+        return f"since {since[11:]}: {error}" if error else f"since {since[11:]}"
+    return error
 
 
 def _event_loop_run(coro: Any) -> int:

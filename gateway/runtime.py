@@ -21,7 +21,7 @@ from gateway.admin import service as admin_service
 from gateway.config import CameraConfig, Config, iter_secrets
 from gateway.digest import DigestAuthenticator
 from gateway.egress import service as egress_service
-from gateway.media.hub import StreamHub
+from gateway.media.hub import HubState, StreamHub
 from gateway.media.ingest import IngestOptions, PyAVIngest
 from gateway.media.native_ingest import NativeIngest
 from gateway.media.snapshot import SnapshotCache, encode_jpeg
@@ -40,6 +40,9 @@ from gateway.workers import (
 )
 
 log = logging.getLogger("gateway")
+
+# How long a snapshot of an idle on-demand stream waits for the camera's first keyframe.
+SNAPSHOT_WAKE_TIMEOUT = 10.0
 
 
 @dataclass
@@ -288,6 +291,13 @@ class Gateway:
         if hub is None:
             raise LookupError(f"no stream {camera}/{stream}")
 
+        waking = hub.state is HubState.CONNECTING or (hub.on_demand and hub.state is HubState.IDLE)
+        if waking and not hub.has_keyframe:
+            # An on-demand stream nobody watches (or one starting) is woken for the picture
+            # and goes idle again after its linger time; a stream that is down is not
+            # waited for.
+            await hub.wait_keyframe(SNAPSHOT_WAKE_TIMEOUT)
+
         async def produce() -> bytes:
             unit = hub.keyframe_access_unit()
             if unit is None:
@@ -312,6 +322,8 @@ class Gateway:
             path=f"/{camera}/{stream}",
             state=hub.state.value,
             last_error=hub.last_error,
+            down_since=hub.down_since,
+            on_demand=hub.on_demand,
             codec=video.params.name if video else None,
             profile=video.params.profile if video else None,
             width=video.params.width if video else 0,

@@ -15,6 +15,7 @@ import functools
 import logging
 import re
 import time
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from gateway.admin.trail import AdminTrail
 from gateway.media.fmp4 import video_config
 from gateway.media.hub import StreamHub
 from gateway.store import Store
+from gateway.view import should_stream
 
 log = logging.getLogger("gateway.admin")
 
@@ -131,19 +133,24 @@ class AdminContext:
         video = next((t for t in hub.tracks if t.is_video), None)
         mime = mse_mime(video.params.name, video.params.parameter_sets) if video else None
         viewers = [c for c in clients if c["camera"] == camera and c["stream"] == stream]
+        live = info["state"] == "live"
         return {
             "stream": stream,
             "path": info["path"],
             "state": info["state"],
-            "connected": info["state"] == "live",
+            "should_stream": should_stream(info["state"], on_demand=info["on_demand"]),
+            "connected": live,
+            "down_since": iso_time(info["down_since"]),
             "last_error": info["last_error"] or None,
             "codec": info["codec"],
             "profile": info["profile"] or None,
             "width": info["width"],
             "height": info["height"],
-            "fps": info["fps"],
-            "bitrate": info["bitrate"],
-            "gop_seconds": info["gop_seconds"],
+            # Rates are measured over the last seconds of frames: only a live stream has
+            # any (a down one would show its last figures as if they were current).
+            "fps": info["fps"] if live else None,
+            "bitrate": info["bitrate"] if live else None,
+            "gop_seconds": info["gop_seconds"] if live else None,
             "audio_codec": info["audio_codec"],
             "upstream_sessions": info["upstream_sessions"],
             "reconnects": info["reconnects"],
@@ -167,7 +174,10 @@ class AdminContext:
         self, cam: cfgmod.CameraConfig, clients: list[dict[str, Any]]
     ) -> dict[str, Any]:
         runtime = self.gateway.cameras.get(cam.name)
-        streams = [self.stream_json(cam.name, s, clients) for s in runtime.hubs] if runtime else []
+        if runtime is not None:
+            streams = [self.stream_json(cam.name, s, clients) for s in runtime.hubs]
+        else:
+            streams = [disabled_stream_json(cam.name, s) for s in cam.stream_names()]
         index = next(i for i, c in enumerate(self.gateway.config.cameras) if c.name == cam.name)
         return {
             "name": cam.name,
@@ -176,12 +186,14 @@ class AdminContext:
             "enabled": cam.enabled,
             "on_demand": cam.on_demand,
             "onvif_port": cam.onvif_port or self.gateway.config.server.onvif_base_port + index,
+            # The main stream's: what the camera is said to be doing.
+            "state": streams[0]["state"] if streams else "disabled",
             "connected": bool(streams) and streams[0]["connected"],
             "streams": streams,
         }
 
     def metric_streams(self) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         kinds: dict[tuple[str, str], dict[str, int]] = {}
         for client in self.clients():
             key = (client["camera"], client["stream"])
@@ -197,7 +209,8 @@ class AdminContext:
                     {
                         "camera": name,
                         "stream": stream,
-                        "state": hub.state,
+                        "state": hub.state.value,
+                        "should_stream": should_stream(hub.state, on_demand=hub.on_demand),
                         "client_kinds": kinds.get((name, stream), {"rtsp": 0, "live_view": 0}),
                         "last_frame_age": max(hub.clock() - last, 0.0) if last else None,
                         "bytes_in": stats.bytes_in,
@@ -215,6 +228,12 @@ class AdminContext:
                         "fps": hub.fps,
                         "gop_seconds": stats.gop_seconds,
                     }
+                )
+        for cam in self.gateway.config.cameras:
+            if not cam.enabled:
+                out.extend(
+                    {"camera": cam.name, "stream": s, "state": "disabled", "should_stream": False}
+                    for s in cam.stream_names()
                 )
         return out
 
@@ -244,6 +263,48 @@ class AdminContext:
         from gateway.egress import egress_report
 
         return egress_report(self.gateway.config, self.store)
+
+
+def disabled_stream_json(camera: str, stream: str) -> dict[str, Any]:
+    """A stream of a camera with ``enabled = false``, in the form of ``stream_json``."""
+    return {
+        "stream": stream,
+        "path": f"/{camera}/{stream}",
+        "state": "disabled",
+        "should_stream": False,
+        "connected": False,
+        "down_since": None,
+        "last_error": None,
+        "codec": None,
+        "profile": None,
+        "width": 0,
+        "height": 0,
+        "fps": None,
+        "bitrate": None,
+        "gop_seconds": None,
+        "audio_codec": None,
+        "upstream_sessions": 0,
+        "reconnects": 0,
+        "frames_in": 0,
+        "bytes_in": 0,
+        "frames_out": 0,
+        "bytes_out": 0,
+        "dropped_frames": 0,
+        "slow_disconnects": 0,
+        "clients": 0,
+        "viewers": [],
+        "picture": False,
+        "snapshot_url": None,
+        "live_url": None,
+        "mse_mime": None,
+    }
+
+
+def iso_time(unix: float | None) -> str | None:
+    """A Unix time as ISO 8601 UTC to the second (``2026-12-04T23:10:05Z``)."""
+    if unix is None:
+        return None
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @functools.lru_cache(maxsize=256)

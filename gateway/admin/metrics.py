@@ -24,11 +24,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from gateway import __version__
+from gateway.view import STREAM_STATES
 
 log = logging.getLogger("gateway.admin")
 
 PREFIX = "onvif_gateway"
-STATES = ("idle", "connecting", "live", "down")
 SEVERITIES = ("critical", "high", "medium", "low", "info")
 
 # (name, help, stream_info key) for the per-stream counters.
@@ -84,11 +84,15 @@ class GatewayCollector(Collector):
         labels = ["camera", "stream"]
 
         up = GaugeMetricFamily(
-            f"{PREFIX}_stream_up", "1 while the camera stream delivers frames", labels=labels
+            f"{PREFIX}_stream_up",
+            "1 while the camera stream delivers frames, 0 while it should and does not; "
+            "absent for a stream that is not expected to (idle on demand, disabled)",
+            labels=labels,
         )
         state = GaugeMetricFamily(
             f"{PREFIX}_stream_state",
-            "Upstream state of the stream (1 for the current state)",
+            "State of the stream: live, idle (on demand, nobody watching), connecting, "
+            "down, disabled (1 for the current state)",
             labels=[*labels, "state"],
         )
         clients = GaugeMetricFamily(
@@ -111,9 +115,13 @@ class GatewayCollector(Collector):
         }
         for info in streams:
             values = [info["camera"], info["stream"]]
-            up.add_metric(values, 1.0 if info["state"] == "live" else 0.0)
-            for name in STATES:
+            live = info["state"] == "live"
+            if info["should_stream"]:
+                up.add_metric(values, 1.0 if live else 0.0)
+            for name in STREAM_STATES:
                 state.add_metric([*values, name], 1.0 if info["state"] == name else 0.0)
+            if info["state"] == "disabled":
+                continue  # nothing runs for it: no counters
             for kind, count in info["client_kinds"].items():
                 clients.add_metric([*values, kind], float(count))
             if info["last_frame_age"] is not None:
@@ -121,7 +129,8 @@ class GatewayCollector(Collector):
             for key, family in counters.items():
                 family.add_metric(values, float(info[key]))
             for key, gfamily in gauges.items():
-                gfamily.add_metric(values, float(info[key]))
+                # Rates of a stream that is not live are 0, not its last measurement.
+                gfamily.add_metric(values, float(info[key]) if live else 0.0)
         yield up
         yield state
         yield clients

@@ -40,16 +40,41 @@ function applyRole(root) {
   }
 }
 
-function notice(text) {
+// One notice at a time. Without a source it clears itself after NOTICE_MS; a poll's error
+// (source: the poll) stays until that poll succeeds again, or until dismissed.
+const NOTICE_MS = 10000;
+let noticeSource = null;
+let noticeTimer = null;
+
+function notice(text, source = null) {
   const el = document.getElementById("notice");
-  el.textContent = text;
+  clearTimeout(noticeTimer);
+  el.querySelector(".text").textContent = text;
   el.hidden = !text;
+  noticeSource = text ? source : null;
+  if (text && !source) noticeTimer = setTimeout(() => notice(""), NOTICE_MS);
+}
+
+function clearNotice(source) {
+  if (noticeSource === source) notice("");
 }
 
 function formatBitrate(bps) {
   if (bps >= 1e6) return `${(bps / 1e6).toFixed(2)} Mbit/s`;
   if (bps >= 1e3) return `${Math.round(bps / 1e3)} kbit/s`;
   return `${bps} bit/s`;
+}
+
+function plural(count, noun) {
+  return `${count} ${noun}${count === 1 ? "" : "s"}`;
+}
+
+function streamProblem(stream) {
+  if (stream.down_since) {
+    const since = new Date(stream.down_since).toLocaleString();
+    return `down since ${since}${stream.last_error ? `: ${stream.last_error}` : ""}`;
+  }
+  return stream.state === "live" ? "" : stream.last_error || "";
 }
 
 // ------------------------------------------------------------------ grid
@@ -111,7 +136,7 @@ function renderCamera(camera) {
   const card = cardFor(camera);
   const el = card.el;
   const main = camera.streams[0];
-  const status = !camera.enabled ? "disabled" : main ? main.state : "idle";
+  const status = camera.state;
   const badge = el.querySelector(".state");
   badge.textContent = status;
   badge.className = `badge state ${status}`;
@@ -119,20 +144,25 @@ function renderCamera(camera) {
   const cbadge = el.querySelector(".compliance");
   cbadge.textContent = compliance;
   cbadge.className = `badge compliance ${compliance}`;
+  // Rates come only with a live stream (the API gives null otherwise), so a stream that is
+  // down never shows its last figures as current.
   const facts = [];
-  if (main && main.codec) {
-    facts.push(`${main.codec} ${main.width}×${main.height}`, `${main.fps} fps`, formatBitrate(main.bitrate));
-  }
-  if (main && main.reconnects) facts.push(`${main.reconnects} reconnects`);
+  if (main && main.codec) facts.push(`${main.codec} ${main.width}×${main.height}`);
+  if (main && main.fps !== null) facts.push(`${main.fps} fps`);
+  if (main && main.bitrate !== null) facts.push(formatBitrate(main.bitrate));
+  if (main && main.reconnects) facts.push(plural(main.reconnects, "reconnect"));
+  if (status === "idle" && camera.on_demand) facts.push("on demand: starts when watched");
   el.querySelector(".facts").textContent = facts.join(" · ");
+  // A camera that is not live keeps its last picture, dimmed, with when it went down.
+  el.classList.toggle("stale", status !== "live");
   const viewers = camera.streams.reduce((n, s) => n + s.clients, 0);
-  el.querySelector(".viewers").textContent = `${viewers} viewer${viewers === 1 ? "" : "s"}`;
+  el.querySelector(".viewers").textContent = plural(viewers, "viewer");
   const egress = state.egress.get(camera.name);
   el.querySelector(".egress").textContent = egress === undefined
-    ? "" : `${egress} egress attempt${egress === 1 ? "" : "s"} blocked`;
-  el.querySelector(".error").textContent = main && main.last_error ? main.last_error : "";
+    ? "" : `${plural(egress, "egress attempt")} blocked`;
+  el.querySelector(".error").textContent = main ? streamProblem(main) : "";
   if (main) {
-    card.history.push(main.bitrate);
+    card.history.push(main.bitrate || 0);
     if (card.history.length > SPARK_POINTS) card.history.shift();
   }
   drawSparkline(el.querySelector(".sparkline"), card.history);
@@ -149,8 +179,9 @@ async function pollCameras() {
     }
     const live = cameras.filter((c) => c.connected).length;
     document.getElementById("summary").textContent = `${live} of ${cameras.length} cameras live`;
+    clearNotice("cameras");
   } catch (err) {
-    notice(`Cannot read the camera list: ${err.message}`);
+    notice(`Cannot read the camera list: ${err.message}`, "cameras");
   }
 }
 
@@ -158,14 +189,16 @@ async function pollSlow() {
   try {
     const findings = await api("/api/v1/findings");
     for (const c of findings.cameras) state.compliance.set(c.camera, c.status);
+    clearNotice("findings");
   } catch (err) {
-    notice(`Cannot read findings: ${err.message}`);
+    notice(`Cannot read findings: ${err.message}`, "findings");
   }
   try {
     const egress = await api("/api/v1/egress");
     for (const c of egress.cameras) state.egress.set(c.name, c.blocked_packets + c.dns_phone_home);
+    clearNotice("egress");
   } catch (err) {
-    notice(`Cannot read the egress report: ${err.message}`);
+    notice(`Cannot read the egress report: ${err.message}`, "egress");
   }
 }
 
@@ -331,6 +364,7 @@ async function main() {
   document.body.dataset.role = session.role;
   document.getElementById("user").textContent = `${session.username} (${session.role})`;
   applyRole(document);
+  document.querySelector("#notice .dismiss").addEventListener("click", () => notice(""));
   const trail = document.getElementById("trail");
   document.getElementById("trail-open").addEventListener("click", () => openTrail(trail));
   document.getElementById("trail-close").addEventListener("click", () => trail.close());
