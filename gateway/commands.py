@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import config as cfgmod
-from gateway import files, sections
+from gateway import files, ports, sections
 from gateway.cli import EXIT_FINDINGS, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, console
 
 log = logging.getLogger("gateway")
@@ -187,6 +187,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                 "accepted from loopback (sign-in form and Basic refused from other hosts)"
             )
     summary["warnings"] = warnings
+    listening = ports.listeners(config)
+    summary["ports"] = [listener.to_json() for listener in listening]
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if args.json:
@@ -200,6 +202,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"[green]{config.source}: valid[/]; {len(config.cameras)} camera(s), RTSP on "
         f"{config.server.bind}:{config.server.rtsp_port}{admin}"
     )
+    _print_ports(out, listening)
     if not summary["cameras"]:
         out.print("no [[camera]] yet: add one block per camera", markup=False)
         return EXIT_OK
@@ -215,6 +218,21 @@ def cmd_check(args: argparse.Namespace) -> int:
         )
     out.print(table)
     return EXIT_OK
+
+
+def _print_ports(out: Any, listening: list[ports.Listener]) -> None:
+    """The ports table of ``check``: what to open in the firewalls, and from where."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table("listens", "proto", "address", "ports", "from", "note", box=None, pad_edge=False)
+    for item in listening:
+        table.add_row(
+            *(escape(v) for v in (item.service, item.protocol, item.address, item.ports)),
+            escape(item.side),
+            escape(item.note),
+        )
+    out.print(table)
 
 
 def _url_host(address: str) -> str:

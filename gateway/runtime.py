@@ -147,6 +147,7 @@ class Gateway:
             session_timeout=cfg.server.session_timeout,
             send_budget=cfg.server.client_send_budget,
             stall_timeout=cfg.server.client_stall_timeout,
+            rtp_ports=cfg.server.rtp_ports,
         )
 
     def _start_camera(self, cam: CameraConfig, index: int) -> CameraRuntime:

@@ -44,6 +44,7 @@ LAYERS: dict[str, int] = {
     "runtime": 3,
     "cli": 3,
     "sections": 3,
+    "ports": 3,
     "__main__": 3,
     "sim": 3,
 }
