@@ -124,6 +124,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(handler=cmd_init)
 
+    p = sub.add_parser(
+        "config-schema",
+        help="print the configuration's JSON Schema (for TOML editors)",
+        description="Print the JSON Schema (draft 2020-12) of the configuration file, for "
+        "editors' completion and validation, e.g. Taplo / Even Better TOML with "
+        "'#:schema ./gateway.schema.json' as the file's first line. 'check' still judges "
+        "what needs the whole file (port clashes, files, environment variables).",
+    )
+    p.add_argument("--output", "-o", metavar="FILE", help="write it to FILE instead")
+    p.set_defaults(handler=cmd_config_schema)
+
 
 def load_config_or_exit(path: str) -> cfgmod.Config | int:
     try:
@@ -471,6 +482,21 @@ async def _run(config: cfgmod.Config, path: str, shard: Any = None) -> int:
 def _log_reload_failure(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("reload failed", extra={"error": str(task.exception())})
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    from gateway.schema import schema_text
+
+    text = schema_text()
+    if not args.output:
+        sys.stdout.write(text)
+        return EXIT_OK
+    try:
+        Path(args.output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        print(f"{args.output}: cannot write: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    return EXIT_OK
 
 
 def cmd_init(args: argparse.Namespace) -> int:

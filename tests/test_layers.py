@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
     "cli": 3,
     "sections": 3,
     "ports": 3,
+    "schema": 3,
     "__main__": 3,
     "sim": 3,
 }
