@@ -71,8 +71,14 @@ class RateLimiter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING and not getattr(record, "ratelimit", False):
             return True
-        # Same message about a different camera or stream is a different event.
-        subject = getattr(record, "stream", None) or getattr(record, "camera", None) or ""
+        # Same message about a different camera or stream, or from another source address,
+        # is a different event.
+        subject = (
+            getattr(record, "stream", None)
+            or getattr(record, "camera", None)
+            or getattr(record, "source", None)
+            or ""
+        )
         key = (record.name, str(record.msg), str(subject))
         now = time.monotonic()
         with self._lock:

@@ -202,6 +202,8 @@ async def test_states_in_the_api_metrics_status_and_snapshots(
         assert samples[(state, "spare", "main", "disabled")] == 1.0
         assert samples[(state, "ghost", "main", "down")] == 1.0
         assert samples[("onvif_gateway_stream_frames_per_second", "ghost", "main", None)] == 0
+        assert 'onvif_gateway_auth_failures_total{service="rtsp"} 0.0' in text
+        assert 'onvif_gateway_auth_failures_total{service="admin"} 0.0' in text
 
         # status: the down camera is the one problem, named with its error at 80 columns.
         narrow = {"COLUMNS": "80"}

@@ -79,6 +79,7 @@ class AdminContext:
                 egress=self.egress,
                 camera_count=lambda: len(self.gateway.config.cameras),
                 config_loaded_at=lambda: self.config_loaded_at,
+                auth_failures=self.auth_failures,
             )
         )
 
@@ -190,6 +191,13 @@ class AdminContext:
             "state": streams[0]["state"] if streams else "disabled",
             "connected": bool(streams) and streams[0]["connected"],
             "streams": streams,
+        }
+
+    def auth_failures(self) -> dict[str, int]:
+        rtsp = self.gateway.rtsp
+        return {
+            "rtsp": rtsp.auth_failures if rtsp is not None else 0,
+            "admin": self.auth.failures_total,
         }
 
     def metric_streams(self) -> list[dict[str, Any]]:

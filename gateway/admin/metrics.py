@@ -141,6 +141,14 @@ class GatewayCollector(Collector):
         yield GaugeMetricFamily(
             f"{PREFIX}_cameras", "Cameras in the configuration", value=src.camera_count()
         )
+        failures = CounterMetricFamily(
+            f"{PREFIX}_auth_failures",
+            "Credentials refused, by service (a stale-nonce re-challenge is not counted)",
+            labels=["service"],
+        )
+        for service, count in sorted(src.auth_failures().items()):
+            failures.add_metric([service], float(count))
+        yield failures
         yield GaugeMetricFamily(
             f"{PREFIX}_config_reload_timestamp_seconds",
             "When the configuration was last loaded (Unix time)",
@@ -206,12 +214,14 @@ class MetricSources:
         egress: Callable[[], dict[str, Any]],
         camera_count: Callable[[], int],
         config_loaded_at: Callable[[], float],
+        auth_failures: Callable[[], dict[str, int]],
     ) -> None:
         self.streams = streams
         self.findings = findings
         self.egress = egress
         self.camera_count = camera_count
         self.config_loaded_at = config_loaded_at
+        self.auth_failures = auth_failures
 
 
 def build_registry(sources: MetricSources) -> CollectorRegistry:

@@ -309,6 +309,7 @@ class RtspServer:
         self.udp_rtp: asyncio.DatagramTransport | None = None
         self.udp_rtcp: asyncio.DatagramTransport | None = None
         self.udp_ports: tuple[int, int] | None = None
+        self.auth_failures = 0  # credentials refused (not stale nonces), for /metrics
         self._server: asyncio.base_events.Server | None = None
         self._reaper: asyncio.TimerHandle | None = None
         self.host = ""
@@ -674,10 +675,22 @@ class Handler:
             result = auth.authenticate(self.request.method, header, now, uri=self.request.uri)
             if result.username is not None:
                 return True
-        if header:
-            log.warning(
-                "RTSP authentication failed", extra={"peer": self.conn.peer_text, "ratelimit": True}
-            )
+            if result.stale:
+                # An expired or forgotten nonce: the client answers a fresh one with the same
+                # credentials (stale=TRUE), so this is no failure.
+                log.debug("RTSP nonce stale, challenged again", extra={"peer": self.conn.peer_text})
+            else:
+                self.server.auth_failures += 1
+                # One line per source address and 30 s (gateway.log's rate limit by source).
+                log.warning(
+                    "RTSP authentication failed",
+                    extra={
+                        "peer": self.conn.peer_text,
+                        "source": self.conn.peer[0],
+                        "reason": result.reason,
+                        "ratelimit": True,
+                    },
+                )
         response = RtspResponse.for_request(self.request, 401)
         for value in auth.challenge(now, stale=bool(result and result.stale)):
             response.headers.add("WWW-Authenticate", value)
