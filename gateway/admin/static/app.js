@@ -7,6 +7,8 @@ const POLL_MS = 3000;
 const SLOW_POLL_MS = 15000;
 const SPARK_POINTS = 60;
 const SNAPSHOT_WIDTH = 640;
+const LIVE_TARGET_S = 0.15; // how far behind the newest frame the live view plays
+const LIVE_JUMP_S = 1.5; // further behind than this, it jumps instead of catching up
 
 const ROLES = ["viewer", "operator", "admin"];
 
@@ -557,10 +559,14 @@ function pump(live) {
   const sb = live.sb;
   if (!sb || sb.updating || live.closed || live.mediaSource.readyState !== "open") return;
   const video = document.getElementById("video");
-  // Stay near the live edge, and keep the buffer short so memory stays flat.
+  // Stay within half a second of the live edge: a little behind, play 10 % faster until
+  // caught up (no visible jump); far behind (a stall, a hidden tab), jump. Keep the buffer
+  // short so memory stays flat.
   if (video.buffered.length) {
     const end = video.buffered.end(video.buffered.length - 1);
-    if (end - video.currentTime > 2.0) video.currentTime = Math.max(end - 0.3, 0);
+    const lag = end - video.currentTime;
+    if (lag > LIVE_JUMP_S) video.currentTime = Math.max(end - LIVE_TARGET_S, 0);
+    else video.playbackRate = lag > LIVE_TARGET_S * 2 ? 1.1 : 1.0;
     const start = video.buffered.start(0);
     if (video.currentTime - start > 30) {
       sb.remove(start, video.currentTime - 10);
