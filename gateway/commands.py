@@ -732,6 +732,7 @@ onvif_base_port = 8000      # camera k (0-based) is ONVIF device http://HOST:800
 # session_timeout = 60      # seconds an idle UDP client session is kept
 # client_send_budget = 4194304   # bytes a slow client may lag before skipping to a keyframe
 # client_stall_timeout = 10.0    # seconds a client may stay over budget before it is dropped
+# rtp_ports = "30000-30999" # UDP for RTP/RTCP to UDP clients (default: ephemeral ports)
 
 [vms]                       # the account VMSes use; never a camera's own credentials
 username = "vms"

@@ -25,6 +25,12 @@ const state = {
   slowPolls: 0,
 };
 
+const NO_PICTURE = {
+  idle: "on demand: starts when someone watches",
+  down: "no picture: the camera is down",
+  disabled: "disabled in the configuration",
+  connecting: "connecting…",
+};
 const STATE_ORDER = { down: 0, connecting: 1, live: 2, idle: 3, disabled: 4 };
 const COMPLIANCE_ORDER = { "non-compliant": 0, unknown: 1, compliant: 2 };
 
@@ -195,6 +201,7 @@ function renderCamera(camera) {
   el.querySelector(".facts").textContent = facts.join(" · ");
   // A camera that is not live keeps its last picture, dimmed, with when it went down.
   el.classList.toggle("stale", status !== "live");
+  el.querySelector(".nopicture").textContent = NO_PICTURE[status] || "waiting for a picture";
   const viewers = camera.streams.reduce((n, s) => n + s.clients, 0);
   el.querySelector(".viewers").textContent = plural(viewers, "viewer");
   const egress = state.egress.get(camera.name);
