@@ -201,6 +201,13 @@ async def test_states_in_the_api_metrics_status_and_snapshots(
         assert samples[(state, "lazy", "main", "idle")] == 1.0
         assert samples[(state, "spare", "main", "disabled")] == 1.0
         assert samples[(state, "ghost", "main", "down")] == 1.0
+        since_metric = samples[
+            ("onvif_gateway_stream_down_since_timestamp_seconds", "ghost", "main", None)
+        ]
+        assert abs(since_metric - since.timestamp()) < 1.0
+        assert ("onvif_gateway_stream_down_since_timestamp_seconds", "hik1", "main", None) not in (
+            samples
+        )
         assert samples[("onvif_gateway_stream_frames_per_second", "ghost", "main", None)] == 0
         assert 'onvif_gateway_auth_failures_total{service="rtsp"} 0.0' in text
         assert 'onvif_gateway_auth_failures_total{service="admin"} 0.0' in text

@@ -232,6 +232,7 @@ class AdminContext:
                         "stream": stream,
                         "state": hub.state.value,
                         "should_stream": should_stream(hub.state, on_demand=hub.on_demand),
+                        "down_since": hub.down_since,
                         "client_kinds": kinds.get((name, stream), {"rtsp": 0, "live_view": 0}),
                         "last_frame_age": max(hub.clock() - last, 0.0) if last else None,
                         "bytes_in": stats.bytes_in,

@@ -100,6 +100,11 @@ class GatewayCollector(Collector):
             "Clients receiving the stream, by kind",
             labels=[*labels, "kind"],
         )
+        down_since = GaugeMetricFamily(
+            f"{PREFIX}_stream_down_since_timestamp_seconds",
+            "When the stream went down (Unix time), while it is down",
+            labels=labels,
+        )
         age = GaugeMetricFamily(
             f"{PREFIX}_stream_last_frame_age_seconds",
             "Seconds since the last frame arrived from the camera",
@@ -124,6 +129,8 @@ class GatewayCollector(Collector):
                 continue  # nothing runs for it: no counters
             for kind, count in info["client_kinds"].items():
                 clients.add_metric([*values, kind], float(count))
+            if info["down_since"] is not None:
+                down_since.add_metric(values, info["down_since"])
             if info["last_frame_age"] is not None:
                 age.add_metric(values, info["last_frame_age"])
             for key, family in counters.items():
@@ -134,6 +141,7 @@ class GatewayCollector(Collector):
         yield up
         yield state
         yield clients
+        yield down_since
         yield age
         yield from counters.values()
         yield from gauges.values()
