@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import config as cfgmod
-from gateway import files, sections
+from gateway import files, ports, sections
 from gateway.cli import EXIT_FINDINGS, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, console
 
 log = logging.getLogger("gateway")
@@ -124,6 +124,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(handler=cmd_init)
 
+    p = sub.add_parser(
+        "config-schema",
+        help="print the configuration's JSON Schema (for TOML editors)",
+        description="Print the JSON Schema (draft 2020-12) of the configuration file, for "
+        "editors' completion and validation, e.g. Taplo / Even Better TOML with "
+        "'#:schema ./gateway.schema.json' as the file's first line. 'check' still judges "
+        "what needs the whole file (port clashes, files, environment variables).",
+    )
+    p.add_argument("--output", "-o", metavar="FILE", help="write it to FILE instead")
+    p.set_defaults(handler=cmd_config_schema)
+
 
 def load_config_or_exit(path: str) -> cfgmod.Config | int:
     try:
@@ -192,6 +203,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                 "accepted from loopback (sign-in form and Basic refused from other hosts)"
             )
     summary["warnings"] = warnings
+    listening = ports.listeners(config)
+    summary["ports"] = [listener.to_json() for listener in listening]
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if args.json:
@@ -206,6 +219,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"[green]{config.source}: valid[/]; {len(config.cameras)} camera(s), RTSP on "
         f"{config.server.bind}:{config.server.rtsp_port}{rtsps}{admin}"
     )
+    _print_ports(out, listening)
     if not summary["cameras"]:
         out.print("no [[camera]] yet: add one block per camera", markup=False)
         return EXIT_OK
@@ -221,6 +235,21 @@ def cmd_check(args: argparse.Namespace) -> int:
         )
     out.print(table)
     return EXIT_OK
+
+
+def _print_ports(out: Any, listening: list[ports.Listener]) -> None:
+    """The ports table of ``check``: what to open in the firewalls, and from where."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table("listens", "proto", "address", "ports", "from", "note", box=None, pad_edge=False)
+    for item in listening:
+        table.add_row(
+            *(escape(v) for v in (item.service, item.protocol, item.address, item.ports)),
+            escape(item.side),
+            escape(item.note),
+        )
+    out.print(table)
 
 
 def _url_host(address: str) -> str:
@@ -284,7 +313,14 @@ async def _status(config: cfgmod.Config, args: argparse.Namespace) -> int:
         print(f"cannot reach the admin API at {base}: {exc or type(exc).__name__}", file=sys.stderr)
         return EXIT_RUNTIME
     cameras = body["cameras"]
-    down = [c["name"] for c in cameras if c["enabled"] and not c["connected"]]
+    # Every stream that should deliver frames does; an idle on-demand stream (nobody
+    # watching) and a disabled camera are as they should be.
+    down = [
+        (f"{cam['name']}/{s['stream']}", s)
+        for cam in cameras
+        for s in cam["streams"]
+        if s.get("should_stream", cam["enabled"]) and s["state"] != "live"
+    ]
     if args.json:
         print(json.dumps(body, indent=2))
         return EXIT_FINDINGS if down else EXIT_OK
@@ -295,11 +331,11 @@ async def _status(config: cfgmod.Config, args: argparse.Namespace) -> int:
             "state": s["state"],
             "codec": s["codec"] or "",
             "size": f"{s['width']}x{s['height']}" if s["width"] else "",
-            "bitrate": f"{s['bitrate'] / 1e6:.2f} Mbit/s",
+            "bitrate": f"{s['bitrate'] / 1e6:.2f} Mbit/s" if s["bitrate"] is not None else "",
             "clients": str(s["clients"]),
-            "fps": f"{s['fps']:g}",
+            "fps": f"{s['fps']:g}" if s["fps"] is not None else "",
             "reconnects": str(s["reconnects"]),
-            "last error": s["last_error"] or "",
+            "last error": _last_error(s),
         }
         for cam in cameras
         for s in cam["streams"] or [_DISABLED]
@@ -315,15 +351,17 @@ async def _status(config: cfgmod.Config, args: argparse.Namespace) -> int:
     # The first seven columns fit an 80-column terminal; --wide adds the rest.
     columns = STATUS_COLUMNS if args.wide else STATUS_COLUMNS[:7]
     table = Table(*columns, box=None, pad_edge=False)
-    styles = {"live": "green", "down": "red"}
+    styles = {"live": "green", "down": "red", "idle": "cyan", "disabled": "dim"}
     for row in rows:
         cells = [escape(row[c]) or "-" for c in columns]
         cells[2] = f"[{styles.get(row['state'], 'yellow')}]{cells[2]}[/]"
         table.add_row(*cells)
     out = console(wide=args.wide)
     out.print(table)
-    if down:
-        out.print(f"[red]not streaming:[/] {', '.join(down)}")
+    for path, s in down:
+        # Under the table, so an 80-column terminal shows why without --wide.
+        why = ", ".join(x for x in (s["state"], _last_error(s)) if x)
+        out.print(f"[red]not streaming:[/] {escape(path)} ({escape(why)})")
     return EXIT_FINDINGS if down else EXIT_OK
 
 
@@ -339,19 +377,28 @@ STATUS_COLUMNS = (
     "reconnects",
     "last error",
 )
-# A disabled camera's one row.
+# A disabled camera's one row (gateways that list no streams for it).
 _DISABLED: dict[str, Any] = {
     "stream": "-",
     "state": "disabled",
     "codec": "",
     "width": 0,
     "height": 0,
-    "bitrate": 0,
+    "bitrate": None,
     "clients": 0,
-    "fps": 0,
+    "fps": None,
     "reconnects": 0,
     "last_error": "",
 }
+
+
+def _last_error(stream: dict[str, Any]) -> str:
+    """The stream's last error, with when it went down (``since 23:10:05Z: ...``)."""
+    error = stream.get("last_error") or ""
+    since = stream.get("down_since")
+    if since:
+        return f"since {since[11:]}: {error}" if error else f"since {since[11:]}"
+    return error
 
 
 def _event_loop_run(coro: Any) -> int:
@@ -441,6 +488,21 @@ async def _run(config: cfgmod.Config, path: str, shard: Any = None) -> int:
 def _log_reload_failure(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("reload failed", extra={"error": str(task.exception())})
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    from gateway.schema import schema_text
+
+    text = schema_text()
+    if not args.output:
+        sys.stdout.write(text)
+        return EXIT_OK
+    try:
+        Path(args.output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        print(f"{args.output}: cannot write: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    return EXIT_OK
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -678,6 +740,7 @@ onvif_base_port = 8000      # camera k (0-based) is ONVIF device http://HOST:800
 # client_stall_timeout = 10.0    # seconds a client may stay over budget before it is dropped
 # rtsps_port = 8322         # RTSPS for VMSs that support it; off when absent
 # onvif_https_offset = 443  # ONVIF devices also over HTTPS on port + 443 (docs/operations.md)
+# rtp_ports = "30000-30999" # UDP for RTP/RTCP to UDP clients (default: ephemeral ports)
 
 [vms]                       # the account VMSes use; never a camera's own credentials
 username = "vms"

@@ -139,6 +139,10 @@ class ServerConfig:
         """The HTTPS port of the ONVIF device whose HTTP port is ``port`` (None: no HTTPS)."""
         return None if self.onvif_https_offset is None else port + self.onvif_https_offset
 
+    # UDP ports for RTP/RTCP to VMS clients that ask for UDP (first, last; an even/odd pair
+    # of them is used per worker process); None: a pair from the system's ephemeral range.
+    rtp_ports: tuple[int, int] | None = None
+
 
 @dataclass(frozen=True)
 class VmsConfig:
@@ -460,6 +464,33 @@ def _ipv4_networks(value: list[Any]) -> str | None:
     return None
 
 
+def parse_port_range(value: str) -> tuple[int, int]:
+    """``"30000-30999"`` -> (30000, 30999); ValueError saying what is wrong."""
+    match = re.fullmatch(r"\s*(\d{1,5})\s*-\s*(\d{1,5})\s*", value)
+    if match is None:
+        raise ValueError(f'must be a range like "30000-30999", not {value!r}')
+    first, last = int(match.group(1)), int(match.group(2))
+    if not (1024 <= first <= 65535 and 1024 <= last <= 65535):
+        raise ValueError("ports must be between 1024 and 65535")
+    if first > last:
+        raise ValueError(f"the first port must not be above the last ({first} > {last})")
+    if (first + 1) // 2 * 2 + 1 > last:
+        raise ValueError("must hold an even/odd port pair (RTP on the even, RTCP on the odd)")
+    return first, last
+
+
+def _port_range(value: str) -> str | None:
+    try:
+        parse_port_range(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _optional_range(value: str | None) -> tuple[int, int] | None:
+    return parse_port_range(value) if value is not None else None
+
+
 def _positive(value: float) -> str | None:
     return None if value > 0 else "must be greater than zero"
 
@@ -598,9 +629,14 @@ def _from_data(data: dict[str, Any], text: str, source: str, base_dir: Path | No
         nvr_mode=sr.get("nvr_mode", bool, False),
         ingest=sr.get("ingest", str, "pyav", _ingest),
         advertise_host=sr.get("advertise_host", str, None, _host),
+        rtp_ports=_optional_range(sr.get("rtp_ports", str, None, _port_range)),
     )
     server = _server_tls(sr, server)
     sr.finish()
+    if server.rtp_ports is not None and (
+        server.rtp_ports[0] <= server.discovery_port <= server.rtp_ports[1]
+    ):
+        sr.error("rtp_ports", f"includes discovery_port {server.discovery_port} (WS-Discovery)")
 
     vms_t = _table(top, "vms", True) or {}
     vr = _Reader(vms_t, "vms", problems, base)

@@ -71,11 +71,12 @@ class RateLimiter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING and not getattr(record, "ratelimit", False):
             return True
-        # Same message about a different camera, stream or client address is a different
-        # event (so one abusive address cannot hide another's refusals).
+        # Same message about a different camera or stream, or from another client address,
+        # is a different event (so one abusive address cannot hide another's refusals).
         subject = (
             getattr(record, "stream", None)
             or getattr(record, "camera", None)
+            or getattr(record, "source", None)
             or getattr(record, "peer", None)
             or ""
         )

@@ -24,7 +24,7 @@ from gateway.config import CameraConfig, Config, iter_secrets
 from gateway.digest import DigestAuthenticator
 from gateway.egress import service as egress_service
 from gateway.limits import Refusals, listener_caps, open_file_limit
-from gateway.media.hub import StreamHub
+from gateway.media.hub import HubState, StreamHub
 from gateway.media.ingest import IngestOptions, PyAVIngest
 from gateway.media.native_ingest import NativeIngest
 from gateway.media.snapshot import SnapshotCache, encode_jpeg
@@ -47,6 +47,8 @@ log = logging.getLogger("gateway")
 # Seconds between checks of the VMS-side certificate files (a renewal by the integrator's
 # tooling is picked up without a restart; a generated one is renewed before it expires).
 CERT_CHECK_INTERVAL = 60.0
+# How long a snapshot of an idle on-demand stream waits for the camera's first keyframe.
+SNAPSHOT_WAKE_TIMEOUT = 10.0
 
 
 @dataclass
@@ -210,6 +212,7 @@ class Gateway:
             idle_timeout=server.idle_timeout,
             max_connections=caps.total,
             connections_per_address=caps.per_address,
+            rtp_ports=server.rtp_ports,
         )
 
     def _start_camera(self, cam: CameraConfig, index: int) -> CameraRuntime:
@@ -418,6 +421,13 @@ class Gateway:
         if hub is None:
             raise LookupError(f"no stream {camera}/{stream}")
 
+        waking = hub.state is HubState.CONNECTING or (hub.on_demand and hub.state is HubState.IDLE)
+        if waking and not hub.has_keyframe:
+            # An on-demand stream nobody watches (or one starting) is woken for the picture
+            # and goes idle again after its linger time; a stream that is down is not
+            # waited for.
+            await hub.wait_keyframe(SNAPSHOT_WAKE_TIMEOUT)
+
         async def produce() -> bytes:
             unit = hub.keyframe_access_unit()
             if unit is None:
@@ -442,6 +452,8 @@ class Gateway:
             path=f"/{camera}/{stream}",
             state=hub.state.value,
             last_error=hub.last_error,
+            down_since=hub.down_since,
+            on_demand=hub.on_demand,
             codec=video.params.name if video else None,
             profile=video.params.profile if video else None,
             width=video.params.width if video else 0,

@@ -27,6 +27,8 @@ class StreamStatus:
     path: str
     state: str  # a HubState value: idle, connecting, live, down
     last_error: str
+    down_since: float | None  # Unix time the stream went down (state down), else None
+    on_demand: bool
     codec: str | None
     profile: str | None
     width: int
@@ -45,6 +47,25 @@ class StreamStatus:
     bytes_in: int
     dropped_frames: int
     slow_disconnects: int
+
+    @property
+    def should_stream(self) -> bool:
+        """See :func:`should_stream`."""
+        return should_stream(self.state, on_demand=self.on_demand)
+
+
+# The states a stream is reported in: a hub's (gateway.media.hub.HubState) and, for a
+# camera with ``enabled = false``, ``disabled``.
+STREAM_STATES = ("live", "idle", "connecting", "down", "disabled")
+
+
+def should_stream(state: str, *, on_demand: bool) -> bool:
+    """Whether a stream in ``state`` is expected to deliver frames now: every stream of an
+    enabled camera, except an on-demand one nobody is watching (idle). Alerts, the
+    ``stream_up`` metric and ``onvif-gateway status`` judge a stream by this."""
+    if state == "disabled":
+        return False
+    return not (on_demand and state == "idle")
 
 
 ReloadHook = Callable[[Config], Awaitable[None]]

@@ -46,6 +46,8 @@ LAYERS: dict[str, int] = {
     "runtime": 3,
     "cli": 3,
     "sections": 3,
+    "ports": 3,
+    "schema": 3,
     "__main__": 3,
     "sim": 3,
 }

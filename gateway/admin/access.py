@@ -174,7 +174,13 @@ def _sign_in_failed(request: web.Request, name: str, method: str) -> None:
     locked = request.app[AUTH].failed(address, name)
     log.warning(
         "admin login failed" if method == "form" else "admin authentication failed",
-        extra={"peer": peer_of(request), "path": request.path, "ratelimit": True},
+        # Rate-limited per source address (gateway.log), not for every guess.
+        extra={
+            "peer": peer_of(request),
+            "source": address,
+            "path": request.path,
+            "ratelimit": True,
+        },
     )
     _record(request, "sign-in-failed", "refused: wrong credentials", name, method)
     if locked:

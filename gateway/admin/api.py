@@ -47,7 +47,9 @@ from gateway.admin.trail import AdminTrail
 from gateway.limits import HttpLimits
 from gateway.media.fmp4 import video_config
 from gateway.media.hub import StreamHub
+from gateway.onvif.core import iso_time, url_host
 from gateway.store import Store
+from gateway.view import should_stream
 
 log = logging.getLogger("gateway.admin")
 
@@ -79,6 +81,7 @@ class AdminContext:
                 camera_count=lambda: len(self.gateway.config.cameras),
                 config_loaded_at=lambda: self.config_loaded_at,
                 refusals=lambda: dict(self.gateway.refusals.totals),
+                auth_failures=self.auth_failures,
             )
         )
 
@@ -133,19 +136,24 @@ class AdminContext:
         video = next((t for t in hub.tracks if t.is_video), None)
         mime = mse_mime(video.params.name, video.params.parameter_sets) if video else None
         viewers = [c for c in clients if c["camera"] == camera and c["stream"] == stream]
+        live = info["state"] == "live"
         return {
             "stream": stream,
             "path": info["path"],
             "state": info["state"],
-            "connected": info["state"] == "live",
+            "should_stream": should_stream(info["state"], on_demand=info["on_demand"]),
+            "connected": live,
+            "down_since": iso_time(info["down_since"]) if info["down_since"] else None,
             "last_error": info["last_error"] or None,
             "codec": info["codec"],
             "profile": info["profile"] or None,
             "width": info["width"],
             "height": info["height"],
-            "fps": info["fps"],
-            "bitrate": info["bitrate"],
-            "gop_seconds": info["gop_seconds"],
+            # Rates are measured over the last seconds of frames: only a live stream has
+            # any (a down one would show its last figures as if they were current).
+            "fps": info["fps"] if live else None,
+            "bitrate": info["bitrate"] if live else None,
+            "gop_seconds": info["gop_seconds"] if live else None,
             "audio_codec": info["audio_codec"],
             "upstream_sessions": info["upstream_sessions"],
             "reconnects": info["reconnects"],
@@ -166,24 +174,51 @@ class AdminContext:
         }
 
     def camera_json(
-        self, cam: cfgmod.CameraConfig, clients: list[dict[str, Any]]
+        self, cam: cfgmod.CameraConfig, clients: list[dict[str, Any]], request_host: str = ""
     ) -> dict[str, Any]:
+        """``request_host``: the host the admin API was asked by, named in the VMS-side
+        URLs when the gateway listens on every address and advertises none."""
         runtime = self.gateway.cameras.get(cam.name)
-        streams = [self.stream_json(cam.name, s, clients) for s in runtime.hubs] if runtime else []
+        if runtime is not None:
+            streams = [self.stream_json(cam.name, s, clients) for s in runtime.hubs]
+        else:
+            streams = [disabled_stream_json(cam.name, s) for s in cam.stream_names()]
         index = next(i for i, c in enumerate(self.gateway.config.cameras) if c.name == cam.name)
+        server = self.gateway.config.server
+        onvif_port = cam.onvif_port or server.onvif_base_port + index
+        host = server.advertise_host or server.bind
+        if host in ("0.0.0.0", "::") and request_host:
+            host = request_host
+        host = url_host(host)
         return {
             "name": cam.name,
             "vendor": cam.vendor,
             "host": cam.host,
             "enabled": cam.enabled,
             "on_demand": cam.on_demand,
-            "onvif_port": cam.onvif_port or self.gateway.config.server.onvif_base_port + index,
+            "onvif_port": onvif_port,
+            # What a VMS is given (never the camera's own addresses or credentials).
+            "rtsp_urls": {
+                s: f"rtsp://{host}:{server.rtsp_port}/{cam.name}/{s}" for s in cam.stream_names()
+            },
+            "onvif_url": f"http://{host}:{onvif_port}/onvif/device_service",
+            # The main stream's: what the camera is said to be doing.
+            "state": streams[0]["state"] if streams else "disabled",
             "connected": bool(streams) and streams[0]["connected"],
             "streams": streams,
         }
 
+    def auth_failures(self) -> dict[str, int]:
+        """Refused credentials per service (stale nonces are not refusals): RTSP's from
+        the refusal counters (docs/security.md), the admin API's own."""
+        refused = self.gateway.refusals.totals
+        return {
+            "rtsp": refused.get(("rtsp", "auth_failure"), 0),
+            "admin": self.auth.failures_total,
+        }
+
     def metric_streams(self) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         kinds: dict[tuple[str, str], dict[str, int]] = {}
         for client in self.clients():
             key = (client["camera"], client["stream"])
@@ -199,7 +234,9 @@ class AdminContext:
                     {
                         "camera": name,
                         "stream": stream,
-                        "state": hub.state,
+                        "state": hub.state.value,
+                        "should_stream": should_stream(hub.state, on_demand=hub.on_demand),
+                        "down_since": hub.down_since,
                         "client_kinds": kinds.get((name, stream), {"rtsp": 0, "live_view": 0}),
                         "last_frame_age": max(hub.clock() - last, 0.0) if last else None,
                         "bytes_in": stats.bytes_in,
@@ -217,6 +254,12 @@ class AdminContext:
                         "fps": hub.fps,
                         "gop_seconds": stats.gop_seconds,
                     }
+                )
+        for cam in self.gateway.config.cameras:
+            if not cam.enabled:
+                out.extend(
+                    {"camera": cam.name, "stream": s, "state": "disabled", "should_stream": False}
+                    for s in cam.stream_names()
                 )
         return out
 
@@ -246,6 +289,41 @@ class AdminContext:
         from gateway.egress import egress_report
 
         return egress_report(self.gateway.config, self.store)
+
+
+def disabled_stream_json(camera: str, stream: str) -> dict[str, Any]:
+    """A stream of a camera with ``enabled = false``, in the form of ``stream_json``."""
+    return {
+        "stream": stream,
+        "path": f"/{camera}/{stream}",
+        "state": "disabled",
+        "should_stream": False,
+        "connected": False,
+        "down_since": None,
+        "last_error": None,
+        "codec": None,
+        "profile": None,
+        "width": 0,
+        "height": 0,
+        "fps": None,
+        "bitrate": None,
+        "gop_seconds": None,
+        "audio_codec": None,
+        "upstream_sessions": 0,
+        "reconnects": 0,
+        "frames_in": 0,
+        "bytes_in": 0,
+        "frames_out": 0,
+        "bytes_out": 0,
+        "dropped_frames": 0,
+        "slow_disconnects": 0,
+        "clients": 0,
+        "viewers": [],
+        "picture": False,
+        "snapshot_url": None,
+        "live_url": None,
+        "mse_mime": None,
+    }
 
 
 @functools.lru_cache(maxsize=256)
@@ -332,7 +410,8 @@ async def openapi(request: web.Request) -> web.StreamResponse:
 async def list_cameras(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     clients = ctx.clients()
-    cameras = [ctx.camera_json(cam, clients) for cam in ctx.gateway.config.cameras]
+    host = request.url.host or ""
+    cameras = [ctx.camera_json(cam, clients, host) for cam in ctx.gateway.config.cameras]
     return json_response({"cameras": cameras})
 
 
@@ -346,7 +425,7 @@ def _camera_config(ctx: AdminContext, name: str) -> cfgmod.CameraConfig:
 async def get_camera(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     cam = _camera_config(ctx, request.match_info["camera"])
-    return json_response(ctx.camera_json(cam, ctx.clients()))
+    return json_response(ctx.camera_json(cam, ctx.clients(), request.url.host or ""))
 
 
 async def list_clients(request: web.Request) -> web.Response:
@@ -485,8 +564,42 @@ async def reconnect(request: web.Request) -> web.Response:
     return json_response({"camera": name, "reconnecting": True}, 202)
 
 
+async def _run_options(request: web.Request, action: str) -> tuple[bool, list[str] | None]:
+    """``{"dry_run": bool, "cameras": [names]}`` from the body (all optional; an empty
+    body runs on every camera); 400 for anything else."""
+    if not request.can_read_body:
+        return False, None
+    try:
+        body = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(reason="the body must be JSON") from None
+    if not isinstance(body, dict) or set(body) - {"dry_run", "cameras"}:
+        raise web.HTTPBadRequest(reason='the body may hold "dry_run" and "cameras" only')
+    dry_run = body.get("dry_run", False)
+    if not isinstance(dry_run, bool) or (dry_run and action != "enforce"):
+        raise web.HTTPBadRequest(reason="dry_run must be true or false (enforce only)")
+    cameras = body.get("cameras")
+    if cameras is None:
+        return dry_run, None
+    known = {c.name for c in ctx_of(request).gateway.config.cameras}
+    if not isinstance(cameras, list) or not all(isinstance(c, str) for c in cameras):
+        raise web.HTTPBadRequest(reason="cameras must be a list of camera names")
+    unknown = sorted(set(cameras) - known)
+    if unknown:
+        raise web.HTTPNotFound(reason=f"no camera named {unknown[0][:64]!r}")
+    return dry_run, cameras
+
+
 async def _policy_run(request: web.Request, action: str) -> web.Response:
     ctx = ctx_of(request)
+    dry_run, cameras = (
+        (False, None) if action == "inventory" else await _run_options(request, action)
+    )
+    scope: dict[str, Any] = {}
+    if dry_run:
+        scope["dry_run"] = True
+    if cameras is not None:
+        scope["cameras"] = ",".join(cameras)
     if ctx.policy_lock.locked():
         audit(request, action, "refused: another run in progress")
         return error(409, "another inventory, audit or enforce run is in progress")
@@ -496,7 +609,9 @@ async def _policy_run(request: web.Request, action: str) -> web.Response:
         started = time.monotonic()
         result: Any
         try:
-            result = await _run_policy_action(action, config, ctx.store, identity.username)
+            result = await _run_policy_action(
+                action, config, ctx.store, identity.username, dry_run=dry_run, cameras=cameras
+            )
         except cfgmod.ConfigError as exc:
             audit(request, action, "refused: policy configuration invalid")
             return error(
@@ -504,7 +619,8 @@ async def _policy_run(request: web.Request, action: str) -> web.Response:
                 "the policy configuration is invalid",
                 problems=[{"key": k, "message": m} for k, m in exc.problems],
             )
-        audit(request, action, seconds=round(time.monotonic() - started, 2), **_summary(result))
+        seconds = round(time.monotonic() - started, 2)
+        audit(request, action, seconds=seconds, **scope, **_summary(result))
         return json_response(result.to_json())
 
 
@@ -515,15 +631,27 @@ def _summary(result: Any) -> dict[str, Any]:
     return {"summary": summary} if isinstance(summary, dict) else {}
 
 
-async def _run_policy_action(action: str, config: cfgmod.Config, store: Store, user: str) -> Any:
+async def _run_policy_action(
+    action: str,
+    config: cfgmod.Config,
+    store: Store,
+    user: str,
+    *,
+    dry_run: bool = False,
+    cameras: list[str] | None = None,
+) -> Any:
     from gateway.policy import audit, inventory
 
     if action == "inventory":
         return await inventory.run_inventory(config, store)
     if action == "audit":
-        report = await audit.run_audit(config, store)
+        report = await audit.run_audit(config, store, cameras=cameras)
     else:
-        report = await audit.run_enforce(config, store, actor=f"admin:{user}")
+        report = await audit.run_enforce(
+            config, store, actor=f"admin:{user}", cameras=cameras, dry_run=dry_run
+        )
+    if dry_run:
+        return report  # nothing changed, nothing to log
     # One log line per change, drift or failure, as the policy loop logs its rounds.
     for camera in report.cameras:
         audit.log_round(camera, auto_enforce=action == "enforce")

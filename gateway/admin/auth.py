@@ -133,6 +133,7 @@ class AdminAuth:
         self._verified_key = secrets.token_bytes(32)
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._failures: OrderedDict[tuple[str, str], tuple[float, int]] = OrderedDict()
+        self.failures_total = 0  # refused passwords since start, for /metrics
         self._address_failures: OrderedDict[str, tuple[float, int]] = OrderedDict()
         self._verified: dict[str, tuple[bytes, float]] = {}
         self._scrypt_slots = asyncio.Semaphore(MAX_CONCURRENT_SCRYPT)
@@ -302,6 +303,7 @@ class AdminAuth:
     def failed(self, address: str, username: str) -> bool:
         """Count a failure; True when it starts a lock-out."""
         was = self.blocked(address, username)
+        self.failures_total += 1
         now = self.clock()
         _bump(self._failures, (address, username), now)
         _bump(self._address_failures, address, now)

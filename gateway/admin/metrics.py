@@ -24,11 +24,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from gateway import __version__
+from gateway.view import STREAM_STATES
 
 log = logging.getLogger("gateway.admin")
 
 PREFIX = "onvif_gateway"
-STATES = ("idle", "connecting", "live", "down")
 SEVERITIES = ("critical", "high", "medium", "low", "info")
 
 # (name, help, stream_info key) for the per-stream counters.
@@ -84,17 +84,26 @@ class GatewayCollector(Collector):
         labels = ["camera", "stream"]
 
         up = GaugeMetricFamily(
-            f"{PREFIX}_stream_up", "1 while the camera stream delivers frames", labels=labels
+            f"{PREFIX}_stream_up",
+            "1 while the camera stream delivers frames, 0 while it should and does not; "
+            "absent for a stream that is not expected to (idle on demand, disabled)",
+            labels=labels,
         )
         state = GaugeMetricFamily(
             f"{PREFIX}_stream_state",
-            "Upstream state of the stream (1 for the current state)",
+            "State of the stream: live, idle (on demand, nobody watching), connecting, "
+            "down, disabled (1 for the current state)",
             labels=[*labels, "state"],
         )
         clients = GaugeMetricFamily(
             f"{PREFIX}_stream_clients",
             "Clients receiving the stream, by kind",
             labels=[*labels, "kind"],
+        )
+        down_since = GaugeMetricFamily(
+            f"{PREFIX}_stream_down_since_timestamp_seconds",
+            "When the stream went down (Unix time), while it is down",
+            labels=labels,
         )
         age = GaugeMetricFamily(
             f"{PREFIX}_stream_last_frame_age_seconds",
@@ -111,20 +120,28 @@ class GatewayCollector(Collector):
         }
         for info in streams:
             values = [info["camera"], info["stream"]]
-            up.add_metric(values, 1.0 if info["state"] == "live" else 0.0)
-            for name in STATES:
+            live = info["state"] == "live"
+            if info["should_stream"]:
+                up.add_metric(values, 1.0 if live else 0.0)
+            for name in STREAM_STATES:
                 state.add_metric([*values, name], 1.0 if info["state"] == name else 0.0)
+            if info["state"] == "disabled":
+                continue  # nothing runs for it: no counters
             for kind, count in info["client_kinds"].items():
                 clients.add_metric([*values, kind], float(count))
+            if info["down_since"] is not None:
+                down_since.add_metric(values, info["down_since"])
             if info["last_frame_age"] is not None:
                 age.add_metric(values, info["last_frame_age"])
             for key, family in counters.items():
                 family.add_metric(values, float(info[key]))
             for key, gfamily in gauges.items():
-                gfamily.add_metric(values, float(info[key]))
+                # Rates of a stream that is not live are 0, not its last measurement.
+                gfamily.add_metric(values, float(info[key]) if live else 0.0)
         yield up
         yield state
         yield clients
+        yield down_since
         yield age
         yield from counters.values()
         yield from gauges.values()
@@ -132,6 +149,14 @@ class GatewayCollector(Collector):
         yield GaugeMetricFamily(
             f"{PREFIX}_cameras", "Cameras in the configuration", value=src.camera_count()
         )
+        failures = CounterMetricFamily(
+            f"{PREFIX}_auth_failures",
+            "Credentials refused, by service (a stale-nonce re-challenge is not counted)",
+            labels=["service"],
+        )
+        for service, count in sorted(src.auth_failures().items()):
+            failures.add_metric([service], float(count))
+        yield failures
         yield GaugeMetricFamily(
             f"{PREFIX}_config_reload_timestamp_seconds",
             "When the configuration was last loaded (Unix time)",
@@ -208,6 +233,7 @@ class MetricSources:
         camera_count: Callable[[], int],
         config_loaded_at: Callable[[], float],
         refusals: Callable[[], dict[tuple[str, str], int]] = dict,
+        auth_failures: Callable[[], dict[str, int]] = dict,
     ) -> None:
         self.streams = streams
         self.findings = findings
@@ -215,6 +241,7 @@ class MetricSources:
         self.camera_count = camera_count
         self.config_loaded_at = config_loaded_at
         self.refusals = refusals
+        self.auth_failures = auth_failures
 
 
 def build_registry(sources: MetricSources) -> CollectorRegistry:

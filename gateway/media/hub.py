@@ -231,21 +231,26 @@ class StreamHub:
         linger: float = 10.0,
         gop_cache_bytes: int = DEFAULT_GOP_CACHE_BYTES,
         clock: Callable[[], float] = time.monotonic,
+        wallclock: Callable[[], float] = time.time,
     ) -> None:
         self.key = key
         self.on_demand = on_demand
         self.linger = linger
         self.gop_cache_bytes = gop_cache_bytes
         self.clock = clock
+        self.wallclock = wallclock
         self.tracks: list[Track] = []
         self.subscribers: list[Subscriber] = []
         self._gop = GopCache()
         self.stats = StreamStats()
         self._state = HubState.IDLE
         self.last_error = ""
+        # Unix time the stream went down (kept through the feeder's retries), else None.
+        self.down_since: float | None = None
         self.upstream: UpstreamControl | None = None
         self.upstream_sessions = 0
         self._ready = asyncio.Event()
+        self._keyframe_cached = asyncio.Event()
         self._linger_handle: asyncio.TimerHandle | None = None
         self._last_sr = 0.0
         self._bitrate = RateMeter()
@@ -285,8 +290,9 @@ class StreamHub:
         if self.upstream is not None and self._state is not HubState.IDLE:
             self.upstream.stop()
             self._move("stop")
+            self.down_since = None
             self._ready.clear()
-            self._gop.clear()
+            self._clear_gop()
 
     def upstream_opened(self, params: Sequence[CodecParams]) -> None:
         """A new upstream session is up with these tracks (first video, then audio)."""
@@ -318,21 +324,23 @@ class StreamHub:
             # that missed the end of the old one.
             for sub in self.subscribers:
                 sub.resync()
-        self._gop.clear()
+        self._clear_gop()
         self._batch = []  # anything held from the old session must not follow the resync
         self._last_key_ts = None
         self._await_keyframe = True
         self._move("opened")
         self.last_error = ""
+        self.down_since = None
         self._ready.set()
         self._notify("up")
 
     def upstream_failed(self, error: str) -> None:
         """The upstream session ended or could not open; the feeder retries on its own."""
         was_live = self._state is HubState.LIVE
-        self._move("failed")
+        if self._move("failed"):
+            self.down_since = self.wallclock()
         self.last_error = error
-        self._gop.clear()
+        self._clear_gop()
         if was_live:
             self._notify("down")
 
@@ -596,13 +604,19 @@ class StreamHub:
         if is_video and frame.keyframe:
             gop.clear()
             gop.append(frame)
+            if not self._keyframe_cached.is_set():
+                self._keyframe_cached.set()
             return
         if not gop:
             return  # nothing decodable to start from until the next keyframe
         if gop.size + frame.size > self.gop_cache_bytes:
-            gop.clear()
+            self._clear_gop()
             return
         gop.append(frame)
+
+    def _clear_gop(self) -> None:
+        self._gop.clear()
+        self._keyframe_cached.clear()
 
     @property
     def gop(self) -> list[Frame]:
@@ -640,18 +654,31 @@ class StreamHub:
         """Wait until the stream's tracks are known (first upstream session opened)."""
         if self.tracks:
             return True
+        await self._wake_for(self._ready, timeout)
+        return bool(self.tracks)
+
+    async def wait_keyframe(self, timeout: float) -> bool:
+        """Wait until a keyframe is cached (a snapshot of an idle on-demand stream wakes
+        it); the stream goes idle again after the linger time if nobody subscribes."""
+        if self.has_keyframe:
+            return True
+        await self._wake_for(self._keyframe_cached, timeout)
+        return self.has_keyframe
+
+    async def _wake_for(self, event: asyncio.Event, timeout: float) -> None:
+        """Start the upstream if it is not running and wait for ``event``, at most
+        ``timeout`` seconds."""
         self._cancel_linger()
         self._start_upstream()
         try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
+            await asyncio.wait_for(event.wait(), timeout)
         except TimeoutError:
             pass
         finally:
-            # Started for a DESCRIBE or a probe that may never be followed by a PLAY: an
-            # on-demand upstream then stops again after the linger time.
+            # Started for a DESCRIBE, a probe or a snapshot that may never be followed by a
+            # PLAY: an on-demand upstream then stops again after the linger time.
             if self.on_demand and not self.subscribers and self._linger_handle is None:
                 self._schedule_linger()
-        return bool(self.tracks)
 
     def subscribe(self, sub: Subscriber) -> list[Frame]:
         """Add a client; returns the cached GOP it should be sent first."""
@@ -712,6 +739,7 @@ class StreamHub:
         if self.upstream is not None:
             self.upstream.stop()
         self._move("closed")
+        self.down_since = None
 
     def _notify(self, event: str) -> None:
         for listener in self.listeners:

@@ -28,7 +28,7 @@ import ssl
 import time
 import zlib
 from collections import OrderedDict, deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -106,6 +106,8 @@ class ServerLimits:
     auth_delay_base: float = 0.5
     auth_delay_max: float = 8.0
     auth_failures_to_close: int = 3
+    # UDP ports (first, last) for the shared RTP/RTCP pair; None: the ephemeral range.
+    rtp_ports: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -478,16 +480,13 @@ class RtspServer:
         self._extra_tls_servers.clear()
 
     async def ensure_udp(self) -> tuple[int, int]:
-        """Open the shared RTP/RTCP sockets (an even/odd port pair) on first UDP SETUP."""
+        """Open the shared RTP/RTCP sockets (an even/odd port pair) on first UDP SETUP:
+        the first free pair of ``limits.rtp_ports``, else one from the ephemeral range.
+        OSError when there is none."""
         if self.udp_ports is not None:
             return self.udp_ports
         loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        for _ in range(50):
-            probe = socket.socket(family, socket.SOCK_DGRAM)
-            probe.bind((self.host, 0))
-            rtp_port = probe.getsockname()[1] & ~1
-            probe.close()
+        for rtp_port in self._rtp_port_candidates():
             try:
                 rtp, _ = await loop.create_datagram_endpoint(
                     lambda: _RtcpIn(self), local_addr=(self.host, rtp_port)
@@ -504,7 +503,23 @@ class RtspServer:
             self.udp_rtp, self.udp_rtcp = rtp, rtcp
             self.udp_ports = (rtp_port, rtp_port + 1)
             return self.udp_ports
-        raise OSError("no free UDP port pair for RTP/RTCP")
+        configured = self.limits.rtp_ports
+        where = f" in rtp_ports {configured[0]}-{configured[1]}" if configured else ""
+        raise OSError(f"no free UDP port pair for RTP/RTCP{where}")
+
+    def _rtp_port_candidates(self) -> Iterator[int]:
+        """Even ports to try for RTP (RTCP on the next one up)."""
+        configured = self.limits.rtp_ports
+        if configured is not None:
+            first, last = configured
+            yield from range(first + (first & 1), last, 2)
+            return
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        for _ in range(50):
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.bind((self.host, 0))
+                port = int(probe.getsockname()[1]) & ~1
+            yield port  # closed first: the pair is bound by the caller
 
     def clients(self) -> list[ClientInfo]:
         """Every client session, as of now."""
@@ -1086,8 +1101,10 @@ class Handler:
                 return
             try:
                 rtp_port, rtcp_port = await self.server.ensure_udp()
-            except OSError:
-                self.respond(500)
+            except OSError as exc:
+                # 461: the client may ask again for TCP interleaved (FFmpeg and GStreamer do).
+                log.warning("UDP transport refused", extra={"error": str(exc), "ratelimit": True})
+                self.respond(461)
                 return
             peer_ip = self.conn.peer[0]
             first, last = spec.client_port
