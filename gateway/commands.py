@@ -475,10 +475,11 @@ async def _run(config: cfgmod.Config, path: str, shard: Any = None) -> int:
         task.add_done_callback(_log_reload_failure)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
-    print(
-        json.dumps({"event": "ready", "rtsp_port": gateway.rtsp.port if gateway.rtsp else 0}),
-        flush=True,
-    )
+    # One write of the whole line: worker processes share stdout, and print() may write the
+    # text and its newline separately (unbuffered), letting two workers' lines run together.
+    ready = {"event": "ready", "rtsp_port": gateway.rtsp.port if gateway.rtsp else 0}
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), (json.dumps(ready) + "\n").encode())
     await stop.wait()
     log.info("shutting down")
     await gateway.stop()
