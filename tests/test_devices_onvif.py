@@ -18,7 +18,6 @@ import pytest
 from aiohttp import web
 
 from gateway.config import load
-from gateway.devices.base import client_for
 from gateway.devices.errors import (
     DeviceAuthError,
     DeviceConnectionError,
@@ -27,6 +26,7 @@ from gateway.devices.errors import (
     DeviceTimeoutError,
     DeviceUnsupportedError,
 )
+from gateway.devices.factory import client_for
 from gateway.devices.onvif_client import OnvifClient, WithOnvif
 from gateway.policy.audit import run_audit, run_enforce
 from gateway.policy.db import PolicyStore

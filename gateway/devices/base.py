@@ -11,12 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
-
-from gateway.devices.errors import DeviceUnsupportedError
-
-if TYPE_CHECKING:
-    from gateway.config import CameraConfig
+from typing import Protocol
 
 REDACTED = "********"
 # Camera-side secrets by key name, whatever the vendor table: passwords (FTP, SMTP, PPPoE,
@@ -80,42 +75,3 @@ def is_secret_key(key: str) -> bool:
 
 def redact(settings: Mapping[str, str]) -> dict[str, str]:
     return {k: (REDACTED if is_secret_key(k) and v else v) for k, v in settings.items()}
-
-
-def client_for(camera: CameraConfig, *, timeout: float = 10.0) -> CameraClient:
-    """The management client for ``camera`` (the password is revealed only here).
-
-    Hikvision and Dahua: the vendor API, with the camera's ONVIF service adding to the
-    inventory; generic cameras: ONVIF alone (read-only). ONVIF is asked on ``onvif_port``,
-    else on ``http_port``.
-    """
-    from gateway.devices.dahua import DahuaClient
-    from gateway.devices.hikvision import HikvisionClient
-    from gateway.devices.http import CameraHttp
-    from gateway.devices.onvif_client import OnvifClient, WithOnvif
-
-    onvif = OnvifClient(
-        camera.name,
-        camera.host,
-        camera.onvif_port or camera.http_port,
-        camera.username,
-        camera.password.reveal(),
-        timeout=timeout,
-    )
-    if camera.vendor == "generic":
-        return onvif
-    http = CameraHttp(
-        camera.name,
-        camera.host,
-        camera.http_port,
-        camera.username,
-        camera.password.reveal(),
-        timeout=timeout,
-    )
-    if camera.vendor == "hikvision":
-        return WithOnvif(HikvisionClient(http), onvif)
-    if camera.vendor == "dahua":
-        return WithOnvif(DahuaClient(http, camera.username, camera.password.reveal()), onvif)
-    raise DeviceUnsupportedError(
-        camera.name, f"vendor {camera.vendor!r} has no management API the gateway can audit"
-    )

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import CameraConfig, Config
-from gateway.devices.base import CameraClient, DeviceIdentity, client_for
+from gateway.devices.base import CameraClient, DeviceIdentity
 from gateway.devices.errors import DeviceError
+from gateway.devices.factory import client_for
 from gateway.devices.nvr import RemoteChannel
 from gateway.devices.optional import missing_tables
 from gateway.policy.db import HistoryEvent, PolicyStore
