@@ -2,18 +2,21 @@
 
 The steady-state readers are lean on purpose, so the figures are about the relay and not
 about the readers sharing its cores. Each :class:`LeanReader` does the RTSP handshake
-(DESCRIBE, SETUP per track over TCP interleaved channels, PLAY) with the project's RTSP
-message and auth code, then reads its socket straight from an ``add_reader`` callback with
-``recvmsg_into`` into one reusable buffer. The socket has ``SO_TIMESTAMPNS`` on, so every
-read comes with the kernel's receive time. :class:`InterleavedWalk` (sans-IO: bytes and
-times in, counters out) steps over the ``$`` frames and does only what the counts need:
-RTP sequence continuity, timestamp order, frames, bytes, and the wall-clock stamp that the
-simulated camera puts in an SEI in front of every video frame.
+(DESCRIBE, SETUP per track over TCP interleaved channels, PLAY) with the gateway RTSP
+client's pieces (:mod:`gateway.rtsp.client`: requests, Digest, SDP, SETUP answers), then
+reads its socket straight from an ``add_reader`` callback with ``recvmsg``. The socket has
+``SO_TIMESTAMPNS`` on, so every read comes with the kernel's receive time.
+:class:`StampedStream` (sans-IO: bytes and times in, counts out) hands the bytes to the
+gateway's own :class:`~gateway.rtsp.client_connection.ClientConnection` and
+:class:`~gateway.rtp.receiver.RtpReceiver` per track, so the reader counts packets, loss,
+duplicates, backwards timestamps and frames exactly as the gateway's reader does, and reads
+the wall-clock stamp that the simulated camera puts in an SEI in front of every video frame.
 
-Latency is then ``kernel receive time - stamp``: the camera sending the frame to the frame
-reaching this reader's socket through the relay, without the reader's own scheduling delay
-on the shared cores. (For TCP, Linux reports the arrival of the last segment a read took,
-so when one read holds several packets their latency is overstated, never understated.)
+Latency is then ``kernel receive time - stamp``, taken when the frame is complete: the
+camera sending the frame to the whole frame reaching this reader's socket through the relay,
+without the reader's own scheduling delay on the shared cores. (For TCP, Linux reports the
+arrival of the last segment a read took, so when one read holds several packets their
+latency is overstated, never understated.)
 ``time.time_ns()`` when the reader's Python code handles the read is kept as well, in a
 second histogram (``latency_app_us``), so that delay stays visible.
 
@@ -37,7 +40,6 @@ import asyncio
 import contextlib
 import gc
 import json
-import re
 import resource
 import socket
 import struct
@@ -46,28 +48,31 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from gateway.codecs import codec_name
-from gateway.codecs.sdp import parse_sdp
+from gateway.codecs.sdp import SessionDescription
 from gateway.digest import DigestClient
-from gateway.rtp.receiver import SEQ_AHEAD, SEQ_DUPLICATE, ReceivedFrame, sequence_step
-from gateway.rtp.spans import KEY_NONE, SPAN_END, continue_span
+from gateway.rtp.interleaved import frame_end, iter_frames
+from gateway.rtp.receiver import ReceivedFrame, RtpReceiver, TrackStats
 from gateway.rtsp.client import (
     RtspClientError,
     RtspReader,
     answer_challenge,
     build_request,
+    content_base,
+    describe_receivers,
+    expect_ok,
+    interleaved_channels,
+    setup_answer,
+    tcp_offer,
 )
+from gateway.rtsp.client_connection import ClientConnection
 from gateway.rtsp.message import (
-    InterleavedFrame,
-    RtspConnectionParser,
     RtspProtocolError,
+    RtspRequest,
     RtspResponse,
     RtspUrl,
-    SessionHeader,
     parse_token_list,
     resolve_control,
 )
-from gateway.rtsp.transport import TransportSpec, parse_transport_header
 from gateway.sim.latency import find_timestamp
 
 # Latency histogram: 50 us bins up to 100 ms, 1 ms bins above (mergeable across processes).
@@ -81,21 +86,14 @@ SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 SCM_TIMESTAMPNS = getattr(socket, "SCM_TIMESTAMPNS", SO_TIMESTAMPNS)
 _TIMESPEC = struct.Struct("@ll")  # struct timespec: tv_sec, tv_nsec (native longs)
 _ANCILLARY_SIZE = socket.CMSG_SPACE(_TIMESPEC.size)
-_RTP_HEAD = struct.Struct("!BBHI")  # V/P/X/CC, M/PT, sequence number, timestamp
-_FRAME_HEAD = struct.Struct("!xBHBBHII")  # "$", channel, length, the RTP head as above, SSRC
 
 USER_AGENT = "onvif-gateway-bench-reader/0.1"
 DEFAULT_SESSION_TIMEOUT = 60
-WALK_BUFFER = 256 * 1024
-# A unit split across reads is moved to the buffer's start once less than this is free
-# behind it (a ``$`` frame is at most 65539 bytes).
-COMPACT_BELOW = 96 * 1024
-MAX_RTSP_HEAD = 16 * 1024
+READ_SIZE = 256 * 1024  # bytes asked of one recvmsg
 MAX_RTSP_BODY = 256 * 1024
 # Reads per readiness callback: enough to drain a socket, few enough to stay fair to others.
 READS_PER_WAKEUP = 4
 RECEIVE_BUFFER = 4 * 1024 * 1024
-_START_LINE = re.compile(rb"RTSP/\d\.\d \d{3}(?: [^\r\n]*)?|[A-Z_]+ \S+ RTSP/\d\.\d")
 
 
 def latency_bin(us: int) -> int:
@@ -153,325 +151,115 @@ def _sei_first_bytes(codec: str) -> bytes | None:
     return None
 
 
-class TrackCount:
-    """What one RTP track received; sequence accounting as the gateway's RTSP reader does
-    it (:func:`gateway.rtp.receiver.sequence_step`)."""
+class StampedStream:
+    """Bytes of one RTSP connection and their receive times in; per-track counts, latency
+    samples and the RTSP messages among the bytes out (sans-IO).
 
-    __slots__ = (
-        "bytes",
-        "codec",
-        "duplicates",
-        "first_seq",
-        "frames",
-        "highest_seq",
-        "is_video",
-        "last_ts",
-        "lost",
-        "malformed",
-        "media",
-        "next_seq",
-        "packets",
-        "sei_first_bytes",
-        "timestamp_backwards",
-    )
+    The bytes go to the gateway's own client end of a connection
+    (:class:`~gateway.rtsp.client_connection.ClientConnection`): it hands the RTSP messages
+    back, and the ``$`` frames to each track's :class:`~gateway.rtp.receiver.RtpReceiver`,
+    which does the counting exactly as the gateway's RTSP reader does (RFC 3550 sequence
+    accounting, frames, malformed packets). :meth:`add_tracks` gives it the receivers that
+    SETUP placed on their channels.
 
-    def __init__(self, media: str, codec: str) -> None:
-        self.media = media
-        self.codec = codec
-        self.is_video = media == "video"
-        self.sei_first_bytes = _sei_first_bytes(codec) if self.is_video else None
-        self.packets = 0  # duplicates included, as RtspReader counts them
-        self.bytes = 0  # RTP packets' sizes, duplicates included
-        self.frames = 0  # video: packets with the marker bit; audio: packets
-        self.lost = 0  # expected minus received, never < 0
-        self.duplicates = 0
-        self.timestamp_backwards = 0
-        self.malformed = 0
-        # Sequence numbers extended past 16 bits (wrap-arounds counted) and the next one
-        # expected on the wire; -1 before the first packet.
-        self.first_seq = -1
-        self.highest_seq = -1
-        self.next_seq = -1
-        self.last_ts = 0
-
-    def out_of_order(self, seq: int, timestamp: int) -> bool:
-        """Account a packet that is not the next expected one; False for a duplicate."""
-        self.packets += 1
-        if self.highest_seq < 0:
-            self.first_seq = self.highest_seq = seq
-            self.next_seq = (seq + 1) & 0xFFFF
-            self.last_ts = timestamp
-            return True
-        kind, self.highest_seq, self.lost = sequence_step(
-            self.first_seq, self.highest_seq, seq, self.packets, self.duplicates
-        )
-        if kind == SEQ_DUPLICATE:
-            self.duplicates += 1
-            return False
-        if kind == SEQ_AHEAD:  # packets went missing
-            self.next_seq = (seq + 1) & 0xFFFF
-        # else behind: a late (reordered) packet, which makes up for a loss
-        if (timestamp - self.last_ts) & 0xFFFFFFFF >= 0x80000000:
-            self.timestamp_backwards += 1
-        self.last_ts = timestamp
-        return True
-
-
-class InterleavedWalk:
-    """Bytes of an RTSP connection after PLAY in, per-track counts and latency samples out.
-
-    The stream is ``$`` frames (channel, 16-bit length, RTP or RTCP packet) with, now and
-    then, an RTSP message (a keep-alive's response, a server's request): its header section
-    is found and it is skipped with its Content-Length body. Anything else is a protocol
-    error (:class:`ValueError`), after which the walk refuses more input.
-
-    The walk owns its receive buffer so a socket can read straight into it:
-    ``recv_into(walk.free_space())`` then ``walk.received(n, received_ns, now_ns)``;
-    :meth:`feed` copies bytes in for callers that already have them. Only a unit split
-    across reads is kept between calls, so memory is bounded by the buffer.
-
-    A video packet whose payload starts with an SEI (or an aggregation packet) is searched
-    for the camera's stamp; while ``recording``, ``received_ns - stamp`` goes to ``latency``
-    and ``now_ns - stamp`` to ``app_latency``. ``received_ns`` is that of the call that
-    completed the packet, so it is never earlier than the packet's last byte arrived.
+    Video receivers hand over each complete frame (as a span of the read, or its payloads);
+    while ``recording``, its first packet that can carry the camera's SEI stamp (the SEI NAL,
+    or an aggregation packet holding one) is searched, and ``received_ns - stamp`` goes to
+    ``latency``, ``now_ns - stamp`` to ``app_latency``. The times are those of the read that
+    completed the frame, so a frame counts as arrived when it can be decoded.
     """
 
     def __init__(
         self,
-        channels: dict[int, TrackCount],
         latency: LatencyHistogram | None = None,
         app_latency: LatencyHistogram | None = None,
-        buffer_size: int = WALK_BUFFER,
     ) -> None:
-        if buffer_size < COMPACT_BELOW + MAX_RTSP_HEAD:
-            raise ValueError(f"buffer_size must be at least {COMPACT_BELOW + MAX_RTSP_HEAD}")
-        self.tracks = list(channels.values())
-        self._by_channel: list[TrackCount | None] = [None] * 256
-        for channel, track in channels.items():
-            if not 0 <= channel <= 255:
-                raise ValueError(f"interleaved channel {channel} out of range 0-255")
-            self._by_channel[channel] = track
+        self.connection = ClientConnection(max_body=MAX_RTSP_BODY)
+        self.receivers: list[RtpReceiver] = []
         self.latency = latency
         self.app_latency = app_latency
         self.recording = False
-        self.other_frames = 0  # RTCP and channels without a track
-        self.rtsp_messages = 0
-        self.rtsp_error_status: str | None = None  # start line of the last 4xx/5xx response
-        self._buffer = bytearray(buffer_size)
-        self._view = memoryview(self._buffer)
-        self._start = 0  # first byte not yet walked
-        self._end = 0  # end of the bytes received
-        self._skip = 0  # bytes of an RTSP message body still to discard
-        self._error: str | None = None
+        self.rtsp_messages = 0  # after PLAY: keep-alive responses, requests of the server
+        self.rtsp_error_status: str | None = None  # the last 4xx/5xx response, after PLAY
+        self._tables: list[bytes | None] = []
+        self._received_ns = 0
+        self._now_ns = 0
 
-    def free_space(self) -> memoryview:
-        """Where the next read goes (never empty)."""
-        return self._view[self._end :]
+    def describe(self, body: bytes, base: str) -> tuple[SessionDescription, list[RtpReceiver]]:
+        """The SDP of a DESCRIBE answer and a receiver for each of its audio/video tracks,
+        placed on their channels by the caller once SETUP answered. Video frames come out
+        whole, so their stamps can be read; audio is only counted."""
+        sdp, receivers = describe_receivers(
+            body,
+            base,
+            ("video", "audio"),
+            relay_payloads=True,
+            on_span=self._on_span,
+            on_frame=self._on_frame,
+        )
+        self.receivers = receivers
+        self._tables = [_sei_first_bytes(r.codec) if r.is_video else None for r in receivers]
+        for receiver in receivers:
+            if not receiver.is_video:
+                receiver.on_frame = receiver.on_span = None
+        return sdp, receivers
 
-    def feed(self, data: bytes | bytearray | memoryview, received_ns: int, now_ns: int) -> None:
-        """Walk ``data`` (copied into the buffer in pieces if it is large)."""
-        data = memoryview(data).cast("B")
-        while data:
-            free = self.free_space()
-            n = min(len(free), len(data))
-            free[:n] = data[:n]
-            self.received(n, received_ns, now_ns)
-            data = data[n:]
+    @property
+    def tracks(self) -> list[TrackStats]:
+        return [r.stats for r in self.receivers]
 
-    def received(self, n: int, received_ns: int, now_ns: int) -> None:
-        """``n`` more bytes were written at :meth:`free_space`; walk every complete unit."""
-        if self._error is not None:
-            raise ValueError(f"walk already failed: {self._error}")
-        if not 0 < n <= len(self._buffer) - self._end:
-            raise ValueError(f"received {n} bytes into {len(self._buffer) - self._end} free")
-        try:
-            self._walk(self._end + n, received_ns, now_ns)
-        except ValueError as exc:
-            self._error = str(exc)
-            raise
+    def feed(
+        self, data: bytes, received_ns: int, now_ns: int
+    ) -> tuple[RtspRequest | RtspResponse, ...]:
+        """Walk ``data``; the RTSP messages among it. RtspProtocolError on malformed input,
+        after which the stream is unusable."""
+        self._received_ns = received_ns
+        self._now_ns = now_ns
+        return self.connection.receive(data, received_ns / 1e9)
 
-    def _walk(self, end: int, received_ns: int, now_ns: int) -> None:
-        buf = self._buffer
-        pos = self._start
-        if self._skip:
-            step = min(self._skip, end - pos)
-            self._skip -= step
-            pos += step
-        by_channel = self._by_channel
-        recording = self.recording
-        unpack_head = _RTP_HEAD.unpack_from
-        while pos < end:
-            if buf[pos] != 0x24:  # not "$": an RTSP message, or garbage
-                after = self._skip_message(pos, end)
-                if after < 0:  # its header section is not complete yet
-                    break
-                pos = after
-                continue
-            if end - pos < 4:
-                break
-            stop = pos + 4 + ((buf[pos + 2] << 8) | buf[pos + 3])
-            if stop > end:
-                break
-            track = by_channel[buf[pos + 1]]
-            if track is None:
-                self.other_frames += 1
-                pos = stop
-                continue
-            if stop - pos < 16 or buf[pos + 4] >> 6 != 2:
-                track.malformed += 1
-                pos = stop
-                continue
-            # The first packet of a run is counted here in full; the in-order packets of the
-            # same channel right after it go through the cheaper _in_order_run.
-            b0, b1, seq, timestamp = unpack_head(buf, pos + 4)
-            track.bytes += stop - pos - 4
-            if seq == track.next_seq:
-                track.packets += 1
-                track.highest_seq += 1
-                track.next_seq = (seq + 1) & 0xFFFF
-                if (timestamp - track.last_ts) & 0xFFFFFFFF >= 0x80000000:
-                    track.timestamp_backwards += 1
-                track.last_ts = timestamp
-            elif not track.out_of_order(seq, timestamp):
-                pos = stop
-                continue
-            if b1 & 0x80 or not track.is_video:
-                track.frames += 1
-            if recording and track.sei_first_bytes is not None and not b0 & 0x10:
-                self._look_for_stamp(
-                    track.sei_first_bytes, pos + 16 + 4 * (b0 & 0x0F), stop, received_ns, now_ns
-                )
-            pos = self._in_order_run(track, buf[pos + 1], stop, end, received_ns, now_ns)
-        if pos == end:
-            self._start = self._end = 0
-        elif len(buf) - end < COMPACT_BELOW:
-            rest = end - pos
-            buf[:rest] = self._view[pos:end]
-            self._start, self._end = 0, rest
-        else:
-            self._start, self._end = pos, end
+    def note(self, messages: tuple[RtspRequest | RtspResponse, ...]) -> None:
+        """Count the RTSP messages that came in the media stream (after PLAY)."""
+        for message in messages:
+            self.rtsp_messages += 1
+            if isinstance(message, RtspResponse) and message.status >= 400:
+                self.rtsp_error_status = f"RTSP/1.0 {message.status} {message.reason}"[:80]
 
-    def _in_order_run(
-        self, track: TrackCount, channel: int, pos: int, end: int, received_ns: int, now_ns: int
-    ) -> int:
-        """The hot path: the packets from ``pos`` on that follow each other in order on
-        ``channel`` (a frame's fragments, usually), counted in local variables. Returns where
-        it stopped: at anything else (another channel, a gap, an RTSP message, an
-        incomplete or malformed packet), which :meth:`_walk` then handles."""
-        buf = self._buffer
-        unpack_frame = _FRAME_HEAD.unpack_from
-        expect = track.next_seq
-        last_ts = track.last_ts
-        packets = size_sum = frames = backwards = 0
-        every_packet_is_a_frame = not track.is_video
-        table = track.sei_first_bytes if self.recording else None
-        while end - pos >= 16 and buf[pos] == 0x24:
-            frame_channel, size, b0, b1, seq, timestamp, ssrc = unpack_frame(buf, pos)
-            stop = pos + 4 + size
-            if (
-                seq != expect
-                or frame_channel != channel
-                or stop > end
-                or size < 12
-                or b0 & 0xC0 != 0x80
-            ):
-                break
-            expect = (seq + 1) & 0xFFFF
-            if (timestamp - last_ts) & 0xFFFFFFFF >= 0x80000000:
-                backwards += 1
-            last_ts = timestamp
-            packets += 1
-            size_sum += size
-            if every_packet_is_a_frame or b1 & 0x80:
-                frames += 1
-            if table is not None and not b0 & 0x10:
-                self._look_for_stamp(table, pos + 16 + 4 * (b0 & 0x0F), stop, received_ns, now_ns)
-            if b0 == 0x80 and not b1 & 0x80 and not every_packet_is_a_frame:
-                # The rest of this frame, as far as it simply continues, in one call to the
-                # gateway's C walk: it stops before any payload the stamp search must see.
-                run_end, run_seq, _, run_flags = continue_span(
-                    buf, stop, end, seq, timestamp, ssrc, 1 << 30, KEY_NONE, table
-                )
-                if run_end > stop:
-                    taken = run_seq - seq
-                    packets += taken
-                    size_sum += run_end - stop - 4 * taken
-                    if run_flags & SPAN_END:
-                        frames += 1
-                    expect = (run_seq + 1) & 0xFFFF
-                    stop = run_end
-            pos = stop
-        if packets:
-            track.packets += packets
-            track.highest_seq += packets
-            track.next_seq = expect
-            track.last_ts = last_ts
-            track.bytes += size_sum
-            track.frames += frames
-            track.timestamp_backwards += backwards
-        return pos
-
-    def _look_for_stamp(
-        self, table: bytes, payload: int, stop: int, received_ns: int, now_ns: int
+    def _on_span(
+        self,
+        track: int,
+        timestamp: int,
+        keyframe: bool,
+        buf: bytes,
+        start: int,
+        end: int,
+        arrival: float,
     ) -> None:
-        """Record the latency of the camera's stamp if this payload (``payload:stop`` in the
-        buffer) can carry one and does."""
-        if payload < stop and table[self._buffer[payload]]:
-            stamp = find_timestamp(self._view[payload:stop])
-            if stamp is not None:
-                if self.latency is not None:
-                    self.latency.add((received_ns - stamp) // 1000)
-                if self.app_latency is not None:
-                    self.app_latency.add((now_ns - stamp) // 1000)
+        table = self._tables[track]
+        if not self.recording or table is None:
+            return
+        for pos in iter_frames(buf, start, end):
+            # A span's packets have plain 12-byte headers: the payload is at +16.
+            stop = frame_end(buf, pos)
+            if pos + 16 < stop and table[buf[pos + 16]] and self._record(buf[pos + 16 : stop]):
+                return
 
-    def _skip_message(self, pos: int, end: int) -> int:
-        """Step over the RTSP message at ``pos``: where the walk continues, or -1 if its header
-        section is not complete yet."""
-        buf = self._buffer
-        while pos < end and buf[pos] in (0x0D, 0x0A):  # blank lines between messages
-            pos += 1
-        if pos == end or buf[pos] == 0x24:
-            return pos
-        if not 0x41 <= buf[pos] <= 0x5A:  # "RTSP/1.0 ..." or a method name: A-Z
-            excerpt = bytes(self._view[pos : min(end, pos + 8)]).hex(" ")
-            raise ValueError(
-                f"expected an interleaved frame ('$') or an RTSP message, got bytes {excerpt}"
-            )
-        head_end = buf.find(b"\r\n\r\n", pos, min(end, pos + MAX_RTSP_HEAD))
-        if head_end < 0:
-            if end - pos >= MAX_RTSP_HEAD:
-                raise ValueError(f"RTSP message header section exceeds {MAX_RTSP_HEAD} bytes")
-            line_end = buf.find(b"\r\n", pos, end)
-            if line_end >= 0:  # check the start line as soon as it is there
-                self._start_line(bytes(self._view[pos:line_end]))
-            return -1
-        lines = bytes(self._view[pos:head_end]).split(b"\r\n")
-        status = self._start_line(lines[0])
-        length = 0
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                value = value.strip()
-                if not value.isdigit() or len(value) > 9:
-                    raise ValueError(f"invalid Content-Length {value[:20]!r} in an RTSP message")
-                length = int(value)
-                if length > MAX_RTSP_BODY:
-                    raise ValueError(f"RTSP message body of {length} bytes exceeds {MAX_RTSP_BODY}")
-        self.rtsp_messages += 1
-        if status >= 400:
-            self.rtsp_error_status = lines[0][:80].decode("latin-1")
-        body_end = head_end + 4 + length
-        if body_end <= end:
-            return body_end
-        self._skip = body_end - end
-        return end
+    def _on_frame(self, frame: ReceivedFrame) -> None:
+        table = self._tables[frame.track]
+        if not self.recording or table is None or frame.payloads is None:
+            return
+        for payload in frame.payloads:
+            if payload and table[payload[0]] and self._record(payload):
+                return
 
-    @staticmethod
-    def _start_line(line: bytes) -> int:
-        """The status of a response's start line, 0 for a request's; ValueError otherwise."""
-        if _START_LINE.fullmatch(line) is None:
-            raise ValueError(f"malformed RTSP start line {line[:60]!r}")
-        return int(line[9:12]) if line.startswith(b"RTSP/") else 0
+    def _record(self, payload: bytes | memoryview) -> bool:
+        stamp = find_timestamp(payload)
+        if stamp is None:
+            return False
+        if self.latency is not None:
+            self.latency.add((self._received_ns - stamp) // 1000)
+        if self.app_latency is not None:
+            self.app_latency.add((self._now_ns - stamp) // 1000)
+        return True
 
 
 @dataclass
@@ -486,10 +274,10 @@ class Counters:
     malformed: int = 0
 
     @classmethod
-    def read(cls, tracks: list[TrackCount]) -> Counters:
+    def read(cls, tracks: list[TrackStats]) -> Counters:
         out = cls()
         for track in tracks:
-            if track.is_video:
+            if track.media == "video":
                 out.video_frames += track.frames
             else:
                 out.audio_frames += track.frames
@@ -538,6 +326,8 @@ class LeanReader:
     :meth:`start` plays the URL (Digest/Basic auth when challenged) and raises
     :class:`RtspClientError` on failure. Afterwards a failure of the session (closed,
     reset, protocol error) ends it and sets :attr:`error`; :attr:`failed` is set then.
+    The handshake is the gateway RTSP client's (the same requests, SDP and SETUP handling);
+    only the socket is this reader's own, read with ``recvmsg`` for the kernel receive time.
     """
 
     def __init__(
@@ -557,43 +347,37 @@ class LeanReader:
         username = username if username is not None else address.username
         password = password if password is not None else address.password
         self._auth = DigestClient(username, password or "") if username else None
-        self.latency = latency
-        self.app_latency = app_latency
         self.read_stats = read_stats if read_stats is not None else ReadStats()
         self.request_timeout = request_timeout
-        self.tracks: list[TrackCount] = []
-        self.walk: InterleavedWalk | None = None
+        self.stream = StampedStream(latency, app_latency)
         self.error: str | None = None
         self.failed = asyncio.Event()
         self.keepalives = 0
         self._loop = asyncio.get_running_loop()
         self._sock: socket.socket | None = None
-        self._parser = RtspConnectionParser("client", max_body=MAX_RTSP_BODY)
         self._cseq = 0
         self._session: str | None = None
         self._session_timeout = DEFAULT_SESSION_TIMEOUT
         self._public: list[str] = []
+        self._playing = False
         self._reading = False
         self._keepalive: asyncio.Task[None] | None = None
+        self._responses: list[RtspResponse] = []
 
     @property
     def recording(self) -> bool:
-        return self.walk is not None and self.walk.recording
+        return self.stream.recording
 
     @recording.setter
     def recording(self, value: bool) -> None:
-        if self.walk is not None:
-            self.walk.recording = value
+        self.stream.recording = value
 
     def counters(self) -> Counters:
-        return Counters.read(self.tracks)
+        return Counters.read(self.stream.tracks)
 
     async def start(self) -> None:
         try:
             await self._start()
-        except RtspProtocolError as exc:
-            self.close()
-            raise RtspClientError(0, f"protocol error from server: {exc}") from None
         except BaseException:
             self.close()
             raise
@@ -640,43 +424,30 @@ class LeanReader:
             with contextlib.suppress(ValueError):
                 self._public = parse_token_list(options.headers.get("Public", "") or "")
         describe = await self._request("DESCRIBE", self.url, {"Accept": "application/sdp"})
-        _expect(describe, "DESCRIBE")
-        base = (
-            describe.headers.get("Content-Base")
-            or describe.headers.get("Content-Location")
-            or self.url
-        )
-        try:
-            sdp = parse_sdp(describe.body)
-        except ValueError as exc:
-            raise RtspClientError(0, f"DESCRIBE returned an invalid SDP: {exc}") from None
-        channels: dict[int, TrackCount] = {}
-        for media in sdp.media:
-            if media.media not in ("video", "audio") or "RTP/AVP" not in media.protocol.upper():
-                continue
-            try:
-                codec = codec_name(media.encoding)
-            except ValueError:
-                codec = media.encoding
-            track = TrackCount(media.media, codec)
-            index = len(self.tracks)
-            self.tracks.append(track)
-            rtp_channel = await self._setup(resolve_control(base, media.control), index)
-            channels[rtp_channel] = track
-        if not self.tracks:
-            raise RtspClientError(0, "SDP offers no audio/video RTP track")
-        self.walk = InterleavedWalk(channels, self.latency, self.app_latency)
+        expect_ok(describe, "DESCRIBE")
+        base = content_base(describe, self.url)
+        sdp, receivers = self.stream.describe(describe.body, base)
+        channels = self.stream.connection.channels
+        for receiver in receivers:
+            offer = tcp_offer(receiver.stats.index)
+            response = await self._request(
+                "SETUP", receiver.stats.control_url, {"Transport": str(offer)}
+            )
+            expect_ok(response, "SETUP")
+            session, answer = setup_answer(response)
+            self._session = session.session_id
+            if session.timeout:
+                self._session_timeout = session.timeout
+            rtp_channel, rtcp_channel = interleaved_channels(answer, offer)
+            channels[rtp_channel] = (receiver, False)
+            channels[rtcp_channel] = (receiver, True)
 
         session_url = resolve_control(base, sdp.control) if sdp.control else base
         play = await self._request("PLAY", session_url, {"Range": "npt=0.000-"})
-        _expect(play, "PLAY")
-        # Bytes that came with or after the PLAY response are the start of the media stream.
-        rest = self._parser.take_buffered()
-        if rest:
-            now = time.time_ns()
-            self._feed(rest, now, now)
+        expect_ok(play, "PLAY")
+        self._playing = True
         sock = self._sock
-        if sock is None:  # failed while walking those bytes
+        if sock is None:  # failed while walking the bytes that came with the answer
             raise RtspClientError(0, self.error or "session failed")
         self._loop.add_reader(sock.fileno(), self._on_readable)
         self._reading = True
@@ -684,25 +455,6 @@ class LeanReader:
         self._keepalive = asyncio.create_task(
             self._keepalive_loop(method, session_url, self._session_timeout / 2)
         )
-
-    async def _setup(self, control_url: str, index: int) -> int:
-        """SETUP one track on channels 2i/2i+1 (or the server's choice); its RTP channel."""
-        offer = TransportSpec(
-            lower_transport="TCP", multicast=False, interleaved=(2 * index, 2 * index + 1)
-        )
-        response = await self._request("SETUP", control_url, {"Transport": str(offer)})
-        _expect(response, "SETUP")
-        try:
-            session = SessionHeader.parse(response.headers.get("Session") or "")
-            (answer,) = parse_transport_header(response.headers.get("Transport") or "")[:1]
-        except ValueError as exc:
-            raise RtspClientError(0, f"bad SETUP response: {exc}") from None
-        if not answer.is_tcp:
-            raise RtspClientError(461, f"server answered TCP SETUP with {answer}")
-        self._session = session.session_id
-        if session.timeout:
-            self._session_timeout = session.timeout
-        return (answer.interleaved or offer.interleaved or (0, 1))[0]
 
     def _request_bytes(self, method: str, uri: str, headers: dict[str, str] | None) -> bytes:
         self._cseq += 1
@@ -737,27 +489,29 @@ class LeanReader:
             raise RtspClientError(0, f"connection lost: {exc}") from None
 
     async def _response(self, sock: socket.socket, cseq: int) -> RtspResponse:
-        parser = self._parser
         while True:
-            for event in parser.events():
-                if type(event) is RtspResponse:
-                    try:
-                        answered = event.cseq
-                    except ValueError:
-                        answered = None
-                    if answered in (cseq, None):  # some cameras drop CSeq on errors
-                        return event
-                elif type(event) is InterleavedFrame and self.walk is not None:
-                    # Media ahead of the PLAY response belongs to the stream all the same.
-                    now = time.time_ns()
-                    self._feed(bytes(event), now, now)
+            for response in self._responses:
+                try:
+                    answered = response.cseq
+                except ValueError:
+                    answered = None
+                if answered in (cseq, None):  # some cameras drop CSeq on errors
+                    self._responses.clear()
+                    return response
+            self._responses.clear()
             data = await self._loop.sock_recv(sock, 65536)
             if not data:
                 raise RtspClientError(0, "connection closed by server")
-            parser.feed(data)
+            # Media ahead of the PLAY response belongs to the stream all the same.
+            now = time.time_ns()
+            try:
+                messages = self.stream.feed(data, now, now)
+            except RtspProtocolError as exc:
+                raise RtspClientError(0, f"protocol error from server: {exc}") from None
+            self._responses.extend(m for m in messages if isinstance(m, RtspResponse))
 
     async def _keepalive_loop(self, method: str, uri: str, interval: float) -> None:
-        # The responses come back in the media stream, where the walk steps over them.
+        # The responses come back in the media stream, where the stream notes them.
         while self._sock is not None:
             await asyncio.sleep(max(interval, 0.05))
             sock = self._sock
@@ -773,21 +527,20 @@ class LeanReader:
     # -- steady state
 
     def _on_readable(self) -> None:
-        sock, walk = self._sock, self.walk
-        if sock is None or walk is None:
+        sock, stream = self._sock, self.stream
+        if sock is None:
             return
         read_stats = self.read_stats
         for _ in range(READS_PER_WAKEUP):
-            free = walk.free_space()
             try:
-                n, ancillary, _, _ = sock.recvmsg_into([free], _ANCILLARY_SIZE)
+                data, ancillary, _, _ = sock.recvmsg(READ_SIZE, _ANCILLARY_SIZE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 self._fail(f"connection lost: {exc}")
                 return
             now = time.time_ns()
-            if n == 0:
+            if not data:
                 self._fail("connection closed by server")
                 return
             received = kernel_receive_ns(ancillary) if ancillary else None
@@ -797,30 +550,18 @@ class LeanReader:
             else:
                 read_stats.kernel_stamped += 1
             try:
-                walk.received(n, received, now)
-            except ValueError as exc:
+                stream.note(stream.feed(data, received, now))
+            except RtspProtocolError as exc:
                 self._fail(f"protocol error from server: {exc}")
                 return
-            if n < len(free):  # a short read: the socket is drained, save the EAGAIN call
+            if len(data) < READ_SIZE:  # a short read: the socket is drained, save the EAGAIN
                 return
-
-    def _feed(self, data: bytes, received_ns: int, now_ns: int) -> None:
-        assert self.walk is not None
-        try:
-            self.walk.feed(data, received_ns, now_ns)
-        except ValueError as exc:
-            self._fail(f"protocol error from server: {exc}")
 
     def _fail(self, error: str) -> None:
         if self.error is None:
             self.error = error
         self.failed.set()
         self.close()
-
-
-def _expect(response: RtspResponse, what: str) -> None:
-    if response.status != 200:
-        raise RtspClientError(response.status, f"{what}: {response.reason}")
 
 
 # --------------------------------------------------------------------------- the process

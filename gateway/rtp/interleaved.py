@@ -8,6 +8,7 @@ and walking the frames of a buffer.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from typing import Final
 
 # "$", channel, length, then a plain 12-byte RTP header: V/P/X/CC, M/PT, sequence number,
@@ -26,13 +27,32 @@ def interleave(channel: int, packet: bytes) -> bytes:
     return b"".join((_CHANNEL_PREFIX[channel], size.to_bytes(2, "big"), packet))
 
 
+def frame_end(data: bytes | bytearray | memoryview, pos: int) -> int:
+    """Where the ``$`` frame starting at ``data[pos]`` ends (its 4-byte prefix must be there)."""
+    return pos + 4 + ((data[pos + 2] << 8) | data[pos + 3])
+
+
+def iter_frames(data: bytes | bytearray | memoryview, start: int, end: int) -> Iterator[int]:
+    """Where each ``$`` frame laid back to back in ``data[start:end]`` starts; ValueError
+    when the framing does not add up (a byte that is not ``$``, a frame past ``end``)."""
+    pos = start
+    while pos < end:
+        if end - pos < 4 or data[pos] != 0x24:
+            raise ValueError(f"no interleaved frame at offset {pos}")
+        stop = frame_end(data, pos)
+        if stop > end:
+            raise ValueError(f"interleaved frame at offset {pos} does not fit its span")
+        yield pos
+        pos = stop
+
+
 def frame_offsets(data: bytes | bytearray, count: int) -> list[int]:
     """Where each of the ``count`` frames laid back to back from ``data[0]`` starts."""
     out = []
     pos = 0
     for _ in range(count):
         out.append(pos)
-        pos += 4 + ((data[pos + 2] << 8) | data[pos + 3])
+        pos = frame_end(data, pos)
     return out
 
 
@@ -41,13 +61,9 @@ def interleaved_payloads(data: bytes | bytearray, start: int, end: int) -> list[
     as ``$``, channel, 16-bit length, then a packet with a plain 12-byte header (no CSRC,
     extension or padding). ValueError when the framing does not add up."""
     payloads = []
-    pos = start
-    while pos < end:
-        if end - pos < 4 or data[pos] != 0x24:
-            raise ValueError(f"no interleaved frame at offset {pos}")
-        stop = pos + 4 + ((data[pos + 2] << 8) | data[pos + 3])
-        if stop > end or stop - pos < 16:
+    for pos in iter_frames(data, start, end):
+        stop = frame_end(data, pos)
+        if stop - pos < 16:
             raise ValueError(f"interleaved frame at offset {pos} does not fit its span")
         payloads.append(bytes(data[pos + 16 : stop]))
-        pos = stop
     return payloads

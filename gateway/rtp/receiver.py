@@ -117,7 +117,7 @@ def sequence_step(
     the packet's 16-bit one; ``received`` counts this packet, ``duplicates`` the earlier
     duplicates. Returns what the packet is, the new extended highest, and the packets lost:
     expected minus received (duplicates not received), never below 0. The one loss
-    algorithm of the RTSP reader and the benchmarks' lean reader."""
+    algorithm of the RTSP reader (and so of the benchmarks' lean reader, built on it)."""
     delta = (seq - highest) & 0xFFFF
     if delta == 0:
         kind = SEQ_DUPLICATE

@@ -107,6 +107,85 @@ def answer_challenge(auth: DigestClient, response: RtspResponse, method: str) ->
         raise RtspClientError(401, f"{method}: {exc}") from None
 
 
+def expect_ok(response: RtspResponse, what: str) -> None:
+    """RtspClientError unless ``response`` is a 200."""
+    if response.status != 200:
+        raise RtspClientError(response.status, f"{what}: {response.reason}")
+
+
+def content_base(describe: RtspResponse, url: str) -> str:
+    """The URL a DESCRIBE answer's control URLs are relative to."""
+    return describe.headers.get("Content-Base") or describe.headers.get("Content-Location") or url
+
+
+def describe_receivers(
+    body: bytes,
+    base: str,
+    media_filter: tuple[str, ...],
+    *,
+    on_frame: FrameCallback | None = None,
+    relay_payloads: bool = False,
+    on_span: SpanCallback | None = None,
+    depacketize: bool = False,
+) -> tuple[SessionDescription, list[RtpReceiver]]:
+    """The SDP of a DESCRIBE answer and a receiver (:func:`receiver_for`, with the options
+    given) for each of its RTP tracks of a kind in ``media_filter``; RtspClientError when
+    the SDP is invalid or offers none."""
+    try:
+        sdp = parse_sdp(body)
+    except ValueError as exc:
+        raise RtspClientError(0, f"DESCRIBE returned an invalid SDP: {exc}") from None
+    receivers: list[RtpReceiver] = []
+    for media in sdp.media:
+        if media.media not in media_filter or "RTP/AVP" not in media.protocol.upper():
+            continue
+        control = resolve_control(base, media.control)
+        receivers.append(
+            receiver_for(
+                len(receivers),
+                media,
+                control,
+                on_frame=on_frame,
+                relay_payloads=relay_payloads,
+                on_span=on_span,
+                depacketize=depacketize,
+            )
+        )
+    if not receivers:
+        raise RtspClientError(0, f"SDP offers no {'/'.join(media_filter)} RTP track")
+    return sdp, receivers
+
+
+def tcp_offer(index: int) -> TransportSpec:
+    """The Transport a client offers for track ``index``: interleaved channels 2i and 2i+1."""
+    return TransportSpec(
+        lower_transport="TCP", multicast=False, interleaved=(2 * index, 2 * index + 1)
+    )
+
+
+def setup_answer(response: RtspResponse) -> tuple[SessionHeader, TransportSpec]:
+    """The session and the transport a SETUP answer (already checked to be a 200) gives."""
+    session = response.headers.get("Session")
+    if session is None:
+        raise RtspClientError(0, "SETUP response without Session header")
+    try:
+        parsed = SessionHeader.parse(session)
+        (answer,) = parse_transport_header(response.headers.get("Transport") or "")[:1]
+    except ValueError as exc:
+        raise RtspClientError(0, f"bad SETUP response: {exc}") from None
+    return parsed, answer
+
+
+def interleaved_channels(answer: TransportSpec, offer: TransportSpec) -> tuple[int, int]:
+    """The RTP and RTCP channels of a TCP SETUP answer (the offer's when it names none)."""
+    if not answer.is_tcp:
+        raise RtspClientError(461, f"server answered TCP SETUP with {answer}")
+    rtp_channel, rtcp_channel = answer.interleaved or offer.interleaved or (0, 1)
+    if rtcp_channel == rtp_channel:
+        rtcp_channel = rtp_channel + 1
+    return rtp_channel, rtcp_channel
+
+
 class _ControlProtocol(asyncio.Protocol):
     """The RTSP TCP connection: the asyncio side of :class:`ClientConnection`."""
 
@@ -307,12 +386,8 @@ class RtspReader:
                 self.public_methods = parse_token_list(options.headers.get("Public", "") or "")
 
         describe = await self.request("DESCRIBE", self.url, {"Accept": "application/sdp"})
-        self._expect(describe, "DESCRIBE")
-        base = (
-            describe.headers.get("Content-Base")
-            or describe.headers.get("Content-Location")
-            or self.url
-        )
+        expect_ok(describe, "DESCRIBE")
+        base = content_base(describe, self.url)
         self._describe_tracks(describe.body, base)
 
         for track in self._tracks:
@@ -322,7 +397,7 @@ class RtspReader:
         self._session_url = resolve_control(base, session_control) if session_control else base
         self.stats.play_sent_at = self._loop.time()
         play = await self.request("PLAY", self._session_url, {"Range": "npt=0.000-"})
-        self._expect(play, "PLAY")
+        expect_ok(play, "PLAY")
         rtp_info = play.headers.get("RTP-Info")
         if rtp_info:
             self._apply_rtp_info(rtp_info)
@@ -332,48 +407,30 @@ class RtspReader:
         self._keepalive = asyncio.create_task(self._keepalive_loop(interval))
 
     def _describe_tracks(self, body: bytes, base: str) -> None:
-        try:
-            self.sdp = parse_sdp(body)
-        except ValueError as exc:
-            raise RtspClientError(0, f"DESCRIBE returned an invalid SDP: {exc}") from None
-        for media in self.sdp.media:
-            if media.media not in self.media_filter or "RTP/AVP" not in media.protocol.upper():
-                continue
-            track = receiver_for(
-                len(self._tracks),
-                media,
-                resolve_control(base, media.control),
-                on_frame=self.on_frame,
-                relay_payloads=self.relay_payloads,
-                on_span=self.on_span,
-                depacketize=self.depacketize,
-            )
+        self.sdp, self._tracks = describe_receivers(
+            body,
+            base,
+            self.media_filter,
+            on_frame=self.on_frame,
+            relay_payloads=self.relay_payloads,
+            on_span=self.on_span,
+            depacketize=self.depacketize,
+        )
+        for track in self._tracks:
             self.codec_params.append(track.params)
             track.on_counted = self._counted
-            self._tracks.append(track)
             self.stats.tracks.append(track.stats)
-        if not self._tracks:
-            raise RtspClientError(0, f"SDP offers no {'/'.join(self.media_filter)} RTP track")
 
     async def _setup(self, track: RtpReceiver) -> None:
         index = track.stats.index
         if self.transport_kind == "tcp":
-            offer = TransportSpec(
-                lower_transport="TCP", multicast=False, interleaved=(2 * index, 2 * index + 1)
-            )
+            offer = tcp_offer(index)
         else:
             rtp_port = await self._open_udp(track)
             offer = TransportSpec(multicast=False, client_port=(rtp_port, rtp_port + 1))
         response = await self.request("SETUP", track.stats.control_url, {"Transport": str(offer)})
-        self._expect(response, "SETUP")
-        session = response.headers.get("Session")
-        if session is None:
-            raise RtspClientError(0, "SETUP response without Session header")
-        try:
-            parsed_session = SessionHeader.parse(session)
-            (answer,) = parse_transport_header(response.headers.get("Transport") or "")[:1]
-        except ValueError as exc:
-            raise RtspClientError(0, f"bad SETUP response: {exc}") from None
+        expect_ok(response, "SETUP")
+        parsed_session, answer = setup_answer(response)
         self._session = parsed_session.session_id
         self.stats.session_id = parsed_session.session_id
         if parsed_session.timeout is not None:
@@ -381,11 +438,7 @@ class RtspReader:
         if answer.ssrc is not None:
             track.stats.ssrc = answer.ssrc
         if self.transport_kind == "tcp":
-            if not answer.is_tcp:
-                raise RtspClientError(461, f"server answered TCP SETUP with {answer}")
-            rtp_channel, rtcp_channel = answer.interleaved or offer.interleaved or (0, 1)
-            if rtcp_channel == rtp_channel:
-                rtcp_channel = rtp_channel + 1
+            rtp_channel, rtcp_channel = interleaved_channels(answer, offer)
             self.connection.channels[rtp_channel] = (track, False)
             self.connection.channels[rtcp_channel] = (track, True)
         elif answer.is_tcp:
@@ -487,11 +540,6 @@ class RtspReader:
             future = next(iter(self._pending.values()))
         if future is not None and not future.done():
             future.set_result(response)
-
-    @staticmethod
-    def _expect(response: RtspResponse, what: str) -> None:
-        if response.status != 200:
-            raise RtspClientError(response.status, f"{what}: {response.reason}")
 
     # -- media
 
