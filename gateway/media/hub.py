@@ -36,8 +36,6 @@ from gateway.rtp.spans import stamp_span
 
 log = logging.getLogger("gateway.media")
 
-_RTCP_PREFIX = struct.Struct("!cBH")
-
 # Frames a batching hub holds before it delivers on its own (its feeder should flush sooner).
 MAX_BATCH_FRAMES = 64
 # Cap on the bytes a GOP cache may hold; a camera with a very long GOP falls back to making

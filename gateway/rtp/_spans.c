@@ -110,6 +110,8 @@ static PyObject *continue_span(PyObject *module, PyObject *args) {
     int flags = 0;
     if (pos + 1 < size) {
         const uint8_t channel = buf[pos + 1];
+        /* The "$" framing of gateway/rtp/interleaved.py, read inline: this is the relay
+           path's per-packet loop, the reason this file exists. */
         while (pos + 16 < size && buf[pos] == 0x24 && buf[pos + 1] == channel) {
             const uint8_t *h = buf + pos + 4;
             Py_ssize_t end = pos + 4 + be16(buf + pos + 2);

@@ -9,8 +9,8 @@ complete H.264/H.265 frame goes over as the list of its RTP payloads, a G.711 pa
 one-payload frame, for a relay that sends them on as they are. A frame whose packets lie
 back to back in one interleaved read buffer goes to ``on_span`` as that span instead.
 
-:func:`walk_interleaved` steps over the whole ``$`` frames of a received buffer and feeds
-each to its channel's receiver. Nothing here does IO or knows about asyncio.
+:func:`gateway.rtp.interleaved.walk_interleaved` feeds each receiver the ``$`` frames of
+its channel. Nothing here does IO or knows about asyncio.
 """
 
 from __future__ import annotations
@@ -535,35 +535,3 @@ def receiver_for(
         on_span=on_span,
         depacketize=depacketize,
     )
-
-
-# Interleaved channel -> (the receiver of its track, True for the RTCP channel).
-Channels = dict[int, tuple[RtpReceiver, bool]]
-
-
-def walk_interleaved(data: bytes, channels: Channels, now: float) -> int:
-    """Feed the whole ``$`` frames at the start of ``data`` to their receivers.
-
-    Returns where the walk stopped: ``len(data)``, the start of a frame the buffer cuts, or
-    a byte that is not ``$`` (an RTSP message, for the caller's parser). Frames on channels
-    without a receiver are skipped."""
-    pos = 0
-    size = len(data)
-    while pos + 4 <= size and data[pos] == 0x24:
-        end = pos + 4 + ((data[pos + 2] << 8) | data[pos + 3])
-        if end > size:
-            break
-        target = channels.get(data[pos + 1])
-        if target is not None:
-            track, is_rtcp = target
-            if is_rtcp:
-                track.stats.rtcp_packets += 1
-            else:
-                if track.span_buffer is data and track.span_end == pos:
-                    taken = track.extend_span(data, pos, size, now)
-                    if taken > pos:
-                        pos = taken
-                        continue
-                track.feed_at(data, pos + 4, end, now, True)
-        pos = end
-    return pos

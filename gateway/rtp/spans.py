@@ -73,6 +73,9 @@ def continue_span(
     channel = buf[pos + 1]
     unpack = FIXED_HEADER.unpack_from
     fu_types, fu_start = _FRAGMENTS[key_codec]
+    # The "$" prefix is read inline rather than through gateway.rtp.interleaved: this is the
+    # per-packet loop of the relay path, where a function call per packet would cost more
+    # than the rest of the step.
     while pos + 16 < size and buf[pos] == 0x24 and buf[pos + 1] == channel:
         end = pos + 4 + ((buf[pos + 2] << 8) | buf[pos + 3])
         payload_size = end - pos - 16

@@ -2,14 +2,14 @@
 tracks' :class:`~gateway.rtp.receiver.RtpReceiver`.
 
 While playing, the connection carries mostly ``$`` frames; they are taken straight from the
-received bytes (:func:`~gateway.rtp.receiver.walk_interleaved`, no event objects) and only
+received bytes (:func:`~gateway.rtp.interleaved.walk_interleaved`, no event objects) and only
 the rest (a response, a server's request) goes through the RTSP parser. A frame cut by a
 read waits for the next one (at most one frame is kept).
 """
 
 from __future__ import annotations
 
-from gateway.rtp.receiver import Channels, walk_interleaved
+from gateway.rtp.interleaved import FRAME_START, Channels, walk_interleaved
 from gateway.rtsp.message import (
     InterleavedFrame,
     RtspConnectionParser,
@@ -41,7 +41,7 @@ class ClientConnection:
             self._partial = b""
         if parser.idle:
             pos = walk_interleaved(data, channels, now)
-            if pos == len(data) or data[pos] == 0x24:
+            if pos == len(data) or data[pos] == FRAME_START:
                 if pos < len(data):
                     self._partial = data[pos:]
                 return _NONE

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from gateway.rtp.interleaved import interleave
+from gateway.rtp.interleaved import FRAME_START, frame_end, interleave
 
 RTSP_VERSION: Final = "RTSP/1.0"
 DEFAULT_RTSP_PORT: Final = 554
@@ -298,12 +298,12 @@ class InterleavedFrame:
     def parse(cls, data: bytes) -> InterleavedFrame:
         if len(data) < 4:
             raise ValueError(f"interleaved frame needs 4 header bytes, got {len(data)}")
-        if data[0] != 0x24:
+        if data[0] != FRAME_START:
             raise ValueError(f"interleaved frame must start with '$', got 0x{data[0]:02x}")
-        length = (data[2] << 8) | data[3]
-        if len(data) != 4 + length:
+        if len(data) != frame_end(data, 0):
             raise ValueError(
-                f"interleaved frame declares {length} payload bytes, got {len(data) - 4}"
+                f"interleaved frame declares {frame_end(data, 0) - 4} payload bytes, "
+                f"got {len(data) - 4}"
             )
         return cls(data[1], bytes(data[4:]))
 
@@ -397,9 +397,9 @@ class RtspConnectionParser:
         """The buffered bytes when they are only the start of a ``$`` frame (no message
         pending), handed over so a caller can complete the frame itself; else ``b""``."""
         buf = self._buffer
-        if self._head is not None or not buf or buf[0] != 0x24:
+        if self._head is not None or not buf or buf[0] != FRAME_START:
             return b""
-        if len(buf) >= 4 and len(buf) >= 4 + ((buf[2] << 8) | buf[3]):
+        if len(buf) >= 4 and len(buf) >= frame_end(buf, 0):
             return b""  # a complete frame: still the parser's to return
         return self.take_buffered()
 
@@ -416,11 +416,11 @@ class RtspConnectionParser:
         """Every complete event in the buffer, in order (``$`` frames without a call each)."""
         buf = self._buffer
         while True:
-            if buf and buf[0] == 0x24 and self._head is None:
+            if buf and buf[0] == FRAME_START and self._head is None:
                 size = len(buf)
                 if size < 4:
                     return
-                end = 4 + ((buf[2] << 8) | buf[3])
+                end = frame_end(buf, 0)
                 if size < end:
                     return
                 frame = InterleavedFrame(buf[1], bytes(memoryview(buf)[4:end]))
@@ -435,10 +435,10 @@ class RtspConnectionParser:
     def next_event(self) -> RtspEvent:
         buf = self._buffer
         # Fast path: interleaved RTP. No regex, no decoding, one copy of the payload.
-        if buf and buf[0] == 0x24 and self._head is None:
+        if buf and buf[0] == FRAME_START and self._head is None:
             if len(buf) < 4:
                 return NEED_DATA
-            end = 4 + ((buf[2] << 8) | buf[3])
+            end = frame_end(buf, 0)
             if len(buf) < end:
                 return NEED_DATA
             frame = InterleavedFrame(buf[1], bytes(memoryview(buf)[4:end]))
@@ -472,7 +472,7 @@ class RtspConnectionParser:
             self._scanned = 0
             if not buf:
                 return NEED_DATA
-            if buf[0] == 0x24:
+            if buf[0] == FRAME_START:
                 return self.next_event()
         end, body_start = self._find_header_end()
         if end < 0:
