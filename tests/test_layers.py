@@ -24,6 +24,7 @@ FOUNDATION = {
     "gateway.limits",
     "gateway.passwords",
     "gateway.safexml",
+    "gateway.soap",
     "gateway.log",
     "gateway.store",
     "gateway.tls",
