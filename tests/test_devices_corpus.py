@@ -21,16 +21,16 @@ import pytest
 from aiohttp import web
 
 from gateway.devices.dahua import DahuaClient, flatten_table, parse_cgi_lines
-from gateway.devices.hikvision import DOCUMENTS, HikvisionClient, flatten
-from gateway.devices.http import CameraHttp
-from gateway.devices.optional import NOT_AVAILABLE
-from gateway.devices.xmlsafe import parse_xml
-from gateway.onvif.motion import (
+from gateway.devices.events import (
     MotionChange,
     MultipartParser,
     parse_dahua_event,
     parse_hikvision_alert,
 )
+from gateway.devices.hikvision import DOCUMENTS, HikvisionClient, flatten
+from gateway.devices.http import CameraHttp
+from gateway.devices.optional import NOT_AVAILABLE
+from gateway.devices.xmlsafe import parse_xml
 from gateway.policy.telemetry import TelemetryPolicy
 from gateway.policy.versions import FirmwareVersion
 from tests.test_devices_fidelity import assert_only_texts_changed

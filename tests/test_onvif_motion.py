@@ -1,4 +1,4 @@
-"""Motion from real cameras' event interfaces (gateway.onvif.motion) against the simulators:
+"""Motion from real cameras' event interfaces (gateway.devices.events) against the simulators:
 Hikvision's ISAPI alert stream, Dahua's eventManager attach stream and the camera's own ONVIF
 PullPoint; connection drops and resets with resubscription; the sans-IO parsers on hostile
 input."""
@@ -13,11 +13,11 @@ import pytest
 
 from gateway.backoff import Backoff
 from gateway.config import CameraConfig, Secret
-from gateway.onvif.backend import MotionEvent
-from gateway.onvif.motion import (
+from gateway.devices.events import (
     CameraMotion,
     DahuaMotion,
     HikvisionMotion,
+    MotionEvent,
     MotionProtocolError,
     MultipartParser,
     OnvifMotion,
@@ -26,12 +26,13 @@ from gateway.onvif.motion import (
     parse_dahua_event,
     parse_hikvision_alert,
     parse_pull_messages,
-    soap_body,
 )
+from gateway.devices.soap import reply_body
 from gateway.sim import hikvision as sim_hikvision
 from gateway.sim.camera import SimCamera
 from gateway.sim.device import SimDevice
 from gateway.sim.runner import SimFleet, default_stream_specs
+from gateway.soap import SoapFault
 
 MOTION_INTERVAL = 0.6
 
@@ -132,7 +133,7 @@ def test_pull_messages_motion_and_remaining_time() -> None:
 <wsnt:Message><tt:Message><tt:Data><tt:SimpleItem Name="IsMotion" Value="false"/></tt:Data>
 </tt:Message></wsnt:Message></wsnt:NotificationMessage>
 </tev:PullMessagesResponse></s:Body></s:Envelope>"""
-    result = parse_pull_messages(soap_body(reply))
+    result = parse_pull_messages(reply_body(reply, "cam"))
     assert result.motion == [True, False]
     assert result.remaining == 60.0
     fault = (
@@ -140,8 +141,9 @@ def test_pull_messages_motion_and_remaining_time() -> None:
         b"<s:Code><s:Value>s:Sender</s:Value></s:Code><s:Reason><s:Text>sender not authorized"
         b"</s:Text></s:Reason></s:Fault></s:Body></s:Envelope>"
     )
-    with pytest.raises(MotionProtocolError, match=r"fault: .*sender not authorized"):
-        soap_body(fault)
+    with pytest.raises(SoapFault, match=r"camera cam: sender not authorized") as raised:
+        reply_body(fault, "cam")
+    assert raised.value.code == "Sender"
 
 
 def test_backoff_is_capped_exponential_with_jitter() -> None:

@@ -14,9 +14,7 @@ import aiohttp
 import pytest
 import yarl
 
-from gateway.devices.xmlsafe import parse_xml
-from gateway.digest import DigestClient
-from gateway.onvif.motion import (
+from gateway.devices.events import (
     MotionChange,
     MultipartParser,
     Part,
@@ -24,6 +22,8 @@ from gateway.onvif.motion import (
     parse_dahua_event,
     parse_hikvision_alert,
 )
+from gateway.devices.xmlsafe import parse_xml
+from gateway.digest import DigestClient
 from gateway.sim import dahua as sim_dahua
 from gateway.sim import hikvision as sim_hik
 from gateway.sim.device import SimDevice

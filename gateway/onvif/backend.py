@@ -2,7 +2,8 @@
 
 The runtime implements :class:`CameraBackend` over its hubs and inventory; the ONVIF services
 know nothing else. :class:`PtzBackend` is implemented by :mod:`gateway.onvif.ptz` (forwarding
-to the camera) and by the simulator; :class:`MotionSource` by :mod:`gateway.onvif.motion`.
+to the camera) and by the simulator; :class:`MotionSource` by the camera event clients
+(:mod:`gateway.devices.events`), whose :class:`MotionEvent` it hands on.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Protocol
 from lxml import etree
 
 from gateway.config import CameraConfig
+from gateway.devices.events import MotionEvent
 from gateway.onvif.xml import Xml
 
 # Namespace of the virtual devices' urn:uuid (uuid5), fixed forever so UUIDs survive restarts.
@@ -57,12 +59,6 @@ class StreamInfo:
     gop: int  # frames between keyframes
     profile: str  # H.264 "Baseline" | "Main" | "High"; H.265 "Main" | "Main10"
     audio: AudioInfo | None = None
-
-
-@dataclass(frozen=True)
-class MotionEvent:
-    active: bool
-    time: float  # Unix seconds
 
 
 class MotionSource(Protocol):

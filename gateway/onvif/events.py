@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from gateway.onvif.backend import MotionEvent
+from gateway.devices.events import MotionEvent
 from gateway.onvif.core import SERVICE_PATHS, Call, CameraSlot, Handler, VirtualDevice, iso_time
 from gateway.onvif.push import ConsumerRefused, Delivery, resolve_consumer
 from gateway.onvif.xml import NS, SoapFault, Xml, child, child_text, el, text

@@ -18,30 +18,10 @@ from typing import Any
 import aiohttp
 from lxml import etree
 
+from gateway.devices.soap import fault_from_reply
 from gateway.onvif.xml import SOAP11, SOAP12, SoapFault, Xml, child, parse_xml, raw
 
 MAX_REPLY_BYTES = 1024 * 1024
-
-
-def fault_from_reply(fault: etree._Element, camera: str) -> SoapFault:
-    """Re-raise a camera's SOAP fault (1.2 or 1.1) with its ONVIF subcodes."""
-    ns = etree.QName(fault).namespace
-    if ns == SOAP12:
-        code = fault.findtext(f"{{{SOAP12}}}Code/{{{SOAP12}}}Value") or "Receiver"
-        subcodes: list[str] = []
-        node = fault.find(f"{{{SOAP12}}}Code/{{{SOAP12}}}Subcode")
-        while node is not None and len(subcodes) < 4:
-            value = (node.findtext(f"{{{SOAP12}}}Value") or "").strip()
-            if value:
-                subcodes.append("ter:" + value.split(":")[-1])
-            node = node.find(f"{{{SOAP12}}}Subcode")
-        reason = (fault.findtext(f"{{{SOAP12}}}Reason/{{{SOAP12}}}Text") or "").strip()
-    else:
-        code = "Sender" if "Client" in (fault.findtext("faultcode") or "") else "Receiver"
-        subcodes = []
-        reason = (fault.findtext("faultstring") or "").strip()
-    side = "Sender" if code.split(":")[-1] in ("Sender", "Client") else "Receiver"
-    return SoapFault(side, tuple(subcodes), f"camera {camera}: {reason or 'fault'}")
 
 
 def camera_lacks(what: str) -> SoapFault:

@@ -5,7 +5,7 @@ Every enabled camera becomes a virtual ONVIF device (plus the NVR device in NVR 
 backend is the runtime itself: stream facts as ingested (``GatewayView.stream_status``), JPEGs from
 the cached keyframe, SystemReboot as an upstream reconnect, identity from the fleet inventory
 (else from ``[[camera]]``), motion from the camera's own event interface
-(:mod:`gateway.onvif.motion`) and PTZ forwarded to the camera's ONVIF PTZ service once a
+(:mod:`gateway.devices.events`) and PTZ forwarded to the camera's ONVIF PTZ service once a
 background probe found one. Nothing here waits for a camera: an unreachable camera gets its
 device at once and its motion/PTZ when it answers. A reload adds and removes devices for
 added and removed cameras and leaves the others running.
@@ -30,6 +30,7 @@ from aiohttp import web
 from gateway.backoff import Backoff
 from gateway.config import CameraConfig, Config, ConfigError
 from gateway.devices.base import DeviceIdentity as InventoryIdentity
+from gateway.devices.events import CameraMotion, motion_source_for
 from gateway.limits import HttpLimits
 from gateway.onvif.backend import (
     VENDOR_NAMES,
@@ -43,7 +44,6 @@ from gateway.onvif.core import CameraSlot, VirtualDevice
 from gateway.onvif.discovery import DiscoveryResponders
 from gateway.onvif.forward import CameraServiceForwarder
 from gateway.onvif.imaging import OnvifImagingForwarder
-from gateway.onvif.motion import CameraMotion, motion_source_for
 from gateway.onvif.ptz import OnvifPtzForwarder
 from gateway.onvif.security import ReplayCache, SharedReplayCache
 from gateway.onvif.server import serve_device, share_replay_cache

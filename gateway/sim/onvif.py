@@ -21,10 +21,10 @@ from aiohttp import web
 from lxml import etree
 
 from gateway.config import CameraConfig, Secret
+from gateway.devices.events import MotionEvent
 from gateway.onvif.backend import (
     VENDOR_NAMES,
     DeviceIdentity,
-    MotionEvent,
     PtzSetup,
     StreamInfo,
 )

@@ -1,4 +1,7 @@
-"""Motion of real cameras, as :class:`~gateway.onvif.backend.MotionSource` objects.
+"""Motion events of real cameras: the gateway's clients of the cameras' event interfaces.
+
+Each :class:`CameraMotion` is a :class:`~gateway.onvif.backend.MotionSource` the virtual
+devices' event services read (:class:`MotionEvent` for each change).
 
 Three ways a camera reports motion, chosen by its vendor (:func:`motion_source_for`):
 
@@ -15,24 +18,23 @@ Three ways a camera reports motion, chosen by its vendor (:func:`motion_source_f
 
 The parsers are sans-IO (:class:`MultipartParser`, :func:`parse_hikvision_alert`,
 :func:`parse_dahua_event`, :func:`parse_pull_messages`); every buffer is bounded. The asyncio
-layer (:class:`CameraMotion`) authenticates with HTTP Digest (and WS-Security for ONVIF),
-reconnects with capped exponential backoff and jitter whenever the connection drops, and
-stops cleanly with :meth:`CameraMotion.close`.
+layer (:class:`CameraMotion`) talks to the camera through its
+:class:`~gateway.devices.http.CameraHttp` (HTTP Digest) and, for ONVIF, the camera SOAP
+client :class:`~gateway.devices.soap.CameraSoap` (WS-Security); it reconnects with capped
+exponential backoff and jitter whenever the connection drops, and stops cleanly with
+:meth:`CameraMotion.close`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
 import logging
-import os
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import aiohttp
@@ -43,27 +45,27 @@ from gateway.backoff import Backoff
 from gateway.config import CameraConfig
 from gateway.devices.errors import DeviceError
 from gateway.devices.http import CameraHttp
-from gateway.onvif.backend import MotionEvent
-from gateway.onvif.xml import NS, SOAP12, child, child_text, children, el, parse_xml
+from gateway.devices.soap import CameraSoap, CameraSoapError
+from gateway.safexml import parse_xml
+from gateway.soap import NS, SoapFault, child, child_text, children, el
 
 log = logging.getLogger(__name__)
 
 MAX_PART_BYTES = 64 * 1024  # one event part (headers and body); cameras send < 2 KiB
-MAX_REPLY_BYTES = 1024 * 1024  # one SOAP reply from the camera
 
 TEV = NS["tev"]
 # WS-Addressing actions of the WS-BaseNotification subscription manager (Renew, Unsubscribe).
 WSN_SUBSCRIPTION_MANAGER = "http://docs.oasis-open.org/wsn/bw-2/SubscriptionManager"
-WSSE = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd"
-WSU = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd"
-PASSWORD_DIGEST = (
-    "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-username-token-profile-1.0"
-    "#PasswordDigest"
-)
 MOTION_TOPICS = {
     "VideoSource/MotionAlarm": "State",
     "RuleEngine/CellMotionDetector/Motion": "IsMotion",
 }
+
+
+@dataclass(frozen=True)
+class MotionEvent:
+    active: bool
+    time: float  # Unix seconds
 
 
 class MotionProtocolError(ValueError):
@@ -249,60 +251,19 @@ def parse_pull_messages(root: etree._Element) -> PullResult:
     return PullResult(states, remaining)
 
 
-def username_token(username: str, password: str, now: float) -> str:
-    """A WS-Security header with a PasswordDigest UsernameToken for ``now`` (camera time)."""
-    nonce = os.urandom(16)
-    created = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-    digest = base64.b64encode(
-        hashlib.sha1(nonce + created.encode() + password.encode()).digest()
-    ).decode()
-    return el(
-        "wsse:Security",
-        el(
-            "wsse:UsernameToken",
-            el("wsse:Username", username),
-            el("wsse:Password", digest, attrs={"Type": PASSWORD_DIGEST}),
-            el("wsse:Nonce", base64.b64encode(nonce).decode()),
-            el("wsu:Created", created),
-        ),
-        attrs={"s:mustUnderstand": "1", "xmlns:wsse": WSSE, "xmlns:wsu": WSU},
-    )
-
-
-def soap_request(body: str, *, action: str, to: str, security: str | None) -> bytes:
-    header = el("wsa:Action", action) + el("wsa:To", to) + (security or "")
-    namespaces = " ".join(
-        f'xmlns:{prefix}="{NS[prefix]}"' for prefix in ("tds", "tev", "wsnt", "wsa", "tt")
-    )
-    return (
-        f'<?xml version="1.0" encoding="UTF-8"?>\n<s:Envelope xmlns:s="{SOAP12}" {namespaces}>'
-        f"<s:Header>{header}</s:Header><s:Body>{body}</s:Body></s:Envelope>"
-    ).encode()
-
-
-def soap_body(data: bytes) -> etree._Element:
-    """The first element of a SOAP reply's Body; faults raise :class:`MotionProtocolError`."""
-    try:
-        root = parse_xml(data, max_bytes=MAX_REPLY_BYTES)
-    except ValueError as exc:
-        raise MotionProtocolError(f"unusable SOAP reply: {exc}") from None
-    body = child(root, "Body")
-    first = next((c for c in body if isinstance(c.tag, str)), None) if body is not None else None
-    if first is None:
-        raise MotionProtocolError("SOAP reply without a Body element")
-    if etree.QName(first).localname == "Fault":
-        reason = " ".join(
-            t.strip() for t in first.itertext() if t.strip() and not t.strip().startswith("env:")
-        )
-        raise MotionProtocolError(f"camera answered with a fault: {reason[:200]}")
-    return first
-
-
 # --------------------------------------------------------------------------- asyncio layer
 
 
 # What ends one event session (and is retried); anything else is a bug, logged in full.
-SESSION_ERRORS = (aiohttp.ClientError, OSError, TimeoutError, MotionProtocolError, DeviceError)
+SESSION_ERRORS = (
+    aiohttp.ClientError,
+    OSError,
+    TimeoutError,
+    MotionProtocolError,
+    CameraSoapError,
+    SoapFault,
+    DeviceError,
+)
 
 
 class CameraMotion:
@@ -388,10 +349,6 @@ class CameraMotion:
     async def _cleanup(self) -> None:
         """Subclass hook run at close (e.g. Unsubscribe)."""
 
-    def base_url(self) -> URL:
-        host = f"[{self.camera.host}]" if ":" in self.camera.host else self.camera.host
-        return URL(f"http://{host}:{self.camera.http_port}", encoded=True)
-
     @property
     def http(self) -> CameraHttp:
         if self._http is None:
@@ -412,13 +369,7 @@ class CameraMotion:
                 reason = "camera closed the event connection"
             except asyncio.CancelledError:
                 raise
-            except (
-                aiohttp.ClientError,
-                OSError,
-                TimeoutError,
-                MotionProtocolError,
-                DeviceError,
-            ) as exc:
+            except SESSION_ERRORS as exc:
                 reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             except Exception as exc:  # a bug must not end motion for good; log it fully
                 log.exception("%s: %s motion session failed", self.camera.name, self.kind)
@@ -521,45 +472,21 @@ class OnvifMotion(CameraMotion):
 
     def __init__(self, camera: CameraConfig, **kwargs: Any) -> None:
         super().__init__(camera, **kwargs)
-        self._offset = 0.0  # camera clock minus ours, for WS-Security Created
+        self._soap: CameraSoap | None = None
         self._subscription: URL | None = None
 
-    async def _call(self, url: URL, operation: str, namespace: str, body: str) -> etree._Element:
-        action = f"{namespace}/{operation}"
-        security = username_token(
-            self.camera.username, self.camera.password.reveal(), self.clock() + self._offset
-        )
-        data = soap_request(body, action=action, to=str(url), security=security)
-        headers = {"Content-Type": f'application/soap+xml; charset=utf-8; action="{action}"'}
-        response = await self.http.open(
-            "POST", url.raw_path_qs, body=data, headers=headers, read_timeout=self.pull_timeout + 10
-        )
-        async with response:
-            reply = await response.content.read(MAX_REPLY_BYTES + 1)
-        if response.status not in (200, 400, 500):
-            raise MotionProtocolError(f"{operation}: HTTP {response.status}")
-        return soap_body(reply)
+    @property
+    def soap(self) -> CameraSoap:
+        if self._soap is None or self._soap.http is not self.http:
+            self._soap = CameraSoap(
+                self.http, self.camera.username, self.camera.password.reveal(), clock=self.clock
+            )
+        return self._soap
 
-    async def _clock_offset(self, device_url: URL) -> None:
-        """Camera time minus ours (WS-Security Created must be in the camera's window)."""
-        reply = await self._call(
-            device_url, "GetSystemDateAndTime", NS["tds"], el("tds:GetSystemDateAndTime")
+    async def _call(self, url: URL, operation: str, namespace: str, body: str) -> etree._Element:
+        return await self.soap.call(
+            url, operation, namespace, body, read_timeout=self.pull_timeout + 10
         )
-        utc = child(child(reply, "SystemDateAndTime"), "UTCDateTime")
-        date, clock_time = child(utc, "Date"), child(utc, "Time")
-        try:
-            camera_now = datetime(
-                int(child_text(date, "Year") or ""),
-                int(child_text(date, "Month") or ""),
-                int(child_text(date, "Day") or ""),
-                int(child_text(clock_time, "Hour") or ""),
-                int(child_text(clock_time, "Minute") or ""),
-                int(child_text(clock_time, "Second") or ""),
-                tzinfo=UTC,
-            ).timestamp()
-        except ValueError:
-            return  # no usable UTC time: assume the camera's clock is ours (NTP via gateway)
-        self._offset = camera_now - self.clock()
 
     async def _events_url(self, device_url: URL) -> URL:
         reply = await self._call(
@@ -571,19 +498,12 @@ class OnvifMotion(CameraMotion):
         xaddr = child_text(child(child(reply, "Capabilities"), "Events"), "XAddr")
         if not xaddr:
             raise MotionProtocolError("the camera lists no ONVIF event service")
-        return self._on_camera(xaddr)
-
-    def _on_camera(self, address: str) -> URL:
-        """An address from the camera, pointed at the host and port we reach it on (cameras
-        behind NAT or with several addresses report one we may not reach)."""
-        url = URL(address.strip(), encoded=True)
-        if not url.is_absolute() or url.scheme not in ("http", "https"):
-            raise MotionProtocolError(f"unusable service address {address[:80]!r}")
-        return self.base_url().join(URL(url.raw_path_qs, encoded=True))
+        return self.soap.on_camera(xaddr)
 
     async def _session(self) -> None:
-        device_url = self.base_url().join(URL("/onvif/device_service", encoded=True))
-        await self._clock_offset(device_url)
+        device_url = self.soap.url("/onvif/device_service")
+        # WS-Security Created must fall in the camera's window: date it by the camera's clock.
+        await self.soap.sync_clock(device_url, read_timeout=self.pull_timeout + 10)
         events_url = await self._events_url(device_url)
         created = await self._call(
             events_url,
@@ -597,7 +517,7 @@ class OnvifMotion(CameraMotion):
         address = child_text(child(created, "SubscriptionReference"), "Address")
         if not address:
             raise MotionProtocolError("CreatePullPointSubscription gave no address")
-        self._subscription = self._on_camera(address)
+        self._subscription = self.soap.on_camera(address)
         self._subscribed()
         remaining = parse_pull_messages(created).remaining or self.duration
         while True:
@@ -654,6 +574,7 @@ __all__ = [
     "CameraMotion",
     "DahuaMotion",
     "HikvisionMotion",
+    "MotionEvent",
     "MotionProtocolError",
     "MultipartParser",
     "OnvifMotion",
