@@ -9,14 +9,15 @@ to the camera) and by the simulator; :class:`MotionSource` by the camera event c
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from lxml import etree
 
 from gateway.config import CameraConfig
 from gateway.devices.events import MotionEvent
+from gateway.devices.onvif_forward import PtzSetup
 from gateway.onvif.xml import Xml
 
 # Namespace of the virtual devices' urn:uuid (uuid5), fixed forever so UUIDs survive restarts.
@@ -70,17 +71,6 @@ class MotionSource(Protocol):
     def add_listener(self, listener: Callable[[MotionEvent], None]) -> Callable[[], None]:
         """Register ``listener``; returns the function that removes it."""
         ...
-
-
-@dataclass(frozen=True)
-class PtzSetup:
-    """The camera's PTZ configuration as the virtual device shows it inside profiles."""
-
-    node_token: str
-    configuration_token: str
-    configuration: etree._Element  # a tt:PTZConfiguration (any element name; re-tagged)
-    # The attributes of the camera's own PTZ GetServiceCapabilities (MoveStatus, ...).
-    capabilities: Mapping[str, str] = field(default_factory=dict)
 
 
 class PtzBackend(Protocol):
