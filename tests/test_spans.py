@@ -122,18 +122,6 @@ def test_the_walk_keeps_to_the_channel_it_starts_on() -> None:
     assert (pos, seq, flags) == (2 * len(first), 101, 0)
 
 
-def test_the_walk_stops_before_a_payload_the_caller_wants_to_see() -> None:
-    buf = frame([b"\x41" + b"p" * 30, b"\x7c\x01" + b"q" * 30, b"\x06sei", b"\x7c\x41" + b"r"])
-    first = len(packet(b"\x41" + b"p" * 30, 100))
-    sei = bytes(b == 0x06 for b in range(256))
-    pos, seq, _, flags = both_continue(buf, first, len(buf), 100, 9000, SSRC, 999, 0, sei)
-    assert (seq, flags) == (101, 0) and buf[pos + 16] == 0x06
-    assert both_continue(buf, first, len(buf), 100, 9000, SSRC, 999, 0)[1:4:2] == (103, SPAN_END)
-    for walk in (spans.continue_span, reference_continue_span):
-        with pytest.raises(ValueError, match="256 entries"):
-            walk(buf, first, len(buf), 100, 9000, SSRC, 999, 0, b"\x01")
-
-
 def test_the_walk_stops_at_the_sequence_wrap_and_at_the_room_left() -> None:
     buf = packet(b"x" * 20, 0xFFFF) + packet(b"x" * 20, 0) + packet(b"x" * 20, 1)
     start = len(packet(b"x" * 20, 0))
@@ -223,8 +211,6 @@ def streams(draw: st.DrawFn) -> tuple[bytes, int]:
     seq=st.sampled_from([99, 100, 0xFFFD, 0xFFFF]),
     room=st.integers(0, 200),
     key_codec=st.sampled_from([KEY_NONE, KEY_H264, KEY_H265]),
-    stop_before=st.none()
-    | st.sets(st.integers(0, 255), max_size=8).map(lambda s: bytes(b in s for b in range(256))),
 )
 def test_c_and_python_walk_any_bytes_alike(
     stream: tuple[bytes, int],
@@ -232,10 +218,9 @@ def test_c_and_python_walk_any_bytes_alike(
     seq: int,
     room: int,
     key_codec: int,
-    stop_before: bytes | None,
 ) -> None:
     buf, size = stream
-    args = (buf, min(pos, size), size, seq, 5, SSRC, room, key_codec, stop_before)
+    args = (buf, min(pos, size), size, seq, 5, SSRC, room, key_codec)
     try:
         expected = reference_continue_span(*args)
     except ValueError:

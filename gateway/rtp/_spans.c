@@ -73,14 +73,13 @@ static int h265_starts_key(const uint8_t *p, Py_ssize_t n) {
 }
 
 static PyObject *continue_span(PyObject *module, PyObject *args) {
-    Py_buffer view, stop_view = {0};
+    Py_buffer view;
     Py_ssize_t pos, size, room;
     long long seq, timestamp, ssrc;
     int key_codec;
-    PyObject *stop_before = Py_None;
     (void)module;
-    if (!PyArg_ParseTuple(args, "y*nnLLLni|O:continue_span", &view, &pos, &size, &seq,
-                          &timestamp, &ssrc, &room, &key_codec, &stop_before))
+    if (!PyArg_ParseTuple(args, "y*nnLLLni:continue_span", &view, &pos, &size, &seq,
+                          &timestamp, &ssrc, &room, &key_codec))
         return NULL;
     if (pos < 0 || size > view.len) {
         PyBuffer_Release(&view);
@@ -91,20 +90,6 @@ static PyObject *continue_span(PyObject *module, PyObject *args) {
         PyBuffer_Release(&view);
         PyErr_SetString(PyExc_ValueError, "key_codec must be KEY_NONE, KEY_H264 or KEY_H265");
         return NULL;
-    }
-    const uint8_t *stop_table = NULL;
-    if (stop_before != Py_None) {
-        if (PyObject_GetBuffer(stop_before, &stop_view, PyBUF_SIMPLE) < 0) {
-            PyBuffer_Release(&view);
-            return NULL;
-        }
-        if (stop_view.len != 256) {
-            PyBuffer_Release(&view);
-            PyBuffer_Release(&stop_view);
-            PyErr_SetString(PyExc_ValueError, "stop_before must have 256 entries");
-            return NULL;
-        }
-        stop_table = stop_view.buf;
     }
     const uint8_t *buf = view.buf;
     int flags = 0;
@@ -120,7 +105,6 @@ static PyObject *continue_span(PyObject *module, PyObject *args) {
             if (h[0] != 0x80 || (long long)be16(h + 2) != seq + 1 ||
                 (long long)be32(h + 4) != timestamp || (long long)be32(h + 8) != ssrc)
                 break;
-            if (stop_table != NULL && stop_table[buf[pos + 16]]) break;
             if (key_codec != KEY_NONE && !(flags & SPAN_KEY)) {
                 const uint8_t *payload = buf + pos + 16;
                 int key = key_codec == KEY_H264 ? h264_starts_key(payload, payload_size)
@@ -137,7 +121,6 @@ static PyObject *continue_span(PyObject *module, PyObject *args) {
         }
     }
     PyBuffer_Release(&view);
-    if (stop_table != NULL) PyBuffer_Release(&stop_view);
     return Py_BuildValue("(nLni)", pos, seq, room, flags);
 }
 

@@ -46,7 +46,6 @@ def continue_span(
     ssrc: int,
     room: int,
     key_codec: int,
-    stop_before: bytes | None = None,
 ) -> tuple[int, int, int, int]:
     """Take the packets from ``buf[pos:size]`` on while each continues the frame whose last
     packet had sequence number ``seq``: the channel of the first, a plain header (version 2,
@@ -56,8 +55,6 @@ def continue_span(
 
     With ``key_codec`` set, packets that start a NAL unit are checked for keyframe data until
     one has it (``SPAN_KEY``); fragments that continue a NAL unit are not, as their start was.
-    ``stop_before``, a 256-entry table, stops the walk before a packet whose payload's first
-    byte has a non-zero entry (for a caller that must look at such packets itself).
 
     Returns ``(pos, seq, room, flags)`` after the last packet taken; ``pos`` is unchanged when
     none was taken."""
@@ -65,8 +62,6 @@ def continue_span(
         raise ValueError("span outside the buffer")
     if key_codec not in _FRAGMENTS:
         raise ValueError("key_codec must be KEY_NONE, KEY_H264 or KEY_H265")
-    if stop_before is not None and len(stop_before) != 256:
-        raise ValueError("stop_before must have 256 entries")
     flags = 0
     if pos + 1 >= size:
         return pos, seq, room, flags
@@ -83,8 +78,6 @@ def continue_span(
             break
         b0, b1, next_seq, next_ts, next_ssrc = unpack(buf, pos + 4)
         if b0 != 0x80 or next_seq != seq + 1 or next_ts != timestamp or next_ssrc != ssrc:
-            break
-        if stop_before is not None and stop_before[buf[pos + 16]]:
             break
         if key_codec and not flags & SPAN_KEY:
             at = pos + 16
