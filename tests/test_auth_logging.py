@@ -37,8 +37,8 @@ async def test_stale_nonce_then_success_is_no_failure_but_a_wrong_password_is(
         client.auth.handle_challenge(challenges)
         response = await client.request("DESCRIBE", url, {"Accept": "application/sdp"})
         assert response.status == 200
-        assert rtsp.auth_failures == 0
-        assert not [r for r in caplog.records if r.getMessage() == "RTSP authentication failed"]
+        assert rtsp.refusals.total("rtsp", "auth_failure") == 0
+        assert not [r for r in caplog.records if r.getMessage() == "refused"]
         assert any("nonce stale" in r.getMessage() for r in caplog.records)
     finally:
         client.close()
@@ -47,11 +47,11 @@ async def test_stale_nonce_then_success_is_no_failure_but_a_wrong_password_is(
     try:
         response = await wrong.request("DESCRIBE", url)
         assert response.status == 401
-        assert rtsp.auth_failures == 1
-        failures = [r for r in caplog.records if r.getMessage() == "RTSP authentication failed"]
+        assert rtsp.refusals.total("rtsp", "auth_failure") == 1
+        failures = [r for r in caplog.records if r.getMessage() == "refused"]
         assert len(failures) == 1
-        assert failures[0].source == "127.0.0.1"  # type: ignore[attr-defined]
-        assert failures[0].reason  # type: ignore[attr-defined]
+        assert failures[0].peer == "127.0.0.1"  # type: ignore[attr-defined]
+        assert failures[0].reason == "auth_failure"  # type: ignore[attr-defined]
         assert vms_password not in caplog.text and "not-the-password" not in caplog.text
     finally:
         wrong.close()

@@ -567,7 +567,8 @@ async def reconnect(request: web.Request) -> web.Response:
 async def _run_options(request: web.Request, action: str) -> tuple[bool, list[str] | None]:
     """``{"dry_run": bool, "cameras": [names]}`` from the body (all optional; an empty
     body runs on every camera); 400 for anything else."""
-    if not request.can_read_body:
+    # body_exists, not can_read_body: the body deadline (gateway.limits) has read it already.
+    if not request.body_exists:
         return False, None
     try:
         body = await request.json()

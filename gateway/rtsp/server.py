@@ -964,6 +964,8 @@ class Handler:
         if not header or stale:
             # A first request without credentials, or a client re-answering an expired
             # nonce: the ordinary Digest exchange, not a failure.
+            if stale:
+                log.debug("RTSP nonce stale, challenged again", extra={"peer": conn.peer_text})
             conn.send(response)
             return False
         return self._refuse_login(response)
