@@ -28,10 +28,9 @@ from aiohttp import web
 from lxml import etree
 
 from gateway.config import loads
+from gateway.devices.onvif_forward import OnvifImagingForwarder, OnvifPtzForwarder
 from gateway.onvif.backend import DeviceIdentity, StreamInfo
 from gateway.onvif.discovery import probe
-from gateway.onvif.imaging import OnvifImagingForwarder
-from gateway.onvif.ptz import OnvifPtzForwarder
 from gateway.onvif.server import start_onvif
 from gateway.onvif.xml import NS
 from gateway.sim import onvif as sim_onvif

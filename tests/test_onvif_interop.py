@@ -12,10 +12,10 @@ import datetime as dt
 import pytest
 from aiohttp import web
 
+from gateway.devices.onvif_forward import OnvifImagingForwarder
 from gateway.onvif.core import CameraSlot
 from gateway.onvif.discovery import WSD, Probe, ProbeMatch, probe_matches
 from gateway.onvif.discovery import Endpoint as DiscoveryEndpoint
-from gateway.onvif.imaging import OnvifImagingForwarder
 from gateway.onvif.xml import NS, WSA, parse_xml
 from tests.test_onvif_gateway import (  # noqa: F401  (fixtures)
     PASSWORD,

@@ -9,13 +9,14 @@ with the camera SOAP client (:class:`~gateway.devices.soap.CameraSoap`, over the
 :class:`~gateway.devices.http.CameraHttp`), and the camera's reply is passed back; a fault
 the camera answers with goes back as it is. A subclass says which service it forwards
 (:attr:`namespace`, :meth:`_discover`) and which request element carries the token to map
-(:attr:`token_element`).
+(:attr:`token_element`): :class:`OnvifPtzForwarder` and :class:`OnvifImagingForwarder`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,9 @@ from lxml import etree
 from gateway.devices.errors import DeviceError
 from gateway.devices.http import CameraHttp
 from gateway.devices.soap import CameraSoap, CameraSoapError
-from gateway.soap import SoapFault, Xml, child, raw
+from gateway.soap import NS, SoapFault, Xml, child, child_text, children, raw
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -179,3 +182,80 @@ class CameraServiceForwarder:
     async def close(self) -> None:
         async with self._lock:
             await self._reset()
+
+
+class OnvifPtzForwarder(CameraServiceForwarder):
+    """PTZ of a real camera through its own ONVIF PTZ service (onvif-zeep-async)."""
+
+    namespace = NS["tptz"]
+    token_element = "ProfileToken"
+
+    def __init__(self, *, policy: str = "enabled", **endpoint: Any) -> None:
+        """``endpoint``: :class:`CameraServiceForwarder`'s name, host, port, credentials."""
+        super().__init__(**endpoint)
+        self.presets_allowed = policy == "enabled"
+        self._setup: PtzSetup | None = None
+        self._configuration_token = ""
+
+    async def _discover(self, camera: Any) -> Any:
+        media = await camera.create_media_service()
+        profiles = await media.GetProfiles()
+        ptz_profiles = [p for p in profiles if getattr(p, "PTZConfiguration", None)]
+        if not ptz_profiles:
+            raise camera_lacks(f"{self.name}: no PTZ")
+        service = await camera.create_ptz_service()
+        self.camera_token = ptz_profiles[0].token
+        self._configuration_token = ptz_profiles[0].PTZConfiguration.token
+        return service
+
+    async def _connected(self) -> None:
+        wanted = self._configuration_token
+        configs = etree.fromstring(await self._send("GetConfigurations", {}))
+        chosen = next(
+            (c for c in children(configs, "PTZConfiguration") if c.get("token") == wanted),
+            None,
+        )
+        if chosen is None:
+            raise SoapFault("Receiver", ("ter:Action",), f"{self.name}: PTZ configuration gone")
+        node_token = child_text(chosen, "NodeToken") or ""
+        try:
+            caps = etree.fromstring(await self._send("GetServiceCapabilities", {}))
+            found = child(caps, "Capabilities")
+            capabilities = dict(found.attrib) if found is not None else {}
+        except SoapFault as fault:
+            # Older PTZ services lack the call: claim nothing the camera did not say.
+            log.info("%s: PTZ GetServiceCapabilities refused (%s)", self.name, fault.reason)
+            capabilities = {}
+        self._setup = PtzSetup(node_token, wanted, chosen, capabilities)
+
+    async def setup(self) -> PtzSetup:
+        await self._ensure()
+        assert self._setup is not None
+        return self._setup
+
+    async def _reset(self) -> None:
+        self._setup = None
+        await super()._reset()
+
+
+class OnvifImagingForwarder(CameraServiceForwarder):
+    """Imaging of a real camera through its own ONVIF Imaging service (onvif-zeep-async);
+    the video source is the camera's ``channel``-th (the one the gateway streams)."""
+
+    namespace = NS["timg"]
+    token_element = "VideoSourceToken"
+
+    def __init__(self, *, channel: int = 1, **endpoint: Any) -> None:
+        """``endpoint``: :class:`CameraServiceForwarder`'s name, host, port, credentials."""
+        super().__init__(**endpoint)
+        self.channel = channel
+
+    async def _discover(self, camera: Any) -> Any:
+        if not camera.xaddrs.get(NS["timg"]):
+            raise camera_lacks(f"{self.name}: no Imaging service")
+        media = await camera.create_media_service()
+        sources = await media.GetVideoSources()
+        if not sources:
+            raise camera_lacks(f"{self.name}: no video source")
+        self.camera_token = sources[min(self.channel, len(sources)) - 1].token
+        return await camera.create_imaging_service()

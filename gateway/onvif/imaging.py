@@ -2,9 +2,9 @@
 
 A request names a video source; the service finds the camera it belongs to and hands the
 operation to that camera's :class:`~gateway.onvif.backend.ImagingBackend`, which maps the
-virtual video source token to the camera's. :class:`OnvifImagingForwarder` is that backend
-for real cameras (the camera's ONVIF Imaging, reached as PTZ is: see
-:mod:`gateway.onvif.forward`).
+virtual video source token to the camera's. For real cameras that backend is
+:class:`gateway.devices.onvif_forward.OnvifImagingForwarder` (the camera's ONVIF Imaging,
+reached as PTZ is).
 
 What a VMS may change is the camera's ``imaging`` policy in ``[[camera]]``:
 
@@ -20,11 +20,8 @@ was found.
 
 from __future__ import annotations
 
-from typing import Any
-
 from gateway.onvif.backend import ImagingBackend
 from gateway.onvif.core import SERVICE_PATHS, Call, CameraSlot, Handler
-from gateway.onvif.forward import CameraServiceForwarder, camera_lacks
 from gateway.onvif.xml import NS, SoapFault, Xml, action_not_supported, el, operation_prohibited
 
 TIMG = NS["timg"]
@@ -87,26 +84,3 @@ OPERATIONS: dict[tuple[str, str], Handler] = {
     (TIMG, "GetServiceCapabilities"): get_service_capabilities,
 }
 OPERATIONS.update({(TIMG, name): forward for name in OPERATIONS_FORWARDED})
-
-
-class OnvifImagingForwarder(CameraServiceForwarder):
-    """Imaging of a real camera through its own ONVIF Imaging service (onvif-zeep-async);
-    the video source is the camera's ``channel``-th (the one the gateway streams)."""
-
-    namespace = TIMG
-    token_element = "VideoSourceToken"
-
-    def __init__(self, *, channel: int = 1, **endpoint: Any) -> None:
-        """``endpoint``: :class:`CameraServiceForwarder`'s name, host, port, credentials."""
-        super().__init__(**endpoint)
-        self.channel = channel
-
-    async def _discover(self, camera: Any) -> Any:
-        if not camera.xaddrs.get(TIMG):
-            raise camera_lacks(f"{self.name}: no Imaging service")
-        media = await camera.create_media_service()
-        sources = await media.GetVideoSources()
-        if not sources:
-            raise camera_lacks(f"{self.name}: no video source")
-        self.camera_token = sources[min(self.channel, len(sources)) - 1].token
-        return await camera.create_imaging_service()

@@ -2,7 +2,7 @@
 
 The service finds the camera a request is for (by profile, node or configuration token) and
 hands the operation to that camera's :class:`~gateway.onvif.backend.PtzBackend`.
-:class:`OnvifPtzForwarder` is that backend for real cameras (see :mod:`gateway.onvif.forward`).
+For real cameras that backend is :class:`gateway.devices.onvif_forward.OnvifPtzForwarder`.
 
 In NVR mode one device holds several cameras, whose node and configuration tokens may well be
 the same (every camera of a model names its node alike): there they are shown prefixed with
@@ -14,20 +14,17 @@ say (MoveStatus, StatusPosition): a client such as Frigate trusts MoveStatus.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from lxml import etree
 
-from gateway.onvif.backend import PtzBackend, PtzSetup
+from gateway.onvif.backend import PtzBackend
 from gateway.onvif.core import SERVICE_PATHS, Call, CameraSlot, Handler
-from gateway.onvif.forward import CameraServiceForwarder, camera_lacks
 from gateway.onvif.xml import (
     NS,
     SoapFault,
     Xml,
     action_not_supported,
     child,
-    child_text,
     children,
     el,
     operation_prohibited,
@@ -185,60 +182,3 @@ OPERATIONS: dict[tuple[str, str], Handler] = {
     (TPTZ, "GetServiceCapabilities"): get_service_capabilities,
 }
 OPERATIONS.update({(TPTZ, name): forward for name in OPERATIONS_FORWARDED})
-
-
-# --------------------------------------------------------------------------- forwarder
-
-
-class OnvifPtzForwarder(CameraServiceForwarder):
-    """PTZ of a real camera through its own ONVIF PTZ service (onvif-zeep-async)."""
-
-    namespace = TPTZ
-    token_element = "ProfileToken"
-
-    def __init__(self, *, policy: str = "enabled", **endpoint: Any) -> None:
-        """``endpoint``: :class:`CameraServiceForwarder`'s name, host, port, credentials."""
-        super().__init__(**endpoint)
-        self.presets_allowed = policy == "enabled"
-        self._setup: PtzSetup | None = None
-        self._configuration_token = ""
-
-    async def _discover(self, camera: Any) -> Any:
-        media = await camera.create_media_service()
-        profiles = await media.GetProfiles()
-        ptz_profiles = [p for p in profiles if getattr(p, "PTZConfiguration", None)]
-        if not ptz_profiles:
-            raise camera_lacks(f"{self.name}: no PTZ")
-        service = await camera.create_ptz_service()
-        self.camera_token = ptz_profiles[0].token
-        self._configuration_token = ptz_profiles[0].PTZConfiguration.token
-        return service
-
-    async def _connected(self) -> None:
-        wanted = self._configuration_token
-        configs = etree.fromstring(await self._send("GetConfigurations", {}))
-        chosen = next(
-            (c for c in children(configs, "PTZConfiguration") if c.get("token") == wanted),
-            None,
-        )
-        if chosen is None:
-            raise SoapFault("Receiver", ("ter:Action",), f"{self.name}: PTZ configuration gone")
-        node_token = child_text(chosen, "NodeToken") or ""
-        try:
-            caps = etree.fromstring(await self._send("GetServiceCapabilities", {}))
-            found = child(caps, "Capabilities")
-            capabilities = dict(found.attrib) if found is not None else {}
-        except SoapFault as fault:
-            # Older PTZ services lack the call: claim nothing the camera did not say.
-            log.info("%s: PTZ GetServiceCapabilities refused (%s)", self.name, fault.reason)
-            capabilities = {}
-        self._setup = PtzSetup(node_token, wanted, chosen, capabilities)
-
-    async def setup(self) -> PtzSetup:
-        await self._ensure()
-        assert self._setup is not None
-        return self._setup
-
-    async def _reset(self) -> None:
-        self._setup = None
-        await super()._reset()

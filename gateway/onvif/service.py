@@ -31,6 +31,11 @@ from gateway.backoff import Backoff
 from gateway.config import CameraConfig, Config, ConfigError
 from gateway.devices.base import DeviceIdentity as InventoryIdentity
 from gateway.devices.events import CameraMotion, motion_source_for
+from gateway.devices.onvif_forward import (
+    CameraServiceForwarder,
+    OnvifImagingForwarder,
+    OnvifPtzForwarder,
+)
 from gateway.limits import HttpLimits
 from gateway.onvif.backend import (
     VENDOR_NAMES,
@@ -42,9 +47,6 @@ from gateway.onvif.backend import (
 from gateway.onvif.config import camera_ports, nvr_port_of, parse_settings
 from gateway.onvif.core import CameraSlot, VirtualDevice
 from gateway.onvif.discovery import DiscoveryResponders
-from gateway.onvif.forward import CameraServiceForwarder
-from gateway.onvif.imaging import OnvifImagingForwarder
-from gateway.onvif.ptz import OnvifPtzForwarder
 from gateway.onvif.security import ReplayCache, SharedReplayCache
 from gateway.onvif.server import serve_device, share_replay_cache
 from gateway.onvif.xml import SoapFault

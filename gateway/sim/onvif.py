@@ -22,12 +22,8 @@ from lxml import etree
 
 from gateway.config import CameraConfig, Secret
 from gateway.devices.events import MotionEvent
-from gateway.onvif.backend import (
-    VENDOR_NAMES,
-    DeviceIdentity,
-    PtzSetup,
-    StreamInfo,
-)
+from gateway.devices.onvif_forward import PtzSetup
+from gateway.onvif.backend import VENDOR_NAMES, DeviceIdentity, StreamInfo
 from gateway.onvif.config import OnvifSettings
 from gateway.onvif.core import SERVICE_PATHS, CameraSlot, VirtualDevice, iso_time, url_host
 from gateway.onvif.server import install as install_device
