@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import config as cfgmod
-from gateway import files, ports, sections
+from gateway import files, fleet, ports, sections
 from gateway.cli import EXIT_FINDINGS, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, console
 
 log = logging.getLogger("gateway")
@@ -149,7 +149,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{args.config}: cannot read the file (no such file)", file=sys.stderr)
         return EXIT_USAGE
     try:
-        config = sections.load(args.config)
+        config = fleet.own(sections.load_site(args.config))
     except cfgmod.ConfigError as exc:
         if args.json:
             print(
@@ -193,7 +193,15 @@ def cmd_check(args: argparse.Namespace) -> int:
             for c in config.cameras
         ],
     }
+    part = fleet.selection(config)
+    if part is not None:
+        summary["fleet"] = part.to_json()
     warnings: list[str] = []
+    if part is not None and part.settings.shards > 1 and part.settings.identity_secret is None:
+        warnings.append(
+            "fleet: no identity_secret: a camera that moves to another shard gets a new "
+            "ONVIF device uuid (docs/fleet.md)"
+        )
     if config.admin is not None:
         scheme = "https" if config.admin.tls else "http"
         summary["admin"] = f"{scheme}://{_url_host(config.admin.bind)}:{config.admin.port}/"
@@ -219,6 +227,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"[green]{config.source}: valid[/]; {len(config.cameras)} camera(s), RTSP on "
         f"{config.server.bind}:{config.server.rtsp_port}{rtsps}{admin}"
     )
+    if part is not None:
+        out.print(part.summary(), markup=False)
     _print_ports(out, listening)
     if not summary["cameras"]:
         out.print("no [[camera]] yet: add one block per camera", markup=False)
@@ -278,6 +288,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     return _event_loop_run(_status(loaded, args))
 
 
+def _fleet_part(config: cfgmod.Config) -> fleet.Selection | None:
+    """This gateway's part of the fleet as its file says (None: not a fleet member, or a
+    file ``status`` could only read the ``[admin]`` section of)."""
+    try:
+        return fleet.selection(config)
+    except cfgmod.ConfigError:
+        return None
+
+
 async def _status(config: cfgmod.Config, args: argparse.Namespace) -> int:
     import aiohttp
 
@@ -321,7 +340,10 @@ async def _status(config: cfgmod.Config, args: argparse.Namespace) -> int:
         for s in cam["streams"]
         if s.get("should_stream", cam["enabled"]) and s["state"] != "live"
     ]
+    part = _fleet_part(config)
     if args.json:
+        if part is not None:
+            body["fleet"] = part.to_json()
         print(json.dumps(body, indent=2))
         return EXIT_FINDINGS if down else EXIT_OK
     rows = [
@@ -357,6 +379,8 @@ async def _status(config: cfgmod.Config, args: argparse.Namespace) -> int:
         cells[2] = f"[{styles.get(row['state'], 'yellow')}]{cells[2]}[/]"
         table.add_row(*cells)
     out = console(wide=args.wide)
+    if part is not None:
+        out.print(part.summary(), markup=False)
     out.print(table)
     for path, s in down:
         # Under the table, so an 80-column terminal shows why without --wide.

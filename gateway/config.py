@@ -279,6 +279,9 @@ class Config:
     # Raw tables of sections owned by subsystems that validate them themselves
     # (policy, onvif); each subsystem calls its own parser on these.
     sections: dict[str, Any] = field(default_factory=dict)
+    # Every camera of the site when this gateway serves one shard of it (gateway.fleet);
+    # empty when ``cameras`` is the whole file.
+    site_cameras: tuple[str, ...] = ()
 
     def camera(self, name: str) -> CameraConfig:
         for cam in self.cameras:
@@ -507,6 +510,21 @@ def _ip(value: str) -> str | None:
     return None
 
 
+def _bind(r: _Reader) -> str:
+    """A table's ``bind``: an IP address, or ``${VAR}`` naming a variable that holds one
+    (Kubernetes with host networking: the node's address, from the downward API)."""
+    raw = r.get("bind", str, "127.0.0.1")
+    value, missing = expand_env(raw)
+    if missing:
+        r.error("bind", f"environment variable {missing} is not set (used in {raw!r})")
+        return "127.0.0.1"
+    problem = _ip(value)
+    if problem:
+        r.error("bind", problem)
+        return "127.0.0.1"
+    return value
+
+
 def _own_address(value: str) -> str | None:
     """A per-camera address: one IP, not a wildcard."""
     problem = _ip(value)
@@ -541,7 +559,7 @@ def _table(reader: _Reader, name: str, required: bool) -> dict[str, Any] | None:
 
 
 # Sections other subsystems validate; load() keeps them raw in Config.sections.
-DELEGATED_SECTIONS: set[str] = {"policy", "onvif", "telemetry", "firmware", "sim"}
+DELEGATED_SECTIONS: set[str] = {"policy", "onvif", "fleet", "telemetry", "firmware", "sim"}
 
 
 def default_path() -> str:
@@ -607,7 +625,7 @@ def _from_data(data: dict[str, Any], text: str, source: str, base_dir: Path | No
     server_t = _table(top, "server", False) or {}
     sr = _Reader(server_t, "server", problems, base)
     server = ServerConfig(
-        bind=sr.get("bind", str, "127.0.0.1", _ip),
+        bind=_bind(sr),
         rtsp_port=sr.get("rtsp_port", int, 8554, _port),
         onvif_base_port=sr.get("onvif_base_port", int, 8000, _port),
         discovery_port=sr.get("discovery_port", int, 3702, _port),
@@ -956,7 +974,7 @@ def _admin(r: _Reader) -> AdminConfig:
     return AdminConfig(
         username=username or "",
         password=password,
-        bind=r.get("bind", str, "127.0.0.1", _ip),
+        bind=_bind(r),
         port=r.get("port", int, 8080, _port),
         tls=tls,
         tls_cert=tls_cert,

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway import fleet, tls
 from gateway import log as gwlog
-from gateway import tls
 from gateway.admin import service as admin_service
 from gateway.config import CameraConfig, Config, iter_secrets
 from gateway.digest import DigestAuthenticator
@@ -82,6 +82,8 @@ class Gateway:
     def __init__(
         self, config: Config, *, start_services: bool = True, shard: Shard | None = None
     ) -> None:
+        # A fleet member serves only its own cameras of the site (gateway.fleet).
+        config = fleet.own(config)
         self.site_config = config
         self.shard = shard
         self.config = shard_config(config, shard) if shard else config
@@ -274,7 +276,7 @@ class Gateway:
 
     async def reload(self, config: Config) -> dict[str, list[str]]:
         """Apply ``config`` (the site's); streams of unchanged cameras keep running."""
-        site = config
+        site = config = fleet.own(config)
         if self.shard is not None:
             config = shard_config(site, self.shard)
         old = self.config

@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.config import ADMIN_ROLES, CAMERA_NAME_RE, INGESTS, VENDORS
+from gateway.fleet import FROM_HOSTNAME, MAX_SHARDS
 from gateway.policy.telemetry import FEATURES, MODES
 
 SCHEMA_ID = "https://onvif-gateway.invalid/schema/gateway.schema.json"
@@ -66,6 +67,15 @@ def _secret(name: str, what: str) -> Schema:
     }
 
 
+def _bind(description: str) -> Schema:
+    """An IP address, or ``${VAR}`` naming the environment variable holding one."""
+    return {
+        "type": "string",
+        "description": f"{description} (or ${{VAR}}: from the environment)",
+        "anyOf": [{"format": "ip"}, {"pattern": r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$"}],
+    }
+
+
 def _one_of(name: str) -> Schema:
     """Exactly one of ``name``, ``name_env``, ``name_file``."""
     return {"oneOf": [{"required": [key]} for key in (name, f"{name}_env", f"{name}_file")]}
@@ -79,7 +89,7 @@ def _at_most_one(name: str) -> Schema:
 
 SERVER = _table(
     {
-        "bind": _string("the gateway's address on the VMS network", format="ip"),
+        "bind": _bind("the gateway's address on the VMS network"),
         "rtsp_port": _port("RTSP port: rtsp://bind:rtsp_port/<camera>/main and /sub"),
         "onvif_base_port": _port("camera k (0-based) is the ONVIF device on this port + k"),
         "discovery_port": _port("WS-Discovery's UDP port (3702 is what a VMS probes)"),
@@ -202,7 +212,7 @@ ADMIN_USER = _table(
 
 ADMIN = _table(
     {
-        "bind": _string("address of the admin API, dashboard and /metrics", format="ip"),
+        "bind": _bind("address of the admin API, dashboard and /metrics"),
         "port": _port("port of the admin API"),
         "tls": _boolean("HTTPS (default); false only behind a local TLS proxy"),
         "tls_cert": _string("PEM certificate chain (default: a generated one)"),
@@ -327,6 +337,28 @@ ONVIF = _table(
     "the virtual ONVIF devices",
 )
 
+FLEET = _table(
+    {
+        "shards": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": MAX_SHARDS,
+            "description": "gateways the site's cameras are split across",
+        },
+        "shard": {
+            "oneOf": [
+                {"type": "integer", "minimum": 0, "maximum": MAX_SHARDS - 1},
+                {"const": FROM_HOSTNAME},
+            ],
+            "description": "this gateway's shard: 0..shards-1, or the trailing -K of $HOSTNAME",
+        },
+        **_secret("identity_secret", "the fleet's shared ONVIF identity secret"),
+    },
+    "a site split across several gateways (docs/fleet.md)",
+    required=["shards", "shard"],
+    **_at_most_one("identity_secret"),
+)
+
 _RESERVED = {"type": "object", "description": "kept for other subsystems; not validated here"}
 
 
@@ -349,6 +381,7 @@ def schema() -> Schema:
             "log": LOG,
             "policy": POLICY,
             "onvif": ONVIF,
+            "fleet": FLEET,
             "telemetry": _RESERVED,
             "firmware": _RESERVED,
             "sim": _RESERVED,

@@ -21,6 +21,7 @@ FOUNDATION = {
     "gateway.backoff",
     "gateway.config",
     "gateway.files",
+    "gateway.fleet",
     "gateway.limits",
     "gateway.passwords",
     "gateway.safexml",

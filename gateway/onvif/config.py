@@ -102,4 +102,6 @@ def camera_ports(config: Config) -> dict[str, int]:
 
 
 def nvr_port_of(config: Config, nvr_port: int | None) -> int:
-    return nvr_port or (config.server.onvif_base_port + len(config.cameras))
+    # After the site's last camera: a fleet shard's cameras keep their site-wide ports.
+    count = max(len(config.cameras), len(config.site_cameras))
+    return nvr_port or (config.server.onvif_base_port + count)

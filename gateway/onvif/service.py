@@ -27,6 +27,7 @@ from typing import Generic, TypeVar
 
 from aiohttp import web
 
+from gateway import fleet
 from gateway.backoff import Backoff
 from gateway.config import CameraConfig, Config, ConfigError
 from gateway.devices.base import DeviceIdentity as InventoryIdentity
@@ -121,21 +122,24 @@ class InventoryIdentities:
             mac=inventoried.mac,
         )
 
-    def device_uuid(self, name: str, computed: str) -> str:
+    def device_uuid(self, name: str, computed: str, shared: str | None = None) -> str:
         """The urn:uuid this camera's virtual device was first served with, or a new one
         (remembered from now on). A VMS keys devices on it, so it must not change when the
         inventory later learns the camera's serial, nor across restarts, nor on upgrade.
 
-        A new one is ``computed`` (from the camera's serial, MAC or address and name) hashed
-        again under this gateway's own random secret: WS-Discovery announces the uuid to
-        anyone, and it must not give away the camera's address or serial."""
+        A new one is ``shared`` when given: the fleet's uuid of the device, the same on
+        every gateway sharing ``[fleet] identity_secret`` (gateway.fleet.device_uuid), so a
+        camera keeps it when another gateway takes it over. Otherwise it is ``computed``
+        (from the camera's serial, MAC or address and name) hashed again under this
+        gateway's own random secret: WS-Discovery announces the uuid to anyone, and it must
+        not give away the camera's address or serial."""
         if self._store is None:
-            return computed
+            return shared or computed
         try:
             rows = self._store.query("SELECT uuid FROM onvif_device_uuid WHERE camera = ?", (name,))
             if rows:
                 return str(rows[0]["uuid"])
-            computed = f"urn:uuid:{uuid.uuid5(self._namespace(), computed)}"
+            computed = shared or f"urn:uuid:{uuid.uuid5(self._namespace(), computed)}"
             self._store.execute(
                 "INSERT INTO onvif_device_uuid(camera, uuid, first_served) VALUES (?, ?, ?)",
                 (name, computed, time.time()),
@@ -443,6 +447,18 @@ class OnvifService:
                 return device
         raise KeyError(name)
 
+    def _shared_uuid(self, name: str, *, nvr: bool) -> str | None:
+        """The device's uuid across the fleet (``[fleet] identity_secret``), else None."""
+        try:
+            settings = fleet.parse_fleet(self.config)
+        except ConfigError as exc:  # validated before start; a file gone since is logged
+            log.error("ONVIF: [fleet] unusable, device uuid from this gateway: %s", exc)
+            return None
+        if settings is None or settings.identity_secret is None:
+            return None
+        key = fleet.nvr_device_key(settings) if nvr else name
+        return fleet.device_uuid(settings.identity_secret, key)
+
     def _rtsp_port(self) -> int:
         rtsp = self.gateway.rtsp
         return int(rtsp.port) if rtsp is not None else self.config.server.rtsp_port
@@ -470,7 +486,9 @@ class OnvifService:
             rtsps_port=self._rtsps_port(),
             prefer_rtsps=self.config.server.prefer_rtsps,
         )
-        device.uuid = self.identities.device_uuid("nvr" if nvr else name, device.uuid)
+        device.uuid = self.identities.device_uuid(
+            "nvr" if nvr else name, device.uuid, self._shared_uuid(name, nvr=nvr)
+        )
         share_replay_cache(device, self.replay)
         return device
 

@@ -178,7 +178,8 @@ def parse_policy(config: Config) -> PolicyConfig:
     timeout = top.get(
         "request_timeout", (int, float), 10, lambda v: None if 0 < v <= 300 else "must be 0..300"
     )
-    cameras = {c.name for c in config.cameras}
+    # A fleet shard's file names every camera of the site (gateway.fleet).
+    cameras = {c.name for c in config.cameras} | set(config.site_cameras)
 
     firmware = _Reader(_sub_table(top, "firmware"), "policy.firmware", problems, base)
     minimum = _version_rules(firmware, "minimum", ...)
