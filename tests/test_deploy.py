@@ -5,9 +5,11 @@ rules (promtool check/test)."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import pytest
 import yaml
 
 from gateway import config as cfgmod
+from gateway import fleet, sections
 from gateway.cli import build_parser
 from tests.conftest import require, run_tool
 
@@ -232,11 +235,46 @@ def test_kubernetes_manifests_validate() -> None:
     assert listed == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
 
 
+def _pod_environment(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The container's environment: name -> its valueFrom (secretKeyRef or fieldRef)."""
+    return {e["name"]: e["valueFrom"] for e in container["env"]}
+
+
+def _site_file(tmp_path: Path, docs: dict[str, dict[str, Any]]) -> tuple[Path, dict[str, str]]:
+    """The ConfigMap's gateway.toml as a pod of the StatefulSet sees it, with the Secret
+    filled in: the file (secret paths moved under tmp_path) and the environment."""
+    statefulset = docs["StatefulSet/onvif-gateway"]
+    pod = statefulset["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    text = docs["ConfigMap/onvif-gateway-config"]["data"]["gateway.toml"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    items = {i["path"]: i["key"] for i in volumes["secrets"]["secret"]["items"]}
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    for path in items:
+        (secrets_dir / path).write_text(f"{path}-" + "x" * 40 + "\n")
+    env = {
+        name: f"{name}-value"
+        for name, ref in _pod_environment(container).items()
+        if "secretKeyRef" in ref
+    }
+    env["NODE_IP"] = "10.20.0.5"  # status.hostIP
+    path = tmp_path / "gateway.toml"
+    path.write_text(text.replace(mounts["secrets"], str(secrets_dir)))
+    return path, env
+
+
 def test_kubernetes_manifests_fit_together(tmp_path: Path) -> None:
     docs = k8s_documents()
-    deployment = docs["Deployment/onvif-gateway"]
-    pod = deployment["spec"]["template"]["spec"]
-    assert pod["hostNetwork"] is True and deployment["spec"]["strategy"]["type"] == "Recreate"
+    statefulset = docs["StatefulSet/onvif-gateway"]
+    spec = statefulset["spec"]
+    pod = spec["template"]["spec"]
+    assert pod["hostNetwork"] is True and spec["updateStrategy"]["type"] == "RollingUpdate"
+    # One shard per node: the shards listen on the same ports of their node's address.
+    [term] = pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == spec["selector"]["matchLabels"]
     [container] = pod["containers"]
     security = container["securityContext"]
     assert security["capabilities"] == {"drop": ["ALL"], "add": ["NET_BIND_SERVICE", "NET_ADMIN"]}
@@ -245,8 +283,15 @@ def test_kubernetes_manifests_fit_together(tmp_path: Path) -> None:
     assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]
     cli_accepts(container["args"])
 
+    # The headless Service names the pods.
+    service = docs["Service/onvif-gateway"]
+    assert spec["serviceName"] == service["metadata"]["name"]
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == spec["selector"]["matchLabels"]
+    assert spec["template"]["metadata"]["labels"] == spec["selector"]["matchLabels"]
+
     secret = docs["Secret/onvif-gateway-secrets"]
-    assert all(value == "" for value in secret["stringData"].values()), "no shipped passwords"
+    assert all(value == "" for value in secret["stringData"].values()), "no shipped secrets"
     config_map = docs["ConfigMap/onvif-gateway-config"]
     text = config_map["data"]["gateway.toml"]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
@@ -254,44 +299,93 @@ def test_kubernetes_manifests_fit_together(tmp_path: Path) -> None:
     assert volumes["config"]["configMap"]["name"] == config_map["metadata"]["name"]
     assert container["args"][-1] == mounts["config"] + "/gateway.toml"
 
-    # Every password comes from the Secret: env vars by secretKeyRef, files by mounted items.
-    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    # The shard comes from the pod's name, the address from the node's.
+    env = _pod_environment(container)
+    assert env["HOSTNAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["NODE_IP"] == {"fieldRef": {"fieldPath": "status.hostIP"}}
+    for name in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text):
+        assert name in env, f"gateway.toml uses ${{{name}}}, which the pod does not set"
+    # Every secret comes from the Secret: env vars by secretKeyRef, files by mounted items.
     for name in re.findall(r'password_env = "([^"]+)"', text):
-        ref = env[name]
+        ref = env[name]["secretKeyRef"]
         assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["stringData"]
     secret_dir = mounts["secrets"]
     items = {i["path"]: i["key"] for i in volumes["secrets"]["secret"]["items"]}
-    files = re.findall(r'password_file = "([^"]+)"', text)
-    assert files
+    files = re.findall(r'(?:password|identity_secret)_file = "([^"]+)"', text)
+    assert files and any("identity" in f for f in files)
     for path in files:
-        assert path.startswith(secret_dir + "/") and items[path.rsplit("/", 1)[1]]
+        assert path.startswith(secret_dir + "/")
+        assert items[path.rsplit("/", 1)[1]] in secret["stringData"]
 
-    # With the Secret filled in, the configuration is valid as the pod will see it.
-    for key in items:
-        (tmp_path / key).write_text(f"{key}-camera-password\n")
-    monkey_env = {name: f"{name}-value" for name in env}
-    local = text.replace(secret_dir, str(tmp_path))
+    # Each shard's state directory is its own volume.
+    [claim] = spec["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "state" and "state" not in volumes
+    config_path, pod_env = _site_file(tmp_path, docs)
     with pytest.MonkeyPatch.context() as mp:
-        for name, value in monkey_env.items():
+        for name, value in {**pod_env, "HOSTNAME": "onvif-gateway-0"}.items():
             mp.setenv(name, value)
-        config = cfgmod.loads(local, source="configmap:gateway.toml")
-    assert [c.name for c in config.cameras] == ["lobby", "yard"]
-    assert config.admin is not None
+        config = sections.load_site(config_path)
+    assert mounts["state"] == config.state_dir
+    assert config.admin is not None and config.admin.bind == pod_env["NODE_IP"]
     admin_port = config.admin.port
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         get = container[probe]["httpGet"]
         assert get["port"] == admin_port and get["path"] in ("/healthz", "/readyz")
-        assert get["host"] == config.admin.bind  # hostNetwork: the kubelet probes loopback
+        assert "host" not in get  # hostNetwork: the pod's address is the node's, [admin] bind
         assert get["scheme"] == ("HTTPS" if config.admin.tls else "HTTP")
     assert {"containerPort": admin_port, "name": "admin", "protocol": "TCP"} in container["ports"]
     rtsp_port = config.server.rtsp_port
     assert {"containerPort": rtsp_port, "name": "rtsp", "protocol": "TCP"} in container["ports"]
     # The empty Secret as shipped is refused with a clear message, never used.
     with pytest.MonkeyPatch.context() as mp:
-        for name in env:
-            mp.setenv(name, "")
+        for name, value in {**pod_env, "HOSTNAME": "onvif-gateway-0"}.items():
+            mp.setenv(name, "" if name.startswith("ONVIF_GW") else value)
         with pytest.raises(cfgmod.ConfigError, match="is empty"):
-            cfgmod.loads(local, source="configmap:gateway.toml")
+            sections.load_site(config_path)
+
+
+def test_every_replica_serves_its_shard_of_the_configmap(tmp_path: Path) -> None:
+    """replicas == [fleet] shards; pod onvif-gateway-K passes the gateway's own checks as
+    shard K, the shards together serve every camera once, and an extra replica is refused."""
+    docs = k8s_documents()
+    replicas = docs["StatefulSet/onvif-gateway"]["spec"]["replicas"]
+    config_path, pod_env = _site_file(tmp_path, docs)
+    served: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in pod_env.items():
+            mp.setenv(name, value)
+        for ordinal in range(replicas):
+            mp.setenv("HOSTNAME", f"onvif-gateway-{ordinal}")
+            site = sections.load_site(config_path)
+            settings = fleet.parse_fleet(site)
+            assert settings is not None
+            assert (settings.shards, settings.shard) == (replicas, ordinal)
+            assert settings.identity_secret is not None
+            served += [cam.name for cam in fleet.own(site).cameras]
+        assert sorted(served) == sorted(cam.name for cam in site.cameras)
+        mp.setenv("HOSTNAME", f"onvif-gateway-{replicas}")
+        with pytest.raises(cfgmod.ConfigError, match="replicas and shards must agree"):
+            sections.load_site(config_path)
+
+
+async def test_the_configmap_passes_check_in_a_pod(tmp_path: Path) -> None:
+    config_path, pod_env = _site_file(tmp_path, k8s_documents())
+    code, out, err = await run_tool(
+        sys.executable,
+        "-m",
+        "gateway",
+        "check",
+        "--config",
+        str(config_path),
+        "--json",
+        env={**pod_env, "HOSTNAME": "onvif-gateway-1"},
+        cwd=str(ROOT),
+        timeout=90,
+    )
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["fleet"]["shard"] == 1 and summary["fleet"]["shared_identity"] is True
+    assert [c["name"] for c in summary["cameras"]] == list(summary["fleet"]["owned"])
 
 
 async def test_prometheus_config_and_alert_rules(tmp_path: Path) -> None:
