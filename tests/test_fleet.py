@@ -20,7 +20,7 @@ from gateway.onvif.service import InventoryIdentities, OnvifService
 from gateway.policy.config import parse_policy
 from gateway.runtime import Gateway
 from gateway.sim.runner import SimFleet
-from tests.conftest import gateway_config_text
+from tests.conftest import free_port, gateway_config_text
 from tests.test_cli import gateway_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -207,6 +207,31 @@ def test_the_identity_secret_file_expands_the_credentials_directory(
     assert SECRET not in repr(settings)
 
 
+def test_bind_may_name_the_environment_variable_holding_the_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every shard reads one file but binds its own node's address (Kubernetes: the
+    downward API's status.hostIP in NODE_IP)."""
+    text = (
+        '[server]\nbind = "${NODE_IP}"\n[vms]\nusername = "vms"\npassword = "p"\n'
+        '[admin]\nbind = "${NODE_IP}"\nusername = "admin"\npassword = "a"\n'
+    )
+    monkeypatch.setenv("NODE_IP", "10.20.0.7")
+    config = cfgmod.loads(text)
+    assert config.server.bind == "10.20.0.7"
+    assert config.admin is not None and config.admin.bind == "10.20.0.7"
+    monkeypatch.setenv("NODE_IP", "node-7")
+    with pytest.raises(cfgmod.ConfigError, match=r"server\.bind: 'node-7' is not an IP address"):
+        cfgmod.loads(text)
+    monkeypatch.delenv("NODE_IP")
+    with pytest.raises(cfgmod.ConfigError) as caught:
+        cfgmod.loads(text)
+    assert caught.value.problems == [
+        ("server.bind", "environment variable NODE_IP is not set (used in '${NODE_IP}')"),
+        ("admin.bind", "environment variable NODE_IP is not set (used in '${NODE_IP}')"),
+    ]
+
+
 def test_the_fleet_keys_are_in_the_schema() -> None:
     from gateway.schema import schema
 
@@ -265,6 +290,11 @@ def test_a_camera_keeps_its_uuid_across_shard_counts_with_the_shared_secret(
         five.close()
 
 
+def fleet_section(shards: int, shard: int, *, secret: bool) -> str:
+    text = f"[fleet]\nshards = {shards}\nshard = {shard}\n"
+    return text + (f'identity_secret = "{SECRET}"\n' if secret else "")
+
+
 async def test_gateways_of_a_fleet_serve_their_own_cameras_with_shared_uuids(
     fleet: SimFleet, tmp_path: Path, vms_password: str
 ) -> None:
@@ -272,38 +302,71 @@ async def test_gateways_of_a_fleet_serve_their_own_cameras_with_shared_uuids(
     names = [cam.name for cam in probe.cameras]
     name = names[0]
     gateways: list[Gateway] = []
+    admin_password = "admin-" + "p" * 20
 
-    async def start(shards: int, secret: bool, where: str) -> Gateway:
-        shard = fleetmod.shard_of(name, shards)
+    def write(where: str, shards: int, secret: bool) -> Path:
         text = gateway_config_text(fleet, tmp_path / where, vms_password)
         text += "[onvif]\ndiscovery = false\n"
-        text += f"[fleet]\nshards = {shards}\nshard = {shard}\n"
-        if secret:
-            text += f'identity_secret = "{SECRET}"\n'
-        config = cfgmod.loads(text, source=f"{where}.toml")
-        sections.validate(config)
-        gw = Gateway(config)
-        gateways.append(gw)
-        await gw.start()
-        owned = {n for n in names if fleetmod.shard_of(n, shards) == shard}
+        text += (
+            f'[admin]\nbind = "127.0.0.1"\nport = {free_port()}\nusername = "admin"\n'
+            f'password = "{admin_password}"\n'
+        )
+        text += fleet_section(shards, fleetmod.shard_of(name, shards), secret=secret)
+        path = tmp_path / f"{where}.toml"
+        path.write_text(text)
+        return path
+
+    def onvif_of(gw: Gateway) -> OnvifService:
+        return next(s for s in gw.services if isinstance(s, OnvifService))
+
+    def check_owned(gw: Gateway, shards: int) -> set[str]:
+        owned = {
+            n for n in names if fleetmod.shard_of(n, shards) == fleetmod.shard_of(name, shards)
+        }
         assert set(gw.cameras) == owned and name in owned
         for other in set(names) - owned:
             assert gw.resolve(f"/{other}/main") is None
-        onvif = next(s for s in gw.services if isinstance(s, OnvifService))
-        assert set(onvif.cameras) == owned
+        assert set(onvif_of(gw).cameras) == owned
+        return owned
+
+    async def start(where: str, shards: int, secret: bool) -> Gateway:
+        gw = Gateway(sections.load_site(write(where, shards, secret)))
+        gateways.append(gw)
+        await gw.start()
+        check_owned(gw, shards)
         return gw
 
-    def uuid_of(gw: Gateway) -> str:
-        onvif = next(s for s in gw.services if isinstance(s, OnvifService))
-        return onvif.device(name).uuid
-
     try:
-        two = await start(2, True, "two")
-        three = await start(3, True, "three")
-        alone = await start(3, False, "alone")
+        two = await start("two", 2, True)
+        three = await start("three", 3, True)
+        alone = await start("alone", 3, False)
+        # Three shards leave a camera to another shard: the check above was not vacuous.
+        assert set(names) - set(three.cameras)
         expected = fleetmod.device_uuid(cfgmod.Secret(SECRET), name)
-        assert uuid_of(two) == uuid_of(three) == expected
-        assert uuid_of(alone) != expected
+        assert onvif_of(two).device(name).uuid == onvif_of(three).device(name).uuid == expected
+        assert onvif_of(alone).device(name).uuid != expected
+
+        # status asks the running shard and says which shard it is.
+        code, out, err = await gateway_cli("status", "--config", str(three.config.source), "--json")
+        assert code in (0, 1), err
+        body = json.loads(out)
+        assert {c["name"] for c in body["cameras"]} == set(three.cameras)
+        assert body["fleet"]["shard"] == fleetmod.shard_of(name, 3)
+        assert body["fleet"]["site_cameras"] == len(names)
+
+        # The site grows to three shards: a reload hands the other cameras off, and the
+        # camera that stays keeps its device and uuid.
+        moved = Path(two.config.source)
+        moved.write_text(
+            moved.read_text().replace(
+                fleet_section(2, fleetmod.shard_of(name, 2), secret=True),
+                fleet_section(3, fleetmod.shard_of(name, 3), secret=True),
+            )
+        )
+        changes = await two.reload(sections.load_site(moved))
+        assert set(changes["removed"]) == set(names) - set(three.cameras)
+        check_owned(two, 3)
+        assert onvif_of(two).device(name).uuid == expected
     finally:
         for gw in gateways:
             await gw.stop()
