@@ -5,6 +5,7 @@ and ONVIF device uuids that stay the same when a camera moves to another gateway
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -370,3 +371,24 @@ async def test_gateways_of_a_fleet_serve_their_own_cameras_with_shared_uuids(
     finally:
         for gw in gateways:
             await gw.stop()
+
+
+def test_egress_of_a_shard_covers_only_its_cameras(tmp_path: Path) -> None:
+    from tests.test_egress_nft import BASE, run_cli
+
+    names = ["front", "nvr-ch2", "nvr-ch3", "by-name"]
+    shard = fleetmod.shard_of("front", 3)
+    owned = [n for n in names if fleetmod.shard_of(n, 3) == shard]
+    assert 0 < len(owned) < len(names)
+    path = tmp_path / "gateway.toml"
+    text = BASE.format(state=tmp_path / "state", dns="true", ntp="true")
+    path.write_text(text + f"\n[fleet]\nshards = 3\nshard = {shard}\n")
+    no_nft = dict(os.environ) | {"PATH": str(tmp_path / "empty-bin")}
+    done = run_cli("report", "--config", str(path), "--json", env=no_nft)
+    assert done.returncode == 0, done.stderr
+    assert [c["name"] for c in json.loads(done.stdout)["cameras"]] == owned
+    done = run_cli("render", "--config", str(path))
+    assert done.returncode == 0, done.stderr
+    assert "camera front " in done.stdout  # the rule comments name the cameras
+    for name in set(names) - set(owned):
+        assert name not in done.stdout

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway import config as gateway_config
+from gateway import fleet
 from gateway.egress import nft as nftables
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_CONFIG, EXIT_RUNTIME = 0, 1, 2, 3
@@ -90,7 +91,8 @@ def _unconfigured(args: argparse.Namespace, config: gateway_config.Config) -> bo
 
 def _load_config(args: argparse.Namespace) -> gateway_config.Config | None:
     try:
-        return gateway_config.load(args.config)
+        # A fleet shard isolates only the cameras it serves (gateway.fleet).
+        return fleet.own(gateway_config.load(args.config))
     except gateway_config.ConfigError as exc:
         print(exc, file=sys.stderr)
         return None
