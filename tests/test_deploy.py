@@ -368,6 +368,14 @@ def test_every_replica_serves_its_shard_of_the_configmap(tmp_path: Path) -> None
             sections.load_site(config_path)
 
 
+async def test_kustomize_builds_the_manifests() -> None:
+    require("kubectl")
+    code, out, err = await run_tool("kubectl", "kustomize", str(K8S), timeout=60)
+    assert code == 0, err
+    built = {f"{d['kind']}/{d['metadata']['name']}" for d in yaml.safe_load_all(out) if d}
+    assert built == set(k8s_documents()) - {"Kustomization/"}
+
+
 async def test_the_configmap_passes_check_in_a_pod(tmp_path: Path) -> None:
     config_path, pod_env = _site_file(tmp_path, k8s_documents())
     code, out, err = await run_tool(
