@@ -197,11 +197,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if part is not None:
         summary["fleet"] = part.to_json()
     warnings: list[str] = []
-    if part is not None and part.settings.shards > 1 and part.settings.identity_secret is None:
-        warnings.append(
-            "fleet: no identity_secret: a camera that moves to another shard gets a new "
-            "ONVIF device uuid (docs/fleet.md)"
-        )
+    if part is not None and part.warning:
+        warnings.append(part.warning)
     if config.admin is not None:
         scheme = "https" if config.admin.tls else "http"
         summary["admin"] = f"{scheme}://{_url_host(config.admin.bind)}:{config.admin.port}/"
@@ -288,15 +285,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     return _event_loop_run(_status(loaded, args))
 
 
-def _fleet_part(config: cfgmod.Config) -> fleet.Selection | None:
-    """This gateway's part of the fleet as its file says (None: not a fleet member, or a
-    file ``status`` could only read the ``[admin]`` section of)."""
-    try:
-        return fleet.selection(config)
-    except cfgmod.ConfigError:
-        return None
-
-
 async def _status(config: cfgmod.Config, args: argparse.Namespace) -> int:
     import aiohttp
 
@@ -340,7 +328,7 @@ async def _status(config: cfgmod.Config, args: argparse.Namespace) -> int:
         for s in cam["streams"]
         if s.get("should_stream", cam["enabled"]) and s["state"] != "live"
     ]
-    part = _fleet_part(config)
+    part = fleet.selection(config)  # validated (or only [admin] read: None)
     if args.json:
         if part is not None:
             body["fleet"] = part.to_json()

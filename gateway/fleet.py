@@ -183,6 +183,16 @@ class Selection:
             f"{self.site_cameras} camera(s); cameras per shard: {spread}"
         )
 
+    @property
+    def warning(self) -> str | None:
+        """What ``check`` warns about: shards without a shared identity."""
+        if self.settings.shards > 1 and self.settings.identity_secret is None:
+            return (
+                "fleet: no identity_secret: a camera that moves to another shard gets a new "
+                "ONVIF device uuid (docs/fleet.md)"
+            )
+        return None
+
     def to_json(self) -> dict[str, Any]:
         return {
             "shard": self.settings.shard,

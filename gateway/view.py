@@ -81,7 +81,8 @@ class GatewayView(Protocol):
 
     @property
     def site_config(self) -> Config:
-        """The whole site's configuration (site-wide services)."""
+        """The whole site's configuration (site-wide services); for a fleet shard, the
+        site's cameras this gateway serves (gateway.fleet)."""
         ...
 
     @property
