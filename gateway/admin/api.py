@@ -17,7 +17,7 @@ import re
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -52,6 +52,11 @@ from gateway.rtsp.server import ClientInfo
 from gateway.store import Store
 from gateway.view import GatewayView
 
+if TYPE_CHECKING:  # at run time the policy modules are imported where they are used
+    from gateway.policy.audit import AuditReport
+    from gateway.policy.db import PolicyStore
+    from gateway.policy.inventory import InventoryResult
+
 log = logging.getLogger("gateway.admin")
 
 OPENAPI = Path(str(resources.files("gateway.admin") / "openapi.yaml"))
@@ -69,7 +74,7 @@ class AdminContext:
         self.auth = auth
         self.store = store
         self.trail = AdminTrail(store)
-        self._policy: Any = None
+        self._policy: PolicyStore | None = None
         self.viewers: set[LiveViewer] = set()
         self.policy_lock = asyncio.Lock()
         self.reload_lock = asyncio.Lock()
@@ -88,7 +93,7 @@ class AdminContext:
         )
 
     @property
-    def policy(self) -> Any:
+    def policy(self) -> PolicyStore:
         if self._policy is None:
             from gateway.policy.db import PolicyStore
 
@@ -575,7 +580,6 @@ async def _policy_run(request: web.Request, action: str) -> web.Response:
         config = ctx.gateway.config
         identity: Identity = request[IDENTITY]
         started = time.monotonic()
-        result: Any
         try:
             result = await _run_policy_action(
                 action, config, ctx.store, identity.username, dry_run=dry_run, cameras=cameras
@@ -592,7 +596,7 @@ async def _policy_run(request: web.Request, action: str) -> web.Response:
         return json_response(result.to_json())
 
 
-def _summary(result: Any) -> dict[str, Any]:
+def _summary(result: InventoryResult | AuditReport) -> dict[str, Any]:
     """What a policy run found or changed, for the audit trail."""
     data = result.to_json()
     summary = data.get("summary")
@@ -607,7 +611,7 @@ async def _run_policy_action(
     *,
     dry_run: bool = False,
     cameras: list[str] | None = None,
-) -> Any:
+) -> InventoryResult | AuditReport:
     from gateway.policy import audit, inventory
 
     if action == "inventory":

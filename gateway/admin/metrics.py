@@ -1,8 +1,10 @@
 """Prometheus metrics, gathered at scrape time.
 
-Nothing here runs on the packet path: :class:`GatewayCollector` reads the counters the hubs
-and sessions keep anyway, the policy findings and the egress report from the store, each
-time ``/metrics`` is scraped. Process metrics come from prometheus-client's collectors.
+Nothing here runs on the packet path: :class:`GatewayCollector` reads, each time
+``/metrics`` is scraped, the counters the hubs and sessions keep anyway (one
+:class:`~gateway.view.StreamSample` per stream, from the gateway's view, and the clients of
+each stream by kind), the policy findings and the egress report from the store. Process
+metrics come from prometheus-client's collectors.
 """
 
 from __future__ import annotations
