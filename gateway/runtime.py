@@ -218,6 +218,7 @@ class Gateway:
         runtime = CameraRuntime(cam, index)
         kind = cam.ingest or self.config.server.ingest
         for stream in cam.stream_names():
+            # The key names camera/stream: services find a client's stream by it.
             hub = StreamHub(f"{cam.name}/{stream}", on_demand=cam.on_demand)
             display_url = cam.upstream_url(stream, with_credentials=False)
             options = IngestOptions(transport=cam.transport)

@@ -180,7 +180,9 @@ class GatewayView(Protocol):
         """Called with the site's new config after a reload."""
         ...
 
-    def hub(self, camera: str, stream: str) -> StreamHub | None: ...
+    def hub(self, camera: str, stream: str) -> StreamHub | None:
+        """The stream's hub (its key is ``camera/stream``); None when not running here."""
+        ...
 
     def stream_status(self, camera: str, stream: str) -> StreamStatus | None:
         """The stream as ingested now; None for a stream that is not running here."""
