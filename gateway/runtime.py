@@ -8,14 +8,12 @@ configuration did not change.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from gateway import fleet, tls
 from gateway import log as gwlog
@@ -32,7 +30,7 @@ from gateway.onvif import service as onvif_service
 from gateway.policy import service as policy_service
 from gateway.rtp import spans
 from gateway.rtsp.server import RtspServer, ServerLimits
-from gateway.view import GatewayView, StreamStatus
+from gateway.view import GatewayView, ReloadChanges, ReloadHook, Service, StreamSample, StreamStatus
 from gateway.workers import (
     HandoffServer,
     Shard,
@@ -63,10 +61,11 @@ class CameraRuntime:
             hub.close()
 
 
-# The services started with the gateway, in order: (start function, site-wide). Each takes
-# the gateway (a GatewayView) and returns an object with ``async close()``. Site-wide
-# services run once per site: in worker 0 when the cameras are sharded.
-ServiceStarter = Callable[[GatewayView], Awaitable[Any]]
+# The services started with the gateway, in order: (start function, site-wide), imported by
+# name above. Each takes the gateway as a GatewayView (the only way a service sees it) and
+# returns a Service the runtime closes on stop. Site-wide services run once per site: in
+# worker 0 when the cameras are sharded.
+ServiceStarter = Callable[[GatewayView], Awaitable[Service]]
 SERVICE_STARTERS: tuple[tuple[ServiceStarter, bool], ...] = (
     (onvif_service.start, False),
     (admin_service.start, False),
@@ -92,7 +91,7 @@ class Gateway:
         # The VMS-side certificate (RTSPS, ONVIF over HTTPS), when [server] enables either.
         self.vms_tls: tls.ServerTLS | None = None
         self._cert_watch: asyncio.Task[None] | None = None
-        self.services: list[Any] = []
+        self.services: list[Service] = []
         self.start_services = start_services
         # Shared by the workers of one supervisor, so a nonce from one is good at another.
         self._nonce_secret = nonce_secret()
@@ -100,8 +99,8 @@ class Gateway:
         self._adoptions: set[asyncio.Future[None]] = set()
         self.stopped = asyncio.Event()
         # Hooks get this process's config; site hooks the whole site's (site-wide services).
-        self.reload_hooks: list[Callable[[Config], Awaitable[None]]] = []
-        self.site_reload_hooks: list[Callable[[Config], Awaitable[None]]] = []
+        self.reload_hooks: list[ReloadHook] = []
+        self.site_reload_hooks: list[ReloadHook] = []
         # JPEGs decoded on demand from the cached keyframe, shared by the dashboard and
         # ONVIF GetSnapshotUri; a burst of requests decodes once.
         self.snapshots = SnapshotCache(max_age=2.0)
@@ -221,6 +220,7 @@ class Gateway:
         runtime = CameraRuntime(cam, index)
         kind = cam.ingest or self.config.server.ingest
         for stream in cam.stream_names():
+            # The key names camera/stream: services find a client's stream by it.
             hub = StreamHub(f"{cam.name}/{stream}", on_demand=cam.on_demand)
             display_url = cam.upstream_url(stream, with_credentials=False)
             options = IngestOptions(transport=cam.transport)
@@ -274,7 +274,7 @@ class Gateway:
 
         sections.validate(config)
 
-    async def reload(self, config: Config) -> dict[str, list[str]]:
+    async def reload(self, config: Config) -> ReloadChanges:
         """Apply ``config`` (the site's); streams of unchanged cameras keep running."""
         site = config = fleet.own(config)
         if self.shard is not None:
@@ -300,7 +300,7 @@ class Gateway:
             await self._listen_on_camera_addresses(site)
         except OSError as exc:
             log.error("RTSP: cannot listen on a camera address", extra={"error": str(exc)})
-        changes: dict[str, list[str]] = {
+        changes: ReloadChanges = {
             "added": [],
             "removed": [],
             "changed": [],
@@ -476,10 +476,47 @@ class Gateway:
             slow_disconnects=stats.slow_disconnects,
         )
 
-    def stream_info(self, camera: str, stream: str) -> dict[str, Any] | None:
-        """:meth:`stream_status` as a dict (what the admin API serialises)."""
-        status = self.stream_status(camera, stream)
-        return dataclasses.asdict(status) if status is not None else None
+    def stream_samples(self) -> list[StreamSample]:
+        """Every stream's counters and rates (``/metrics``): the running cameras' streams,
+        then those of disabled cameras."""
+        out: list[StreamSample] = []
+        for name, cam in list(self.cameras.items()):
+            for stream, hub in list(cam.hubs.items()):
+                stats = hub.stats
+                last = max(
+                    (t.last_wallclock for t in hub.tracks if t.last_ts is not None), default=None
+                )
+                out.append(
+                    StreamSample(
+                        camera=name,
+                        stream=stream,
+                        state=hub.state.value,
+                        on_demand=hub.on_demand,
+                        down_since=hub.down_since,
+                        last_frame_age=max(hub.clock() - last, 0.0) if last else None,
+                        bytes_in=stats.bytes_in,
+                        frames_in=stats.frames_in,
+                        bytes_out=stats.bytes_out,
+                        frames_out=stats.frames_out,
+                        dropped_frames=stats.dropped_frames,
+                        slow_disconnects=stats.slow_disconnects,
+                        malformed_frames=stats.malformed_frames,
+                        relayed_frames=stats.relayed_frames,
+                        repacketized_frames=stats.repacketized_frames,
+                        reconnects=stats.reconnects,
+                        upstream_sessions=hub.upstream_sessions,
+                        byte_rate=hub.bitrate / 8,
+                        fps=hub.fps,
+                        gop_seconds=stats.gop_seconds,
+                    )
+                )
+        for cfg in self.config.cameras:
+            if not cfg.enabled:
+                out.extend(
+                    StreamSample.disabled(cfg.name, s, on_demand=cfg.on_demand)
+                    for s in cfg.stream_names()
+                )
+        return out
 
 
 def _vms_tls_files(cfg: Config) -> tuple[Path, Path]:

@@ -1,8 +1,11 @@
 """What the services (ONVIF, admin, policy, egress) see of the running gateway.
 
 :class:`GatewayView` is the typed seam between :mod:`gateway.runtime`, which implements it,
-and the services it starts, which are given one; :class:`StreamStatus` is one stream's
-state as ingested.
+and the services it starts (listed by explicit import in ``runtime.SERVICE_STARTERS``),
+which are given one and return a :class:`Service`. What crosses it is typed:
+:class:`StreamStatus` is one stream's state as ingested, :class:`StreamSample` one stream's
+counters and rates as ``/metrics`` exports them; services turn them into JSON or XML only at
+their own edge.
 """
 
 from __future__ import annotations
@@ -54,6 +57,67 @@ class StreamStatus:
         return should_stream(self.state, on_demand=self.on_demand)
 
 
+@dataclass(frozen=True)
+class StreamSample:
+    """One stream's counters and rates, read at once (what ``/metrics`` exports per stream).
+
+    Rates are as measured, unrounded; a stream of a disabled camera has state ``disabled``
+    and zeros (nothing runs for it).
+    """
+
+    camera: str
+    stream: str
+    state: str  # one of STREAM_STATES
+    on_demand: bool
+    down_since: float | None  # Unix time the stream went down (state down), else None
+    last_frame_age: float | None  # seconds since the camera's last frame; None before one
+    bytes_in: int
+    frames_in: int
+    bytes_out: int
+    frames_out: int
+    dropped_frames: int
+    slow_disconnects: int
+    malformed_frames: int
+    relayed_frames: int
+    repacketized_frames: int
+    reconnects: int
+    upstream_sessions: int
+    byte_rate: float  # bytes per second received, over the last seconds
+    fps: float
+    gop_seconds: float
+
+    @property
+    def should_stream(self) -> bool:
+        """See :func:`should_stream`."""
+        return should_stream(self.state, on_demand=self.on_demand)
+
+    @classmethod
+    def disabled(cls, camera: str, stream: str, *, on_demand: bool = False) -> StreamSample:
+        """A stream of a camera with ``enabled = false``."""
+        return cls(
+            camera=camera,
+            stream=stream,
+            state="disabled",
+            on_demand=on_demand,
+            down_since=None,
+            last_frame_age=None,
+            bytes_in=0,
+            frames_in=0,
+            bytes_out=0,
+            frames_out=0,
+            dropped_frames=0,
+            slow_disconnects=0,
+            malformed_frames=0,
+            relayed_frames=0,
+            repacketized_frames=0,
+            reconnects=0,
+            upstream_sessions=0,
+            byte_rate=0.0,
+            fps=0.0,
+            gop_seconds=0.0,
+        )
+
+
 # The states a stream is reported in: a hub's (gateway.media.hub.HubState) and, for a
 # camera with ``enabled = false``, ``disabled``.
 STREAM_STATES = ("live", "idle", "connecting", "down", "disabled")
@@ -69,6 +133,15 @@ def should_stream(state: str, *, on_demand: bool) -> bool:
 
 
 ReloadHook = Callable[[Config], Awaitable[None]]
+# What a reload did, by camera: added, removed, changed, unchanged; ``failed`` names the
+# services that could not follow it.
+ReloadChanges = dict[str, list[str]]
+
+
+class Service(Protocol):
+    """What a service's ``start(gateway)`` returns: the runtime closes it on stop."""
+
+    async def close(self) -> None: ...
 
 
 class GatewayView(Protocol):
@@ -108,9 +181,18 @@ class GatewayView(Protocol):
         """Called with the site's new config after a reload."""
         ...
 
-    def hub(self, camera: str, stream: str) -> StreamHub | None: ...
+    def hub(self, camera: str, stream: str) -> StreamHub | None:
+        """The stream's hub (its key is ``camera/stream``); None when not running here."""
+        ...
 
-    def stream_status(self, camera: str, stream: str) -> StreamStatus | None: ...
+    def stream_status(self, camera: str, stream: str) -> StreamStatus | None:
+        """The stream as ingested now; None for a stream that is not running here."""
+        ...
+
+    def stream_samples(self) -> list[StreamSample]:
+        """Every stream of this process's cameras: the running ones, then those of
+        disabled cameras."""
+        ...
 
     async def snapshot(
         self, camera: str, stream: str = "main", max_width: int | None = None
@@ -120,4 +202,12 @@ class GatewayView(Protocol):
 
     def reconnect(self, camera: str) -> bool:
         """Restart the camera's upstream sessions; False for an unknown camera."""
+        ...
+
+    def validate(self, config: Config) -> None:
+        """Raise ConfigError when a section other subsystems own is invalid."""
+        ...
+
+    async def reload(self, config: Config) -> ReloadChanges:
+        """Apply the site's ``config``; ValueError when it needs a restart instead."""
         ...

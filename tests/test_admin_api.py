@@ -15,6 +15,7 @@ import pytest
 from openapi_spec_validator import validate as validate_spec
 
 from gateway.admin.live import LiveViewer
+from gateway.admin.service import AdminService
 from gateway.codecs.base import CodecParams
 from gateway.digest import DigestClient, digest_response
 from gateway.media.hub import StreamHub
@@ -227,6 +228,51 @@ async def test_repeated_failures_are_throttled(admin: AdminGateway) -> None:
             assert status == 401
         status, body, _ = await fetch(session, "GET", url, admin.basic())
         assert status == 429 and "too many" in body["error"]
+
+
+async def test_clients_come_from_the_rtsp_servers_client_records(admin: AdminGateway) -> None:
+    gw = admin.gateway
+    rtsp = gw.rtsp
+    assert rtsp is not None
+    ctx = next(s.ctx for s in gw.services if isinstance(s, AdminService))
+    reader = RtspReader(stream_url(gw, "hik1", "main", admin.vms_password))
+    await reader.start()
+    try:
+        await reader.wait_frames(5, timeout=20, media="video")
+        (record,) = rtsp.clients()
+        assert record.source is gw.hub("hik1", "main") and record.playing
+        async with admin.session() as session:
+            status, body, _ = await fetch(
+                session, "GET", admin.url + "/api/v1/clients", admin.basic()
+            )
+            assert status == 200
+            SPEC.validate("/api/v1/clients", "get", 200, body)
+            status, camera, _ = await fetch(
+                session, "GET", admin.url + "/api/v1/cameras/hik1", admin.basic()
+            )
+            assert status == 200
+            status, metrics_text, _ = await fetch(
+                session, "GET", admin.url + "/metrics", admin.basic()
+            )
+        (client,) = body["clients"]
+        assert client["camera"] == "hik1" and client["stream"] == "main"
+        assert client["kind"] == "rtsp" and client["transport"] == record.transport
+        assert client["peer"] == record.peer and client["peer"].startswith("127.0.0.1:")
+        assert client["playing"] is True and client["frames_sent"] > 0
+        main = camera["streams"][0]
+        assert main["clients"] == 1
+        assert main["viewers"] == [
+            {k: v for k, v in client.items() if k not in ("camera", "stream")}
+        ]
+        assert ctx.client_kinds() == {("hik1", "main"): {"rtsp": 1, "live_view": 0}}
+        assert (
+            b'onvif_gateway_stream_clients{camera="hik1",kind="rtsp",stream="main"} 1.0'
+            in metrics_text
+        )
+    finally:
+        await reader.close()
+    await wait_for(lambda: not rtsp.clients(), 10, "the session to end")
+    assert ctx.client_kinds() == {}
 
 
 async def test_reconnect_opens_a_new_upstream_session(admin: AdminGateway) -> None:

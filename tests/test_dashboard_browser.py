@@ -117,8 +117,8 @@ async def test_dashboard_grid_live_view_and_h265_message(
             "document.getElementById('video').videoHeight]"
         )
         assert size == [320, 240]
-        viewers = admin.gateway.stream_info("hik1", "main")
-        assert viewers is not None and viewers["clients"] >= 1
+        viewers = admin.gateway.stream_status("hik1", "main")
+        assert viewers is not None and viewers.clients >= 1
         await page.click("#live-close")
 
         # H.265: Debian's chromium has no HEVC decoder; the dialog says so and offers the

@@ -28,7 +28,11 @@ from aiohttp import web
 from lxml import etree
 
 from gateway.config import loads
-from gateway.devices.onvif_forward import OnvifImagingForwarder, OnvifPtzForwarder
+from gateway.devices.onvif_forward import (
+    CameraEndpoint,
+    OnvifImagingForwarder,
+    OnvifPtzForwarder,
+)
 from gateway.onvif.backend import DeviceIdentity, StreamInfo
 from gateway.onvif.discovery import probe
 from gateway.onvif.server import start_onvif
@@ -223,11 +227,7 @@ location = "lab"
 """
     )
     forwarder = OnvifPtzForwarder(
-        name="cam1",
-        host="127.0.0.1",
-        port=sim_camera.http_port,
-        username="admin",
-        password="cam-pw",
+        CameraEndpoint("cam1", "127.0.0.1", sim_camera.http_port, "admin", "cam-pw")
     )
     backend = ClipBackend(streams, forwarder, sim_camera)
     clock = Clock()

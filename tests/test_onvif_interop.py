@@ -12,11 +12,12 @@ import datetime as dt
 import pytest
 from aiohttp import web
 
-from gateway.devices.onvif_forward import OnvifImagingForwarder
+from gateway.devices.onvif_forward import CameraEndpoint, OnvifImagingForwarder, PtzCapabilities
+from gateway.onvif import ptz
 from gateway.onvif.core import CameraSlot
 from gateway.onvif.discovery import WSD, Probe, ProbeMatch, probe_matches
 from gateway.onvif.discovery import Endpoint as DiscoveryEndpoint
-from gateway.onvif.xml import NS, WSA, parse_xml
+from gateway.onvif.xml import NS, WSA, parse_markup, parse_xml
 from tests.test_onvif_gateway import (  # noqa: F401  (fixtures)
     PASSWORD,
     SOAP,
@@ -243,7 +244,9 @@ async def test_ptz_capabilities_are_the_cameras_own(gateway, sim_camera):
     # A camera that does not claim MoveStatus: neither does the virtual device.
     forwarder = gateway.backend._ptz
     setup = await forwarder.setup()
-    forwarder._setup = dataclasses.replace(setup, capabilities={"StatusPosition": "true"})
+    forwarder._setup = dataclasses.replace(
+        setup, capabilities=PtzCapabilities(status_position=True)
+    )
     caps = await call_ok(gateway.base, "<tptz:GetServiceCapabilities/>", PTZ)
     assert caps[0].get("MoveStatus") == "false" and caps[0].get("StatusPosition") == "true"
     services = await call_ok(
@@ -252,6 +255,34 @@ async def test_ptz_capabilities_are_the_cameras_own(gateway, sim_camera):
     )
     ptz = next(s for s in services if s.findtext(f"{{{TDS}}}Namespace") == NS["tptz"])
     assert ptz.find(f".//{{{NS['tptz']}}}Capabilities").get("MoveStatus") == "false"
+
+
+def test_ptz_capabilities_are_read_and_shown_as_xs_boolean() -> None:
+    # A camera's tptz:Capabilities attributes: "1" is true, anything absent is not claimed.
+    caps = PtzCapabilities.from_attributes({"MoveStatus": "1", "EFlip": "true", "Extra": "true"})
+    assert caps == PtzCapabilities(move_status=True, eflip=True)
+    assert caps.attributes() == {
+        "MoveStatus": "true",
+        "StatusPosition": "false",
+        "EFlip": "true",
+        "Reverse": "false",
+    }
+    # The virtual device claims what every camera behind it claims.
+    other = PtzCapabilities(move_status=True, status_position=True)
+    assert caps.shared_with(other) == PtzCapabilities(move_status=True)
+    shown = parse_markup(ptz.service_capabilities(caps.shared_with(other)))
+    assert dict(shown.attrib) == {
+        "MoveStatus": "true",
+        "StatusPosition": "false",
+        "EFlip": "false",
+        "Reverse": "false",
+        "GetCompatibleConfigurations": "false",
+    }
+
+
+def test_camera_endpoint_keeps_the_password_out_of_its_repr() -> None:
+    endpoint = CameraEndpoint("cam1", "192.0.2.10", 80, "admin", "cam-secret")
+    assert "cam-secret" not in repr(endpoint) and "cam1" in repr(endpoint)
 
 
 async def test_nvr_mode_prefixes_ptz_tokens_per_camera(gateway, sim_camera):
@@ -290,11 +321,7 @@ async def test_nvr_mode_prefixes_ptz_tokens_per_camera(gateway, sim_camera):
 @pytest.fixture
 async def imaging(gateway, sim_camera):
     forwarder = OnvifImagingForwarder(
-        name="cam1",
-        host="127.0.0.1",
-        port=sim_camera.http_port,
-        username="admin",
-        password="cam-pw",
+        CameraEndpoint("cam1", "127.0.0.1", sim_camera.http_port, "admin", "cam-pw")
     )
     await forwarder.connect()
     gateway.backend.imaging_forwarder = forwarder

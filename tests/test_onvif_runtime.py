@@ -212,10 +212,10 @@ async def test_stream_and_snapshot_uris_play(
             assert uri == f"rtsp://127.0.0.1:{gateway.rtsp.port}/{camera}/{stream}"
             probed = await ffprobe_stream(uri, vms_password)
             video = next(s for s in probed["streams"] if s["codec_type"] == "video")
-            info = gateway.stream_info(camera, stream)
+            info = gateway.stream_status(camera, stream)
             assert info is not None
             assert video["codec_name"] == codecs[stream]
-            assert (video["width"], video["height"]) == (info["width"], info["height"])
+            assert (video["width"], video["height"]) == (info.width, info.height)
 
             snapshot = (await media.GetSnapshotUri({"ProfileToken": profile.token})).Uri
             status, ctype, jpeg = await digest_get(snapshot, "vms", vms_password)
@@ -234,22 +234,22 @@ async def test_encoder_configurations_are_the_ingested_streams(
         device = onvif_of(gateway).device(camera)
         async with Client(device.port, vms_password) as cam:
             media = await cam.create_media_service()
-            before = {s: gateway.stream_info(camera, s) for s in ("main", "sub")}
+            before = {s: gateway.stream_status(camera, s) for s in ("main", "sub")}
             configs = {c.token: c for c in await media.GetVideoEncoderConfigurations()}
-            after = {s: gateway.stream_info(camera, s) for s in ("main", "sub")}
+            after = {s: gateway.stream_status(camera, s) for s in ("main", "sub")}
         for stream in ("main", "sub"):
             config = configs[f"{camera}_{stream}_venc"]
             b, a = before[stream], after[stream]
             assert b is not None and a is not None
-            assert config.Encoding == b["codec"]
-            assert (config.Resolution.Width, config.Resolution.Height) == (b["width"], b["height"])
+            assert config.Encoding == b.codec
+            assert (config.Resolution.Width, config.Resolution.Height) == (b.width, b.height)
             # Measured values may move between the two reads; the answer is one of them.
-            rates = {max(1, round(b["fps"])), max(1, round(a["fps"]))}
+            rates = {max(1, round(b.fps)), max(1, round(a.fps))}
             assert config.RateControl.FrameRateLimit in rates
-            kbps = sorted((b["bitrate"] // 1000, a["bitrate"] // 1000))
+            kbps = sorted((b.bitrate // 1000, a.bitrate // 1000))
             assert kbps[0] * 0.95 <= config.RateControl.BitrateLimit <= kbps[1] * 1.05
-            if b["codec"] == "H264":
-                assert config.H264.GovLength in {b["gop_frames"], a["gop_frames"]}
+            if b.codec == "H264":
+                assert config.H264.GovLength in {b.gop_frames, a.gop_frames}
                 assert config.H264.GovLength > 1
 
     # Media2 reports the H.265 stream as H.265 with its measured GOP.
@@ -262,12 +262,12 @@ async def test_encoder_configurations_are_the_ingested_streams(
     assert status == 200, data.decode()
     found = {c.get("token"): c for c in body_child(data) if c.tag.endswith("}Configurations")}
     main = found["dahua1_main_venc"]
-    info = gateway.stream_info("dahua1", "main")
+    info = gateway.stream_status("dahua1", "main")
     assert info is not None
     assert main.findtext("{http://www.onvif.org/ver10/schema}Encoding") == "H265"
     assert main.findtext(
         "{http://www.onvif.org/ver10/schema}Resolution/{http://www.onvif.org/ver10/schema}Width"
-    ) == str(info["width"])
+    ) == str(info.width)
 
 
 # --------------------------------------------------------------------------- device

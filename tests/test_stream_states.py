@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway import config as cfgmod
 from gateway.media.hub import HubState, StreamHub
 from gateway.sim.runner import SimFleet
-from gateway.view import should_stream
+from gateway.view import StreamSample, should_stream
 from tests.admin_support import AdminGateway, OpenApi, admin_gateway
 from tests.conftest import free_port, wait_for
 from tests.test_cli import gateway_cli
@@ -211,6 +211,19 @@ async def test_states_in_the_api_metrics_status_and_snapshots(
         assert samples[("onvif_gateway_stream_frames_per_second", "ghost", "main", None)] == 0
         assert 'onvif_gateway_auth_failures_total{service="rtsp"} 0.0' in text
         assert 'onvif_gateway_auth_failures_total{service="admin"} 0.0' in text
+
+        # The typed records the admin API and /metrics are built from (GatewayView).
+        sampled = {(r.camera, r.stream): r for r in gw.stream_samples()}
+        assert list(sampled)[-2:] == [("spare", "main"), ("spare", "sub")]
+        assert sampled[("spare", "main")] == StreamSample.disabled("spare", "main")
+        assert gw.stream_status("spare", "main") is None
+        ghost = gw.stream_status("ghost", "main")
+        assert ghost is not None and ghost.state == "down" and ghost.last_error
+        assert ghost.down_since is not None
+        assert sampled[("ghost", "main")].down_since == ghost.down_since
+        assert sampled[("ghost", "main")].should_stream and ghost.should_stream
+        assert not sampled[("lazy", "main")].should_stream
+        assert sampled[("hik1", "main")].frames_in > 0 and sampled[("hik1", "main")].fps > 0
 
         # status: the down camera is the one problem, named with its error at 80 columns.
         narrow = {"COLUMNS": "80"}

@@ -17,7 +17,7 @@ import re
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -48,8 +48,14 @@ from gateway.limits import HttpLimits
 from gateway.media.fmp4 import video_config
 from gateway.media.hub import StreamHub
 from gateway.onvif.core import iso_time, url_host
+from gateway.rtsp.server import ClientInfo
 from gateway.store import Store
-from gateway.view import should_stream
+from gateway.view import GatewayView
+
+if TYPE_CHECKING:  # at run time the policy modules are imported where they are used
+    from gateway.policy.audit import AuditReport
+    from gateway.policy.db import PolicyStore
+    from gateway.policy.inventory import InventoryResult
 
 log = logging.getLogger("gateway.admin")
 
@@ -63,19 +69,20 @@ MAX_LOG_LIMIT = 10_000
 class AdminContext:
     """Everything the handlers share."""
 
-    def __init__(self, gateway: Any, auth: AdminAuth, store: Store) -> None:
+    def __init__(self, gateway: GatewayView, auth: AdminAuth, store: Store) -> None:
         self.gateway = gateway
         self.auth = auth
         self.store = store
         self.trail = AdminTrail(store)
-        self._policy: Any = None
+        self._policy: PolicyStore | None = None
         self.viewers: set[LiveViewer] = set()
         self.policy_lock = asyncio.Lock()
         self.reload_lock = asyncio.Lock()
         self.config_loaded_at = time.time()
         self.registry = metrics.build_registry(
             metrics.MetricSources(
-                streams=self.metric_streams,
+                streams=self.gateway.stream_samples,
+                client_kinds=self.client_kinds,
                 findings=self.findings_summary,
                 egress=self.egress,
                 camera_count=lambda: len(self.gateway.config.cameras),
@@ -86,7 +93,7 @@ class AdminContext:
         )
 
     @property
-    def policy(self) -> Any:
+    def policy(self) -> PolicyStore:
         if self._policy is None:
             from gateway.policy.db import PolicyStore
 
@@ -95,74 +102,86 @@ class AdminContext:
 
     # ------------------------------------------------------------------ views of the state
 
-    def stream_location(self, hub: object) -> tuple[str, str] | None:
-        for name, cam in self.gateway.cameras.items():
-            for stream, candidate in cam.hubs.items():
-                if candidate is hub:
-                    return name, stream
-        return None
+    def rtsp_clients(self) -> list[tuple[str, str, ClientInfo]]:
+        """Each RTSP client session with the camera and stream it watches (a session of a
+        stream no longer running here, after a reload, is left out)."""
+        rtsp = self.gateway.rtsp
+        if rtsp is None:
+            return []
+        out = []
+        for client in rtsp.clients():
+            camera, _, stream = client.source.key.partition("/")
+            if self.gateway.hub(camera, stream) is client.source:
+                out.append((camera, stream, client))
+        return out
 
     def clients(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        rtsp = self.gateway.rtsp
-        if rtsp is not None:
-            for client in rtsp.clients():
-                where = self.stream_location(client.source)
-                if where is None:
-                    continue
-                out.append(
-                    {
-                        "camera": where[0],
-                        "stream": where[1],
-                        "kind": "rtsp",
-                        "peer": client.peer,
-                        "transport": client.transport,
-                        "playing": client.playing,
-                        "connected_seconds": client.connected_seconds,
-                        "frames_sent": client.frames_sent,
-                        "bytes_sent": client.bytes_sent,
-                        "dropped_frames": client.dropped_frames,
-                    }
-                )
+        """Every client of every stream, as ``/api/v1/clients`` shows them."""
+        out: list[dict[str, Any]] = [
+            {
+                "camera": camera,
+                "stream": stream,
+                "kind": "rtsp",
+                "peer": client.peer,
+                "transport": client.transport,
+                "playing": client.playing,
+                "connected_seconds": client.connected_seconds,
+                "frames_sent": client.frames_sent,
+                "bytes_sent": client.bytes_sent,
+                "dropped_frames": client.dropped_frames,
+            }
+            for camera, stream, client in self.rtsp_clients()
+        ]
         for viewer in list(self.viewers):
             out.append({"camera": viewer.camera, "stream": viewer.stream, **viewer.to_json()})
         return out
 
+    def client_kinds(self) -> dict[tuple[str, str], dict[str, int]]:
+        """Clients per (camera, stream), by kind: ``rtsp`` and ``live_view``."""
+        kinds: dict[tuple[str, str], dict[str, int]] = {}
+        watched = [(camera, stream, "rtsp") for camera, stream, _ in self.rtsp_clients()]
+        watched += [(v.camera, v.stream, "live_view") for v in list(self.viewers)]
+        for camera, stream, kind in watched:
+            kinds.setdefault((camera, stream), {"rtsp": 0, "live_view": 0})[kind] += 1
+        return kinds
+
     def stream_json(
         self, camera: str, stream: str, clients: list[dict[str, Any]]
     ) -> dict[str, Any]:
-        info = self.gateway.stream_info(camera, stream)
-        hub: StreamHub = self.gateway.hub(camera, stream)
+        status = self.gateway.stream_status(camera, stream)
+        hub = self.gateway.hub(camera, stream)
+        if status is None or hub is None:
+            return disabled_stream_json(camera, stream)
         video = next((t for t in hub.tracks if t.is_video), None)
         mime = mse_mime(video.params.name, video.params.parameter_sets) if video else None
         viewers = [c for c in clients if c["camera"] == camera and c["stream"] == stream]
-        live = info["state"] == "live"
+        live = status.state == "live"
         return {
             "stream": stream,
-            "path": info["path"],
-            "state": info["state"],
-            "should_stream": should_stream(info["state"], on_demand=info["on_demand"]),
+            "path": status.path,
+            "state": status.state,
+            "should_stream": status.should_stream,
             "connected": live,
-            "down_since": iso_time(info["down_since"]) if info["down_since"] else None,
-            "last_error": info["last_error"] or None,
-            "codec": info["codec"],
-            "profile": info["profile"] or None,
-            "width": info["width"],
-            "height": info["height"],
+            "down_since": iso_time(status.down_since) if status.down_since else None,
+            "last_error": status.last_error or None,
+            "codec": status.codec,
+            "profile": status.profile or None,
+            "width": status.width,
+            "height": status.height,
             # Rates are measured over the last seconds of frames: only a live stream has
             # any (a down one would show its last figures as if they were current).
-            "fps": info["fps"] if live else None,
-            "bitrate": info["bitrate"] if live else None,
-            "gop_seconds": info["gop_seconds"] if live else None,
-            "audio_codec": info["audio_codec"],
-            "upstream_sessions": info["upstream_sessions"],
-            "reconnects": info["reconnects"],
-            "frames_in": info["frames_in"],
-            "bytes_in": info["bytes_in"],
+            "fps": status.fps if live else None,
+            "bitrate": status.bitrate if live else None,
+            "gop_seconds": status.gop_seconds if live else None,
+            "audio_codec": status.audio_codec,
+            "upstream_sessions": status.upstream_sessions,
+            "reconnects": status.reconnects,
+            "frames_in": status.frames_in,
+            "bytes_in": status.bytes_in,
             "frames_out": hub.stats.frames_out,
             "bytes_out": hub.stats.bytes_out,
-            "dropped_frames": info["dropped_frames"],
-            "slow_disconnects": info["slow_disconnects"],
+            "dropped_frames": status.dropped_frames,
+            "slow_disconnects": status.slow_disconnects,
             "clients": len(viewers),
             "viewers": [
                 {k: v for k, v in c.items() if k not in ("camera", "stream")} for c in viewers
@@ -178,9 +197,8 @@ class AdminContext:
     ) -> dict[str, Any]:
         """``request_host``: the host the admin API was asked by, named in the VMS-side
         URLs when the gateway listens on every address and advertises none."""
-        runtime = self.gateway.cameras.get(cam.name)
-        if runtime is not None:
-            streams = [self.stream_json(cam.name, s, clients) for s in runtime.hubs]
+        if cam.enabled:
+            streams = [self.stream_json(cam.name, s, clients) for s in cam.stream_names()]
         else:
             streams = [disabled_stream_json(cam.name, s) for s in cam.stream_names()]
         index = next(i for i, c in enumerate(self.gateway.config.cameras) if c.name == cam.name)
@@ -216,52 +234,6 @@ class AdminContext:
             "rtsp": refused.get(("rtsp", "auth_failure"), 0),
             "admin": self.auth.failures_total,
         }
-
-    def metric_streams(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        kinds: dict[tuple[str, str], dict[str, int]] = {}
-        for client in self.clients():
-            key = (client["camera"], client["stream"])
-            per = kinds.setdefault(key, {"rtsp": 0, "live_view": 0})
-            per["rtsp" if client["kind"] == "rtsp" else "live_view"] += 1
-        for name, cam in list(self.gateway.cameras.items()):
-            for stream, hub in list(cam.hubs.items()):
-                stats = hub.stats
-                last = max(
-                    (t.last_wallclock for t in hub.tracks if t.last_ts is not None), default=None
-                )
-                out.append(
-                    {
-                        "camera": name,
-                        "stream": stream,
-                        "state": hub.state.value,
-                        "should_stream": should_stream(hub.state, on_demand=hub.on_demand),
-                        "down_since": hub.down_since,
-                        "client_kinds": kinds.get((name, stream), {"rtsp": 0, "live_view": 0}),
-                        "last_frame_age": max(hub.clock() - last, 0.0) if last else None,
-                        "bytes_in": stats.bytes_in,
-                        "frames_in": stats.frames_in,
-                        "bytes_out": stats.bytes_out,
-                        "frames_out": stats.frames_out,
-                        "dropped_frames": stats.dropped_frames,
-                        "slow_disconnects": stats.slow_disconnects,
-                        "malformed": stats.malformed_frames,
-                        "relayed": stats.relayed_frames,
-                        "repacketized": stats.repacketized_frames,
-                        "reconnects": stats.reconnects,
-                        "upstream_sessions": hub.upstream_sessions,
-                        "byte_rate": hub.bitrate / 8,
-                        "fps": hub.fps,
-                        "gop_seconds": stats.gop_seconds,
-                    }
-                )
-        for cam in self.gateway.config.cameras:
-            if not cam.enabled:
-                out.extend(
-                    {"camera": cam.name, "stream": s, "state": "disabled", "should_stream": False}
-                    for s in cam.stream_names()
-                )
-        return out
 
     def camera_findings(self, camera: str) -> tuple[str, list[dict[str, Any]]]:
         snapshot = self.policy.snapshot(camera)
@@ -608,7 +580,6 @@ async def _policy_run(request: web.Request, action: str) -> web.Response:
         config = ctx.gateway.config
         identity: Identity = request[IDENTITY]
         started = time.monotonic()
-        result: Any
         try:
             result = await _run_policy_action(
                 action, config, ctx.store, identity.username, dry_run=dry_run, cameras=cameras
@@ -625,7 +596,7 @@ async def _policy_run(request: web.Request, action: str) -> web.Response:
         return json_response(result.to_json())
 
 
-def _summary(result: Any) -> dict[str, Any]:
+def _summary(result: InventoryResult | AuditReport) -> dict[str, Any]:
     """What a policy run found or changed, for the audit trail."""
     data = result.to_json()
     summary = data.get("summary")
@@ -640,7 +611,7 @@ async def _run_policy_action(
     *,
     dry_run: bool = False,
     cameras: list[str] | None = None,
-) -> Any:
+) -> InventoryResult | AuditReport:
     from gateway.policy import audit, inventory
 
     if action == "inventory":

@@ -1,15 +1,17 @@
 """Prometheus metrics, gathered at scrape time.
 
-Nothing here runs on the packet path: :class:`GatewayCollector` reads the counters the hubs
-and sessions keep anyway, the policy findings and the egress report from the store, each
-time ``/metrics`` is scraped. Process metrics come from prometheus-client's collectors.
+Nothing here runs on the packet path: :class:`GatewayCollector` reads, each time
+``/metrics`` is scraped, the counters the hubs and sessions keep anyway (one
+:class:`~gateway.view.StreamSample` per stream, from the gateway's view, and the clients of
+each stream by kind), the policy findings and the egress report from the store. Process
+metrics come from prometheus-client's collectors.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -24,14 +26,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from gateway import __version__
-from gateway.view import STREAM_STATES
+from gateway.view import STREAM_STATES, StreamSample
 
 log = logging.getLogger("gateway.admin")
 
 PREFIX = "onvif_gateway"
 SEVERITIES = ("critical", "high", "medium", "low", "info")
+# The client kinds of a stream nobody watches (every kind is exported, at 0).
+NO_CLIENTS: Mapping[str, int] = {"rtsp": 0, "live_view": 0}
 
-# (name, help, stream_info key) for the per-stream counters.
+# (name, help, StreamSample attribute) for the per-stream counters.
 STREAM_COUNTERS = (
     ("stream_received_bytes", "Bytes received from the camera (RTP as relayed)", "bytes_in"),
     ("stream_received_frames", "Frames received from the camera", "frames_in"),
@@ -43,20 +47,25 @@ STREAM_COUNTERS = (
         "dropped_frames",
     ),
     ("stream_slow_client_disconnects", "Clients disconnected for stalling", "slow_disconnects"),
-    ("stream_malformed_frames", "Frames from the camera that could not be packetized", "malformed"),
+    (
+        "stream_malformed_frames",
+        "Frames from the camera that could not be packetized",
+        "malformed_frames",
+    ),
     (
         "stream_relayed_frames",
         "Frames sent on as the camera's own RTP payloads (native ingest)",
-        "relayed",
+        "relayed_frames",
     ),
     (
         "stream_repacketized_frames",
         "Camera frames that had to be depacketized and packetized again (native ingest)",
-        "repacketized",
+        "repacketized_frames",
     ),
     ("stream_upstream_reconnects", "Times the camera stream came back after a loss", "reconnects"),
     ("stream_upstream_sessions", "Upstream sessions opened to the camera", "upstream_sessions"),
 )
+# (name, help, StreamSample attribute) for the per-stream rates.
 STREAM_GAUGES = (
     (
         "stream_received_bytes_per_second",
@@ -81,6 +90,7 @@ class GatewayCollector(Collector):
         src = self.sources
         yield InfoMetricFamily(f"{PREFIX}_build", "Gateway version", value={"version": __version__})
         streams = src.streams()
+        kinds = src.client_kinds()
         labels = ["camera", "stream"]
 
         up = GaugeMetricFamily(
@@ -118,26 +128,27 @@ class GatewayCollector(Collector):
             key: GaugeMetricFamily(f"{PREFIX}_{name}", text, labels=labels)
             for name, text, key in STREAM_GAUGES
         }
-        for info in streams:
-            values = [info["camera"], info["stream"]]
-            live = info["state"] == "live"
-            if info["should_stream"]:
+        for sample in streams:
+            values = [sample.camera, sample.stream]
+            live = sample.state == "live"
+            if sample.should_stream:
                 up.add_metric(values, 1.0 if live else 0.0)
             for name in STREAM_STATES:
-                state.add_metric([*values, name], 1.0 if info["state"] == name else 0.0)
-            if info["state"] == "disabled":
+                state.add_metric([*values, name], 1.0 if sample.state == name else 0.0)
+            if sample.state == "disabled":
                 continue  # nothing runs for it: no counters
-            for kind, count in info["client_kinds"].items():
+            by_kind = kinds.get((sample.camera, sample.stream), NO_CLIENTS)
+            for kind, count in by_kind.items():
                 clients.add_metric([*values, kind], float(count))
-            if info["down_since"] is not None:
-                down_since.add_metric(values, info["down_since"])
-            if info["last_frame_age"] is not None:
-                age.add_metric(values, info["last_frame_age"])
+            if sample.down_since is not None:
+                down_since.add_metric(values, sample.down_since)
+            if sample.last_frame_age is not None:
+                age.add_metric(values, sample.last_frame_age)
             for key, family in counters.items():
-                family.add_metric(values, float(info[key]))
+                family.add_metric(values, float(getattr(sample, key)))
             for key, gfamily in gauges.items():
                 # Rates of a stream that is not live are 0, not its last measurement.
-                gfamily.add_metric(values, float(info[key]) if live else 0.0)
+                gfamily.add_metric(values, float(getattr(sample, key)) if live else 0.0)
         yield up
         yield state
         yield clients
@@ -227,7 +238,8 @@ class MetricSources:
 
     def __init__(
         self,
-        streams: Callable[[], list[dict[str, Any]]],
+        streams: Callable[[], list[StreamSample]],
+        client_kinds: Callable[[], Mapping[tuple[str, str], Mapping[str, int]]],
         findings: Callable[[], list[tuple[str, str, dict[str, int]]]],
         egress: Callable[[], dict[str, Any]],
         camera_count: Callable[[], int],
@@ -236,6 +248,7 @@ class MetricSources:
         auth_failures: Callable[[], dict[str, int]] = dict,
     ) -> None:
         self.streams = streams
+        self.client_kinds = client_kinds
         self.findings = findings
         self.egress = egress
         self.camera_count = camera_count

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from pathlib import Path
 
 from aiohttp import web
 
@@ -26,6 +26,7 @@ from gateway.admin.auth import AdminAuth
 from gateway.config import AdminConfig, Config
 from gateway.limits import CappedSite, HttpLimits
 from gateway.store import Store
+from gateway.view import GatewayView
 
 log = logging.getLogger("gateway.admin")
 CERT_CHECK_INTERVAL = 60.0
@@ -91,13 +92,13 @@ class AdminService:
         self.ctx.store.close()
 
 
-def _server_files(admin: AdminConfig, state_dir: str) -> tuple[Any, Any]:
+def _server_files(admin: AdminConfig, state_dir: str) -> tuple[Path, Path]:
     return tls.server_files(admin.tls_cert, admin.tls_key, state_dir, admin.bind)
 
 
-async def start(gateway: Any) -> AdminService | NoAdmin:
+async def start(gateway: GatewayView) -> AdminService | NoAdmin:
     """Serve the admin app for ``gateway``; OSError names the address it could not bind."""
-    config: Config = gateway.config
+    config = gateway.config
     admin = config.admin
     if admin is None:
         return NoAdmin()

@@ -560,13 +560,14 @@ class OnvifMotion(CameraMotion):
             )
 
 
-def motion_source_for(camera: CameraConfig, **kwargs: Any) -> CameraMotion:
-    """The motion source matching the camera's vendor (generic cameras: ONVIF)."""
+def motion_source_for(camera: CameraConfig, *, backoff: Backoff | None = None) -> CameraMotion:
+    """The motion source matching the camera's vendor (generic cameras: ONVIF); ``backoff``
+    paces its reconnects (the default when None)."""
     if camera.vendor == "hikvision":
-        return HikvisionMotion(camera, **kwargs)
+        return HikvisionMotion(camera, backoff=backoff)
     if camera.vendor == "dahua":
-        return DahuaMotion(camera, **kwargs)
-    return OnvifMotion(camera, **kwargs)
+        return DahuaMotion(camera, backoff=backoff)
+    return OnvifMotion(camera, backoff=backoff)
 
 
 __all__ = [

@@ -19,7 +19,7 @@ import copy
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from lxml import etree
@@ -29,7 +29,68 @@ from gateway.devices.http import CameraHttp
 from gateway.devices.soap import CameraSoap, CameraSoapError
 from gateway.soap import NS, SoapFault, Xml, child, child_text, children, raw
 
+if TYPE_CHECKING:  # onvif-zeep-async is imported when a forwarder first connects
+    from onvif import ONVIFCamera, ONVIFService
+
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CameraEndpoint:
+    """Where and as whom a forwarder reaches the camera's own ONVIF services."""
+
+    name: str  # the camera's name in the configuration (for logs and faults)
+    host: str
+    port: int  # the camera's HTTP port
+    username: str
+    password: str = field(repr=False)
+    timeout: float = 10.0  # seconds per request to the camera
+
+
+# The PTZ service capabilities a client acts on (Frigate trusts MoveStatus): each attribute
+# of tptz:Capabilities and the PtzCapabilities field that holds it.
+PTZ_CAPABILITY_ATTRIBUTES = {
+    "MoveStatus": "move_status",
+    "StatusPosition": "status_position",
+    "EFlip": "eflip",
+    "Reverse": "reverse",
+}
+
+
+@dataclass(frozen=True)
+class PtzCapabilities:
+    """What a PTZ service claims, of :data:`PTZ_CAPABILITY_ATTRIBUTES` (nothing unless said)."""
+
+    move_status: bool = False
+    status_position: bool = False
+    eflip: bool = False
+    reverse: bool = False
+
+    @classmethod
+    def from_attributes(cls, attributes: Mapping[str, str]) -> PtzCapabilities:
+        """From the attributes of a camera's tptz:Capabilities (xs:boolean)."""
+        return cls(
+            **{
+                name: attributes.get(attribute, "false") in ("true", "1")
+                for attribute, name in PTZ_CAPABILITY_ATTRIBUTES.items()
+            }
+        )
+
+    def attributes(self) -> dict[str, str]:
+        """As the attributes of tptz:Capabilities."""
+        return {
+            attribute: "true" if getattr(self, name) else "false"
+            for attribute, name in PTZ_CAPABILITY_ATTRIBUTES.items()
+        }
+
+    def shared_with(self, other: PtzCapabilities) -> PtzCapabilities:
+        """What both claim."""
+        return PtzCapabilities(
+            **{
+                name: getattr(self, name) and getattr(other, name)
+                for name in PTZ_CAPABILITY_ATTRIBUTES.values()
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -39,8 +100,8 @@ class PtzSetup:
     node_token: str
     configuration_token: str
     configuration: etree._Element  # a tt:PTZConfiguration (any element name; re-tagged)
-    # The attributes of the camera's own PTZ GetServiceCapabilities (MoveStatus, ...).
-    capabilities: Mapping[str, str] = field(default_factory=dict)
+    # What the camera's own PTZ GetServiceCapabilities claims.
+    capabilities: PtzCapabilities = field(default_factory=PtzCapabilities)
 
 
 def camera_lacks(what: str) -> SoapFault:
@@ -54,29 +115,17 @@ class CameraServiceForwarder:
     namespace = ""  # the forwarded service's WSDL namespace
     token_element = ""  # request child holding the virtual device's token
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        host: str,
-        port: int,
-        username: str,
-        password: str,
-        timeout: float = 10.0,
-    ) -> None:
-        self.name = name
-        self.host = host
-        self.port = port
-        self.username = username
-        self.password = password
-        self.timeout = timeout
+    def __init__(self, endpoint: CameraEndpoint) -> None:
+        self.endpoint = endpoint
+        self.name = endpoint.name
+        self.timeout = endpoint.timeout
         self._lock = asyncio.Lock()
-        self._camera: Any = None
-        self._service: Any = None
+        self._camera: ONVIFCamera | None = None
+        self._service: ONVIFService | None = None
         self._soap: CameraSoap | None = None
         self.camera_token = ""  # the camera's token for ``token_element``
 
-    async def _discover(self, camera: Any) -> Any:
+    async def _discover(self, camera: ONVIFCamera) -> ONVIFService:
         """Find the service on the connected ``camera`` (and set :attr:`camera_token`);
         return its onvif-zeep-async service, or raise :func:`camera_lacks`."""
         raise NotImplementedError
@@ -87,7 +136,8 @@ class CameraServiceForwarder:
     async def _connect(self) -> None:
         from onvif import ONVIFCamera
 
-        camera = ONVIFCamera(self.host, self.port, self.username, self.password, adjust_time=True)
+        end = self.endpoint
+        camera = ONVIFCamera(end.host, end.port, end.username, end.password, adjust_time=True)
         try:
             await camera.update_xaddrs()
             service = await self._discover(camera)
@@ -97,9 +147,9 @@ class CameraServiceForwarder:
         self._camera = camera
         self._service = service
         http = CameraHttp(
-            self.name, self.host, self.port, self.username, self.password, timeout=self.timeout
+            end.name, end.host, end.port, end.username, end.password, timeout=end.timeout
         )
-        self._soap = CameraSoap(http, self.username, self.password)
+        self._soap = CameraSoap(http, end.username, end.password)
         await self._connected()
 
     async def _ensure(self) -> None:
@@ -154,6 +204,7 @@ class CameraServiceForwarder:
         token = child(request, self.token_element) if self.token_element else None
         if token is not None:
             token.text = self.camera_token
+        assert self._service is not None  # _ensure found it or raised
         client = self._service.zeep_client
         try:
             element = client.get_element(f"{{{self.namespace}}}{name}")
@@ -190,14 +241,13 @@ class OnvifPtzForwarder(CameraServiceForwarder):
     namespace = NS["tptz"]
     token_element = "ProfileToken"
 
-    def __init__(self, *, policy: str = "enabled", **endpoint: Any) -> None:
-        """``endpoint``: :class:`CameraServiceForwarder`'s name, host, port, credentials."""
-        super().__init__(**endpoint)
+    def __init__(self, endpoint: CameraEndpoint, *, policy: str = "enabled") -> None:
+        super().__init__(endpoint)
         self.presets_allowed = policy == "enabled"
         self._setup: PtzSetup | None = None
         self._configuration_token = ""
 
-    async def _discover(self, camera: Any) -> Any:
+    async def _discover(self, camera: ONVIFCamera) -> ONVIFService:
         media = await camera.create_media_service()
         profiles = await media.GetProfiles()
         ptz_profiles = [p for p in profiles if getattr(p, "PTZConfiguration", None)]
@@ -221,11 +271,12 @@ class OnvifPtzForwarder(CameraServiceForwarder):
         try:
             caps = etree.fromstring(await self._send("GetServiceCapabilities", {}))
             found = child(caps, "Capabilities")
-            capabilities = dict(found.attrib) if found is not None else {}
+            attributes = dict(found.attrib) if found is not None else {}
         except SoapFault as fault:
             # Older PTZ services lack the call: claim nothing the camera did not say.
             log.info("%s: PTZ GetServiceCapabilities refused (%s)", self.name, fault.reason)
-            capabilities = {}
+            attributes = {}
+        capabilities = PtzCapabilities.from_attributes(attributes)
         self._setup = PtzSetup(node_token, wanted, chosen, capabilities)
 
     async def setup(self) -> PtzSetup:
@@ -245,12 +296,11 @@ class OnvifImagingForwarder(CameraServiceForwarder):
     namespace = NS["timg"]
     token_element = "VideoSourceToken"
 
-    def __init__(self, *, channel: int = 1, **endpoint: Any) -> None:
-        """``endpoint``: :class:`CameraServiceForwarder`'s name, host, port, credentials."""
-        super().__init__(**endpoint)
+    def __init__(self, endpoint: CameraEndpoint, *, channel: int = 1) -> None:
+        super().__init__(endpoint)
         self.channel = channel
 
-    async def _discover(self, camera: Any) -> Any:
+    async def _discover(self, camera: ONVIFCamera) -> ONVIFService:
         if not camera.xaddrs.get(NS["timg"]):
             raise camera_lacks(f"{self.name}: no Imaging service")
         media = await camera.create_media_service()

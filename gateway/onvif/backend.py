@@ -1,8 +1,10 @@
 """What the ONVIF side needs from the rest of the gateway, one :class:`CameraBackend` per camera.
 
-The runtime implements :class:`CameraBackend` over its hubs and inventory; the ONVIF services
-know nothing else. :class:`PtzBackend` is implemented by :mod:`gateway.onvif.ptz` (forwarding
-to the camera) and by the simulator; :class:`MotionSource` by the camera event clients
+:class:`gateway.onvif.service.RuntimeCamera` implements :class:`CameraBackend` over the
+running gateway (a :class:`~gateway.view.GatewayView`) and the fleet inventory; the ONVIF
+services know nothing else. :class:`PtzBackend` and :class:`ImagingBackend` are implemented by
+the forwarders of :mod:`gateway.devices.onvif_forward` (to the camera's own services) and by
+the simulator; :class:`MotionSource` by the camera event clients
 (:mod:`gateway.devices.events`), whose :class:`MotionEvent` it hands on.
 """
 

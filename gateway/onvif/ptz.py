@@ -17,6 +17,7 @@ import logging
 
 from lxml import etree
 
+from gateway.devices.onvif_forward import PtzCapabilities
 from gateway.onvif.backend import PtzBackend
 from gateway.onvif.core import SERVICE_PATHS, Call, CameraSlot, Handler
 from gateway.onvif.xml import (
@@ -60,15 +61,15 @@ PRESET_CHANGES = {"SetPreset", "RemovePreset", "SetHomePosition"}
 BY_NODE = {"GetNode": "NodeToken", "GetConfiguration": "PTZConfigurationToken"}
 BY_CONFIG = {"GetConfigurationOptions": "ConfigurationToken"}
 AGGREGATED = {"GetNodes": "PTZNode", "GetConfigurations": "PTZConfiguration"}
-# Capabilities a client acts on; each is claimed only if every PTZ camera claims it.
-REPORTED_CAPABILITIES = ("MoveStatus", "StatusPosition", "EFlip", "Reverse")
+# What every camera claims, before the cameras are asked.
+CLAIMED_BY_ALL = PtzCapabilities(move_status=True, status_position=True, eflip=True, reverse=True)
 
 
-def service_capabilities(claims: dict[str, bool] | None = None) -> Xml:
-    attrs = {name: "false" for name in REPORTED_CAPABILITIES}
+def service_capabilities(claims: PtzCapabilities | None = None) -> Xml:
+    """tptz:Capabilities; each capability a client acts on is claimed only if every PTZ
+    camera of the device claims it (``claims``)."""
+    attrs = (claims or PtzCapabilities()).attributes()
     attrs["GetCompatibleConfigurations"] = "false"
-    for name, value in (claims or {}).items():
-        attrs[name] = "true" if value else "false"
     return el("tptz:Capabilities", attrs=attrs)
 
 
@@ -76,17 +77,16 @@ def legacy_capabilities(call: Call) -> Xml:
     return el("tt:PTZ", el("tt:XAddr", call.http_url(SERVICE_PATHS["ptz"])))
 
 
-async def camera_claims(call: Call) -> dict[str, bool]:
+async def camera_claims(call: Call) -> PtzCapabilities:
     """What every PTZ camera of the device claims, from its own GetServiceCapabilities."""
-    claims = {name: True for name in REPORTED_CAPABILITIES}
+    claims = CLAIMED_BY_ALL
     for slot in _ptz_slots(call):
         try:
             caps = (await _backend(slot).setup()).capabilities
         except SoapFault as fault:
             log.info("%s: PTZ capabilities unavailable: %s", slot.name, fault.reason)
-            caps = {}
-        for name in REPORTED_CAPABILITIES:
-            claims[name] = claims[name] and caps.get(name, "false") in ("true", "1")
+            caps = PtzCapabilities()
+        claims = claims.shared_with(caps)
     return claims
 
 

@@ -33,6 +33,7 @@ from gateway.config import CameraConfig, Config, ConfigError
 from gateway.devices.base import DeviceIdentity as InventoryIdentity
 from gateway.devices.events import CameraMotion, motion_source_for
 from gateway.devices.onvif_forward import (
+    CameraEndpoint,
     CameraServiceForwarder,
     OnvifImagingForwarder,
     OnvifPtzForwarder,
@@ -218,15 +219,15 @@ def stream_facts(info: StreamStatus, previous: StreamInfo | None) -> StreamInfo 
 # --------------------------------------------------------------------------- PTZ
 
 
-def camera_endpoint(camera: CameraConfig) -> dict[str, str | int]:
+def camera_endpoint(camera: CameraConfig) -> CameraEndpoint:
     """Where and as whom a forwarder reaches the camera's own ONVIF services."""
-    return {
-        "name": camera.name,
-        "host": camera.host,
-        "port": camera.http_port,
-        "username": camera.username,
-        "password": camera.password.reveal(),
-    }
+    return CameraEndpoint(
+        name=camera.name,
+        host=camera.host,
+        port=camera.http_port,
+        username=camera.username,
+        password=camera.password.reveal(),
+    )
 
 
 F = TypeVar("F", bound=CameraServiceForwarder)
@@ -294,7 +295,7 @@ class PtzDetection(ServiceDetection[OnvifPtzForwarder]):
     what = "PTZ"
 
     def __init__(self, camera: CameraConfig, backoff: Backoff) -> None:
-        forwarder = OnvifPtzForwarder(**camera_endpoint(camera), policy=camera.ptz)
+        forwarder = OnvifPtzForwarder(camera_endpoint(camera), policy=camera.ptz)
         super().__init__(camera, backoff, forwarder)
 
 
@@ -302,7 +303,7 @@ class ImagingDetection(ServiceDetection[OnvifImagingForwarder]):
     what = "Imaging"
 
     def __init__(self, camera: CameraConfig, backoff: Backoff) -> None:
-        forwarder = OnvifImagingForwarder(**camera_endpoint(camera), channel=camera.channel)
+        forwarder = OnvifImagingForwarder(camera_endpoint(camera), channel=camera.channel)
         super().__init__(camera, backoff, forwarder)
 
 

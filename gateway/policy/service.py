@@ -14,12 +14,12 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any
 
 from gateway.config import Config, ConfigError
 from gateway.policy.audit import policy_loop
 from gateway.policy.config import parse_policy
 from gateway.store import Store
+from gateway.view import GatewayView, ReloadHook
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 class PolicyService:
     """The running policy loop; ``store`` holds its inventory, findings and audit log."""
 
-    def __init__(self, config: Config, reload_hooks: list[Any] | None = None) -> None:
+    def __init__(self, config: Config, reload_hooks: list[ReloadHook] | None = None) -> None:
         self.config = config
         self._reload_hooks = reload_hooks
         self.store = Store.in_state_dir(config.state_dir)
@@ -110,7 +110,7 @@ def _report_end(task: asyncio.Task[None]) -> None:
         log.error("fleet policy loop ended unexpectedly", exc_info=error)
 
 
-async def start(gateway: Any) -> PolicyService:
+async def start(gateway: GatewayView) -> PolicyService:
     """Start the policy loop for the whole site (``gateway.site_config``: every camera, also
     those other worker processes stream) and follow its reloads."""
     service = PolicyService(gateway.site_config)

@@ -22,7 +22,7 @@ from lxml import etree
 
 from gateway.config import CameraConfig, Secret
 from gateway.devices.events import MotionEvent
-from gateway.devices.onvif_forward import PtzSetup
+from gateway.devices.onvif_forward import PtzCapabilities, PtzSetup
 from gateway.onvif.backend import VENDOR_NAMES, DeviceIdentity, StreamInfo
 from gateway.onvif.config import OnvifSettings
 from gateway.onvif.core import SERVICE_PATHS, CameraSlot, VirtualDevice, iso_time, url_host
@@ -153,7 +153,7 @@ class SimPtz:
             CONFIG_TOKEN,
             etree.fromstring(self._configuration("tptz:PTZConfiguration", declare=True)),
             # The simulated head reports where it is and whether it moves (GetStatus).
-            {"MoveStatus": "true", "StatusPosition": "true"},
+            PtzCapabilities(move_status=True, status_position=True),
         )
 
     async def setup(self) -> PtzSetup:
