@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
+import sys
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,12 +29,15 @@ from gateway.devices.errors import (
     DeviceUnsupportedError,
 )
 from gateway.devices.factory import client_for
+from gateway.devices.http import CameraHttp
 from gateway.devices.onvif_client import OnvifClient, WithOnvif
+from gateway.devices.soap import DEVICE_PATH, CameraSoap
 from gateway.policy.audit import run_audit, run_enforce
 from gateway.policy.db import PolicyStore
 from gateway.sim import httpauth
 from gateway.sim import onvif as sim_onvif
 from gateway.sim.device import SimDevice
+from gateway.soap import NS, SoapFault, el
 from gateway.store import Store
 from tests.conftest import free_port
 from tests.test_policy_support import INSTALLERS, PASSWORD, make_device
@@ -331,3 +336,47 @@ async def test_vendor_inventory_gains_what_onvif_tells(tmp_path: Path) -> None:
         finally:
             await lobby.close()
             await gate.close()
+
+
+async def test_tokens_are_dated_by_the_cameras_clock() -> None:
+    """A camera whose clock is hours behind ours refuses tokens dated by ours; the client
+    reads the camera's clock first, as real cameras with a narrow window need."""
+    device = make_device("cam", "generic")
+    device.settings["clock_offset"] = -3 * 3600.0
+    async with onvif_cameras(device) as (port,):
+        client = _client(port)
+        try:
+            identity = await client.device_info()
+        finally:
+            await client.close()
+        assert identity.serial == device.serial
+        # The same request dated by our clock is refused: the test can tell the difference.
+        http = CameraHttp("cam", "127.0.0.1", port, "admin", PASSWORD, timeout=2.0)
+        soap = CameraSoap(http, "admin", PASSWORD)
+        try:
+            with pytest.raises(SoapFault) as refused:
+                await soap.call(
+                    soap.url(DEVICE_PATH),
+                    "GetDeviceInformation",
+                    NS["tds"],
+                    el("tds:GetDeviceInformation"),
+                    read_timeout=2.0,
+                )
+        finally:
+            await http.close()
+    assert "ter:NotAuthorized" in refused.value.subcodes
+
+
+def test_camera_onvif_clients_do_not_load_zeep() -> None:
+    """zeep and onvif-zeep-async are the tests' ONVIF client, never the gateway's."""
+    code = (
+        "import sys\n"
+        "import gateway.devices.onvif_client, gateway.devices.onvif_forward\n"
+        "import gateway.devices.events, gateway.devices.factory\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('zeep', 'onvif'))\n"
+        "print(' '.join(bad))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""
