@@ -7,6 +7,7 @@ loopback; faults are played on the ONVIF paths by the simulator's own fault play
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import subprocess
@@ -380,3 +381,14 @@ def test_camera_onvif_clients_do_not_load_zeep() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == ""
+    # Nor does any module of the gateway import them, however late.
+    for path in (ROOT / "gateway").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] not in ("zeep", "onvif"), f"{path}: imports {name}"
