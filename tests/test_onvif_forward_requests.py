@@ -4,10 +4,17 @@ match the operation's shape is refused before it reaches a camera."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from typing import Any
+
 import pytest
+from aiohttp import web
 from lxml import etree
 
+from gateway.devices.onvif_forward import OnvifImagingForwarder, OnvifPtzForwarder
 from gateway.devices.onvif_requests import REQUESTS, reencode
+from gateway.sim import onvif as sim_onvif
+from gateway.sim.device import SimDevice
 from gateway.soap import NS, SoapFault
 from tests.test_onvif_gateway import assert_valid
 
@@ -171,3 +178,64 @@ def test_imaging_values_are_checked() -> None:
     )
     with pytest.raises(SoapFault, match="IrCutFilter"):
         reencode(op, NS["timg"])
+
+
+@pytest.fixture
+async def drifted_camera() -> AsyncIterator[SimDevice]:
+    """A simulated PTZ camera whose clock runs two hours behind ours."""
+    device = SimDevice(
+        name="ptzcam", vendor="hikvision", username="admin", password="cam-pw", ptz=True
+    )
+    device.settings["clock_offset"] = -7200.0
+    app = web.Application()
+    sim_onvif.install(app, device, rtsp_url_for=lambda s: f"rtsp://127.0.0.1:554/{s}")
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    device.http_port = runner.addresses[0][1]
+    try:
+        yield device
+    finally:
+        await runner.cleanup()
+
+
+def _endpoint(device: SimDevice) -> dict[str, Any]:
+    return {
+        "name": "ptzcam",
+        "host": "127.0.0.1",
+        "port": device.http_port,
+        "username": "admin",
+        "password": "cam-pw",
+        "timeout": 3.0,
+    }
+
+
+async def test_forwarders_reach_a_camera_whose_clock_drifted(drifted_camera: SimDevice) -> None:
+    ptz = OnvifPtzForwarder(**_endpoint(drifted_camera))
+    imaging = OnvifImagingForwarder(**_endpoint(drifted_camera))
+    try:
+        setup = await ptz.setup()
+        assert (setup.node_token, setup.configuration_token) == ("PTZNODETOKEN", "PTZToken")
+        move = request(
+            "tptz", "AbsoluteMove", SAMPLES["tptz"]["AbsoluteMove"].replace(">p<", ">virtual<")
+        )
+        await ptz.call(move)
+        status = etree.fromstring(
+            await ptz.call(request("tptz", "GetStatus", "<tptz:ProfileToken>v</tptz:ProfileToken>"))
+        )
+        pan_tilt = status.find(f".//{{{NS['tt']}}}PanTilt")
+        assert pan_tilt is not None and float(pan_tilt.get("x", "nan")) == pytest.approx(0.5)
+        settings = etree.fromstring(
+            await imaging.call(request("timg", "GetImagingSettings", SAMPLES["timg"]["Stop"]))
+        )
+        assert etree.QName(settings).localname == "GetImagingSettingsResponse"
+        # Off the schema: refused here, the camera never sees it.
+        with pytest.raises(SoapFault) as refused:
+            await ptz.call(
+                request("tptz", "GetStatus", "<tptz:ProfileToken>v</tptz:ProfileToken><x/>")
+            )
+        assert refused.value.subcodes == ("ter:InvalidArgVal",)
+    finally:
+        await ptz.close()
+        await imaging.close()
