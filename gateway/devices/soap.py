@@ -1,13 +1,15 @@
 """The gateway's SOAP client towards a camera's own ONVIF services.
 
 Every SOAP request the gateway sends a camera (motion event subscriptions, PTZ and Imaging
-operations forwarded from a VMS) goes through :class:`CameraSoap`: over the camera's
-:class:`~gateway.devices.http.CameraHttp` (HTTP Digest when the camera asks for it, the
-camera's timeouts), signed with a WS-Security UsernameToken dated by the camera's clock,
-and the reply parsed with the hardened parser with its size capped. A fault the camera
-answers with comes back as the :class:`~gateway.soap.SoapFault` it carries (code and ONVIF
-subcodes), so a forwarded operation can pass it on unchanged; an unusable reply is a
-:class:`CameraSoapError`.
+operations forwarded from a VMS, the ONVIF inventory the policy audit reads) goes through
+:class:`CameraSoap`: over the camera's :class:`~gateway.devices.http.CameraHttp` (HTTP
+Digest when the camera asks for it, the camera's timeouts), signed with a WS-Security
+UsernameToken dated by the camera's clock (:meth:`CameraSoap.sync_clock`), and the reply
+parsed with the hardened parser with its size capped. :meth:`CameraSoap.service_addresses`
+finds the camera's services. A fault the camera answers with comes back as the
+:class:`~gateway.soap.SoapFault` it carries (code and ONVIF subcodes), so a forwarded
+operation can pass it on unchanged; an unusable reply is a :class:`CameraSoapError` (with
+the HTTP status it came with).
 """
 
 from __future__ import annotations
