@@ -20,7 +20,8 @@ from typing import Any
 from aiohttp import web
 from lxml import etree
 
-from gateway.config import CameraConfig, Secret
+from gateway.config import CameraConfig
+from gateway.config_reader import Secret
 from gateway.devices.events import MotionEvent
 from gateway.devices.onvif_forward import PtzSetup
 from gateway.onvif.backend import VENDOR_NAMES, DeviceIdentity, StreamInfo
