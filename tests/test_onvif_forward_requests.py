@@ -140,7 +140,7 @@ def test_vendor_extensions_are_carried_on() -> None:
             "<tptz:ProfileToken>p</tptz:ProfileToken><tptz:ProfileToken>q</tptz:ProfileToken>",
             "given 2 times",
         ),
-        ("GetStatus", f"<tptz:ProfileToken>{'p' * 65}</tptz:ProfileToken>", "not a valid"),
+        ("GetStatus", f"<tptz:ProfileToken>{'p' * 1025}</tptz:ProfileToken>", "not a valid"),
         (
             "ContinuousMove",
             '<tptz:ProfileToken>p</tptz:ProfileToken><tptz:Velocity><tt:PanTilt x="fast" y="0"/>'

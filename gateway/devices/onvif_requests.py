@@ -30,8 +30,10 @@ TT = NS["tt"]
 _FLOAT = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?|[+-]?INF|NaN")
 _DURATION = re.compile(r"-?P(?=\d|T\d)(\d+Y)?(\d+M)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?")
 _BOOLEAN = frozenset({"true", "false", "1", "0"})
-MAX_NAME = 64  # tt:ReferenceToken and tt:Name: xs:string of at most 64 characters
-MAX_URI = 1024
+# Strings (tokens, names, URIs) are bounded, not held to the schema's maxLength of 64 for
+# tt:ReferenceToken and tt:Name: the camera's own tokens, put in by the forwarder, are
+# what the camera issued, and the camera judges what it accepts.
+MAX_TEXT = 1024
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,9 @@ class Simple:
         elif self.kind == "duration":
             ok = _DURATION.fullmatch(text) is not None
         elif self.kind == "name":
-            ok = len(text) <= MAX_NAME
+            ok = len(text) <= MAX_TEXT
         elif self.kind == "uri":
-            ok = len(text) <= MAX_URI and not any(c.isspace() for c in text)
+            ok = len(text) <= MAX_TEXT and not any(c.isspace() for c in text)
         else:
             ok = text in self.values
         return None if ok else f"not a valid {self.kind}"
