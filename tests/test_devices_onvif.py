@@ -7,8 +7,11 @@ loopback; faults are played on the ONVIF paths by the simulator's own fault play
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
+import subprocess
+import sys
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +19,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 from aiohttp import web
+from lxml import etree
 
 from gateway.config import load
 from gateway.devices.errors import (
@@ -27,12 +31,15 @@ from gateway.devices.errors import (
     DeviceUnsupportedError,
 )
 from gateway.devices.factory import client_for
+from gateway.devices.http import CameraHttp
 from gateway.devices.onvif_client import OnvifClient, WithOnvif
+from gateway.devices.soap import DEVICE_PATH, CameraSoap
 from gateway.policy.audit import run_audit, run_enforce
 from gateway.policy.db import PolicyStore
 from gateway.sim import httpauth
 from gateway.sim import onvif as sim_onvif
 from gateway.sim.device import SimDevice
+from gateway.soap import NS, SOAP12, SoapFault, el
 from gateway.store import Store
 from tests.conftest import free_port
 from tests.test_policy_support import INSTALLERS, PASSWORD, make_device
@@ -331,3 +338,139 @@ async def test_vendor_inventory_gains_what_onvif_tells(tmp_path: Path) -> None:
         finally:
             await lobby.close()
             await gate.close()
+
+
+async def test_tokens_are_dated_by_the_cameras_clock() -> None:
+    """A camera whose clock is hours behind ours refuses tokens dated by ours; the client
+    reads the camera's clock first, as real cameras with a narrow window need."""
+    device = make_device("cam", "generic")
+    device.settings["clock_offset"] = -3 * 3600.0
+    async with onvif_cameras(device) as (port,):
+        client = _client(port)
+        try:
+            identity = await client.device_info()
+        finally:
+            await client.close()
+        assert identity.serial == device.serial
+        # The same request dated by our clock is refused: the test can tell the difference.
+        http = CameraHttp("cam", "127.0.0.1", port, "admin", PASSWORD, timeout=2.0)
+        soap = CameraSoap(http, "admin", PASSWORD)
+        try:
+            with pytest.raises(SoapFault) as refused:
+                await soap.call(
+                    soap.url(DEVICE_PATH),
+                    "GetDeviceInformation",
+                    NS["tds"],
+                    el("tds:GetDeviceInformation"),
+                    read_timeout=2.0,
+                )
+        finally:
+            await http.close()
+    assert "ter:NotAuthorized" in refused.value.subcodes
+
+
+def test_camera_onvif_clients_do_not_load_zeep() -> None:
+    """zeep and onvif-zeep-async are the tests' ONVIF client, never the gateway's."""
+    code = (
+        "import sys\n"
+        "import gateway.devices.onvif_client, gateway.devices.onvif_forward\n"
+        "import gateway.devices.events, gateway.devices.factory\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('zeep', 'onvif'))\n"
+        "print(' '.join(bad))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""
+    # Nor does any module of the gateway import them, however late.
+    for path in (ROOT / "gateway").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] not in ("zeep", "onvif"), f"{path}: imports {name}"
+
+
+async def test_older_camera_found_through_get_capabilities() -> None:
+    """A camera without GetServices (a SOAP 1.1 fault) is found through GetCapabilities, and
+    the media address it names (not reachable from here) is pointed at the address used."""
+    seen: list[str] = []
+    media_ns = "http://www.onvif.org/ver10/media/wsdl"
+
+    def answer(body: str, soap11: bool = False) -> web.Response:
+        ns = "http://schemas.xmlsoap.org/soap/envelope/" if soap11 else SOAP12
+        return web.Response(
+            body=f'<e:Envelope xmlns:e="{ns}"><e:Body>{body}</e:Body></e:Envelope>'.encode(),
+            status=500 if "Fault" in body else 200,
+            content_type="application/soap+xml",
+        )
+
+    async def device(request: web.Request) -> web.Response:
+        operation = etree.QName(next(iter(etree.fromstring(await request.read())[-1]))).localname
+        seen.append(operation)
+        tds = f'xmlns:tds="{NS["tds"]}" xmlns:tt="{NS["tt"]}"'
+        if operation == "GetSystemDateAndTime":
+            return answer(
+                f"<tds:GetSystemDateAndTimeResponse {tds}><tds:SystemDateAndTime>"
+                "<tt:DateTimeType>Manual</tt:DateTimeType><tt:UTCDateTime><tt:Date><tt:Year>2024"
+                "</tt:Year><tt:Month>1</tt:Month><tt:Day>2</tt:Day></tt:Date><tt:Time><tt:Hour>3"
+                "</tt:Hour><tt:Minute>4</tt:Minute><tt:Second>5</tt:Second></tt:Time>"
+                "</tt:UTCDateTime></tds:SystemDateAndTime></tds:GetSystemDateAndTimeResponse>"
+            )
+        if operation == "GetServices":
+            return answer(
+                "<e:Fault><faultcode>e:Client</faultcode><faultstring>Method not implemented"
+                "</faultstring></e:Fault>",
+                soap11=True,
+            )
+        if operation == "GetCapabilities":
+            return answer(
+                f"<tds:GetCapabilitiesResponse {tds}><tds:Capabilities><tt:Media><tt:XAddr>"
+                "http://10.255.255.1/onvif/Media</tt:XAddr></tt:Media></tds:Capabilities>"
+                "</tds:GetCapabilitiesResponse>"
+            )
+        if operation != "GetDeviceInformation":
+            return answer(
+                '<e:Fault xmlns:ter="http://www.onvif.org/ver10/error"><e:Code><e:Value>'
+                "e:Receiver</e:Value><e:Subcode><e:Value>ter:ActionNotSupported</e:Value>"
+                "</e:Subcode></e:Code><e:Reason><e:Text>no</e:Text></e:Reason></e:Fault>"
+            )
+        return answer(
+            f"<tds:GetDeviceInformationResponse {tds}><tds:Manufacturer>Acme</tds:Manufacturer>"
+            "<tds:Model>Old-1</tds:Model><tds:FirmwareVersion>1.0</tds:FirmwareVersion>"
+            "<tds:SerialNumber>S1</tds:SerialNumber></tds:GetDeviceInformationResponse>"
+        )
+
+    async def media(request: web.Request) -> web.Response:
+        seen.append("media")
+        return answer(
+            f'<trt:GetProfilesResponse xmlns:trt="{media_ns}" xmlns:tt="{NS["tt"]}">'
+            '<trt:Profiles token="p0"><tt:Name>main</tt:Name></trt:Profiles>'
+            "</trt:GetProfilesResponse>"
+        )
+
+    app = web.Application()
+    app.router.add_post("/onvif/device_service", device)
+    app.router.add_post("/onvif/Media", media)
+    runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    client = _client(runner.addresses[0][1])
+    try:
+        identity = await client.device_info()
+        settings = await client.read_settings()
+    finally:
+        await client.close()
+        await runner.cleanup()
+    assert (identity.vendor, identity.model, identity.serial) == ("generic", "Old-1", "S1")
+    assert seen[:3] == ["GetSystemDateAndTime", "GetServices", "GetCapabilities"]
+    assert seen.count("GetCapabilities") == 1  # services found once per client
+    assert settings["onvif.Profiles[0].Name"] == "main"
+    assert settings["onvif.DateTimeType"] == "Manual"
+    # What the camera does not support (ActionNotSupported) is left out, not an error.
+    assert "onvif.NTP.FromDHCP" not in settings and "onvif.Discovery.Mode" not in settings

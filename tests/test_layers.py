@@ -20,6 +20,7 @@ FOUNDATION = {
     "gateway",
     "gateway.backoff",
     "gateway.config",
+    "gateway.config_reader",
     "gateway.files",
     "gateway.fleet",
     "gateway.limits",

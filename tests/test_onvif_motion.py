@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.backoff import Backoff
-from gateway.config import CameraConfig, Secret
+from gateway.config import CameraConfig
+from gateway.config_reader import Secret
 from gateway.devices.events import (
     CameraMotion,
     DahuaMotion,

@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from gateway.config import Secret
+from gateway.config_reader import Secret
 from gateway.rtsp.client import RtspReader
 from gateway.runtime import Gateway
 from tests.conftest import stream_url

@@ -45,7 +45,7 @@ from gateway.backoff import Backoff
 from gateway.config import CameraConfig
 from gateway.devices.errors import DeviceError
 from gateway.devices.http import CameraHttp
-from gateway.devices.soap import CameraSoap, CameraSoapError
+from gateway.devices.soap import DEVICE_PATH, CameraSoap, CameraSoapError
 from gateway.safexml import parse_xml
 from gateway.soap import NS, SoapFault, child, child_text, children, el
 
@@ -501,7 +501,7 @@ class OnvifMotion(CameraMotion):
         return self.soap.on_camera(xaddr)
 
     async def _session(self) -> None:
-        device_url = self.soap.url("/onvif/device_service")
+        device_url = self.soap.url(DEVICE_PATH)
         # WS-Security Created must fall in the camera's window: date it by the camera's clock.
         await self.soap.sync_clock(device_url, read_timeout=self.pull_timeout + 10)
         events_url = await self._events_url(device_url)

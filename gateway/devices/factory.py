@@ -22,8 +22,7 @@ def client_for(camera: CameraConfig, *, timeout: float = 10.0) -> CameraClient:
     inventory; generic cameras: ONVIF alone (read-only). ONVIF is asked on ``onvif_port``,
     else on ``http_port``.
     """
-    # Imported here: the ONVIF client pulls in zeep (a tenth of a second), which a gateway
-    # that never audits a camera need not load.
+    # Imported here: the vendor clients are loaded only by a gateway that audits cameras.
     from gateway.devices.dahua import DahuaClient
     from gateway.devices.hikvision import HikvisionClient
     from gateway.devices.http import CameraHttp

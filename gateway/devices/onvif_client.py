@@ -1,4 +1,4 @@
-"""ONVIF client of one camera (onvif-zeep-async): inventory and the settings ONVIF shows.
+"""ONVIF client of one camera: inventory and the settings ONVIF shows.
 
 Used on its own for cameras of vendor ``generic`` (:class:`OnvifClient`), and next to the
 vendor API of Hikvision/Dahua cameras to add what only ONVIF tells (:class:`WithOnvif`).
@@ -9,10 +9,14 @@ Settings come out flat, every key under ``onvif.``: ``onvif.NTP.FromDHCP``,
 cannot change what the telemetry policy governs on these cameras, so the client is
 read-only: :meth:`OnvifClient.write_settings` refuses.
 
-Hardening: every operation runs under the request timeout; answers are read through a session
-that refuses bodies over :data:`MAX_BODY`; zeep parses them with DTDs and entities forbidden.
-Failures become the per-camera errors of :mod:`gateway.devices.errors`, built from the camera
-name, the operation and what the camera did; the password is never part of a message.
+It speaks through the gateway's one SOAP client towards cameras,
+:class:`~gateway.devices.soap.CameraSoap` over :class:`~gateway.devices.http.CameraHttp`:
+the camera's clock is read first (GetSystemDateAndTime) so that WS-Security tokens are
+dated as the camera counts time, then its services are found (GetServices, else
+GetCapabilities). Every operation runs under the request timeout; answers over
+:data:`MAX_BODY` are refused unread and parsed with the hardened parser. Failures become the
+per-camera errors of :mod:`gateway.devices.errors`, built from the camera name, the operation
+and what the camera did; the password is never part of a message.
 """
 
 from __future__ import annotations
@@ -25,10 +29,8 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
-import zeep.exceptions
-from onvif import ONVIFCamera, ONVIFService
-from onvif.exceptions import ONVIFAuthError, ONVIFError, ONVIFTimeoutError
-from zeep.settings import Settings
+from lxml import etree
+from yarl import URL
 
 from gateway.devices.base import CameraClient, DeviceIdentity, WriteResult, redact
 from gateway.devices.dahua import split_version
@@ -40,38 +42,18 @@ from gateway.devices.errors import (
     DeviceTimeoutError,
     DeviceUnsupportedError,
 )
+from gateway.devices.http import CameraHttp
 from gateway.devices.nvr import RemoteChannel
-from gateway.devices.xmlsafe import describe_body, looks_like_html
+from gateway.devices.soap import DEVICE_PATH, CameraReplyTooLarge, CameraSoap, CameraSoapError
+from gateway.devices.xmlsafe import looks_like_html
+from gateway.soap import NS, SoapFault, child, child_text, children, el
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024
-# zeep's transport logs whole SOAP messages at DEBUG, WS-Security digests included.
-for _name in ("zeep.transports", "onvif.zeep_aiohttp"):
-    logging.getLogger(_name).setLevel(logging.INFO)
-
-# Lenient about sloppy camera XML (strict off), never about DTDs, entities or huge trees.
-PARSER_SETTINGS = Settings(
-    strict=False,
-    xml_huge_tree=False,
-    forbid_dtd=True,
-    forbid_entities=True,
-    forbid_external=True,
-)
 _HIK_FIRMWARE = re.compile(r"^(?P<version>\S+)\s+(?P<build>build\s+\S+)$", re.I)
-
-
-class BodyTooLarge(aiohttp.ClientError):
-    """An answer longer than the client accepts (raised while reading it)."""
-
-
-class HttpRefused(aiohttp.ClientError):
-    """An HTTP-level refusal (401, or an error page instead of SOAP), seen before zeep."""
-
-    def __init__(self, status: int, body: bytes) -> None:
-        super().__init__(f"HTTP {status}")
-        self.status = status
-        self.body = body
+# The services this client calls, by the name :meth:`OnvifClient.call` takes.
+SERVICES = {"devicemgmt": NS["tds"], "media": NS["trt"]}
 
 
 def vendor_from_manufacturer(manufacturer: str) -> str:
@@ -96,53 +78,28 @@ def split_firmware(vendor: str, text: str) -> tuple[str, str]:
     return text, ""
 
 
-def _get(node: Any, *path: str) -> Any:
-    """``node.a.b`` for zeep objects, None as soon as a step is missing."""
-    for name in path:
-        if node is None:
-            return None
-        node = getattr(node, name, None)
-    return node
+def _text(node: etree._Element | None, *path: str) -> str:
+    """The text at ``path`` below ``node`` (local names), "" when any step is missing."""
+    return child_text(node, *path) or ""
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return "" if value is None else str(value).strip()
+def _boolean(value: str, *, absent: str = "false") -> str:
+    """An xs:boolean as ``true``/``false`` (``1``/``0`` are xs:boolean too); ``absent``
+    when the camera left it out."""
+    if not value:
+        return absent
+    return "true" if value.strip().lower() in ("true", "1") else "false"
 
 
-def _ntp_hosts(entries: Any) -> list[str]:
+def _ntp_hosts(entries: list[etree._Element]) -> list[str]:
     hosts: list[str] = []
-    for entry in entries or []:
+    for entry in entries:
         for name in ("IPv4Address", "IPv6Address", "DNSname"):
-            value = _text(_get(entry, name))
+            value = _text(entry, name)
             if value:
                 hosts.append(value)
                 break
     return hosts
-
-
-class _BoundedCamera(ONVIFCamera):
-    """ONVIFCamera whose services send through our size-limited session and parse hardened."""
-
-    def __init__(self, session: aiohttp.ClientSession, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._bounded = session
-
-    async def create_onvif_service(
-        self,
-        name: str,
-        port_type: str | None = None,
-        read_timeout: int | None = None,
-        write_timeout: int | None = None,
-    ) -> ONVIFService:
-        service = await super().create_onvif_service(name, port_type, read_timeout, write_timeout)
-        if service.transport.session is not self._bounded:
-            service.transport.session = self._bounded
-            for client in (service.zeep_client, service.zeep_client_authless):
-                if client is not None:
-                    client.settings = PARSER_SETTINGS
-        return service
 
 
 class OnvifClient:
@@ -166,66 +123,30 @@ class OnvifClient:
         self.max_body = max_body
         self._username = username
         self._password = password
-        self._session: aiohttp.ClientSession | None = None
-        self._onvif: _BoundedCamera | None = None
-        self._connected = False
+        self._soap: CameraSoap | None = None
+        self._services: dict[str, URL] | None = None
 
     # ---------------------------------------------------------------- plumbing
 
-    async def _limit_body(
-        self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
-    ) -> aiohttp.ClientResponse:
-        """Read the answer here, refusing more than ``max_body`` bytes, before zeep does."""
-        response = await handler(request)
-        length = response.content_length
-        if length is not None and length > self.max_body:
-            response.close()
-            raise BodyTooLarge(f"answer of {length} bytes")
-        body = bytearray()
-        async for chunk in response.content.iter_chunked(65536):
-            body += chunk
-            if len(body) > self.max_body:
-                response.close()
-                raise BodyTooLarge(f"answer larger than {self.max_body} bytes")
-        # zeep reports a 401 or an error page as an anonymous fault, and its lenient parser
-        # can make nothing at all of text that is not XML: say here what the camera sent.
-        data = bytes(body)
-        status = response.status
-        is_soap = status in (200, 400, 500) and not looks_like_html(data)
-        if not is_soap or not data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<"):
-            raise HttpRefused(status, data)
-        # ClientResponse.read() returns the body it already holds instead of reading again.
-        response._body = data
-        return response
-
-    def _camera(self) -> _BoundedCamera:
-        if self._onvif is None:
-            self._session = aiohttp.ClientSession(
-                cookie_jar=aiohttp.DummyCookieJar(),
-                trust_env=False,
-                connector=aiohttp.TCPConnector(limit=4),
-                middlewares=(self._limit_body,),
-            )
-            self._onvif = _BoundedCamera(
-                self._session,
+    def _client(self) -> CameraSoap:
+        if self._soap is None:
+            http = CameraHttp(
+                self.camera,
                 self.host,
                 self.port,
                 self._username,
                 self._password,
-                adjust_time=True,
-                no_cache=True,
+                timeout=self.timeout,
+                max_body=self.max_body,
             )
-        return self._onvif
+            self._soap = CameraSoap(http, self._username, self._password, max_reply=self.max_body)
+        return self._soap
 
     async def close(self) -> None:
-        if self._onvif is not None:
-            with contextlib.suppress(Exception):
-                await self._onvif.close()
-            self._onvif = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        self._connected = False
+        soap, self._soap = self._soap, None
+        self._services = None
+        if soap is not None:
+            await soap.http.close()
 
     @contextlib.asynccontextmanager
     async def _guard(self, operation: str) -> AsyncIterator[None]:
@@ -242,72 +163,50 @@ class OnvifClient:
         except Exception as exc:
             raise self._error(operation, exc) from None
 
-    def _error(self, operation: str, exc: BaseException) -> DeviceError:
-        """The DeviceError for what the library raised (its cause chain is searched)."""
-        seen: list[BaseException] = []
-        cause: BaseException | None = exc
-        while cause is not None and cause not in seen and len(seen) < 8:
-            seen.append(cause)
-            cause = cause.__cause__ or cause.__context__
+    def _error(self, operation: str, error: BaseException) -> DeviceError:
+        """The DeviceError for what the SOAP client or aiohttp raised."""
         what = f"ONVIF {operation}"
-        for error in seen:
-            if isinstance(error, (TimeoutError, ONVIFTimeoutError)):
-                return DeviceTimeoutError(
-                    self.camera, f"{what}: no answer within {self.timeout:g} s"
-                )
-            if isinstance(error, BodyTooLarge):
-                return DeviceProtocolError(self.camera, f"{what}: {error}")
-            if isinstance(error, HttpRefused):
-                if error.status == 401:
-                    return DeviceAuthError(self.camera, f"{what}: credentials refused (HTTP 401)")
-                if error.status in (404, 405):
-                    return DeviceUnsupportedError(
-                        self.camera, f"{what}: no such ONVIF service (HTTP {error.status})"
-                    )
-                return DeviceProtocolError(
-                    self.camera, f"{what}: HTTP {error.status} with {describe_body(error.body)}"
-                )
-            if isinstance(error, ONVIFAuthError):
-                return DeviceAuthError(self.camera, f"{what}: credentials refused")
-            if isinstance(error, zeep.exceptions.Fault):
-                return self._fault(what, error)
-            if isinstance(error, zeep.exceptions.TransportError):
-                return self._transport_error(what, error)
-            if isinstance(
-                error,
-                (
-                    zeep.exceptions.XMLSyntaxError,
-                    zeep.exceptions.XMLParseError,
-                    zeep.exceptions.DTDForbidden,
-                    zeep.exceptions.EntitiesForbidden,
-                    zeep.exceptions.ExternalReferenceForbidden,
-                ),
-            ):
-                return DeviceProtocolError(
-                    self.camera, f"{what}: answered with XML that is not a SOAP reply"
-                )
-            if isinstance(error, aiohttp.ClientConnectorError):
-                reason = error.os_error.strerror or type(error.os_error).__name__
-                return DeviceConnectionError(self.camera, f"cannot connect: {reason}")
-            if isinstance(error, (aiohttp.ServerDisconnectedError, ConnectionResetError)):
-                return DeviceConnectionError(
-                    self.camera, f"{what}: the camera closed the connection without answering"
-                )
-            if isinstance(error, aiohttp.ClientPayloadError | aiohttp.ClientOSError):
-                return DeviceConnectionError(self.camera, f"{what}: connection reset")
-            if isinstance(error, aiohttp.ClientResponseError):
-                return DeviceProtocolError(self.camera, f"{what}: malformed HTTP answer")
-        if isinstance(exc, (ONVIFError, zeep.exceptions.Error)):
-            # zeep could not make sense of the answer (wrong elements, missing fields).
-            return DeviceProtocolError(
-                self.camera, f"{what}: the answer is not what ONVIF defines ({type(exc).__name__})"
+        if isinstance(error, SoapFault):
+            return self._fault(what, error)
+        if isinstance(error, CameraReplyTooLarge):
+            return DeviceProtocolError(self.camera, f"ONVIF {error}")
+        if isinstance(error, CameraSoapError):
+            return self._refusal(what, error)
+        if isinstance(error, aiohttp.ClientConnectorError):
+            reason = error.os_error.strerror or type(error.os_error).__name__
+            return DeviceConnectionError(self.camera, f"cannot connect: {reason}")
+        if isinstance(error, (aiohttp.ServerDisconnectedError, ConnectionResetError)):
+            return DeviceConnectionError(
+                self.camera, f"{what}: the camera closed the connection without answering"
             )
-        log.error("unexpected ONVIF failure", exc_info=exc, extra={"camera": self.camera})
-        return DeviceProtocolError(self.camera, f"{what}: failed ({type(exc).__name__})")
+        if isinstance(error, aiohttp.ClientPayloadError | aiohttp.ClientOSError):
+            return DeviceConnectionError(self.camera, f"{what}: connection reset")
+        if isinstance(error, aiohttp.ClientResponseError):
+            return DeviceProtocolError(self.camera, f"{what}: malformed HTTP answer")
+        log.error("unexpected ONVIF failure", exc_info=error, extra={"camera": self.camera})
+        return DeviceProtocolError(self.camera, f"{what}: failed ({type(error).__name__})")
 
-    def _fault(self, what: str, fault: zeep.exceptions.Fault) -> DeviceError:
-        codes = [str(getattr(c, "localname", c)) for c in (fault.subcodes or [])]
-        text = " ".join(str(fault.message or "").split())[:120]
+    def _refusal(self, what: str, error: CameraSoapError) -> DeviceError:
+        """An answer that is no SOAP reply: an HTTP refusal, an error page or unusable XML."""
+        status = error.status
+        if status == 401:
+            return DeviceAuthError(self.camera, f"{what}: credentials refused (HTTP 401)")
+        if status in (404, 405):
+            return DeviceUnsupportedError(
+                self.camera, f"{what}: no such ONVIF service (HTTP {status})"
+            )
+        body = error.body.lstrip(b"\xef\xbb\xbf \t\r\n")
+        if status not in (200, 400, 500) or looks_like_html(body) or not body.startswith(b"<"):
+            # What the camera sent instead, as the SOAP client described it.
+            detail = str(error).split(": ", 1)[-1]
+            return DeviceProtocolError(self.camera, f"{what}: {detail}")
+        return DeviceProtocolError(
+            self.camera, f"{what}: answered with XML that is not a SOAP reply"
+        )
+
+    def _fault(self, what: str, fault: SoapFault) -> DeviceError:
+        codes = [code.split(":")[-1] for code in fault.subcodes]
+        text = " ".join(fault.reason.removeprefix(f"camera {self.camera}: ").split())[:120]
         if "NotAuthorized" in codes or "not authorized" in text.lower():
             return DeviceAuthError(self.camera, f"{what}: credentials refused")
         if "ActionNotSupported" in codes or "ActionNotSupported" in text:
@@ -315,32 +214,38 @@ class OnvifClient:
         detail = ", ".join(codes) or "SOAP fault"
         return DeviceProtocolError(self.camera, f"{what}: {detail}: {text}")
 
-    def _transport_error(self, what: str, error: zeep.exceptions.TransportError) -> DeviceError:
-        status = error.status_code
-        if status == 401:
-            return DeviceAuthError(self.camera, f"{what}: credentials refused (HTTP 401)")
-        if status == 404:
-            return DeviceUnsupportedError(self.camera, f"{what}: no such ONVIF service (HTTP 404)")
-        body = error.content if isinstance(error.content, bytes) else b""
-        return DeviceProtocolError(self.camera, f"{what}: HTTP {status} with {describe_body(body)}")
+    async def _service(self, service: str) -> URL:
+        """The address of ``service`` (``devicemgmt`` or ``media``) on the camera."""
+        soap = self._client()
+        device_url = soap.url(DEVICE_PATH)
+        if self._services is None:
+            # The camera's clock (WS-Security dates) and its services, once per client.
+            await soap.sync_clock(device_url, read_timeout=self.timeout)
+            self._services = await soap.service_addresses(device_url, read_timeout=self.timeout)
+        if service == "devicemgmt":
+            return self._services.get(NS["tds"], device_url)
+        address = self._services.get(SERVICES[service])
+        if address is None:
+            raise DeviceUnsupportedError(
+                self.camera, f"the camera lists no ONVIF {service} service"
+            )
+        return address
 
-    async def _service(self, name: str) -> ONVIFService:
-        camera = self._camera()
-        if not self._connected:
-            # Clock offset (adjust_time) and service addresses, once per client.
-            await camera.update_xaddrs()
-            self._connected = True
-        if name == "media":
-            return await camera.create_media_service()
-        return await camera.create_devicemgmt_service()
-
-    async def call(self, service: str, operation: str, params: Any = None) -> Any:
-        """One operation of the device (``devicemgmt``) or ``media`` service."""
+    async def call(self, service: str, operation: str) -> etree._Element:
+        """One operation without arguments of the device (``devicemgmt``) or ``media``
+        service; the response element."""
         async with self._guard(operation):
-            target = await self._service(service)
-            return await getattr(target, operation)(params)
+            url = await self._service(service)
+            prefix = "tds" if service == "devicemgmt" else "trt"
+            return await self._client().call(
+                url,
+                operation,
+                SERVICES[service],
+                el(f"{prefix}:{operation}"),
+                read_timeout=self.timeout,
+            )
 
-    async def _optional(self, service: str, operation: str) -> Any:
+    async def _optional(self, service: str, operation: str) -> etree._Element | None:
         """An operation some cameras lack: None when unsupported, other errors raised."""
         try:
             return await self.call(service, operation)
@@ -355,9 +260,9 @@ class OnvifClient:
 
     async def device_info(self) -> DeviceIdentity:
         info = await self.call("devicemgmt", "GetDeviceInformation")
-        manufacturer = _text(_get(info, "Manufacturer"))
-        model = _text(_get(info, "Model"))
-        firmware_text = _text(_get(info, "FirmwareVersion"))
+        manufacturer = _text(info, "Manufacturer")
+        model = _text(info, "Model")
+        firmware_text = _text(info, "FirmwareVersion")
         if not model or not firmware_text:
             raise DeviceProtocolError(
                 self.camera, "ONVIF GetDeviceInformation without Model or FirmwareVersion"
@@ -367,7 +272,7 @@ class OnvifClient:
         return DeviceIdentity(
             vendor=vendor,
             model=model,
-            serial=_text(_get(info, "SerialNumber")),
+            serial=_text(info, "SerialNumber"),
             mac=await self._mac(),
             firmware=firmware,
             build=build,
@@ -375,9 +280,9 @@ class OnvifClient:
 
     async def _mac(self) -> str:
         interfaces = await self._optional("devicemgmt", "GetNetworkInterfaces")
-        for interface in interfaces or []:
-            mac = _text(_get(interface, "Info", "HwAddress"))
-            if mac and _get(interface, "Enabled") is not False:
+        for interface in children(interfaces, "NetworkInterfaces"):
+            mac = _text(interface, "Info", "HwAddress")
+            if mac and _text(interface, "Enabled").lower() not in ("false", "0"):
                 return mac.lower()
         return ""
 
@@ -385,39 +290,42 @@ class OnvifClient:
         """What ONVIF shows of the camera's configuration, as ``onvif.*`` keys."""
         flat: dict[str, str] = {}
         info = await self.call("devicemgmt", "GetDeviceInformation")
-        flat["onvif.Manufacturer"] = _text(_get(info, "Manufacturer"))
-        flat["onvif.HardwareId"] = _text(_get(info, "HardwareId"))
-        clock = await self._optional("devicemgmt", "GetSystemDateAndTime")
+        flat["onvif.Manufacturer"] = _text(info, "Manufacturer")
+        flat["onvif.HardwareId"] = _text(info, "HardwareId")
+        clock = child(
+            await self._optional("devicemgmt", "GetSystemDateAndTime"), "SystemDateAndTime"
+        )
         if clock is not None:
-            flat["onvif.DateTimeType"] = _text(_get(clock, "DateTimeType"))
-            flat["onvif.TimeZone"] = _text(_get(clock, "TimeZone", "TZ"))
-        ntp = await self._optional("devicemgmt", "GetNTP")
+            flat["onvif.DateTimeType"] = _text(clock, "DateTimeType")
+            flat["onvif.TimeZone"] = _text(clock, "TimeZone", "TZ")
+        ntp = child(await self._optional("devicemgmt", "GetNTP"), "NTPInformation")
         if ntp is not None:
-            flat["onvif.NTP.FromDHCP"] = _text(bool(_get(ntp, "FromDHCP")))
-            flat["onvif.NTP.Manual"] = ",".join(_ntp_hosts(_get(ntp, "NTPManual")))
-            from_dhcp = _ntp_hosts(_get(ntp, "NTPFromDHCP"))
+            flat["onvif.NTP.FromDHCP"] = _boolean(_text(ntp, "FromDHCP"))
+            flat["onvif.NTP.Manual"] = ",".join(_ntp_hosts(children(ntp, "NTPManual")))
+            from_dhcp = _ntp_hosts(children(ntp, "NTPFromDHCP"))
             if from_dhcp:
                 flat["onvif.NTP.DHCPServers"] = ",".join(from_dhcp)
         mode = await self._optional("devicemgmt", "GetDiscoveryMode")
         if mode is not None:
-            flat["onvif.Discovery.Mode"] = _text(mode)
-        for index, scope in enumerate(await self._optional("devicemgmt", "GetScopes") or []):
-            flat[f"onvif.Scopes[{index}]"] = _text(_get(scope, "ScopeItem"))
+            flat["onvif.Discovery.Mode"] = _text(mode, "DiscoveryMode")
+        scopes = children(await self._optional("devicemgmt", "GetScopes"), "Scopes")
+        for index, scope in enumerate(scopes):
+            flat[f"onvif.Scopes[{index}]"] = _text(scope, "ScopeItem")
         interfaces = await self._optional("devicemgmt", "GetNetworkInterfaces")
-        for index, interface in enumerate(interfaces or []):
+        for index, interface in enumerate(children(interfaces, "NetworkInterfaces")):
             prefix = f"onvif.NetworkInterfaces[{index}]"
-            flat[f"{prefix}.Name"] = _text(_get(interface, "Info", "Name"))
-            flat[f"{prefix}.HwAddress"] = _text(_get(interface, "Info", "HwAddress")).lower()
-            flat[f"{prefix}.Enabled"] = _text(_get(interface, "Enabled"))
-        profiles = await self._optional("media", "GetProfiles")
-        for index, profile in enumerate(profiles or []):
+            flat[f"{prefix}.Name"] = _text(interface, "Info", "Name")
+            flat[f"{prefix}.HwAddress"] = _text(interface, "Info", "HwAddress").lower()
+            flat[f"{prefix}.Enabled"] = _boolean(_text(interface, "Enabled"), absent="")
+        profiles = children(await self._optional("media", "GetProfiles"), "Profiles")
+        for index, profile in enumerate(profiles):
             prefix = f"onvif.Profiles[{index}]"
-            encoder = _get(profile, "VideoEncoderConfiguration")
-            flat[f"{prefix}.Name"] = _text(_get(profile, "Name"))
+            encoder = child(profile, "VideoEncoderConfiguration")
+            flat[f"{prefix}.Name"] = _text(profile, "Name")
             if encoder is not None:
-                width = _text(_get(encoder, "Resolution", "Width"))
-                height = _text(_get(encoder, "Resolution", "Height"))
-                flat[f"{prefix}.Encoding"] = _text(_get(encoder, "Encoding"))
+                width = _text(encoder, "Resolution", "Width")
+                height = _text(encoder, "Resolution", "Height")
+                flat[f"{prefix}.Encoding"] = _text(encoder, "Encoding")
                 flat[f"{prefix}.Resolution"] = f"{width}x{height}"
         return redact(flat)
 

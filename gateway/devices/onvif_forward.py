@@ -1,13 +1,14 @@
 """The camera side of forwarding an ONVIF service of a virtual device (PTZ, Imaging) to the
 same service of the real camera.
 
-:class:`CameraServiceForwarder` holds what PTZ and Imaging share: onvif-zeep-async finds the
-camera's services, corrects for its clock and signs every request with WS-Security; each
-forwarded operation is re-encoded through the service's schema (so only schema-valid
-requests reach the camera) with the virtual device's token replaced by the camera's, sent
-with the camera SOAP client (:class:`~gateway.devices.soap.CameraSoap`, over the camera's
-:class:`~gateway.devices.http.CameraHttp`), and the camera's reply is passed back; a fault
-the camera answers with goes back as it is. A subclass says which service it forwards
+:class:`CameraServiceForwarder` holds what PTZ and Imaging share. The camera SOAP client
+(:class:`~gateway.devices.soap.CameraSoap`, over the camera's
+:class:`~gateway.devices.http.CameraHttp`) reads the camera's clock (WS-Security tokens are
+dated by it) and finds its services; each forwarded operation is re-encoded from the
+service's schema (:mod:`gateway.devices.onvif_requests`: only requests of the operation's
+shape reach the camera) with the virtual device's token replaced by the camera's, sent
+signed, and the camera's reply is passed back; a fault the camera answers with goes back as
+it is. A subclass says which service it forwards
 (:attr:`namespace`, :meth:`_discover`) and which request element carries the token to map
 (:attr:`token_element`): :class:`OnvifPtzForwarder` and :class:`OnvifImagingForwarder`.
 """
@@ -19,18 +20,16 @@ import copy
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from lxml import etree
+from yarl import URL
 
 from gateway.devices.errors import DeviceError
 from gateway.devices.http import CameraHttp
-from gateway.devices.soap import CameraSoap, CameraSoapError
-from gateway.soap import NS, SoapFault, Xml, child, child_text, children, raw
-
-if TYPE_CHECKING:  # onvif-zeep-async is imported when a forwarder first connects
-    from onvif import ONVIFCamera, ONVIFService
+from gateway.devices.onvif_requests import reencode
+from gateway.devices.soap import DEVICE_PATH, CameraSoap, CameraSoapError
+from gateway.soap import NS, SoapFault, Xml, child, child_text, children, el, raw
 
 log = logging.getLogger(__name__)
 
@@ -120,41 +119,48 @@ class CameraServiceForwarder:
         self.name = endpoint.name
         self.timeout = endpoint.timeout
         self._lock = asyncio.Lock()
-        self._camera: ONVIFCamera | None = None
-        self._service: ONVIFService | None = None
         self._soap: CameraSoap | None = None
+        self._url: URL | None = None  # the forwarded service on the camera
         self.camera_token = ""  # the camera's token for ``token_element``
 
-    async def _discover(self, camera: ONVIFCamera) -> ONVIFService:
-        """Find the service on the connected ``camera`` (and set :attr:`camera_token`);
-        return its onvif-zeep-async service, or raise :func:`camera_lacks`."""
+    async def _discover(self, services: Mapping[str, URL]) -> URL:
+        """Find the service among the camera's ``services`` (and set :attr:`camera_token`);
+        return its address, or raise :func:`camera_lacks`."""
         raise NotImplementedError
 
     async def _connected(self) -> None:
         """Called once the service is found (a subclass reads what it caches here)."""
 
-    async def _connect(self) -> None:
-        from onvif import ONVIFCamera
-
-        end = self.endpoint
-        camera = ONVIFCamera(end.host, end.port, end.username, end.password, adjust_time=True)
+    async def _ask(self, url: URL, namespace: str, operation: str) -> etree._Element:
+        """An operation without arguments, asked while finding the service: a fault the
+        camera answers with means it cannot be used (not that the VMS asked wrong)."""
+        assert self._soap is not None
+        prefix = next(p for p, uri in NS.items() if uri == namespace)
         try:
-            await camera.update_xaddrs()
-            service = await self._discover(camera)
-        except BaseException:
-            await camera.close()
-            raise
-        self._camera = camera
-        self._service = service
+            return await self._soap.call(
+                url, operation, namespace, el(f"{prefix}:{operation}"), read_timeout=self.timeout
+            )
+        except SoapFault as fault:
+            raise CameraSoapError(f"{operation}: {fault.reason}") from None
+
+    async def _connect(self) -> None:
+        end = self.endpoint
         http = CameraHttp(
             end.name, end.host, end.port, end.username, end.password, timeout=end.timeout
         )
-        self._soap = CameraSoap(http, end.username, end.password)
+        self._soap = soap = CameraSoap(http, end.username, end.password)
+        device_url = soap.url(DEVICE_PATH)
+        try:
+            await soap.sync_clock(device_url, read_timeout=self.timeout)
+            services = await soap.service_addresses(device_url, read_timeout=self.timeout)
+        except SoapFault as fault:
+            raise CameraSoapError(f"no clock or service list: {fault.reason}") from None
+        self._url = await self._discover(services)
         await self._connected()
 
     async def _ensure(self) -> None:
         async with self._lock:
-            if self._service is None:
+            if self._url is None:
                 try:
                     await asyncio.wait_for(self._connect(), self.timeout * 3)
                 except SoapFault:
@@ -171,21 +177,12 @@ class CameraServiceForwarder:
         camera does not have it); calls connect on demand otherwise."""
         await self._ensure()
 
-    async def _send(self, name: str, kwargs: dict[str, Any]) -> Xml:
-        """Send one operation, signed by zeep; returns the camera's response element."""
-        assert self._service is not None and self._soap is not None
-        client = self._service.zeep_client
-        envelope = client.create_message(self._service.ws_client, name, **kwargs)
-        body = etree.tostring(envelope, xml_declaration=True, encoding="utf-8")
-        soap = self._soap
+    async def _send(self, name: str, body: Xml) -> Xml:
+        """Send one operation, signed; returns the camera's response element."""
+        assert self._url is not None and self._soap is not None
         try:
             reply = await asyncio.wait_for(
-                soap.post(
-                    soap.on_camera(self._service.xaddr),
-                    f"{self.namespace}/{name}",
-                    body,
-                    read_timeout=self.timeout,
-                ),
+                self._soap.call(self._url, name, self.namespace, body, read_timeout=self.timeout),
                 self.timeout,
             )
         except CameraSoapError as exc:
@@ -197,23 +194,14 @@ class CameraServiceForwarder:
     async def call(self, operation: etree._Element) -> Xml:
         """Forward ``operation`` (the virtual device's request element) to the camera."""
         await self._ensure()
-        from zeep.helpers import serialize_object
-
         name = etree.QName(operation).localname
         request = copy.deepcopy(operation)
         token = child(request, self.token_element) if self.token_element else None
         if token is not None:
             token.text = self.camera_token
-        assert self._service is not None  # _ensure found it or raised
-        client = self._service.zeep_client
+        body = reencode(request, self.namespace)
         try:
-            element = client.get_element(f"{{{self.namespace}}}{name}")
-            value = element.parse(request, client.wsdl.types)
-        except Exception as exc:  # zeep raises many types for schema mismatches
-            raise SoapFault("Sender", ("ter:InvalidArgVal",), f"{name}: {exc}") from None
-        kwargs = {k: v for k, v in (serialize_object(value) or {}).items() if v is not None}
-        try:
-            return await self._send(name, kwargs)
+            return await self._send(name, body)
         except SoapFault:
             raise
         except (aiohttp.ClientError, TimeoutError, OSError, DeviceError) as exc:
@@ -223,12 +211,9 @@ class CameraServiceForwarder:
             ) from None
 
     async def _reset(self) -> None:
-        camera, soap = self._camera, self._soap
-        self._camera = self._service = self._soap = None
+        soap, self._soap, self._url = self._soap, None, None
         if soap is not None:
             await soap.http.close()
-        if camera is not None:
-            await camera.close()
 
     async def close(self) -> None:
         async with self._lock:
@@ -236,7 +221,7 @@ class CameraServiceForwarder:
 
 
 class OnvifPtzForwarder(CameraServiceForwarder):
-    """PTZ of a real camera through its own ONVIF PTZ service (onvif-zeep-async)."""
+    """PTZ of a real camera through its own ONVIF PTZ service."""
 
     namespace = NS["tptz"]
     token_element = "ProfileToken"
@@ -247,20 +232,28 @@ class OnvifPtzForwarder(CameraServiceForwarder):
         self._setup: PtzSetup | None = None
         self._configuration_token = ""
 
-    async def _discover(self, camera: ONVIFCamera) -> ONVIFService:
-        media = await camera.create_media_service()
-        profiles = await media.GetProfiles()
-        ptz_profiles = [p for p in profiles if getattr(p, "PTZConfiguration", None)]
+    async def _discover(self, services: Mapping[str, URL]) -> URL:
+        media = services.get(NS["trt"])
+        if media is None:
+            raise camera_lacks(f"{self.name}: no media service")
+        profiles = children(await self._ask(media, NS["trt"], "GetProfiles"), "Profiles")
+        ptz_profiles = [p for p in profiles if child(p, "PTZConfiguration") is not None]
         if not ptz_profiles:
             raise camera_lacks(f"{self.name}: no PTZ")
-        service = await camera.create_ptz_service()
-        self.camera_token = ptz_profiles[0].token
-        self._configuration_token = ptz_profiles[0].PTZConfiguration.token
+        service = services.get(NS["tptz"])
+        if service is None:
+            raise camera_lacks(f"{self.name}: no PTZ service")
+        configuration = child(ptz_profiles[0], "PTZConfiguration")
+        assert configuration is not None
+        self.camera_token = ptz_profiles[0].get("token", "")
+        self._configuration_token = configuration.get("token", "")
         return service
 
     async def _connected(self) -> None:
         wanted = self._configuration_token
-        configs = etree.fromstring(await self._send("GetConfigurations", {}))
+        configs = etree.fromstring(
+            await self._send("GetConfigurations", el("tptz:GetConfigurations"))
+        )
         chosen = next(
             (c for c in children(configs, "PTZConfiguration") if c.get("token") == wanted),
             None,
@@ -269,7 +262,9 @@ class OnvifPtzForwarder(CameraServiceForwarder):
             raise SoapFault("Receiver", ("ter:Action",), f"{self.name}: PTZ configuration gone")
         node_token = child_text(chosen, "NodeToken") or ""
         try:
-            caps = etree.fromstring(await self._send("GetServiceCapabilities", {}))
+            caps = etree.fromstring(
+                await self._send("GetServiceCapabilities", el("tptz:GetServiceCapabilities"))
+            )
             found = child(caps, "Capabilities")
             attributes = dict(found.attrib) if found is not None else {}
         except SoapFault as fault:
@@ -290,7 +285,7 @@ class OnvifPtzForwarder(CameraServiceForwarder):
 
 
 class OnvifImagingForwarder(CameraServiceForwarder):
-    """Imaging of a real camera through its own ONVIF Imaging service (onvif-zeep-async);
+    """Imaging of a real camera through its own ONVIF Imaging service;
     the video source is the camera's ``channel``-th (the one the gateway streams)."""
 
     namespace = NS["timg"]
@@ -300,12 +295,15 @@ class OnvifImagingForwarder(CameraServiceForwarder):
         super().__init__(endpoint)
         self.channel = channel
 
-    async def _discover(self, camera: ONVIFCamera) -> ONVIFService:
-        if not camera.xaddrs.get(NS["timg"]):
+    async def _discover(self, services: Mapping[str, URL]) -> URL:
+        service = services.get(NS["timg"])
+        if service is None:
             raise camera_lacks(f"{self.name}: no Imaging service")
-        media = await camera.create_media_service()
-        sources = await media.GetVideoSources()
+        media = services.get(NS["trt"])
+        if media is None:
+            raise camera_lacks(f"{self.name}: no media service")
+        sources = children(await self._ask(media, NS["trt"], "GetVideoSources"), "VideoSources")
         if not sources:
             raise camera_lacks(f"{self.name}: no video source")
-        self.camera_token = sources[min(self.channel, len(sources)) - 1].token
-        return await camera.create_imaging_service()
+        self.camera_token = sources[min(self.channel, len(sources)) - 1].get("token", "")
+        return service

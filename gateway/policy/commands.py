@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli import console
-from gateway.config import Config, ConfigError, add_config_argument, did_you_mean, load
+from gateway.config import Config, ConfigError, add_config_argument, load
+from gateway.config_reader import did_you_mean
 from gateway.policy.config import parse_policy
 from gateway.store import Store
 

@@ -42,7 +42,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from gateway.config import VENDORS, Config, ConfigError, _Reader
+from gateway.config import VENDORS, Config, ConfigError
+from gateway.config_reader import _Reader
 from gateway.policy.findings import AllowEntry
 from gateway.policy.firmware import VersionRule
 from gateway.policy.telemetry import DEFAULT_MODES, FEATURES, MODES, TelemetryPolicy

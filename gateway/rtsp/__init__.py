@@ -4,7 +4,9 @@ Authentication is :mod:`gateway.digest`.
 
 - :mod:`gateway.rtsp.message`: requests/responses, ``$`` framing, connection parser, helpers
 - :mod:`gateway.rtsp.transport`: the Transport header
-- :mod:`gateway.rtsp.server`: the asyncio RTSP server
+- :mod:`gateway.rtsp.server`: the asyncio RTSP server (listeners, limits, shared UDP sockets),
+  with :mod:`gateway.rtsp.server_connection` (one connection: protocol and request handling)
+  and :mod:`gateway.rtsp.server_session` (client sessions and their media transport)
 - :mod:`gateway.rtsp.source`: the :class:`StreamSource` protocol the server serves
 - :mod:`gateway.rtsp.client_connection`: the client end of a connection, sans-IO
 - :mod:`gateway.rtsp.client`: the asyncio RTSP reader (native ingest, tests, benchmarks)

@@ -20,7 +20,8 @@ from typing import Any
 from aiohttp import web
 from lxml import etree
 
-from gateway.config import CameraConfig, Secret
+from gateway.config import CameraConfig
+from gateway.config_reader import Secret
 from gateway.devices.events import MotionEvent
 from gateway.devices.onvif_forward import PtzCapabilities, PtzSetup
 from gateway.onvif.backend import VENDOR_NAMES, DeviceIdentity, StreamInfo
@@ -673,8 +674,12 @@ def install(
     """Add the camera's ONVIF services (/onvif/device_service, media_service, media2_service,
     events_service, ptz_service) to ``app``; credentials are ``device.username/password``.
     With ``device.settings["onvif_discovery"]`` true the camera also answers WS-Discovery
-    probes (Hello/Bye included) on ``device.host``, as real cameras do."""
+    probes (Hello/Bye included) on ``device.host``, as real cameras do.
+    ``device.settings["clock_offset"]`` (seconds) sets the camera's clock that far from
+    ours: GetSystemDateAndTime tells it, and WS-Security tokens are judged by it, as a
+    camera whose clock drifted does."""
     backend = SimBackend(device)
+    clock_offset = float(device.settings.get("clock_offset", 0.0))
     camera = CameraConfig(
         name=device.name,
         vendor=device.vendor,
@@ -696,6 +701,7 @@ def install(
         settings=OnvifSettings(auth_window=300.0, discovery=False),
         uuid=f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_OID, device.serial)}",
         rtsp_url_for=rtsp_url_for,
+        clock=lambda: time.time() + clock_offset,
     )
     install_device(app, virtual)
 
