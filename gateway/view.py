@@ -105,6 +105,11 @@ class GatewayView(Protocol):
         ...
 
     @property
+    def ingest_fallbacks(self) -> dict[tuple[str, str, str], int]:
+        """Streams moved to PyAV under ingest = "auto", by (camera, stream, reason)."""
+        ...
+
+    @property
     def reload_hooks(self) -> list[ReloadHook]:
         """Called with this process's new config after a reload."""
         ...

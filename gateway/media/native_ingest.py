@@ -62,7 +62,8 @@ class NativeIngest:
         self._restart = asyncio.Event()
         self._track_map: dict[int, int] = {}
         self._last_frame = 0.0
-        self.connects = 0
+        self.attempts = 0  # sessions tried
+        self.connects = 0  # sessions that played
         # Auto mode: ``policy`` decides when the stream should move to PyAV; the run then
         # ends and ``on_fallback(reason, detail)`` is called instead of retrying.
         self.policy = policy
@@ -110,6 +111,7 @@ class NativeIngest:
 
     async def _session(self) -> str:
         self._restart.clear()
+        self.attempts += 1
         reader = RtspReader(
             self.url,
             self._username or None,
