@@ -142,35 +142,6 @@ def test_malformed_frames_within_a_window() -> None:
     assert found is not None and found[0] == MALFORMED_FRAMES
 
 
-# ------------------------------------------------------------------ configuration
-
-
-BASE = """
-[vms]
-username = "vms"
-password = "vms-secret-1"
-
-[[camera]]
-name = "lobby"
-vendor = "hikvision"
-host = "192.0.2.10"
-username = "admin"
-password = "cam-secret-1"
-"""
-
-
-def test_auto_is_the_default_and_bad_values_are_one_line() -> None:
-    config = cfgmod.loads(BASE)
-    assert config.server.ingest == "auto" and config.cameras[0].ingest is None
-    with pytest.raises(cfgmod.ConfigError) as info:
-        cfgmod.loads('[server]\ningest = "natve"\n' + BASE, source="site.toml")
-    (line,) = str(info.value).splitlines()
-    assert "server.ingest" in line and 'did you mean "native"?' in line
-    with pytest.raises(cfgmod.ConfigError) as info:
-        cfgmod.loads(BASE + 'ingest = "ffmpeg"\n', source="site.toml")
-    assert "must be auto, native or pyav, not 'ffmpeg'" in str(info.value)
-
-
 # ------------------------------------------------------------------ end to end
 
 
