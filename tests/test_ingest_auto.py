@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -215,6 +216,17 @@ async def test_malformed_frames_move_the_stream_to_pyav_with_clients_connected(
                 'onvif_gateway_ingest_fallbacks_total{camera="hik1",reason="malformed_frames",'
                 'stream="main"} 1.0' in metrics
             )
+            # onvif-gateway status: a line under the table; --json has the API's fields.
+            cli = (sys.executable, "-m", "gateway", "status", "-c", str(admin.config_path))
+            code, out, err = await run_tool(*cli, timeout=60)
+            assert code == 0, out + err
+            assert "on PyAV until the next reload: hik1/main (malformed_frames: 5" in " ".join(
+                out.split()
+            )
+            code, out, err = await run_tool(*cli, "--json", timeout=60)
+            assert code == 0, err
+            streams = json.loads(out)["cameras"][0]["streams"]
+            assert streams[0]["ingest_fallback"]["reason"] == MALFORMED_FRAMES
 
             # No retry on its own: frames keep coming through PyAV.
             before = reader.tracks[0].frames
