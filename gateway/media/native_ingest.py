@@ -1,8 +1,8 @@
 """Native ingest: the camera's RTSP read on the event loop by our own client, no FFmpeg.
 
-An alternative to the default PyAV ingest (``ingest = "native"``) for sites that need many
-cameras per core. FFmpeg's RTSP demuxer reads TCP-interleaved RTP with several small reads
-per packet and runs in a thread per stream; the asyncio reader parses whole socket buffers
+What ``ingest = "auto"`` (the default) runs wherever it can and ``ingest = "native"``
+always: many cameras per core. FFmpeg's RTSP demuxer reads TCP-interleaved RTP with several
+small reads per packet and runs in a thread per stream; the asyncio reader parses whole socket buffers
 and hands each complete video frame to the hub as the camera's own RTP payloads, which go out
 as they came under the hub's RTP identity (no depacketizing and packetizing again). A frame
 whose packets lie back to back in one read goes over as that span of the buffer, and the hub
