@@ -2,13 +2,14 @@
 
 What ``ingest = "auto"`` (the default) runs wherever it can and ``ingest = "native"``
 always: many cameras per core. FFmpeg's RTSP demuxer reads TCP-interleaved RTP with several
-small reads per packet and runs in a thread per stream; the asyncio reader parses whole socket buffers
-and hands each complete video frame to the hub as the camera's own RTP payloads, which go out
-as they came under the hub's RTP identity (no depacketizing and packetizing again). A frame
-whose packets lie back to back in one read goes over as that span of the buffer, and the hub
-writes its headers over the camera's in one copy of the bytes. G.711 audio packets go on as
-they came as well; AAC is depacketized and packetized again. The hub then works exactly as
-with PyAV ingest (same RTP identity, GOP cache, reconnect continuity).
+small reads per packet and runs in a thread per stream; the asyncio reader parses whole
+socket buffers and hands each complete video frame to the hub as the camera's own RTP
+payloads, which go out as they came under the hub's RTP identity (no depacketizing and
+packetizing again). A frame whose packets lie back to back in one read goes over as that
+span of the buffer, and the hub writes its headers over the camera's in one copy of the
+bytes. G.711 audio packets go on as they came as well; AAC is depacketized and packetized
+again. The hub then works exactly as with PyAV ingest (same RTP identity, GOP cache,
+reconnect continuity).
 
 With ``ingest = "auto"`` (the default) a :class:`~gateway.media.auto_ingest.FallbackPolicy`
 watches each session and the stream moves to PyAV, which copes with more unusual camera
