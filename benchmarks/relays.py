@@ -244,13 +244,16 @@ class Relay:
 
 
 class GatewayRelay(Relay):
-    """The gateway under test: ``python3 -m gateway run`` with a configuration for the fleet."""
+    """The gateway under test: ``python3 -m gateway run`` with a configuration for the fleet.
 
-    def __init__(self, workers: int = 1, ingest: str = "pyav") -> None:
+    ``ingest`` and ``workers`` are written to ``[server]`` only when given: plain ``gateway``
+    is the configuration a user gets by default."""
+
+    def __init__(self, workers: int | None = None, ingest: str | None = None) -> None:
         self.workers = workers
         self.ingest = ingest
-        self.name = "gateway" + ("" if ingest == "pyav" else f"-{ingest}")
-        self.name += "" if workers == 1 else f"-w{workers}"
+        self.name = "gateway" + (f"-{ingest}" if ingest else "")
+        self.name += f"-w{workers}" if workers else ""
         self.password = os.urandom(9).hex()
         self.port = 0
 
@@ -265,8 +268,8 @@ class GatewayRelay(Relay):
             f"rtsp_port = {self.port}",
             # One ONVIF device port per camera, plus the NVR-mode device's.
             f"onvif_base_port = {free_port_range(len(cameras) + 1)}",
-            f"workers = {self.workers}",
-            f'ingest = "{self.ingest}"',
+            *([f"workers = {self.workers}"] if self.workers else []),
+            *([f'ingest = "{self.ingest}"'] if self.ingest else []),
             "[vms]",
             f'username = "{VMS_USER}"',
             f'password = "{self.password}"',
@@ -353,23 +356,24 @@ class DirectRelay(Relay):
 
 
 def make_relay(name: str) -> Relay:
-    """``gateway[-native][-wK]`` (native ingest, K worker processes), ``gstreamer`` or
-    ``direct``."""
+    """``gateway`` (the default configuration), ``gateway-native``/``gateway-pyav`` (that
+    ingest only), each with ``-wK`` for K worker processes; ``gstreamer`` or ``direct``."""
     if name == "gateway" or name.startswith("gateway-"):
-        workers, ingest = 1, "pyav"
+        workers: int | None = None
+        ingest: str | None = None
         for part in name.split("-")[1:]:
-            if part == "native":
-                ingest = "native"
+            if part in ("native", "pyav") and ingest is None:
+                ingest = part
             elif part[:1] == "w" and part[1:].isdigit() and int(part[1:]) >= 1:
                 workers = int(part[1:])
             else:
-                raise ValueError(f"unknown gateway variant {name!r}: gateway[-native][-wK]")
+                raise ValueError(f"unknown gateway variant {name!r}: gateway[-native|-pyav][-wK]")
         return GatewayRelay(workers, ingest)
     if name == "gstreamer":
         return GStreamerRelay()
     if name == "direct":
         return DirectRelay()
-    raise ValueError(f"unknown relay {name!r}: gateway[-native][-wK], gstreamer or direct")
+    raise ValueError(f"unknown relay {name!r}: gateway[-native|-pyav][-wK], gstreamer or direct")
 
 
 def which_py_spy() -> str | None:

@@ -128,8 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--relays",
         default="gateway,gstreamer",
-        help="gateway, gateway-wK, "
-        "gstreamer, direct (comma-separated; the first is the ratio baseline)",
+        help="gateway (the default configuration), gateway-native, gateway-pyav (that "
+        "ingest only), each also with -wK (K worker processes), gstreamer, direct "
+        "(comma-separated; the first is the ratio baseline)",
     )
     ap.add_argument(
         "--load-priority",

@@ -345,6 +345,7 @@ async def _status(config: cfgmod.Config, args: argparse.Namespace) -> int:
             "clients": str(s["clients"]),
             "fps": f"{s['fps']:g}" if s["fps"] is not None else "",
             "reconnects": str(s["reconnects"]),
+            "ingest": _ingest_cell(s),
             "last error": _last_error(s),
         }
         for cam in cameras
@@ -374,6 +375,15 @@ async def _status(config: cfgmod.Config, args: argparse.Namespace) -> int:
         # Under the table, so an 80-column terminal shows why without --wide.
         why = ", ".join(x for x in (s["state"], _last_error(s)) if x)
         out.print(f"[red]not streaming:[/] {escape(path)} ({escape(why)})")
+    for cam in cameras:
+        for s in cam["streams"]:
+            fallback = s.get("ingest_fallback")
+            if fallback:
+                why = f"{fallback['reason']}: {fallback['detail']}"
+                out.print(
+                    f"[yellow]on PyAV until the next reload:[/] "
+                    f"{escape(cam['name'])}/{escape(s['stream'])} ({escape(why)})"
+                )
     return EXIT_FINDINGS if down else EXIT_OK
 
 
@@ -387,6 +397,7 @@ STATUS_COLUMNS = (
     "clients",
     "fps",
     "reconnects",
+    "ingest",
     "last error",
 )
 # A disabled camera's one row (gateways that list no streams for it).
@@ -402,6 +413,13 @@ _DISABLED: dict[str, Any] = {
     "reconnects": 0,
     "last_error": "",
 }
+
+
+def _ingest_cell(stream: dict[str, Any]) -> str:
+    """``native``, ``pyav``, or ``pyav (unsupported_sdp)`` for a stream that fell back."""
+    kind = stream.get("ingest") or ""
+    fallback = stream.get("ingest_fallback")
+    return f"{kind} ({fallback['reason']})" if fallback else kind
 
 
 def _last_error(stream: dict[str, Any]) -> str:

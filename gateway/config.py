@@ -43,7 +43,9 @@ DEFAULT_PATH = "/etc/onvif-gateway/gateway.toml"
 PATH_ENV = "ONVIF_GATEWAY_CONFIG"
 
 VENDORS = ("hikvision", "dahua", "generic")
-INGESTS = ("pyav", "native")
+# "auto": the native client where it handles the camera's stream, PyAV otherwise
+# (gateway.media.auto_ingest); "native" and "pyav" force one.
+INGESTS = ("auto", "native", "pyav")
 CAMERA_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 
@@ -101,9 +103,11 @@ class ServerConfig:
     # Networks whose unicast WS-Discovery probes are answered; empty: bind's own subnet.
     discovery_allow: tuple[str, ...] = ()
     nvr_mode: bool = False
-    # How camera streams are read: "pyav" (FFmpeg through PyAV, the default) or "native"
-    # (the gateway's own asyncio RTSP client; cheaper per camera). Per camera overridable.
-    ingest: str = "pyav"
+    # How camera streams are read: "auto" (the default: the gateway's own asyncio RTSP
+    # client, cheaper per camera, with a per-stream fallback to PyAV where it cannot take
+    # the camera's stream), "native" (that client only) or "pyav" (FFmpeg through PyAV
+    # only). Per camera overridable.
+    ingest: str = "auto"
     # Host (name or address) the VMS reaches the gateway by, when that is not the address it
     # connects to (NAT, port forwarding): ONVIF XAddrs and stream URIs then name it.
     advertise_host: str | None = None
@@ -307,10 +311,6 @@ def onvif_port_of(server: ServerConfig, cam: CameraConfig, index: int) -> int:
 # --------------------------------------------------------------------------- loading
 
 
-def _ingest(value: str) -> str | None:
-    return None if value in INGESTS else f"must be one of {', '.join(INGESTS)}"
-
-
 def _bind(r: _Reader) -> str:
     """A table's ``bind``: an IP address, or ``${VAR}`` naming a variable that holds one
     (Kubernetes with host networking: the node's address, from the downward API)."""
@@ -413,7 +413,7 @@ def _from_data(data: dict[str, Any], text: str, source: str, base_dir: Path | No
         ),
         discovery_allow=tuple(sr.get("discovery_allow", list, [], _ipv4_networks)),
         nvr_mode=sr.get("nvr_mode", bool, False),
-        ingest=sr.get("ingest", str, "pyav", _ingest),
+        ingest=sr.get("ingest", str, "auto", one_of(*INGESTS)),
         advertise_host=sr.get("advertise_host", str, None, _host),
         rtp_ports=_optional_range(sr.get("rtp_ports", str, None, _port_range)),
     )
@@ -642,7 +642,7 @@ def _camera(r: _Reader) -> CameraConfig | None:
             ),
         ),
         enabled=r.get("enabled", bool, True),
-        ingest=r.get("ingest", str, None, _ingest),
+        ingest=r.get("ingest", str, None, one_of(*INGESTS)),
         bind=r.get("bind", str, None, _own_address),
         extra={
             k: r.table[k]

@@ -22,6 +22,7 @@ from gateway.config import CameraConfig, Config, iter_secrets
 from gateway.digest import DigestAuthenticator
 from gateway.egress import service as egress_service
 from gateway.limits import Refusals, listener_caps, open_file_limit
+from gateway.media.auto_ingest import AutoIngest, Fallback
 from gateway.media.hub import HubState, StreamHub
 from gateway.media.ingest import IngestOptions, PyAVIngest
 from gateway.media.native_ingest import NativeIngest
@@ -54,11 +55,18 @@ class CameraRuntime:
     config: CameraConfig
     index: int
     hubs: dict[str, StreamHub] = field(default_factory=dict)
-    ingests: dict[str, PyAVIngest | NativeIngest] = field(default_factory=dict)
+    ingests: dict[str, PyAVIngest | NativeIngest | AutoIngest] = field(default_factory=dict)
 
     def close(self) -> None:
         for hub in self.hubs.values():
             hub.close()
+
+    def retry_native(self) -> None:
+        """A reload is when streams that fell back to PyAV (ingest = "auto") try native
+        again; their hubs and clients stay."""
+        for ingest in self.ingests.values():
+            if isinstance(ingest, AutoIngest):
+                ingest.retry_native()
 
 
 # The services started with the gateway, in order: (start function, site-wide), imported by
@@ -106,6 +114,8 @@ class Gateway:
         self.snapshots = SnapshotCache(max_age=2.0)
         # What the listeners refused (hostile load, failed logins), for metrics and logs.
         self.refusals = Refusals()
+        # ingest = "auto": streams moved to PyAV, by (camera, stream, reason), since start.
+        self.ingest_fallbacks: dict[tuple[str, str, str], int] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -224,8 +234,19 @@ class Gateway:
             hub = StreamHub(f"{cam.name}/{stream}", on_demand=cam.on_demand)
             display_url = cam.upstream_url(stream, with_credentials=False)
             options = IngestOptions(transport=cam.transport)
-            ingest: PyAVIngest | NativeIngest
-            if kind == "native":
+            ingest: PyAVIngest | NativeIngest | AutoIngest
+            if kind == "auto":
+                ingest = AutoIngest(
+                    hub,
+                    cam.upstream_url(stream, with_credentials=True),
+                    native_url=display_url,
+                    username=cam.username,
+                    password=cam.password.reveal(),
+                    display_url=display_url,
+                    options=options,
+                    on_fallback=self._count_fallback,
+                )
+            elif kind == "native":
                 ingest = NativeIngest(
                     hub,
                     display_url,
@@ -245,6 +266,11 @@ class Gateway:
             runtime.ingests[stream] = ingest
             hub.attach_upstream(ingest)
         return runtime
+
+    def _count_fallback(self, key: str, fallback: Fallback) -> None:
+        camera, stream = key.split("/", 1)
+        label = (camera, stream, fallback.reason)
+        self.ingest_fallbacks[label] = self.ingest_fallbacks.get(label, 0) + 1
 
     async def stop(self) -> None:
         for service in reversed(self.services):
@@ -317,6 +343,7 @@ class Gateway:
             if current is not None and current.config == cam:
                 current.index = index
                 changes["unchanged"].append(name)
+                current.retry_native()
                 continue
             if current is not None and self._same_source(current.config, cam):
                 # Credentials or settings other services use (PTZ, imaging, policy): the
@@ -370,9 +397,12 @@ class Gateway:
         old = runtime.config
         runtime.config, runtime.index = cam, index
         if (old.username, old.password.reveal()) == (cam.username, cam.password.reveal()):
+            runtime.retry_native()
             return
         for stream, ingest in runtime.ingests.items():
-            with_credentials = isinstance(ingest, PyAVIngest)
+            # The native client takes the credentials apart; PyAV and auto (for its PyAV
+            # side) in the URL.
+            with_credentials = not isinstance(ingest, NativeIngest)
             url = cam.upstream_url(stream, with_credentials=with_credentials)
             ingest.reconnect_with(url, cam.username, cam.password.reveal())
 
@@ -448,6 +478,8 @@ class Gateway:
         video = next((t for t in hub.tracks if t.is_video), None)
         audio = next((t for t in hub.tracks if not t.is_video), None)
         stats = hub.stats
+        ingest = self.cameras[camera].ingests.get(stream)
+        fallback = ingest.fallback if isinstance(ingest, AutoIngest) else None
         return StreamStatus(
             camera=camera,
             stream=stream,
@@ -474,6 +506,10 @@ class Gateway:
             bytes_in=stats.bytes_in,
             dropped_frames=stats.dropped_frames,
             slow_disconnects=stats.slow_disconnects,
+            ingest=_ingest_kind(ingest),
+            ingest_fallback=fallback.reason if fallback else None,
+            ingest_fallback_detail=fallback.detail if fallback else "",
+            ingest_fallback_since=fallback.since if fallback else None,
         )
 
     def stream_samples(self) -> list[StreamSample]:
@@ -517,6 +553,15 @@ class Gateway:
                     for s in cfg.stream_names()
                 )
         return out
+
+
+def _ingest_kind(ingest: PyAVIngest | NativeIngest | AutoIngest | None) -> str:
+    """What reads the stream now: "native" or "pyav" ("" for a hub fed otherwise)."""
+    if isinstance(ingest, AutoIngest):
+        return ingest.kind
+    if isinstance(ingest, NativeIngest):
+        return "native"
+    return "pyav" if isinstance(ingest, PyAVIngest) else ""
 
 
 def _vms_tls_files(cfg: Config) -> tuple[Path, Path]:

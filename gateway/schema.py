@@ -113,7 +113,11 @@ SERVER = _table(
             "seconds of backlog before a client is disconnected", exclusiveMinimum=0
         ),
         "nvr_mode": _boolean("also one ONVIF NVR device with every camera as a channel"),
-        "ingest": _choice("how camera streams are read", *INGESTS),
+        "ingest": _choice(
+            "how camera streams are read: auto (default; native, PyAV where it cannot), "
+            "native or pyav",
+            *INGESTS,
+        ),
         "advertise_host": _string("host the VMS reaches the gateway by (NAT)"),
         "rtsps_port": _port("RTSPS (RTSP over TLS) for VMSs that support it; off when absent"),
         "prefer_rtsps": _boolean("GetStreamUri answers rtsps:// even when not asked for it"),
@@ -186,7 +190,7 @@ CAMERA = _table(
         "ptz": _choice("PTZ forwarded to the camera", "enabled", "no-presets", "disabled"),
         "imaging": _choice("ONVIF Imaging forwarded", "read-only", "enabled", "disabled"),
         "enabled": _boolean("false: keep the block, serve nothing"),
-        "ingest": _choice("how this camera's streams are read", *INGESTS),
+        "ingest": _choice("how this camera's streams are read ([server] ingest)", *INGESTS),
         "model": _string("model, as known before the first inventory"),
         "firmware": _string("firmware version, as known before the first inventory"),
         "serial": _string("serial number"),

@@ -50,6 +50,13 @@ class StreamStatus:
     bytes_in: int
     dropped_frames: int
     slow_disconnects: int
+    # What reads the camera now: "native" or "pyav". With ingest = "auto", why the stream
+    # moved to PyAV (a gateway.media.auto_ingest reason), in a line, and since when (Unix
+    # time); None/"" while it runs as configured.
+    ingest: str = ""
+    ingest_fallback: str | None = None
+    ingest_fallback_detail: str = ""
+    ingest_fallback_since: float | None = None
 
     @property
     def should_stream(self) -> bool:
@@ -169,6 +176,11 @@ class GatewayView(Protocol):
     @property
     def refusals(self) -> Refusals:
         """What every listener of this process refused (docs/security.md)."""
+        ...
+
+    @property
+    def ingest_fallbacks(self) -> dict[tuple[str, str, str], int]:
+        """Streams moved to PyAV under ingest = "auto", by (camera, stream, reason)."""
         ...
 
     @property

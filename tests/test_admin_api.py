@@ -88,6 +88,10 @@ async def test_every_path_refuses_missing_and_wrong_credentials(admin: AdminGate
 
 
 async def test_get_endpoints_match_the_openapi_schemas(admin: AdminGateway) -> None:
+    hub = admin.gateway.hub("hik1", "main")
+    assert hub is not None
+    # The frame rate is measured between keyframes: it is known from the second one on.
+    await wait_for(lambda: hub.fps > 0, 15, "hik1/main's frame rate")
     async with admin.session() as session:
         for path, method, _ in SPEC.operations():
             if method != "get" or "/live/" in path:
@@ -106,6 +110,8 @@ async def test_get_endpoints_match_the_openapi_schemas(admin: AdminGateway) -> N
     assert (hik_main["codec"], hik_main["width"], hik_main["height"]) == ("H264", 320, 240)
     assert hik_main["fps"] > 10 and hik_main["bitrate"] > 50_000
     assert hik_main["mse_mime"].startswith('video/mp4; codecs="avc1.')
+    # ingest = "auto" (the default) reads the simulated Hikvision natively.
+    assert (hik_main["ingest"], hik_main["ingest_fallback"]) == ("native", None)
     dahua_main = cameras["dahua1"]["streams"][0]
     assert dahua_main["codec"] == "H265" and "hvc1." in dahua_main["mse_mime"]
 

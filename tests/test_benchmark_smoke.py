@@ -19,7 +19,14 @@ import pytest
 from benchmarks import run as bench_run
 from benchmarks.harness import CameraFleet, Options, Step, measure
 from benchmarks.readers import LatencyHistogram, latency_bin
-from benchmarks.relays import CameraStream, GatewayRelay, GStreamerRelay, ReaderTarget, Relay
+from benchmarks.relays import (
+    CameraStream,
+    GatewayRelay,
+    GStreamerRelay,
+    ReaderTarget,
+    Relay,
+    make_relay,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -260,3 +267,22 @@ def test_a_failed_step_is_one_table_row() -> None:
     head, rule, row = results_table([failed])
     assert row.startswith("| many H264 64x4 | gateway | error: gateway not ready within 60s")
     assert "\n" not in row and row.count("|") == head.count("|") == rule.count("|")
+
+
+def test_relay_names_say_what_the_gateway_is_configured_with() -> None:
+    """Plain ``gateway`` is the default configuration (no ingest or workers line)."""
+    expected = {
+        "gateway": (None, None),
+        "gateway-w2": (None, 2),
+        "gateway-native": ("native", None),
+        "gateway-pyav": ("pyav", None),
+        "gateway-pyav-w2": ("pyav", 2),
+        "gateway-native-w2": ("native", 2),
+    }
+    for name, (ingest, workers) in expected.items():
+        relay = make_relay(name)
+        assert isinstance(relay, GatewayRelay) and relay.name == name
+        assert (relay.ingest, relay.workers) == (ingest, workers)
+    for bad in ("gateway-ffmpeg", "gateway-native-pyav", "gateway-w0"):
+        with pytest.raises(ValueError, match="gateway\\[-native\\|-pyav\\]\\[-wK\\]"):
+            make_relay(bad)

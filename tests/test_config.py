@@ -221,3 +221,13 @@ def test_every_section_is_validated_as_check_and_run_see_it() -> None:
     found = dict(caught.value.problems)
     assert found["policy.auto_enforc"] == 'unknown key (did you mean "auto_enforce"?)'
     assert "onvif.auth_windw" in found
+
+
+def test_ingest_is_auto_by_default_and_a_typo_is_named() -> None:
+    config = cfgmod.loads(BASE)
+    assert config.server.ingest == "auto" and config.cameras[0].ingest is None
+    assert dict(problems('[server]\ningest = "natve"\n' + BASE)) == {
+        "server.ingest": "must be auto, native or pyav, not 'natve' (did you mean \"native\"?)"
+    }
+    found = dict(problems(BASE + 'ingest = "ffmpeg"\n'))
+    assert found["camera[0].ingest"] == "must be auto, native or pyav, not 'ffmpeg'"

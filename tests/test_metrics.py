@@ -77,9 +77,13 @@ async def test_metrics_pass_promtool_and_describe_the_streams(
         assert value("onvif_gateway_stream_upstream_sessions_total", **where) == 1
         assert value("onvif_gateway_stream_upstream_reconnects_total", **where) == 0
         assert value("onvif_gateway_stream_dropped_frames_total", **where) == 0
-        # PyAV ingest packetizes what FFmpeg hands over: nothing is relayed as it came.
-        assert value("onvif_gateway_stream_relayed_frames_total", **where) == 0
+        # The default ingest reads these cameras natively: their payloads go on as they
+        # came, none rebuilt.
+        assert value("onvif_gateway_stream_relayed_frames_total", **where) > 0
         assert value("onvif_gateway_stream_repacketized_frames_total", **where) == 0
+    # No stream moved to PyAV: the fallback counter has no series.
+    assert not [key for key in samples if key[0].startswith("onvif_gateway_ingest_fallbacks")]
+    assert "# TYPE onvif_gateway_ingest_fallbacks_total counter" in text
     hik = {"camera": "hik1", "stream": "main"}
     # The scrape happened while the reader was playing.
     assert value("onvif_gateway_stream_clients", **hik, kind="rtsp") == 1

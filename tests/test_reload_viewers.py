@@ -12,7 +12,7 @@ import pytest
 from gateway.config_reader import Secret
 from gateway.rtsp.client import RtspReader
 from gateway.runtime import Gateway
-from tests.conftest import stream_url
+from tests.conftest import stream_url, wait_for
 
 
 async def test_a_settings_or_credentials_change_keeps_the_viewers(
@@ -38,10 +38,10 @@ async def test_a_settings_or_credentials_change_keeps_the_viewers(
         await gateway.reload(dataclasses.replace(gateway.config, cameras=cams))
         cams[hik] = dataclasses.replace(cams[hik], password=Secret(same))
         await gateway.reload(dataclasses.replace(gateway.config, cameras=cams))
-        assert gateway.hub("hik1", "main") is hub
+        assert gateway.hub("hik1", "main") is hub and hub is not None
+        await wait_for(lambda: hub.upstream_sessions > sessions, 20, "the camera reconnected anew")
         received = reader.tracks[0].frames
         await reader.wait_frames(received + 10, timeout=20, media="video")
-        assert hub is not None and hub.upstream_sessions > sessions
     finally:
         await reader.close()
 

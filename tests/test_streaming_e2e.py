@@ -1,5 +1,7 @@
 """The streaming core end to end: simulated cameras -> PyAV ingest -> hub -> RTSP server ->
-real clients (ffprobe/ffmpeg, GStreamer) and our efficient reader."""
+real clients (ffprobe/ffmpeg, GStreamer) and our efficient reader. The ``gateway`` here
+says ``ingest = "pyav"``: PyAV is no longer the default (``auto``, tests/test_ingest_auto.py)
+but stays the path for what the native client cannot take."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import asyncio
 import json
 import socket
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import av
@@ -24,6 +27,17 @@ from tests.conftest import gateway_config_text, require, run_tool, stream_url, w
 
 GST_PROBE = str(Path(__file__).parent / "tools" / "gst_rtsp_probe.py")
 SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@pytest.fixture
+async def gateway(fleet: SimFleet, tmp_path: Path, vms_password: str) -> AsyncIterator[Gateway]:
+    text = gateway_config_text(fleet, tmp_path, vms_password, server_extra='ingest = "pyav"')
+    gw = Gateway(cfgmod.loads(text, source="test.toml"), start_services=False)
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        await gw.stop()
 
 
 def camera_sessions(cam: SimCamera, stream: str) -> int:

@@ -89,6 +89,7 @@ class AdminContext:
                 config_loaded_at=lambda: self.config_loaded_at,
                 refusals=lambda: dict(self.gateway.refusals.totals),
                 auth_failures=self.auth_failures,
+                ingest_fallbacks=lambda: dict(self.gateway.ingest_fallbacks),
             )
         )
 
@@ -182,6 +183,12 @@ class AdminContext:
             "bytes_out": hub.stats.bytes_out,
             "dropped_frames": status.dropped_frames,
             "slow_disconnects": status.slow_disconnects,
+            "ingest": status.ingest or None,
+            "ingest_fallback": ingest_fallback_json(
+                status.ingest_fallback,
+                status.ingest_fallback_detail,
+                status.ingest_fallback_since,
+            ),
             "clients": len(viewers),
             "viewers": [
                 {k: v for k, v in c.items() if k not in ("camera", "stream")} for c in viewers
@@ -263,6 +270,15 @@ class AdminContext:
         return egress_report(self.gateway.config, self.store)
 
 
+def ingest_fallback_json(
+    reason: str | None, detail: str, since: float | None
+) -> dict[str, Any] | None:
+    """Why a stream runs PyAV under ingest = "auto" (None while it runs as configured)."""
+    if reason is None:
+        return None
+    return {"reason": reason, "detail": detail, "since": iso_time(since) if since else None}
+
+
 def disabled_stream_json(camera: str, stream: str) -> dict[str, Any]:
     """A stream of a camera with ``enabled = false``, in the form of ``stream_json``."""
     return {
@@ -289,6 +305,8 @@ def disabled_stream_json(camera: str, stream: str) -> dict[str, Any]:
         "bytes_out": 0,
         "dropped_frames": 0,
         "slow_disconnects": 0,
+        "ingest": None,
+        "ingest_fallback": None,
         "clients": 0,
         "viewers": [],
         "picture": False,

@@ -232,6 +232,17 @@ class GatewayCollector(Collector):
             refused.add_metric([listener, reason], float(count))
         yield refused
 
+        fallbacks = CounterMetricFamily(
+            f"{PREFIX}_ingest_fallbacks",
+            'Streams moved from the native RTSP client to PyAV under ingest = "auto", by '
+            "reason: not_rtsp, unsupported_sdp, setup_failed, malformed_frames "
+            "(docs/operations.md)",
+            labels=["camera", "stream", "reason"],
+        )
+        for (camera, stream, reason), count in sorted(src.ingest_fallbacks().items()):
+            fallbacks.add_metric([camera, stream, reason], float(count))
+        yield fallbacks
+
 
 class MetricSources:
     """What the collector reads; the admin service wires these to the running gateway."""
@@ -246,6 +257,7 @@ class MetricSources:
         config_loaded_at: Callable[[], float],
         refusals: Callable[[], dict[tuple[str, str], int]] = dict,
         auth_failures: Callable[[], dict[str, int]] = dict,
+        ingest_fallbacks: Callable[[], dict[tuple[str, str, str], int]] = dict,
     ) -> None:
         self.streams = streams
         self.client_kinds = client_kinds
@@ -255,6 +267,7 @@ class MetricSources:
         self.config_loaded_at = config_loaded_at
         self.refusals = refusals
         self.auth_failures = auth_failures
+        self.ingest_fallbacks = ingest_fallbacks
 
 
 def build_registry(sources: MetricSources) -> CollectorRegistry:

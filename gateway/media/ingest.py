@@ -161,6 +161,11 @@ class PyAVIngest:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    @property
+    def running(self) -> bool:
+        """Whether the reader thread is alive (it may be on its way out after stop())."""
+        return self._thread is not None and self._thread.is_alive()
+
     # -- thread side
 
     def _av_options(self) -> dict[str, str]:

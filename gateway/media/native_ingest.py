@@ -1,16 +1,19 @@
 """Native ingest: the camera's RTSP read on the event loop by our own client, no FFmpeg.
 
-An alternative to the default PyAV ingest (``ingest = "native"``) for sites that need many
-cameras per core. FFmpeg's RTSP demuxer reads TCP-interleaved RTP with several small reads
-per packet and runs in a thread per stream; the asyncio reader parses whole socket buffers
-and hands each complete video frame to the hub as the camera's own RTP payloads, which go out
-as they came under the hub's RTP identity (no depacketizing and packetizing again). A frame
-whose packets lie back to back in one read goes over as that span of the buffer, and the hub
-writes its headers over the camera's in one copy of the bytes. G.711 audio packets go on as
-they came as well; AAC is depacketized and packetized again. The hub then works exactly as
-with PyAV ingest (same RTP identity, GOP cache, reconnect continuity).
+What ``ingest = "auto"`` (the default) runs wherever it can and ``ingest = "native"``
+always: many cameras per core. FFmpeg's RTSP demuxer reads TCP-interleaved RTP with several
+small reads per packet and runs in a thread per stream; the asyncio reader parses whole
+socket buffers and hands each complete video frame to the hub as the camera's own RTP
+payloads, which go out as they came under the hub's RTP identity (no depacketizing and
+packetizing again). A frame whose packets lie back to back in one read goes over as that
+span of the buffer, and the hub writes its headers over the camera's in one copy of the
+bytes. G.711 audio packets go on as they came as well; AAC is depacketized and packetized
+again. The hub then works exactly as with PyAV ingest (same RTP identity, GOP cache,
+reconnect continuity).
 
-PyAV stays the default: it copes with more unusual camera SDPs and codecs.
+With ``ingest = "auto"`` (the default) a :class:`~gateway.media.auto_ingest.FallbackPolicy`
+watches each session and the stream moves to PyAV, which copes with more unusual camera
+SDPs and packetizations, when the native path cannot take it (gateway.media.auto_ingest).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from gateway.codecs import SUPPORTED
 from gateway.codecs.base import CodecParams
@@ -26,6 +31,9 @@ from gateway.media.hub import HubState, StreamHub
 from gateway.media.ingest import IngestOptions, report_upstream_failure
 from gateway.rtp.receiver import ReceivedFrame
 from gateway.rtsp.client import RtspClientError, RtspReader
+
+if TYPE_CHECKING:
+    from gateway.media.auto_ingest import FallbackPolicy
 
 log = logging.getLogger("gateway.ingest")
 
@@ -42,6 +50,8 @@ class NativeIngest:
         password: str,
         display_url: str,
         options: IngestOptions | None = None,
+        policy: FallbackPolicy | None = None,
+        on_fallback: Callable[[str, str], None] | None = None,
     ) -> None:
         self.hub = hub
         self.url = url  # without credentials
@@ -53,7 +63,13 @@ class NativeIngest:
         self._restart = asyncio.Event()
         self._track_map: dict[int, int] = {}
         self._last_frame = 0.0
-        self.connects = 0
+        self.attempts = 0  # sessions tried
+        self.connects = 0  # sessions that played
+        # Auto mode: ``policy`` decides when the stream should move to PyAV; the run then
+        # ends and ``on_fallback(reason, detail)`` is called instead of retrying.
+        self.policy = policy
+        self.on_fallback = on_fallback
+        self._fallback: tuple[str, str] | None = None
 
     # -- UpstreamControl
 
@@ -85,6 +101,10 @@ class NativeIngest:
         while True:
             started = time.monotonic()
             error = await self._session()
+            if self._fallback is not None and self.on_fallback is not None:
+                self._task = None
+                self.on_fallback(*self._fallback)
+                return
             if time.monotonic() - started > 30:
                 backoff.reset()
             report_upstream_failure(self.hub, error)
@@ -92,6 +112,7 @@ class NativeIngest:
 
     async def _session(self) -> str:
         self._restart.clear()
+        self.attempts += 1
         reader = RtspReader(
             self.url,
             self._username or None,
@@ -102,6 +123,7 @@ class NativeIngest:
             relay_payloads=True,
             on_span=self._on_span,
             request_timeout=self.options.io_timeout,
+            sdp_check=self.policy.sdp_check if self.policy is not None else None,
         )
         # Frames of one socket read (a video frame and the audio sent with it) go to each
         # client in one write.
@@ -111,6 +133,8 @@ class NativeIngest:
             try:
                 await reader.start()
             except RtspClientError as exc:
+                if self.policy is not None:
+                    self._fallback = self.policy.session_failed(exc)
                 return _describe(exc)
             except OSError as exc:
                 return f"cannot connect: {exc.strerror or exc}"
@@ -118,6 +142,8 @@ class NativeIngest:
             if params is None:
                 return "no H.264/H.265 video track in the camera's stream"
             self.connects += 1
+            if self.policy is not None:
+                self.policy.session_opened()
             self._last_frame = time.monotonic()
             log.info(
                 "camera stream up",
@@ -133,6 +159,12 @@ class NativeIngest:
                     return _describe(exc)
                 if self._restart.is_set():
                     return "reconnect requested"
+                if self.policy is not None:
+                    self._fallback = self.policy.frames_checked(
+                        self.hub.stats.malformed_frames, time.monotonic()
+                    )
+                    if self._fallback is not None:
+                        return self._fallback[1]
                 if time.monotonic() - self._last_frame > self.options.io_timeout:
                     return (
                         f"no media from the camera for {self.options.io_timeout:g}s (I/O timeout)"
@@ -141,6 +173,10 @@ class NativeIngest:
             self._track_map = {}
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(reader.close(), 2.0)
+            # The hub is left as found: frames held for a batch go out, and whatever feeds
+            # it next (a PyAV ingest after a fallback) delivers frame by frame.
+            self.hub.flush()
+            self.hub.batching = False
 
     def _select_tracks(self, offered: list[CodecParams | None]) -> list[CodecParams] | None:
         """First H.264/H.265 video track, then the first supported audio track."""

@@ -49,12 +49,24 @@ _UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
 
 
 class RtspClientError(Exception):
-    """The session failed. ``status`` is the RTSP status, or 0 for transport/protocol errors."""
+    """The session failed. ``status`` is the RTSP status, or 0 for transport/protocol errors.
 
-    def __init__(self, status: int, message: str) -> None:
+    ``network``: the camera could not be reached or stopped answering (connect failure,
+    timeout, connection lost), as opposed to an answer the client could not use. ``step``:
+    where :meth:`RtspReader.start` was when it failed (one of :data:`START_STEPS`), "" once
+    the session plays. The native ingest's auto mode tells outages from what it cannot
+    take by these two (gateway.media.auto_ingest)."""
+
+    def __init__(self, status: int, message: str, *, network: bool = False) -> None:
         super().__init__(f"{status} {message}" if status else message)
         self.status = status
         self.message = message
+        self.network = network
+        self.step = ""
+
+
+# The steps of RtspReader.start: "sdp" is the DESCRIBE answer's description being read.
+START_STEPS = ("connect", "describe", "sdp", "setup", "play")
 
 
 @dataclass(slots=True)
@@ -227,7 +239,7 @@ class _ControlProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = f"connection lost: {exc}" if exc else "connection closed by server"
-        self.reader._fail(RtspClientError(0, reason))
+        self.reader._fail(RtspClientError(0, reason, network=True))
 
 
 class _RtpDatagramProtocol(asyncio.DatagramProtocol):
@@ -269,6 +281,7 @@ class RtspReader:
         media: tuple[str, ...] = ("video", "audio"),
         request_timeout: float = 10.0,
         keepalive_interval: float | None = None,
+        sdp_check: Callable[[SessionDescription], str | None] | None = None,
     ) -> None:
         if transport not in ("tcp", "udp"):
             raise ValueError(f"transport must be 'tcp' or 'udp', not {transport!r}")
@@ -289,6 +302,8 @@ class RtspReader:
         self.media_filter = media
         self.request_timeout = request_timeout
         self.keepalive_interval = keepalive_interval
+        # Says why the DESCRIBE answer's description will not do (no SETUP follows), or None.
+        self.sdp_check = sdp_check
         self.stats = ReaderStats()
         self.sdp: SessionDescription | None = None
         self.codec_params: list[Any] = []
@@ -370,34 +385,37 @@ class RtspReader:
     # -- session setup
 
     async def _start(self) -> None:
-        host, port = self._address.host, self._address.port
+        step = "connect"
         try:
-            _, protocol = await asyncio.wait_for(
-                self._loop.create_connection(lambda: _ControlProtocol(self), host, port),
-                self.request_timeout,
-            )
-        except (OSError, TimeoutError) as exc:
-            raise RtspClientError(0, f"cannot connect to {host}:{port}: {exc}") from None
-        self._protocol = protocol
+            await self._connect()
+            step = "describe"
+            options = await self.request("OPTIONS", self.url)
+            if options.status == 200:
+                with contextlib.suppress(ValueError):
+                    self.public_methods = parse_token_list(options.headers.get("Public", "") or "")
 
-        options = await self.request("OPTIONS", self.url)
-        if options.status == 200:
-            with contextlib.suppress(ValueError):
-                self.public_methods = parse_token_list(options.headers.get("Public", "") or "")
+            describe = await self.request("DESCRIBE", self.url, {"Accept": "application/sdp"})
+            expect_ok(describe, "DESCRIBE")
+            step = "sdp"
+            base = content_base(describe, self.url)
+            self._describe_tracks(describe.body, base)
+            problem = self.sdp_check(self.sdp) if self.sdp_check and self.sdp else None
+            if problem:
+                raise RtspClientError(0, problem)
 
-        describe = await self.request("DESCRIBE", self.url, {"Accept": "application/sdp"})
-        expect_ok(describe, "DESCRIBE")
-        base = content_base(describe, self.url)
-        self._describe_tracks(describe.body, base)
+            step = "setup"
+            for track in self._tracks:
+                await self._setup(track)
 
-        for track in self._tracks:
-            await self._setup(track)
-
-        session_control = self.sdp.control if self.sdp is not None else ""
-        self._session_url = resolve_control(base, session_control) if session_control else base
-        self.stats.play_sent_at = self._loop.time()
-        play = await self.request("PLAY", self._session_url, {"Range": "npt=0.000-"})
-        expect_ok(play, "PLAY")
+            step = "play"
+            session_control = self.sdp.control if self.sdp is not None else ""
+            self._session_url = resolve_control(base, session_control) if session_control else base
+            self.stats.play_sent_at = self._loop.time()
+            play = await self.request("PLAY", self._session_url, {"Range": "npt=0.000-"})
+            expect_ok(play, "PLAY")
+        except RtspClientError as exc:
+            exc.step = step
+            raise
         rtp_info = play.headers.get("RTP-Info")
         if rtp_info:
             self._apply_rtp_info(rtp_info)
@@ -405,6 +423,19 @@ class RtspReader:
         if interval is None:
             interval = (self.stats.session_timeout or DEFAULT_SESSION_TIMEOUT) / 2
         self._keepalive = asyncio.create_task(self._keepalive_loop(interval))
+
+    async def _connect(self) -> None:
+        host, port = self._address.host, self._address.port
+        try:
+            _, protocol = await asyncio.wait_for(
+                self._loop.create_connection(lambda: _ControlProtocol(self), host, port),
+                self.request_timeout,
+            )
+        except (OSError, TimeoutError) as exc:
+            raise RtspClientError(
+                0, f"cannot connect to {host}:{port}: {exc}", network=True
+            ) from None
+        self._protocol = protocol
 
     def _describe_tracks(self, body: bytes, base: str) -> None:
         self.sdp, self._tracks = describe_receivers(
@@ -516,7 +547,7 @@ class RtspReader:
             raise self._error
         protocol = self._protocol
         if protocol is None or protocol.transport is None or protocol.transport.is_closing():
-            raise RtspClientError(0, "not connected")
+            raise RtspClientError(0, "not connected", network=True)
         self._cseq += 1
         request = build_request(method, uri, self._cseq, self._session, self._auth, headers)
         future: asyncio.Future[RtspResponse] = self._loop.create_future()
@@ -525,7 +556,9 @@ class RtspReader:
         try:
             return await asyncio.wait_for(future, self.request_timeout)
         except TimeoutError:
-            raise RtspClientError(0, f"{method} timed out after {self.request_timeout}s") from None
+            raise RtspClientError(
+                0, f"{method} timed out after {self.request_timeout}s", network=True
+            ) from None
         finally:
             self._pending.pop(request.cseq or 0, None)
 

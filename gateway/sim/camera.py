@@ -20,11 +20,14 @@ from typing import Any
 from aiohttp import web
 
 from gateway.codecs import packetizer_for
+from gateway.codecs.base import Packetizer
 from gateway.digest import DigestAuthenticator
 from gateway.media.hub import StreamHub
+from gateway.rtp.frame import Frame, Subscriber
 from gateway.rtsp.server import RtspServer, ServerLimits
+from gateway.rtsp.source import SourceStats, SourceTrack, StreamSource
 from gateway.sim.clips import Clip, ClipSpec, load_clip
-from gateway.sim.device import SimDevice
+from gateway.sim.device import RTSP_QUIRKS, SimDevice
 from gateway.sim.latency import latency_sei
 
 log = logging.getLogger("gateway.sim")
@@ -41,6 +44,8 @@ IGNORED_PARAMS = ("transportmode", "unicast", "proto", "profile")
 SERVER_NAMES = {"hikvision": "Hikvision-Webs", "dahua": "Rtsp Server/3.0"}
 
 _payload_cache: dict[tuple[int, int], list[list[bytes]]] = {}
+# The "private-nal" quirk's packet: NAL type 30 (nal_ref_idc 0), then vendor bytes.
+PRIVATE_NAL = b"\x1e" + b"vendor-private-data"
 
 
 def _payloads(clip: Clip, track: int) -> list[list[bytes]]:
@@ -69,10 +74,13 @@ class ClipPlayer:
         timestamp_sei: bool = False,
         free_running: bool = False,
         rng: random.Random | None = None,
+        private_nal: bool = False,
     ) -> None:
         self.hub = hub
         self.clip = clip
         self.timestamp_sei = timestamp_sei
+        # The "private-nal" quirk (gateway.sim.device.RTSP_QUIRKS), for H.264 video.
+        self.private_nal = private_nal and clip.video.name == "H264"
         # Free running: a session joins the encoder wherever it is (a random point of the
         # clip, usually mid-GOP), as with a camera whose encoder runs all the time; cameras
         # connected together then do not send their keyframes in step. Otherwise every
@@ -148,6 +156,8 @@ class ClipPlayer:
             payloads = vpayloads[i]
             if self.timestamp_sei:
                 payloads = [latency_sei(clip.video.name), *payloads]
+            if self.private_nal:
+                payloads = [*payloads[:-1], PRIVATE_NAL, payloads[-1]]
             hub.push_payloads(0, pts, frame.keyframe, payloads, arrival)
             self._vi += 1
         if self.with_audio:
@@ -194,6 +204,8 @@ class SimCamera:
         self.free_running = free_running
         self.limits = limits or ServerLimits()
         self.hubs: dict[str, StreamHub] = {}
+        # What the RTSP server serves per stream: the hub, or it described otherwise.
+        self.sources: dict[str, StreamSource] = {}
         self.players: dict[str, ClipPlayer] = {}
         self.rtsp: RtspServer | None = None
         self.http_runner: web.AppRunner | None = None
@@ -201,6 +213,9 @@ class SimCamera:
 
     async def start(self) -> None:
         dev = self.device
+        unknown = dev.rtsp_quirks - set(RTSP_QUIRKS)
+        if unknown:
+            raise ValueError(f"unknown RTSP quirk(s) {sorted(unknown)}; known: {RTSP_QUIRKS}")
         paths = dev.rtsp_paths()
         for key in sorted(set(paths.values())):
             spec = self.streams.sub if key.startswith("sub") else self.streams.main
@@ -210,9 +225,16 @@ class SimCamera:
             # the encoder is free running.
             hub = StreamHub(f"{dev.name}/{key}", on_demand=True, linger=1.0)
             player = ClipPlayer(
-                hub, clip, timestamp_sei=self.timestamp_sei, free_running=self.free_running
+                hub,
+                clip,
+                timestamp_sei=self.timestamp_sei,
+                free_running=self.free_running,
+                private_nal="private-nal" in dev.rtsp_quirks,
             )
             self.hubs[key] = hub
+            self.sources[key] = (
+                InterleavedModeSource(hub) if "interleaved-sdp" in dev.rtsp_quirks else hub
+            )
             self.players[key] = player
             hub.attach_upstream(player)
         auth = DigestAuthenticator(
@@ -225,9 +247,9 @@ class SimCamera:
         # such as transportmode=unicast.
         lower = {p.lower(): k for p, k in paths.items()}
 
-        def resolve(path: str) -> StreamHub | None:
+        def resolve(path: str) -> StreamSource | None:
             key = lower.get(_strip_params(path, IGNORED_PARAMS).lower())
-            return self.hubs.get(key) if key else None
+            return self.sources.get(key) if key else None
 
         self.rtsp = RtspServer(
             resolve,
@@ -280,6 +302,68 @@ class SimCamera:
     def upstream_sessions(self) -> int:
         """RTSP sessions currently open on this camera (what the tests count)."""
         return len(self.rtsp.sessions) if self.rtsp else 0
+
+
+class _InterleavedModePacketizer(Packetizer):
+    """A track's packetizer as the SDP sees it: H.264 lines saying packetization-mode=2."""
+
+    def __init__(self, inner: Packetizer) -> None:
+        self.inner = inner
+        self.params = inner.params
+        self.payload_type = inner.payload_type
+
+    def packetize(self, frame: bytes, keyframe: bool) -> list[bytes]:
+        return self.inner.packetize(frame, keyframe)
+
+    def sdp_attributes(self) -> list[str]:
+        return [
+            line.replace("packetization-mode=1", "packetization-mode=2")
+            for line in self.inner.sdp_attributes()
+        ]
+
+
+@dataclass(frozen=True)
+class _DescribedTrack:
+    index: int
+    ssrc: int
+    is_video: bool
+    packetizer: Packetizer
+
+
+class InterleavedModeSource:
+    """The "interleaved-sdp" quirk: a hub served as it is, but described with H.264
+    packetization-mode=2 (interleaved), as some firmware does while sending mode-1 packets.
+    FFmpeg reads such a stream; the gateway's native client does not take the mode."""
+
+    def __init__(self, hub: StreamHub) -> None:
+        self.hub = hub
+
+    @property
+    def key(self) -> str:
+        return self.hub.key
+
+    @property
+    def tracks(self) -> list[SourceTrack]:
+        return [
+            _DescribedTrack(t.index, t.ssrc, t.is_video, _InterleavedModePacketizer(t.packetizer))
+            for t in self.hub.tracks
+        ]
+
+    @property
+    def stats(self) -> SourceStats:
+        return self.hub.stats
+
+    async def wait_ready(self, timeout: float) -> bool:
+        return await self.hub.wait_ready(timeout)
+
+    def subscribe(self, sub: Subscriber) -> list[Frame]:
+        return self.hub.subscribe(sub)
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self.hub.unsubscribe(sub)
+
+    def rtp_info(self, gop: Sequence[Frame]) -> list[tuple[int, int]]:
+        return self.hub.rtp_info(gop)
 
 
 def _onvif_faults(device: SimDevice) -> Any:

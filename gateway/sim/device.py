@@ -20,6 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FAULTS = ("unauthorized", "garbage", "html", "hang", "reset")
+# How a camera's RTSP stream may depart from what the gateway's native client relays, as
+# some firmware does (gateway.sim.camera; gateway.media.auto_ingest falls back to PyAV):
+# "interleaved-sdp": H.264 described as packetization-mode=2 (the packets stay mode 1);
+# "private-nal": every video frame carries one more RTP packet, a NAL unit of a type H.264
+# leaves unspecified (30) holding vendor data, which FFmpeg skips and the native path
+# refuses with the frame.
+RTSP_QUIRKS = ("interleaved-sdp", "private-nal")
 VARIANTS = {
     "isapi_namespace": ("hikvision", "isapi"),
     "version_form": ("build", "build-date"),
@@ -49,6 +56,8 @@ class SimDevice:
     settings: dict[str, Any] = field(default_factory=dict)
     # Active faults on the HTTP faces: see FAULTS. Tests flip these at run time.
     faults: set[str] = field(default_factory=set)
+    # RTSP stream quirks: see RTSP_QUIRKS. Read when the camera starts.
+    rtsp_quirks: frozenset[str] = frozenset()
     # PTZ position in ONVIF generic spaces (pan, tilt in -1..1; zoom 0..1) and presets.
     ptz_position: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     ptz_moving: bool = False

@@ -197,8 +197,15 @@ function renderCamera(camera) {
   if (main && main.fps !== null) facts.push(`${main.fps} fps`);
   if (main && main.bitrate !== null) facts.push(formatBitrate(main.bitrate));
   if (main && main.reconnects) facts.push(plural(main.reconnects, "reconnect"));
+  // What reads the camera; with ingest = "auto", why a stream moved to PyAV (the detail on
+  // hover) until the next reload.
+  const fallback = main && main.ingest_fallback;
+  if (fallback) facts.push(`PyAV (fallback: ${fallback.reason.replaceAll("_", " ")})`);
+  else if (main && main.ingest) facts.push(main.ingest === "pyav" ? "PyAV" : "native ingest");
   if (status === "idle" && camera.on_demand) facts.push("on demand: starts when watched");
-  el.querySelector(".facts").textContent = facts.join(" · ");
+  const factsEl = el.querySelector(".facts");
+  factsEl.textContent = facts.join(" · ");
+  factsEl.title = fallback ? `Moved to PyAV: ${fallback.detail}. The next reload tries native again.` : "";
   // A camera that is not live keeps its last picture, dimmed, with when it went down.
   el.classList.toggle("stale", status !== "live");
   el.querySelector(".nopicture").textContent = NO_PICTURE[status] || "waiting for a picture";
