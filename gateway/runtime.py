@@ -106,6 +106,10 @@ class Gateway:
         # What the listeners refused (hostile load, failed logins), for metrics and logs.
         self.refusals = Refusals()
 
+    @property
+    def worker(self) -> tuple[int, int]:
+        return (self.shard.index, self.shard.count) if self.shard else (0, 1)
+
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:

@@ -85,6 +85,12 @@ class GatewayView(Protocol):
         ...
 
     @property
+    def worker(self) -> tuple[int, int]:
+        """This process's index among the site's worker processes, and their count
+        ((0, 1) for a single process; gateway.workers)."""
+        ...
+
+    @property
     def rtsp(self) -> RtspServer | None: ...
 
     @property
