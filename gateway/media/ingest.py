@@ -23,14 +23,17 @@ import threading
 import time
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
-
-import av
+from typing import TYPE_CHECKING, Any
 
 from gateway.backoff import Backoff
 from gateway.codecs import SUPPORTED, h264, h265
 from gateway.codecs.base import CodecParams
 from gateway.media.hub import FrameInbox, HubState, StreamHub
+
+if TYPE_CHECKING:
+    # PyAV (and FFmpeg's libraries, tens of MiB resident) is imported by the reader thread
+    # of the first stream that uses it: a gateway on native ingest never loads it.
+    import av
 
 log = logging.getLogger("gateway.ingest")
 
@@ -191,6 +194,8 @@ class PyAVIngest:
                 break
 
     def _session(self, generation: int) -> str:
+        import av
+
         self._restart.clear()
         try:
             container = av.open(self._url, options=self._av_options(), timeout=None)
