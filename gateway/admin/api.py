@@ -253,6 +253,7 @@ class AdminContext:
                         "byte_rate": hub.bitrate / 8,
                         "fps": hub.fps,
                         "gop_seconds": stats.gop_seconds,
+                        "gop_cache_bytes": hub.gop_cache_size,
                     }
                 )
         for cam in self.gateway.config.cameras:

@@ -622,6 +622,11 @@ class StreamHub:
         return self._gop.frames()
 
     @property
+    def gop_cache_size(self) -> int:
+        """Bytes of frames the GOP cache holds now (at most ``gop_cache_bytes``)."""
+        return self._gop.size
+
+    @property
     def has_keyframe(self) -> bool:
         """A keyframe is cached: a new client gets a picture at once (and a snapshot can be
         taken)."""
