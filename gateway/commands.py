@@ -501,10 +501,7 @@ async def _run(config: cfgmod.Config, path: str, shard: Any = None) -> int:
         log.error("cannot start", extra={"error": str(exc)})
         await gateway.stop()
         return EXIT_RUNTIME
-    # What start-up built lives as long as the process: moved out of the cyclic collector's
-    # reach, so its full passes walk only what streaming allocates (shorter pauses).
-    gc.collect()
-    gc.freeze()
+    _freeze_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -518,6 +515,7 @@ async def _run(config: cfgmod.Config, path: str, shard: Any = None) -> int:
             return
         task = asyncio.ensure_future(gateway.reload(new))
         task.add_done_callback(_log_reload_failure)
+        task.add_done_callback(_refreeze_heap)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     # One write of the whole line: worker processes share stdout, and print() may write the
@@ -529,6 +527,22 @@ async def _run(config: cfgmod.Config, path: str, shard: Any = None) -> int:
     log.info("shutting down")
     await gateway.stop()
     return EXIT_OK
+
+
+def _freeze_heap() -> None:
+    """What start-up built lives as long as the process: moved out of the cyclic
+    collector's reach, so its full passes walk only what streaming allocates (shorter
+    pauses)."""
+    gc.collect()
+    gc.freeze()
+
+
+def _refreeze_heap(_task: asyncio.Future[Any]) -> None:
+    """After a reload: what it removed (a camera's hubs and ingests, which refer to each
+    other) was frozen at start, where the collector never looks; let it be collected, then
+    freeze what the process keeps again."""
+    gc.unfreeze()
+    _freeze_heap()
 
 
 def _log_reload_failure(task: asyncio.Future[Any]) -> None:

@@ -735,14 +735,21 @@ class StreamHub:
             self.upstream.restart()
 
     def close(self) -> None:
+        """For good (the gateway stops, or a reload removed or replaced the camera): the
+        clients are closed, the upstream stopped and let go, and the cached frames freed at
+        once rather than whenever the hub itself is collected."""
         self._cancel_linger()
         for sub in list(self.subscribers):
             sub.close_for("gateway shutting down")
         self.subscribers.clear()
         if self.upstream is not None:
             self.upstream.stop()
+            self.upstream = None
         self._move("closed")
         self.down_since = None
+        self._clear_gop()
+        self._batch = []
+        self.listeners.clear()
 
     def _notify(self, event: str) -> None:
         for listener in self.listeners:
