@@ -47,3 +47,41 @@ def test_stream_series_are_read_from_the_exposition() -> None:
         ("onvif_gateway_stream_up", "cam1/main"): 1.0,
         ("onvif_gateway_stream_gop_cache_bytes", "cam1/main"): 524288.0,
     }
+
+
+def test_results_md_carries_the_memory_result_when_given(tmp_path: Path) -> None:
+    from benchmarks import report
+
+    machine = {"nproc": 2, "cpu_model": "cpu", "memory_gib": 4.0, "kernel": "Linux"}
+    machine |= {"python": "3.11", "uvloop": "x", "pyav": "x", "ffmpeg": "x", "gstreamer": "x"}
+    memory_result = {
+        "machine": machine,
+        "profile": "bench",
+        "codec": "H264",
+        "ingest": "native",
+        "cameras": 4,
+        "baseline_rss_mib": 50.0,
+        "loaded_rss_mib": 54.0,
+        "per_stream_rss_mib": 1.0,
+        "gop_cache_mib": 0.95,
+        "per_stream_over_gop_mib": 0.05,
+        "tracemalloc_top": None,
+    }
+    doc = {
+        "date": "2026-12-05",
+        "command": "python3 -m benchmarks.run",
+        "machine": machine,
+        "load_average_before": [0, 0, 0],
+        "load_average_after": [0, 0, 0],
+        "machine_note": "",
+        "options": {"reader_procs": 1, "warmup": 1, "duration": 2, "late_readers": 0},
+        "max_held": {},
+        "results": [],
+        "ratios": [],
+        "memory": memory_result,
+    }
+    path = tmp_path / "RESULTS.md"
+    report.write_markdown(doc, path, None, tmp_path / "latest.json")
+    text = path.read_text()
+    assert "## Memory per stream" in text
+    assert "| 4 | 50.0 MiB | 54.0 MiB | 1.00 MiB | 0.95 MiB | +0.05 MiB |" in text
