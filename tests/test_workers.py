@@ -15,14 +15,20 @@ import pytest
 from gateway.config import Config, ConfigError, loads
 from gateway.sim.runner import SimFleet
 from gateway.workers import WorkerPlan, usable_cores, worker_plan
-from tests.conftest import gateway_config_text, require, run_tool
+from tests.admin_support import admin_config_text
+from tests.conftest import free_ports, require, run_tool
+from tests.test_cli import GATEWAY
 
 
 async def test_two_workers_share_the_rtsp_port(
     fleet: SimFleet, tmp_path: Path, vms_password: str
 ) -> None:
     require("ffprobe")
-    text = gateway_config_text(fleet, tmp_path, vms_password, server_extra="workers = 2")
+    admin_password = "adm-" + vms_password[-8:] + "-Secr3t"
+    # The admin API of worker w listens on port + w: two free ports in a row.
+    admin_port = free_ports(2)[0]
+    text = admin_config_text(fleet, tmp_path, vms_password, admin_password, admin_port, tls=False)
+    text = text.replace("[server]\n", "[server]\nworkers = 2\n", 1)
     config_path = tmp_path / "gateway.toml"
     config_path.write_text(text)
     port = int(
@@ -74,6 +80,14 @@ async def test_two_workers_share_the_rtsp_port(
                 assert cam.rtsp is not None
                 upstreams = [c for c in cam.rtsp.clients() if c.source is cam.hubs["main"]]
                 assert len(upstreams) == 1, f"{cam.device.name}: one upstream per stream"
+            # `status` asks both workers: every camera, each listed once, in the file's order.
+            code, out, err = await run_tool(
+                *GATEWAY, "status", "--config", str(config_path), "--json", timeout=60
+            )
+            assert code == 0, err
+            status = json.loads(out)
+            assert status["workers"] == 2
+            assert [c["name"] for c in status["cameras"]] == ["hik1", "dahua1"]
             logged = log_path.read_text()
             assert "handed to the camera's worker" in logged
             assert "Traceback" not in logged
