@@ -913,7 +913,10 @@ def _server_tls(r: _Reader, server: ServerConfig) -> ServerConfig:
     if rtsps_port is not None and isinstance(server.workers, int) and server.workers > 1:
         # A TLS session lives in the process that accepted it; it cannot be handed to the
         # worker owning the camera as a plain connection is ("auto" then means one worker).
-        r.error("rtsps_port", "RTSPS needs workers = 1 (TLS sessions cannot be handed over)")
+        r.error(
+            "rtsps_port",
+            'RTSPS needs workers = 1 or "auto" (TLS sessions cannot be handed between workers)',
+        )
     if not onvif_http and offset is None:
         r.error("onvif_http", "false needs onvif_https_offset (else no ONVIF at all)")
     if offset == 0 and onvif_http:
