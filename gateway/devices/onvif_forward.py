@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,22 +41,6 @@ class PtzSetup:
     configuration: etree._Element  # a tt:PTZConfiguration (any element name; re-tagged)
     # The attributes of the camera's own PTZ GetServiceCapabilities (MoveStatus, ...).
     capabilities: Mapping[str, str] = field(default_factory=dict)
-
-
-# onvif-zeep-async parses each WSDL once per process and caches it, but connections that
-# miss its cache at the same moment each parse a copy of their own (some 7 MiB per WSDL,
-# kept as long as the connection is): with every camera connecting at start-up that came to
-# about 17 MiB per camera. So connections run one at a time until one of each forwarder
-# kind has succeeded (its WSDLs are cached then); after that they run side by side.
-_FIRST_CONNECTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-    weakref.WeakKeyDictionary()
-)
-_CACHED_KINDS: set[type] = set()
-
-
-def _first_connect_lock() -> asyncio.Lock:
-    """The lock cold connections of this event loop take turns on."""
-    return _FIRST_CONNECTS.setdefault(asyncio.get_running_loop(), asyncio.Lock())
 
 
 def camera_lacks(what: str) -> SoapFault:
@@ -123,7 +106,7 @@ class CameraServiceForwarder:
         async with self._lock:
             if self._service is None:
                 try:
-                    await self._connect_sharing_documents()
+                    await asyncio.wait_for(self._connect(), self.timeout * 3)
                 except SoapFault:
                     await self._reset()
                     raise
@@ -132,16 +115,6 @@ class CameraServiceForwarder:
                     raise SoapFault(
                         "Receiver", ("ter:Action",), f"camera {self.name} unreachable: {exc}"
                     ) from None
-
-    async def _connect_sharing_documents(self) -> None:
-        kind = type(self)
-        if kind not in _CACHED_KINDS:
-            async with _first_connect_lock():
-                if kind not in _CACHED_KINDS:  # else one that held the lock cached them
-                    await asyncio.wait_for(self._connect(), self.timeout * 3)
-                    _CACHED_KINDS.add(kind)
-                    return
-        await asyncio.wait_for(self._connect(), self.timeout * 3)
 
     async def connect(self) -> None:
         """Find the camera's service now (raises SoapFault, ter:ActionNotSupported when the
