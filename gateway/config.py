@@ -512,12 +512,6 @@ def _ip(value: str) -> str | None:
     return None
 
 
-def _workers(value: int | str) -> str | None:
-    if value == WORKERS_AUTO or (isinstance(value, int) and 1 <= value <= MAX_WORKERS):
-        return None
-    return f'must be 1..{MAX_WORKERS} or "{WORKERS_AUTO}", not {value!r}'
-
-
 def _own_address(value: str) -> str | None:
     """A per-camera address: one IP, not a wildcard."""
     problem = _ip(value)
@@ -878,6 +872,12 @@ def _camera(r: _Reader) -> CameraConfig | None:
     for k in ("model", "firmware", "serial", "location", "mac"):
         r.get(k, str, None)
     return cam if name and vendor else None
+
+
+def _workers(value: int | str) -> str | None:
+    if value == WORKERS_AUTO or (isinstance(value, int) and 1 <= value <= MAX_WORKERS):
+        return None
+    return f'must be 1..{MAX_WORKERS} or "{WORKERS_AUTO}", not {value!r}'
 
 
 def _tls_files(r: _Reader) -> tuple[str | None, str | None]:

@@ -52,7 +52,7 @@ async def test_native_ingest_without_snapshots_loads_no_pyav_numpy_or_zeep(
 ) -> None:
     config = tmp_path / "gateway.toml"
     # PTZ and Imaging forwarding talk to the camera's own ONVIF services (a camera-side
-    # ONVIF client, which may load zeep): off here, to see what streaming alone loads.
+    # ONVIF client, whatever it is built on): off here, to see what streaming alone loads.
     config.write_text(
         gateway_config_text(
             fleet,
