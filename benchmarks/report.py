@@ -256,6 +256,11 @@ def write_markdown(doc: dict[str, Any], path: Path, plot: Path | None, raw: Path
         "",
     ]
     lines += ratio_table(doc["ratios"])
+    if doc.get("memory"):
+        # The gateway's baseline and memory per stream (benchmarks.memory, --memory-result).
+        from benchmarks.memory import render_markdown
+
+        lines += ["", render_markdown(doc["memory"]).rstrip("\n")]
     lines += ["", *REFERENCE_FIGURES]
     if plot is not None:
         lines += ["", f"![CPU and latency against load]({os.path.relpath(plot, path.parent)})"]

@@ -199,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--note", default="", help="a sentence for RESULTS.md about the conditions")
     ap.add_argument(
+        "--memory-result",
+        type=Path,
+        default=None,
+        help="a `benchmarks.memory --output` JSON: its baseline and per-stream memory go in",
+    )
+    ap.add_argument(
         "--render-only",
         action="store_true",
         help="measure nothing: rewrite RESULTS.md and the plot from --output",
@@ -239,6 +245,8 @@ def render_only(args: argparse.Namespace) -> int:
     """Rewrite RESULTS.md and the plot from the JSON of the last run (keeping the lesson)."""
     doc = json.loads(args.output.read_text())
     doc["lesson"] = report.existing_lesson(args.markdown) or doc.get("lesson", "")
+    if args.memory_result is not None:
+        doc["memory"] = json.loads(args.memory_result.read_text())
     args.output.write_text(json.dumps(doc, indent=1) + "\n")
     report.write_markdown(doc, args.markdown, report.plot(doc["results"], args.plot), args.output)
     return 0
@@ -331,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         else "The machine was otherwise idle."
     )
     doc["lesson"] = report.existing_lesson(args.markdown)
+    if args.memory_result is not None:
+        doc["memory"] = json.loads(args.memory_result.read_text())
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(doc, indent=1) + "\n")
     plot = report.plot(results, args.plot)

@@ -22,6 +22,7 @@ from typing import Any
 from gateway import config as cfgmod
 from gateway import files, fleet, ports, sections
 from gateway.cli import EXIT_FINDINGS, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, console
+from gateway.workers import worker_plan
 
 log = logging.getLogger("gateway")
 
@@ -196,6 +197,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     part = fleet.selection(config)
     if part is not None:
         summary["fleet"] = part.to_json()
+    plan = worker_plan(config)
+    summary["workers"] = plan.count
+    summary["workers_setting"] = config.server.workers
+    notices = [plan.note] if plan.note else []
+    summary["notices"] = notices
     warnings: list[str] = []
     if part is not None and part.warning:
         warnings.append(part.warning)
@@ -212,6 +218,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     summary["ports"] = [listener.to_json() for listener in listening]
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    for notice in notices:
+        print(f"note: {notice}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary, indent=2))
         return EXIT_OK
@@ -220,9 +228,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     out = console()
     admin = f", admin on {summary['admin']}" if "admin" in summary else ""
     rtsps = f", RTSPS on port {config.server.rtsps_port}" if "rtsps" in summary else ""
+    processes = _workers_text(plan.count, config.server.workers)
     out.print(
-        f"[green]{config.source}: valid[/]; {len(config.cameras)} camera(s), RTSP on "
-        f"{config.server.bind}:{config.server.rtsp_port}{rtsps}{admin}"
+        f"[green]{config.source}: valid[/]; {len(config.cameras)} camera(s), {processes}, "
+        f"RTSP on {config.server.bind}:{config.server.rtsp_port}{rtsps}{admin}"
     )
     if part is not None:
         out.print(part.summary(), markup=False)
@@ -242,6 +251,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         )
     out.print(table)
     return EXIT_OK
+
+
+def _workers_text(count: int, setting: int | str) -> str:
+    """``2 worker processes (auto)``: the resolved count, and whether it was chosen."""
+    text = "1 process" if count == 1 else f"{count} worker processes"
+    return f"{text} (workers = {setting})" if setting == cfgmod.WORKERS_AUTO else text
 
 
 def _print_ports(out: Any, listening: list[ports.Listener]) -> None:
@@ -298,28 +313,50 @@ async def _status(config: cfgmod.Config, args: argparse.Namespace) -> int:
         print(f"{args.config}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     path = "/api/v1/cameras"
-    digest = DigestClient(username, password, allow_basic=False)
     timeout = aiohttp.ClientTimeout(total=args.timeout)
-    try:
-        async with aiohttp.ClientSession(
-            timeout=timeout, connector=aiohttp.TCPConnector(ssl=ssl_context)
-        ) as session:
-            async with session.get(base + path) as response:
+
+    async def ask(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | int:
+        """The cameras one worker process lists, or the exit code after saying why not."""
+        digest = DigestClient(username, password, allow_basic=False)
+        try:
+            async with session.get(url + path) as response:
                 if response.status == 401:
                     digest.handle_challenge(response.headers.getall("WWW-Authenticate", []))
             headers = {"Authorization": digest.authorization("GET", path) or ""}
-            async with session.get(base + path, headers=headers) as response:
+            async with session.get(url + path, headers=headers) as response:
                 if response.status == 401:
-                    print(f"{base}: the [admin] credentials were refused", file=sys.stderr)
+                    print(f"{url}: the [admin] credentials were refused", file=sys.stderr)
                     return EXIT_RUNTIME
                 if response.status != 200:
-                    print(f"{base}{path}: HTTP {response.status}", file=sys.stderr)
+                    print(f"{url}{path}: HTTP {response.status}", file=sys.stderr)
                     return EXIT_RUNTIME
-                body = await response.json()
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        print(f"cannot reach the admin API at {base}: {exc or type(exc).__name__}", file=sys.stderr)
-        return EXIT_RUNTIME
-    cameras = body["cameras"]
+                answer: dict[str, Any] = await response.json()
+                return answer
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            print(
+                f"cannot reach the admin API at {url}: {exc or type(exc).__name__}",
+                file=sys.stderr,
+            )
+            return EXIT_RUNTIME
+
+    async with aiohttp.ClientSession(
+        timeout=timeout, connector=aiohttp.TCPConnector(ssl=ssl_context)
+    ) as session:
+        first = await ask(session, base)
+        if isinstance(first, int):
+            return first
+        # With several worker processes each lists its own cameras on admin port + index.
+        count = int(first.get("worker", {}).get("count", 1))
+        port = config.admin.port
+        body: dict[str, Any] = {"cameras": list(first["cameras"]), "workers": count}
+        for index in range(1, count):
+            other = await ask(session, base.removesuffix(f":{port}") + f":{port + index}")
+            if isinstance(other, int):
+                return other
+            body["cameras"] += other["cameras"]
+    order = {cam.name: k for k, cam in enumerate(config.cameras)}
+    cameras = sorted(body["cameras"], key=lambda cam: order.get(cam["name"], len(order)))
+    body["cameras"] = cameras
     # Every stream that should deliver frames does; an idle on-demand stream (nobody
     # watching) and a disabled camera are as they should be.
     down = [
@@ -371,6 +408,8 @@ async def _status(config: cfgmod.Config, args: argparse.Namespace) -> int:
     if part is not None:
         out.print(part.summary(), markup=False)
     out.print(table)
+    if body["workers"] > 1:
+        out.print(f"{body['workers']} worker processes", markup=False)
     for path, s in down:
         # Under the table, so an 80-column terminal shows why without --wide.
         why = ", ".join(x for x in (s["state"], _last_error(s)) if x)
@@ -454,9 +493,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     shard = None
     if args.worker_index is not None and args.worker_count and args.handoff_dir:
         shard = Shard(args.worker_index, args.worker_count, args.handoff_dir)
-    elif loaded.server.workers > 1:
-        prefix = (["--log-json"] if args.log_json else []) + (["-v"] if args.verbose else [])
-        return run_supervisor(args.config, loaded, prefix)
+    else:
+        plan = worker_plan(loaded)
+        log.info(
+            plan.note or "worker processes",
+            extra={"workers": plan.count, "setting": loaded.server.workers},
+        )
+        if plan.count > 1:
+            prefix = (["--log-json"] if args.log_json else []) + (["-v"] if args.verbose else [])
+            return run_supervisor(args.config, plan.count, prefix)
     return _event_loop_run(_run(loaded, args.config, shard))
 
 
@@ -486,10 +531,7 @@ async def _run(config: cfgmod.Config, path: str, shard: Any = None) -> int:
         log.error("cannot start", extra={"error": str(exc)})
         await gateway.stop()
         return EXIT_RUNTIME
-    # What start-up built lives as long as the process: moved out of the cyclic collector's
-    # reach, so its full passes walk only what streaming allocates (shorter pauses).
-    gc.collect()
-    gc.freeze()
+    _freeze_heap()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -503,6 +545,7 @@ async def _run(config: cfgmod.Config, path: str, shard: Any = None) -> int:
             return
         task = asyncio.ensure_future(gateway.reload(new))
         task.add_done_callback(_log_reload_failure)
+        task.add_done_callback(_refreeze_heap)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     # One write of the whole line: worker processes share stdout, and print() may write the
@@ -514,6 +557,22 @@ async def _run(config: cfgmod.Config, path: str, shard: Any = None) -> int:
     log.info("shutting down")
     await gateway.stop()
     return EXIT_OK
+
+
+def _freeze_heap() -> None:
+    """What start-up built lives as long as the process: moved out of the cyclic
+    collector's reach, so its full passes walk only what streaming allocates (shorter
+    pauses)."""
+    gc.collect()
+    gc.freeze()
+
+
+def _refreeze_heap(_task: asyncio.Future[Any]) -> None:
+    """After a reload: what it removed (a camera's hubs and ingests, which refer to each
+    other) was frozen at start, where the collector never looks; let it be collected, then
+    freeze what the process keeps again."""
+    gc.unfreeze()
+    _freeze_heap()
 
 
 def _log_reload_failure(task: asyncio.Future[Any]) -> None:

@@ -78,6 +78,10 @@ class ConfigError(Exception):
         return f"{key}: {message}"
 
 
+WORKERS_AUTO = "auto"
+MAX_WORKERS = 64
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     bind: str = "127.0.0.1"
@@ -88,8 +92,9 @@ class ServerConfig:
     discovery_port: int = 3702
     # Seconds a VMS RTSP session may stay silent before it is reaped (advertised in Session:).
     session_timeout: int = 60
-    # Worker processes, each owning a shard of the cameras (see gateway.media.workers).
-    workers: int = 1
+    # Worker processes, each owning a shard of the cameras (gateway.workers): 1..64, or
+    # "auto" (one per usable core, at most one per camera; gateway.workers.worker_count).
+    workers: int | str = WORKERS_AUTO
     # Per-client send budget: bytes queued in the socket before the client skips to the next
     # keyframe, and seconds of continuous backlog before it is disconnected.
     client_send_budget: int = 4 * 1024 * 1024
@@ -398,7 +403,7 @@ def _from_data(data: dict[str, Any], text: str, source: str, base_dir: Path | No
         onvif_base_port=sr.get("onvif_base_port", int, 8000, _port),
         discovery_port=sr.get("discovery_port", int, 3702, _port),
         session_timeout=sr.get("session_timeout", int, 60, _positive),
-        workers=sr.get("workers", int, 1, lambda v: None if 1 <= v <= 64 else "must be 1..64"),
+        workers=sr.get("workers", (int, str), WORKERS_AUTO, _workers),
         client_send_budget=sr.get(
             "client_send_budget",
             int,
@@ -655,6 +660,12 @@ def _camera(r: _Reader) -> CameraConfig | None:
     return cam if name and vendor else None
 
 
+def _workers(value: int | str) -> str | None:
+    if value == WORKERS_AUTO or (isinstance(value, int) and 1 <= value <= MAX_WORKERS):
+        return None
+    return f'must be 1..{MAX_WORKERS} or "{WORKERS_AUTO}", not {value!r}'
+
+
 def _tls_files(r: _Reader) -> tuple[str | None, str | None]:
     """``tls_cert`` and ``tls_key`` of a table: both or neither, each a readable file
     (resolved against the configuration's directory)."""
@@ -685,10 +696,13 @@ def _server_tls(r: _Reader, server: ServerConfig) -> ServerConfig:
     tls_cert, tls_key = _tls_files(r)
     if prefer_rtsps and rtsps_port is None:
         r.error("prefer_rtsps", "needs rtsps_port (the RTSPS listener)")
-    if rtsps_port is not None and server.workers > 1:
+    if rtsps_port is not None and isinstance(server.workers, int) and server.workers > 1:
         # A TLS session lives in the process that accepted it; it cannot be handed to the
-        # worker owning the camera as a plain connection is.
-        r.error("rtsps_port", "RTSPS needs workers = 1 (TLS sessions cannot be handed over)")
+        # worker owning the camera as a plain connection is ("auto" then means one worker).
+        r.error(
+            "rtsps_port",
+            'RTSPS needs workers = 1 or "auto" (TLS sessions cannot be handed between workers)',
+        )
     if not onvif_http and offset is None:
         r.error("onvif_http", "false needs onvif_https_offset (else no ONVIF at all)")
     if offset == 0 and onvif_http:

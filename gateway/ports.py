@@ -9,6 +9,7 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.onvif.config import camera_ports, nvr_port_of, parse_settings
+from gateway.workers import worker_plan
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def port_list(ports: list[int]) -> str:
 def listeners(config: Config) -> list[Listener]:
     """The sockets a gateway started from ``config`` listens on (a validated config)."""
     server = config.server
-    workers = server.workers
+    workers = worker_plan(config).count
     out = [Listener("RTSP", "TCP", server.bind, str(server.rtsp_port), "VMS")]
     cameras_own = config.camera_addresses()  # [[camera]] bind: RTSP listens there too
     for address in cameras_own:

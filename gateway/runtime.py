@@ -117,6 +117,10 @@ class Gateway:
         # ingest = "auto": streams moved to PyAV, by (camera, stream, reason), since start.
         self.ingest_fallbacks: dict[tuple[str, str, str], int] = {}
 
+    @property
+    def worker(self) -> tuple[int, int]:
+        return (self.shard.index, self.shard.count) if self.shard else (0, 1)
+
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
@@ -544,6 +548,7 @@ class Gateway:
                         byte_rate=hub.bitrate / 8,
                         fps=hub.fps,
                         gop_seconds=stats.gop_seconds,
+                        gop_cache_bytes=hub.gop_cache_size,
                     )
                 )
         for cfg in self.config.cameras:

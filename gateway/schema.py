@@ -16,7 +16,14 @@ import json
 from typing import Any
 
 from gateway import __version__
-from gateway.config import ADMIN_ROLES, CAMERA_NAME_RE, INGESTS, VENDORS
+from gateway.config import (
+    ADMIN_ROLES,
+    CAMERA_NAME_RE,
+    INGESTS,
+    MAX_WORKERS,
+    VENDORS,
+    WORKERS_AUTO,
+)
 from gateway.fleet import FROM_HOSTNAME, MAX_SHARDS
 from gateway.policy.telemetry import FEATURES, MODES
 
@@ -99,10 +106,12 @@ SERVER = _table(
             "description": "seconds a silent RTSP session lives",
         },
         "workers": {
-            "type": "integer",
-            "minimum": 1,
-            "maximum": 64,
-            "description": "worker processes, each owning a shard of the cameras",
+            "oneOf": [
+                {"type": "integer", "minimum": 1, "maximum": MAX_WORKERS},
+                {"const": WORKERS_AUTO},
+            ],
+            "description": "worker processes, each owning a shard of the cameras; "
+            '"auto": one per usable core, at most one per camera, one with RTSPS',
         },
         "client_send_budget": {
             "type": "integer",

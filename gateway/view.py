@@ -92,6 +92,7 @@ class StreamSample:
     byte_rate: float  # bytes per second received, over the last seconds
     fps: float
     gop_seconds: float
+    gop_cache_bytes: int  # what the GOP cache holds for new clients
 
     @property
     def should_stream(self) -> bool:
@@ -122,6 +123,7 @@ class StreamSample:
             byte_rate=0.0,
             fps=0.0,
             gop_seconds=0.0,
+            gop_cache_bytes=0,
         )
 
 
@@ -163,6 +165,12 @@ class GatewayView(Protocol):
     def site_config(self) -> Config:
         """The whole site's configuration (site-wide services); for a fleet shard, the
         site's cameras this gateway serves (gateway.fleet)."""
+        ...
+
+    @property
+    def worker(self) -> tuple[int, int]:
+        """This process's index among the site's worker processes, and their count
+        ((0, 1) for a single process; gateway.workers)."""
         ...
 
     @property

@@ -1,8 +1,9 @@
 """Several worker processes, each owning a shard of the cameras, behind one RTSP port.
 
-``[server] workers = N`` makes ``onvif-gateway run`` a supervisor of N workers. Worker w
-ingests and serves the cameras whose index k satisfies ``k % N == w``, so capacity grows with
-cores (the GIL binds one process to about one core).
+``[server] workers = N`` (or ``"auto"``, resolved by :func:`worker_plan`) makes
+``onvif-gateway run`` a supervisor of N workers. Worker w ingests and serves the cameras
+whose index k satisfies ``k % N == w``, so capacity grows with cores (the GIL binds one
+process to about one core).
 
 Every worker listens on the VMS-facing RTSP port with SO_REUSEPORT, so the kernel spreads
 connections among them. A worker that accepts a connection for a camera it does not own
@@ -35,13 +36,49 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.config import Config
+from gateway.config import WORKERS_AUTO, Config, onvif_port_of
 
 log = logging.getLogger("gateway.workers")
 
 NONCE_SECRET_ENV = "ONVIF_GATEWAY_NONCE_SECRET"
 MAX_HANDOFF_BYTES = 65536
 _LENGTH = struct.Struct("!I")
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """How many worker processes a configuration runs, and why fewer than asked or usable."""
+
+    count: int
+    # One line for the log and ``check`` when "auto" chose fewer workers than usable cores.
+    note: str | None = None
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: taskset, cgroup cpusets)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity API: every core the system has
+        return max(1, os.cpu_count() or 1)
+
+
+def worker_plan(config: Config, cores: int | None = None) -> WorkerPlan:
+    """Resolve ``[server] workers``: an integer is the operator's choice; ``"auto"`` is one
+    worker per usable core (``cores``, else :func:`usable_cores`), at most one per camera,
+    and one when RTSPS is on (a TLS session cannot be handed to the worker owning the
+    camera; ``check`` refuses an explicit count above one with RTSPS)."""
+    setting = config.server.workers
+    if setting != WORKERS_AUTO:
+        return WorkerPlan(int(setting))
+    available = usable_cores() if cores is None else max(1, cores)
+    count = max(1, min(available, len(config.cameras)))
+    if count > 1 and config.server.rtsps_port is not None:
+        return WorkerPlan(
+            1,
+            f'workers = "auto": 1 worker process, not {count}, because RTSPS is on '
+            "(TLS sessions cannot be handed between workers)",
+        )
+    return WorkerPlan(count)
 
 
 @dataclass(frozen=True)
@@ -60,9 +97,8 @@ class Shard:
 def shard_config(config: Config, shard: Shard) -> Config:
     """The site configuration as one worker runs it: its cameras (ONVIF ports pinned to
     their site-wide values), its admin port, and the site-wide services on worker 0 only."""
-    base = config.server.onvif_base_port
     cameras = tuple(
-        dataclasses.replace(cam, onvif_port=cam.onvif_port or base + k)
+        dataclasses.replace(cam, onvif_port=onvif_port_of(config.server, cam, k))
         for k, cam in enumerate(config.cameras)
         if shard.owns(k)
     )
@@ -205,9 +241,8 @@ class _suppress_missing:
 # --------------------------------------------------------------------------- supervisor
 
 
-def run_supervisor(config_path: str, config: Config, argv_prefix: list[str]) -> int:
-    """Start ``config.server.workers`` workers, forward signals, restart any that dies."""
-    count = config.server.workers
+def run_supervisor(config_path: str, count: int, argv_prefix: list[str]) -> int:
+    """Start ``count`` workers, forward signals, restart any that dies."""
     handoff_dir = tempfile.mkdtemp(prefix="onvif-gateway-workers-")
     os.chmod(handoff_dir, 0o700)
     env = dict(os.environ)

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import struct
 
 import pytest
 
 from gateway.codecs.base import CodecParams
-from gateway.media.hub import Frame, StreamHub
+from gateway.media.hub import (
+    INBOX_DEFAULT_BYTES,
+    INBOX_MAX_BYTES,
+    INBOX_MIN_BYTES,
+    Frame,
+    FrameInbox,
+    StreamHub,
+    inbox_budget,
+)
 
 SPS = bytes.fromhex("6764000dacb40a0fd080000003008000001971300186a000d7249000")
 PPS = bytes.fromhex("68ef3cb0")
@@ -508,3 +517,29 @@ async def test_hub_states_follow_the_transition_table() -> None:
     assert hub.state is HubState.LIVE and hub.last_error == ""
     hub.close()
     assert hub.state is HubState.IDLE and feeder.calls == ["start", "stop"]
+
+
+async def test_frame_inbox_holds_a_bounded_number_of_bytes() -> None:
+    loop = asyncio.get_running_loop()
+    handled: list[tuple[object, ...]] = []
+    drained = asyncio.Event()
+
+    def handle(item: tuple[object, ...]) -> None:
+        handled.append(item)
+        drained.set()
+
+    inbox = FrameInbox(loop, handle, max_bytes=1000)
+    assert inbox.put(("frame", 1), 600) and inbox.put(("frame", 2), 400)
+    assert not inbox.put(("frame", 3), 1)  # full: the ingest resyncs at the next keyframe
+    assert inbox.put(("failed", "why"))  # control items carry no payload
+    assert inbox.overflows == 1 and inbox.queued_bytes == 1000
+    await drained.wait()
+    assert [i[1] for i in handled] == [1, 2, "why"] and inbox.queued_bytes == 0
+    assert inbox.put(("frame", 4), 1000)  # room again once the loop caught up
+
+
+def test_inbox_budget_follows_the_bitrate_within_bounds() -> None:
+    assert inbox_budget(0) == INBOX_DEFAULT_BYTES  # nothing measured yet
+    assert inbox_budget(4_000_000) == 2_000_000  # 4 s of 4 Mbit/s
+    assert inbox_budget(64_000) == INBOX_MIN_BYTES
+    assert inbox_budget(10**10) == INBOX_MAX_BYTES

@@ -61,9 +61,9 @@ async def test_events_are_logged_once_and_secrets_never(
     admin_password = "adm-Secr3t-" + vms_password[-6:]
     admin_port = free_port()
     config = tmp_path / "gateway.toml"
-    config.write_text(
-        admin_config_text(fleet, tmp_path, vms_password, admin_password, admin_port, tls=False)
-    )
+    text = admin_config_text(fleet, tmp_path, vms_password, admin_password, admin_port, tls=False)
+    # One process: the test reads its one log stream and its one ready line.
+    config.write_text(text.replace("[server]\n", "[server]\nworkers = 1\n", 1))
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

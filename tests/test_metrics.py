@@ -74,6 +74,7 @@ async def test_metrics_pass_promtool_and_describe_the_streams(
         assert 15 <= value("onvif_gateway_stream_frames_per_second", **where) <= 35
         assert value("onvif_gateway_stream_received_bytes_per_second", **where) > 2_500
         assert 0 <= value("onvif_gateway_stream_last_frame_age_seconds", **where) < 2
+        assert 0 < value("onvif_gateway_stream_gop_cache_bytes", **where) <= 12 * 1024 * 1024
         assert value("onvif_gateway_stream_upstream_sessions_total", **where) == 1
         assert value("onvif_gateway_stream_upstream_reconnects_total", **where) == 0
         assert value("onvif_gateway_stream_dropped_frames_total", **where) == 0

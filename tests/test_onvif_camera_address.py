@@ -34,6 +34,7 @@ from tests.test_onvif_util import (
     Pair,
     gateway_config,
     pair,  # noqa: F401  (fixture)
+    wait_gateway_ready,
 )
 
 BASE = """
@@ -147,7 +148,8 @@ def test_each_camera_is_adopted_at_its_own_address(pair: Pair, tmp_path: Path) -
         text = text.replace(f'name = "{name}"\n', f'name = "{name}"\nbind = "{ip}"\n')
     config.write_text(text, encoding="utf-8")
     gateway = pair.start("gw", "-m", "gateway", "run", "--config", str(config))
-    assert json.loads(read_line(gateway, 60)) == {"event": "ready", "rtsp_port": 8554}
+    for ready_line in wait_gateway_ready(gateway, 60):
+        assert ready_line == {"event": "ready", "rtsp_port": 8554}
 
     # WS-Discovery: each camera answers from its own address, with XAddrs on it.
     listed = pair.vms_run("onvif-util", "-a", timeout=30)

@@ -122,6 +122,15 @@ def gateway_config(path: Path, cameras: list[dict[str, object]], state_dir: Path
     return path
 
 
+def wait_gateway_ready(process: subprocess.Popen[bytes], timeout: float) -> list[dict[str, object]]:
+    """The gateway's ready line(s): one, or one per worker after the supervisor's line when
+    ``workers = "auto"`` chose several processes."""
+    first = json.loads(read_line(process, timeout))
+    if first.get("event") != "supervisor":
+        return [first]
+    return [json.loads(read_line(process, timeout)) for _ in range(int(first["workers"]))]
+
+
 def test_onvif_util_discovers_lists_profiles_and_rtsp(pair: Pair, tmp_path: Path) -> None:
     sim = pair.start(
         "gw",
@@ -134,7 +143,8 @@ def test_onvif_util_discovers_lists_profiles_and_rtsp(pair: Pair, tmp_path: Path
     assert names == {"hik1", "dahua1"}
     config = gateway_config(tmp_path / "gateway.toml", ready["cameras"], tmp_path / "state")
     gateway = pair.start("gw", "-m", "gateway", "run", "--config", str(config))
-    assert json.loads(read_line(gateway, 60)) == {"event": "ready", "rtsp_port": 8554}
+    for ready_line in wait_gateway_ready(gateway, 60):
+        assert ready_line == {"event": "ready", "rtsp_port": 8554}
 
     # Discovery from the VMS namespace: both virtual devices answer with their names.
     listed = pair.vms_run("onvif-util", "-a", timeout=30)

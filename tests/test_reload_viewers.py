@@ -4,8 +4,11 @@ reload is logged, not lost."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import gc
 import logging
+import weakref
 
 import pytest
 
@@ -65,3 +68,25 @@ async def test_a_failing_service_is_logged_and_the_others_follow(
     assert any(
         r.levelno == logging.ERROR and "failed to apply" in r.getMessage() for r in caplog.records
     )
+
+
+async def test_a_removed_camera_frees_its_streams_buffers(
+    gateway: Gateway, vms_password: str
+) -> None:
+    hub = gateway.hub("hik1", "main")
+    assert hub is not None
+    assert await hub.wait_keyframe(15)
+    assert hub.gop_cache_size > 0
+    ingest = gateway.cameras["hik1"].ingests["main"]
+    cams = [c for c in gateway.config.cameras if c.name != "hik1"]
+    changes = await gateway.reload(dataclasses.replace(gateway.config, cameras=cams))
+    assert changes["removed"] == ["hik1"]
+    # The cached frames go at once, not when (or if) the hub object is collected.
+    assert hub.gop_cache_size == 0 and not hub.has_keyframe and hub.upstream is None
+    gone = weakref.ref(hub)
+    del hub
+    # The reader thread notices the stop between packets and ends; then nothing is left.
+    await asyncio.to_thread(ingest.join, 15)
+    del ingest
+    gc.collect()
+    assert gone() is None, [type(r).__name__ for r in gc.get_referrers(gone())]

@@ -10,15 +10,25 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
+
+from gateway.config import Config, ConfigError, loads
 from gateway.sim.runner import SimFleet
-from tests.conftest import gateway_config_text, require, run_tool
+from gateway.workers import WorkerPlan, usable_cores, worker_plan
+from tests.admin_support import admin_config_text
+from tests.conftest import free_ports, require, run_tool
+from tests.test_cli import GATEWAY
 
 
 async def test_two_workers_share_the_rtsp_port(
     fleet: SimFleet, tmp_path: Path, vms_password: str
 ) -> None:
     require("ffprobe")
-    text = gateway_config_text(fleet, tmp_path, vms_password, server_extra="workers = 2")
+    admin_password = "adm-" + vms_password[-8:] + "-Secr3t"
+    # The admin API of worker w listens on port + w: two free ports in a row.
+    admin_port = free_ports(2)[0]
+    text = admin_config_text(fleet, tmp_path, vms_password, admin_password, admin_port, tls=False)
+    text = text.replace("[server]\n", "[server]\nworkers = 2\n", 1)
     config_path = tmp_path / "gateway.toml"
     config_path.write_text(text)
     port = int(
@@ -70,6 +80,14 @@ async def test_two_workers_share_the_rtsp_port(
                 assert cam.rtsp is not None
                 upstreams = [c for c in cam.rtsp.clients() if c.source is cam.hubs["main"]]
                 assert len(upstreams) == 1, f"{cam.device.name}: one upstream per stream"
+            # `status` asks both workers: every camera, each listed once, in the file's order.
+            code, out, err = await run_tool(
+                *GATEWAY, "status", "--config", str(config_path), "--json", timeout=60
+            )
+            assert code == 0, err
+            status = json.loads(out)
+            assert status["workers"] == 2
+            assert [c["name"] for c in status["cameras"]] == ["hik1", "dahua1"]
             logged = log_path.read_text()
             assert "handed to the camera's worker" in logged
             assert "Traceback" not in logged
@@ -82,3 +100,63 @@ async def test_two_workers_share_the_rtsp_port(
                     if proc.returncode is None:
                         os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0
+
+
+def _site_text(cameras: int, server: str = "") -> str:
+    blocks = "".join(
+        f'[[camera]]\nname = "cam{k}"\nvendor = "generic"\nhost = "192.0.2.{10 + k}"\n'
+        f'username = "u"\npassword = "p"\nmain_url = "rtsp://192.0.2.{10 + k}/main"\n'
+        for k in range(cameras)
+    )
+    return f'[server]\n{server}\n[vms]\nusername = "vms"\npassword = "pw-long"\n{blocks}'
+
+
+def _site(cameras: int, server: str = "") -> Config:
+    return loads(_site_text(cameras, server))
+
+
+def test_auto_is_the_default_and_runs_a_worker_per_core_up_to_one_per_camera() -> None:
+    assert _site(3).server.workers == "auto"
+    assert worker_plan(_site(3), cores=2) == WorkerPlan(2)
+    assert worker_plan(_site(3), cores=8) == WorkerPlan(3)  # no idle process per core
+    assert worker_plan(_site(0), cores=8) == WorkerPlan(1)  # no camera yet: one process
+    assert worker_plan(_site(5), cores=1) == WorkerPlan(1)  # a one-core box: one process
+    assert worker_plan(_site(3), cores=0) == WorkerPlan(1)
+
+
+def test_an_explicit_worker_count_is_kept() -> None:
+    assert worker_plan(_site(1, "workers = 4"), cores=1) == WorkerPlan(4)
+    assert worker_plan(_site(9, "workers = 1"), cores=8) == WorkerPlan(1)
+    for bad in ("workers = 0", "workers = 65", 'workers = "many"', "workers = true"):
+        with pytest.raises(ConfigError) as info:
+            _site(1, bad)
+        assert "server.workers" in dict(info.value.problems), bad
+
+
+def test_auto_with_rtsps_runs_one_worker_and_says_why() -> None:
+    plan = worker_plan(_site(4, "rtsps_port = 8322"), cores=4)
+    assert plan.count == 1
+    assert plan.note is not None and "RTSPS" in plan.note and "not 4" in plan.note
+    # Nothing to say when one worker is all "auto" would choose anyway.
+    assert worker_plan(_site(4, "rtsps_port = 8322"), cores=1) == WorkerPlan(1)
+
+
+def test_usable_cores_follows_the_affinity_mask() -> None:
+    assert usable_cores() == len(os.sched_getaffinity(0))
+
+
+async def test_check_shows_the_resolved_worker_count(tmp_path: Path) -> None:
+    from tests.test_cli import gateway_cli
+
+    path = tmp_path / "gateway.toml"
+    site = _site(3, "rtsps_port = 8322")
+    path.write_text(_site_text(3, "rtsps_port = 8322"))
+    plan = worker_plan(site)
+    code, out, err = await gateway_cli("check", "--config", str(path), "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["workers"] == plan.count == 1 and summary["workers_setting"] == "auto"
+    assert summary["notices"] == ([plan.note] if plan.note else [])
+    code, out, err = await gateway_cli("check", "--config", str(path))
+    assert code == 0, err
+    assert "1 process (workers = auto)" in " ".join(out.split())

@@ -402,7 +402,9 @@ async def list_cameras(request: web.Request) -> web.Response:
     clients = ctx.clients()
     host = request.url.host or ""
     cameras = [ctx.camera_json(cam, clients, host) for cam in ctx.gateway.config.cameras]
-    return json_response({"cameras": cameras})
+    # Each worker process lists its own cameras: `status` asks the others (admin port + i).
+    index, count = ctx.gateway.worker
+    return json_response({"cameras": cameras, "worker": {"index": index, "count": count}})
 
 
 def _camera_config(ctx: AdminContext, name: str) -> cfgmod.CameraConfig:

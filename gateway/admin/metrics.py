@@ -74,6 +74,11 @@ STREAM_GAUGES = (
     ),
     ("stream_frames_per_second", "Video frame rate as received", "fps"),
     ("stream_gop_seconds", "Seconds between the last two keyframes", "gop_seconds"),
+    (
+        "stream_gop_cache_bytes",
+        "Bytes the GOP cache holds for new clients (RTP as sent, interleaved framing included)",
+        "gop_cache_bytes",
+    ),
 )
 
 

@@ -622,6 +622,11 @@ class StreamHub:
         return self._gop.frames()
 
     @property
+    def gop_cache_size(self) -> int:
+        """Bytes of frames the GOP cache holds now (at most ``gop_cache_bytes``)."""
+        return self._gop.size
+
+    @property
     def has_keyframe(self) -> bool:
         """A keyframe is cached: a new client gets a picture at once (and a snapshot can be
         taken)."""
@@ -730,14 +735,21 @@ class StreamHub:
             self.upstream.restart()
 
     def close(self) -> None:
+        """For good (the gateway stops, or a reload removed or replaced the camera): the
+        clients are closed, the upstream stopped and let go, and the cached frames freed at
+        once rather than whenever the hub itself is collected."""
         self._cancel_linger()
         for sub in list(self.subscribers):
             sub.close_for("gateway shutting down")
         self.subscribers.clear()
         if self.upstream is not None:
             self.upstream.stop()
+            self.upstream = None
         self._move("closed")
         self.down_since = None
+        self._clear_gop()
+        self._batch = []
+        self.listeners.clear()
 
     def _notify(self, event: str) -> None:
         for listener in self.listeners:
@@ -763,34 +775,75 @@ class StreamHub:
         return track.params, units[-1]
 
 
+# What a FrameInbox may hold while the loop is behind, in seconds of the stream (at its
+# measured bitrate), within a floor and a ceiling; the default until a rate is measured.
+INBOX_SECONDS = 4.0
+INBOX_MIN_BYTES = 1024 * 1024
+INBOX_MAX_BYTES = 32 * 1024 * 1024
+INBOX_DEFAULT_BYTES = 8 * 1024 * 1024
+
+
+def inbox_budget(bits_per_second: float) -> int:
+    """The bytes a stream's FrameInbox may hold: :data:`INBOX_SECONDS` of its bitrate."""
+    if bits_per_second <= 0:
+        return INBOX_DEFAULT_BYTES
+    wanted = int(bits_per_second / 8 * INBOX_SECONDS)
+    return min(max(wanted, INBOX_MIN_BYTES), INBOX_MAX_BYTES)
+
+
 class FrameInbox:
     """Thread-to-loop hand-off: one wake-up per burst, no future or coroutine per packet.
 
     The ingest thread appends items and schedules ``drain`` on the loop only when the
-    inbox was idle; the loop drains everything queued so far in one callback.
+    inbox was idle; the loop drains everything queued so far in one callback. It holds at
+    most ``max_items`` items and ``max_bytes`` of their payloads (the sizes ``put`` is
+    given): a loop that falls behind costs a few seconds of the stream, not more.
     """
 
-    __slots__ = ("_deque", "_handler", "_loop", "_scheduled", "max_items", "overflows")
+    __slots__ = (
+        "_bytes_in",
+        "_bytes_out",
+        "_deque",
+        "_handler",
+        "_loop",
+        "_scheduled",
+        "max_bytes",
+        "max_items",
+        "overflows",
+    )
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         handler: Callable[[tuple[object, ...]], None],
         max_items: int = 2048,
+        max_bytes: int = INBOX_DEFAULT_BYTES,
     ) -> None:
         self._loop = loop
         self._handler = handler
-        self._deque: collections.deque[tuple[object, ...]] = collections.deque()
+        self._deque: collections.deque[tuple[tuple[object, ...], int]] = collections.deque()
         self._scheduled = False
         self.max_items = max_items
+        self.max_bytes = max_bytes
+        # Payload bytes ever queued (written by the ingest thread only) and ever drained
+        # (by the loop only): each counter has one writer, so no lock is needed.
+        self._bytes_in = 0
+        self._bytes_out = 0
         self.overflows = 0
 
-    def put(self, item: tuple[object, ...]) -> bool:
+    @property
+    def queued_bytes(self) -> int:
+        return self._bytes_in - self._bytes_out
+
+    def put(self, item: tuple[object, ...], size: int = 0) -> bool:
         """Called from the ingest thread; False if the loop has fallen far behind."""
-        if len(self._deque) >= self.max_items:
+        if len(self._deque) >= self.max_items or (
+            size and self._bytes_in + size - self._bytes_out > self.max_bytes
+        ):
             self.overflows += 1
             return False
-        self._deque.append(item)
+        self._bytes_in += size
+        self._deque.append((item, size))
         if not self._scheduled:
             self._scheduled = True
             try:
@@ -804,7 +857,9 @@ class FrameInbox:
         pop = self._deque.popleft
         handler = self._handler
         while self._deque:
+            item, size = pop()
+            self._bytes_out += size
             try:
-                handler(pop())
+                handler(item)
             except Exception:
                 log.exception("frame handler failed")

@@ -23,14 +23,17 @@ import threading
 import time
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
-
-import av
+from typing import TYPE_CHECKING, Any
 
 from gateway.backoff import Backoff
 from gateway.codecs import SUPPORTED, h264, h265
 from gateway.codecs.base import CodecParams
-from gateway.media.hub import FrameInbox, HubState, StreamHub
+from gateway.media.hub import FrameInbox, HubState, StreamHub, inbox_budget
+
+if TYPE_CHECKING:
+    # PyAV (and FFmpeg's libraries, tens of MiB resident) is imported by the reader thread
+    # of the first stream that uses it: a gateway on native ingest never loads it.
+    import av
 
 log = logging.getLogger("gateway.ingest")
 
@@ -196,6 +199,8 @@ class PyAVIngest:
                 break
 
     def _session(self, generation: int) -> str:
+        import av
+
         self._restart.clear()
         try:
             container = av.open(self._url, options=self._av_options(), timeout=None)
@@ -269,7 +274,7 @@ class PyAVIngest:
                         bytes(pkt),
                         time.monotonic(),
                     )
-                    if not self.inbox.put(item):
+                    if not self.inbox.put(item, pkt.size):
                         resync = True  # the loop fell behind: restart cleanly at a keyframe
             return "camera ended the stream"
         except av.error.FFmpegError as exc:
@@ -290,6 +295,9 @@ class PyAVIngest:
             _, track, ts, keyframe, data, arrival = item
             if hub.state is HubState.LIVE:
                 hub.push(track, ts, keyframe, data, arrival)  # type: ignore[arg-type]
+                if keyframe and track == 0:
+                    # What the inbox may hold follows the stream's rate (once per GOP).
+                    self.inbox.max_bytes = inbox_budget(hub.bitrate)
         elif kind == "opened":
             log.info("camera stream up", extra={"stream": hub.key, "url": self.display_url})
             hub.upstream_opened(item[1])  # type: ignore[arg-type]

@@ -12,11 +12,13 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from fractions import Fraction
-
-import av
-from av.video.reformatter import ColorRange
+from typing import TYPE_CHECKING
 
 from gateway.codecs.base import CodecParams
+
+if TYPE_CHECKING:
+    # PyAV is imported by the first snapshot (in its worker thread), not with the gateway.
+    import av
 
 _DECODERS = {"H264": "h264", "H265": "hevc"}
 # A keyframe of even an 8K camera stays far below this; anything larger is not a picture.
@@ -25,6 +27,8 @@ _START_CODE = b"\x00\x00\x00\x01"
 
 
 def _decode_picture(params: CodecParams, access_unit: bytes) -> av.VideoFrame:
+    import av
+
     decoder_name = _DECODERS.get(params.name)
     if decoder_name is None:
         raise ValueError(f"cannot snapshot {params.name!r} video (only H264, H265)")
@@ -60,6 +64,9 @@ def encode_jpeg(
     ``max_width`` scales larger pictures down, keeping the aspect ratio; ``quality`` is 1..100
     (higher is better). Raises ``ValueError`` when the data is not a decodable picture.
     """
+    import av
+    from av.video.reformatter import ColorRange
+
     if not 1 <= quality <= 100:
         raise ValueError(f"quality must be in 1..100, not {quality}")
     if max_width is not None and max_width < 16:

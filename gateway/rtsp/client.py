@@ -45,7 +45,10 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = "onvif-gateway-reader/0.1"
 DEFAULT_SESSION_TIMEOUT = 60
+# Kernel receive buffers of the RTP sockets (a keyframe's burst must fit; the kernel caps
+# the request at net.core.rmem_max) and of the RTCP ones (a report every few seconds).
 _UDP_RECEIVE_BUFFER = 4 * 1024 * 1024
+_RTCP_RECEIVE_BUFFER = 64 * 1024
 
 
 class RtspClientError(Exception):
@@ -496,7 +499,8 @@ class RtspReader:
                 continue
             for sock, is_rtcp in ((rtp_sock, False), (rtcp_sock, True)):
                 with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _UDP_RECEIVE_BUFFER)
+                    size = _RTCP_RECEIVE_BUFFER if is_rtcp else _UDP_RECEIVE_BUFFER
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
                 transport, _ = await self._loop.create_datagram_endpoint(
                     lambda rtcp=is_rtcp: _RtpDatagramProtocol(self, track, rtcp, server_ip),  # type: ignore[misc]
                     sock=sock,
