@@ -75,10 +75,11 @@ class ReaderTarget:
         }
 
 
-def python_env() -> dict[str, str]:
-    """The environment for a ``python3 -m`` child: this checkout first on the import path."""
+def python_env(source: Path = REPO_ROOT) -> dict[str, str]:
+    """The environment for a ``python3 -m`` child: ``source`` (this checkout unless another
+    one is measured) first on the import path."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(source), env.get("PYTHONPATH")) if p)
     return env
 
 
@@ -197,6 +198,7 @@ class Relay:
 
     name = "relay"
     process: asyncio.subprocess.Process | None = None
+    source = REPO_ROOT  # the checkout a Python relay runs from
 
     def available(self) -> str | None:
         """None when this relay can run here, else why not."""
@@ -226,7 +228,7 @@ class Relay:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=stderr,
                 cwd=workdir,
-                env=python_env(),
+                env=python_env(self.source),
                 process_group=OWN_PROCESS_GROUP,
                 preexec_fn=die_with_parent,
             )
@@ -247,13 +249,20 @@ class GatewayRelay(Relay):
     """The gateway under test: ``python3 -m gateway run`` with a configuration for the fleet.
 
     ``ingest`` and ``workers`` are written to ``[server]`` only when given: plain ``gateway``
-    is the configuration a user gets by default."""
+    is the configuration a user gets by default. ``source``: another checkout of the gateway
+    to run (an older commit, for a before/after in one run); its name is appended as
+    ``@name``."""
 
-    def __init__(self, workers: int | None = None, ingest: str | None = None) -> None:
+    def __init__(
+        self, workers: int | None = None, ingest: str | None = None, source: Path | None = None
+    ) -> None:
         self.workers = workers
         self.ingest = ingest
         self.name = "gateway" + (f"-{ingest}" if ingest else "")
         self.name += f"-w{workers}" if workers else ""
+        if source is not None:
+            self.source = source
+            self.name += f"@{source.name}"
         self.password = os.urandom(9).hex()
         self.port = 0
 
@@ -357,7 +366,14 @@ class DirectRelay(Relay):
 
 def make_relay(name: str) -> Relay:
     """``gateway`` (the default configuration), ``gateway-native``/``gateway-pyav`` (that
-    ingest only), each with ``-wK`` for K worker processes; ``gstreamer`` or ``direct``."""
+    ingest only), each with ``-wK`` for K worker processes and ``@DIR`` to run the gateway
+    of another checkout; ``gstreamer`` or ``direct``."""
+    name, at, checkout = name.partition("@")
+    source: Path | None = None
+    if at:
+        source = Path(checkout).resolve()
+        if not name.startswith("gateway") or not (source / "gateway" / "__main__.py").is_file():
+            raise ValueError(f"{checkout!r} is not a checkout of the gateway (gateway@DIR only)")
     if name == "gateway" or name.startswith("gateway-"):
         workers: int | None = None
         ingest: str | None = None
@@ -368,7 +384,7 @@ def make_relay(name: str) -> Relay:
                 workers = int(part[1:])
             else:
                 raise ValueError(f"unknown gateway variant {name!r}: gateway[-native|-pyav][-wK]")
-        return GatewayRelay(workers, ingest)
+        return GatewayRelay(workers, ingest, source)
     if name == "gstreamer":
         return GStreamerRelay()
     if name == "direct":

@@ -20,12 +20,14 @@ from benchmarks import run as bench_run
 from benchmarks.harness import CameraFleet, Options, Step, measure
 from benchmarks.readers import LatencyHistogram, latency_bin
 from benchmarks.relays import (
+    REPO_ROOT,
     CameraStream,
     GatewayRelay,
     GStreamerRelay,
     ReaderTarget,
     Relay,
     make_relay,
+    python_env,
 )
 
 pytestmark = pytest.mark.slow
@@ -286,3 +288,16 @@ def test_relay_names_say_what_the_gateway_is_configured_with() -> None:
     for bad in ("gateway-ffmpeg", "gateway-native-pyav", "gateway-w0"):
         with pytest.raises(ValueError, match="gateway\\[-native\\|-pyav\\]\\[-wK\\]"):
             make_relay(bad)
+
+
+def test_a_gateway_relay_can_run_another_checkout(tmp_path: Path) -> None:
+    """``gateway-native@DIR`` runs DIR's gateway (a before/after in one run); DIR must be a
+    checkout of it."""
+    relay = make_relay(f"gateway-native@{REPO_ROOT}")
+    assert isinstance(relay, GatewayRelay) and relay.ingest == "native"
+    assert relay.name == f"gateway-native@{REPO_ROOT.name}" and relay.source == REPO_ROOT
+    assert python_env(relay.source)["PYTHONPATH"].split(os.pathsep)[0] == str(REPO_ROOT)
+    with pytest.raises(ValueError, match="not a checkout of the gateway"):
+        make_relay(f"gateway@{tmp_path}")
+    with pytest.raises(ValueError, match="not a checkout of the gateway"):
+        make_relay(f"gstreamer@{REPO_ROOT}")
