@@ -117,6 +117,42 @@ def results_table(results: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def as_shipped(results: list[dict[str, Any]], peer: str = "gstreamer") -> list[str]:
+    """The headline: at the largest load of each ladder (shape, codec), every relay of the
+    run next to ``peer``, led by plain ``gateway`` (the configuration a user gets)."""
+    ladders: dict[tuple[str, str], tuple[int, int]] = {}
+    for one in results:
+        load = (one["cameras"], one["readers_per_stream"])
+        ladder = (one["shape"], one["codec"])
+        ladders[ladder] = max(ladders.get(ladder, load), load)
+    relays = list(dict.fromkeys(r["relay"] for r in results))
+    relays.sort(key=lambda name: (name != "gateway", name == peer))
+    at = {(step_key(r), r["relay"]): r for r in results}
+    lines = [
+        f"| load | relay | held | lost | latency p99 ms | CPU-s per Gbit | x {peer}'s CPU per "
+        "Gbit | peak RSS MiB per stream |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (shape, codec), (cameras, readers) in sorted(ladders.items()):
+        key = (shape, codec, cameras, readers)
+        ref = at.get((key, peer))
+        for name in relays:
+            r = at.get((key, name))
+            if r is None:
+                continue
+            if "error" in r and "readers_sustained" not in r:
+                lines.append(f"| {step_label(r)} | {name} | error | | | | | |")
+                continue
+            own, theirs = r.get("cpu_s_per_gbit"), (ref or {}).get("cpu_s_per_gbit")
+            ratio = round(own / theirs, 2) if own is not None and theirs else None
+            lines.append(
+                f"| {step_label(r)} | {name} | {'yes' if r['held'] else '**no**'} | "
+                f"{_fmt(r.get('packets_lost'))} | {_fmt(r.get('latency_p99_ms'))} | "
+                f"{_fmt(own)} | {_fmt(ratio)} | {_fmt(r.get('rss_per_stream_mib'))} |"
+            )
+    return lines
+
+
 def _one_line(text: str, limit: int = 80) -> str:
     """The start of a message for a table cell: its first line, without pipes."""
     first = text.strip().splitlines()[0] if text.strip() else ""
@@ -212,6 +248,14 @@ def write_markdown(doc: dict[str, Any], path: Path, plot: Path | None, raw: Path
         f"{doc['options']['warmup']} s warm-up, {doc['options']['duration']} s window, "
         f"{doc['options']['late_readers']} late readers for time to first frame. Raw figures: "
         f"[{raw_link}]({raw_link}).",
+        "",
+        "## As shipped, against GStreamer",
+        "",
+        "Plain `gateway` is the configuration a user gets (no `ingest` or `workers` setting: "
+        '`ingest = "auto"`, `workers = "auto"`); other `gateway-*` rows set one explicitly. '
+        "At the largest load of each shape and codec, from this run:",
+        "",
+        *as_shipped(doc["results"]),
         "",
         "## Largest load held (zero loss, every reader in real time)",
         "",
