@@ -65,14 +65,9 @@ from gateway.rtsp.client import (
     tcp_offer,
 )
 from gateway.rtsp.client_connection import ClientConnection
-from gateway.rtsp.message import (
-    RtspProtocolError,
-    RtspRequest,
-    RtspResponse,
-    RtspUrl,
-    parse_token_list,
-    resolve_control,
-)
+from gateway.rtsp.headers import parse_token_list
+from gateway.rtsp.message import RtspProtocolError, RtspRequest, RtspResponse
+from gateway.rtsp.url import RtspUrl, resolve_control
 from gateway.sim.latency import find_timestamp
 
 # Latency histogram: 50 us bins up to 100 ms, 1 ms bins above (mergeable across processes).

@@ -4,12 +4,14 @@ Every problem is reported as a :class:`ConfigError` naming the file, the key
 (dotted, with array indices such as ``camera[2].password``) and what is wrong.
 All problems in a file are collected, so an integrator fixes them in one pass.
 Secrets are wrapped in :class:`Secret`, whose ``repr``/``str`` never reveal them.
+
+The value checks and the table reader are :mod:`gateway.config_reader`; the TLS keys are read by
+:mod:`gateway.config_tls` and ``[camera_network]`` by :mod:`gateway.config_camera_network`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import ipaddress
 import os
 import re
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from gateway.config_camera_network import CameraNetworkConfig, _camera_network
 from gateway.config_reader import (
     Secret,
     _host,
@@ -36,6 +39,7 @@ from gateway.config_reader import (
     expand_env,
     one_of,
 )
+from gateway.config_tls import _server_tls, _tls_files
 
 # Where every command looks for the configuration unless --config or the environment says
 # otherwise; the production install (deploy/install.sh) puts it there.
@@ -205,17 +209,6 @@ class CameraConfig:
             if "@" not in rest.split("/", 1)[0]:
                 url = f"{scheme}://{user}:{pw}@{rest}"
         return url
-
-
-@dataclass(frozen=True)
-class CameraNetworkConfig:
-    interface: str
-    address: str
-    subnets: tuple[str, ...]
-    dns_sinkhole: bool = True
-    ntp_server: bool = True
-    allow: tuple[str, ...] = ()
-    dns_local: dict[str, str] = field(default_factory=dict)
 
 
 ADMIN_ROLES = ("viewer", "operator", "admin")  # each role may do what the previous may
@@ -666,60 +659,6 @@ def _workers(value: int | str) -> str | None:
     return f'must be 1..{MAX_WORKERS} or "{WORKERS_AUTO}", not {value!r}'
 
 
-def _tls_files(r: _Reader) -> tuple[str | None, str | None]:
-    """``tls_cert`` and ``tls_key`` of a table: both or neither, each a readable file
-    (resolved against the configuration's directory)."""
-    tls_cert = r.get("tls_cert", str, None)
-    tls_key = r.get("tls_key", str, None)
-    if (tls_cert is None) != (tls_key is None):
-        r.error("tls_key" if tls_key is None else "tls_cert", "give both tls_cert and tls_key")
-    for key, value in (("tls_cert", tls_cert), ("tls_key", tls_key)):
-        if value is not None and not (r.base_dir / value).is_file():
-            r.error(key, f"{r.base_dir / value} is not a readable file")
-    return (
-        str(r.base_dir / tls_cert) if tls_cert else None,
-        str(r.base_dir / tls_key) if tls_key else None,
-    )
-
-
-def _server_tls(r: _Reader, server: ServerConfig) -> ServerConfig:
-    """The VMS-side TLS keys of ``[server]`` (see :class:`ServerConfig`)."""
-    rtsps_port = r.get("rtsps_port", int, None, _port)
-    prefer_rtsps = r.get("prefer_rtsps", bool, False)
-    offset = r.get(
-        "onvif_https_offset",
-        int,
-        None,
-        lambda v: None if 0 <= v <= 65534 else "must be between 0 and 65534",
-    )
-    onvif_http = r.get("onvif_http", bool, True)
-    tls_cert, tls_key = _tls_files(r)
-    if prefer_rtsps and rtsps_port is None:
-        r.error("prefer_rtsps", "needs rtsps_port (the RTSPS listener)")
-    if rtsps_port is not None and isinstance(server.workers, int) and server.workers > 1:
-        # A TLS session lives in the process that accepted it; it cannot be handed to the
-        # worker owning the camera as a plain connection is ("auto" then means one worker).
-        r.error(
-            "rtsps_port",
-            'RTSPS needs workers = 1 or "auto" (TLS sessions cannot be handed between workers)',
-        )
-    if not onvif_http and offset is None:
-        r.error("onvif_http", "false needs onvif_https_offset (else no ONVIF at all)")
-    if offset == 0 and onvif_http:
-        r.error("onvif_https_offset", "0 (HTTPS on the HTTP ports) needs onvif_http = false")
-    if tls_cert and rtsps_port is None and offset is None:
-        r.error("tls_cert", "is set but neither rtsps_port nor onvif_https_offset is")
-    return dataclasses.replace(
-        server,
-        rtsps_port=rtsps_port,
-        prefer_rtsps=bool(prefer_rtsps),
-        onvif_https_offset=offset,
-        onvif_http=bool(onvif_http),
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-    )
-
-
 def _admin(r: _Reader) -> AdminConfig:
     r.used.add("user")
     raw_users = r.table.get("user", [])
@@ -800,36 +739,6 @@ def _admin_user(r: _Reader) -> AdminUser | None:
     if not name or not role:
         return None
     return AdminUser(name, role, password, password_hash)
-
-
-def _camera_network(r: _Reader) -> CameraNetworkConfig:
-    subnets = r.get("subnets", list, ...)
-    nets: list[str] = []
-    for j, s in enumerate(subnets or []):
-        try:
-            nets.append(str(ipaddress.ip_network(s, strict=False)))
-        except (ValueError, TypeError):
-            r.error(f"subnets[{j}]", f"{s!r} is not a network such as 192.168.50.0/24")
-    allow = r.get("allow", list, [])
-    allowed: list[str] = []
-    for j, s in enumerate(allow or []):
-        try:
-            allowed.append(str(ipaddress.ip_network(s, strict=False)))
-        except (ValueError, TypeError):
-            r.error(f"allow[{j}]", f"{s!r} is not an address or network")
-    local = r.get("dns_local", dict, {})
-    for k, v in (local or {}).items():
-        if not isinstance(v, str) or _ip(v):
-            r.error(f"dns_local.{k}", "must map a name to an IP address string")
-    return CameraNetworkConfig(
-        interface=r.get("interface", str, ...) or "",
-        address=r.get("address", str, ..., _ip) or "",
-        subnets=tuple(nets),
-        dns_sinkhole=r.get("dns_sinkhole", bool, True),
-        ntp_server=r.get("ntp_server", bool, True),
-        allow=tuple(allowed),
-        dns_local=dict(local or {}),
-    )
 
 
 def iter_secrets(config: Config) -> Iterator[str]:

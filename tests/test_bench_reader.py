@@ -22,12 +22,7 @@ from gateway.digest import DigestAuthenticator
 from gateway.rtp.interleaved import interleave
 from gateway.rtp.receiver import TrackStats
 from gateway.rtsp.client import RtspClientError
-from gateway.rtsp.message import (
-    RtspConnectionParser,
-    RtspProtocolError,
-    RtspRequest,
-    RtspResponse,
-)
+from gateway.rtsp.message import RtspConnectionParser, RtspProtocolError, RtspRequest, RtspResponse
 from gateway.sim.latency import latency_sei
 
 T0 = 1_700_000_000_000_000_000  # a wall-clock time in ns

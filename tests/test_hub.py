@@ -8,13 +8,12 @@ import struct
 import pytest
 
 from gateway.codecs.base import CodecParams
-from gateway.media.hub import (
+from gateway.media.hub import Frame, StreamHub
+from gateway.media.inbox import (
     INBOX_DEFAULT_BYTES,
     INBOX_MAX_BYTES,
     INBOX_MIN_BYTES,
-    Frame,
     FrameInbox,
-    StreamHub,
     inbox_budget,
 )
 
@@ -465,7 +464,7 @@ def test_cached_frames_and_the_bitrate_window_add_no_objects_for_the_cyclic_gc()
 
 
 def test_rate_meter_averages_over_its_window_and_forgets_what_is_older() -> None:
-    from gateway.media.hub import RateMeter
+    from gateway.media.stream_stats import RateMeter
 
     meter = RateMeter(window=5.0, bucket=0.5)
     assert meter.rate() == 0.0

@@ -20,7 +20,9 @@ FOUNDATION = {
     "gateway",
     "gateway.backoff",
     "gateway.config",
+    "gateway.config_camera_network",
     "gateway.config_reader",
+    "gateway.config_tls",
     "gateway.files",
     "gateway.fleet",
     "gateway.limits",
@@ -117,8 +119,9 @@ def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
 def package_of(module: str) -> str:
     parts = module.split(".")
     # A subsystem's `commands` module is its part of the command line, registered by
-    # gateway.cli: it sits in the CLI's layer, above every service.
-    if len(parts) > 1 and parts[-1] == "commands":
+    # gateway.cli: it sits in the CLI's layer, above every service; so does a `*_commands`
+    # module holding some of those commands (gateway.report_commands: check's and status's).
+    if len(parts) > 1 and (parts[-1] == "commands" or parts[-1].endswith("_commands")):
         return "cli"
     return parts[1] if len(parts) > 1 else "gateway"
 

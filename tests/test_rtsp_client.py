@@ -21,12 +21,7 @@ from gateway.rtp.interleaved import interleave, interleaved_payloads
 from gateway.rtp.receiver import ReceivedFrame, RtpReceiver, SpanCallback, receiver_for
 from gateway.rtsp.client import RtspClientError, RtspReader
 from gateway.rtsp.client_connection import ClientConnection
-from gateway.rtsp.message import (
-    RtspConnectionParser,
-    RtspProtocolError,
-    RtspRequest,
-    RtspResponse,
-)
+from gateway.rtsp.message import RtspConnectionParser, RtspProtocolError, RtspRequest, RtspResponse
 
 GST_PYTHON = "/usr/bin/python3"
 

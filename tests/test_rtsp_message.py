@@ -7,25 +7,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.rtp.interleaved import frame_offsets, interleave
-from gateway.rtsp.message import (
-    NEED_DATA,
-    Headers,
-    InterleavedFrame,
+from gateway.rtsp.headers import (
     NptRange,
     RtpInfo,
-    RtspConnectionParser,
-    RtspProtocolError,
-    RtspRequest,
-    RtspResponse,
-    RtspUrl,
     SessionHeader,
     parse_cseq,
     parse_rtp_info,
     parse_token_list,
-    request_path,
-    resolve_control,
-    strip_userinfo,
 )
+from gateway.rtsp.message import (
+    NEED_DATA,
+    Headers,
+    InterleavedFrame,
+    RtspConnectionParser,
+    RtspProtocolError,
+    RtspRequest,
+    RtspResponse,
+)
+from gateway.rtsp.url import RtspUrl, request_path, resolve_control, strip_userinfo
 
 
 def drain(parser: RtspConnectionParser) -> list[object]:

@@ -11,16 +11,15 @@ keyframe, and one backlogged for too long is disconnected, so a stalled client c
 its budget and never delays the others.
 
 Everything here runs on the event loop thread; ingest threads hand frames over through
-:class:`FrameInbox`.
+:class:`gateway.media.inbox.FrameInbox`. The GOP cache is :mod:`gateway.media.gop_cache`, the
+counters and bitrate meter :mod:`gateway.media.stream_stats`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import random
-import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ from typing import Protocol
 
 from gateway.codecs import depacketizer_for, packetizer_for
 from gateway.codecs.base import RELAY_MAX_PAYLOAD, CodecParams, Packetizer
+from gateway.media.gop_cache import GopCache
+from gateway.media.stream_stats import RateMeter, StreamStats
 from gateway.rtp.frame import Frame, Subscriber
 from gateway.rtp.interleaved import INTERLEAVED_HEADER, interleaved_payloads
 from gateway.rtp.packet import SenderReport, ntp_from_unix
@@ -70,122 +71,6 @@ class Track:
     @property
     def is_video(self) -> bool:
         return self.params.media == "video"
-
-
-class RateMeter:
-    """Bytes per second over the last ``window`` seconds, in buckets of ``bucket`` seconds.
-
-    Sans-IO (times are passed in). Adding a frame is a comparison and an addition; a
-    per-frame record (what this replaced) cost several times that on the hot path."""
-
-    __slots__ = (
-        "_bucket",
-        "_bucket_bytes",
-        "_bucket_end",
-        "_bucket_start",
-        "_done",
-        "_last",
-        "_window",
-    )
-
-    def __init__(self, window: float = 5.0, bucket: float = 0.5) -> None:
-        self._window = window
-        self._bucket = bucket
-        self._bucket_start = self._bucket_end = float("-inf")
-        self._bucket_bytes = 0
-        self._last = float("-inf")
-        self._done: collections.deque[tuple[float, float, int]] = collections.deque()
-
-    def add(self, now: float, size: int) -> None:
-        if now >= self._bucket_end:
-            self._roll(now)
-        self._bucket_bytes += size
-        self._last = now
-
-    def _roll(self, now: float) -> None:
-        if self._bucket_bytes:
-            # It lasted until this frame came (a bucket followed by silence lasts long, and
-            # ages out by its start like the others).
-            self._done.append((self._bucket_start, now, self._bucket_bytes))
-        while self._done and now - self._done[0][0] > self._window:
-            self._done.popleft()
-        self._bucket_start = now
-        self._bucket_end = now + self._bucket
-        self._bucket_bytes = 0
-
-    def rate(self) -> float:
-        """Bytes per second: what the window holds over the time from its first bucket's
-        start to the last addition (0 until two additions were apart in time)."""
-        start = self._done[0][0] if self._done else self._bucket_start
-        span = self._last - start
-        if not span > 0:
-            return 0.0
-        return (sum(n for _, _, n in self._done) + self._bucket_bytes) / span
-
-
-class GopCache:
-    """The frames from the last keyframe on, kept for new clients, as plain numbers and blobs.
-
-    At 64 cameras some 5,000 frames a second pass through the caches. Kept as Frame objects
-    (or tuples), each was one more object for every young-generation pass of the cyclic GC
-    to walk: the passes found nothing to collect yet took milliseconds of the event loop.
-    Here a cached frame adds a packed record to a bytearray and its blob to a list."""
-
-    __slots__ = ("_blobs", "_fields", "size")
-    # track, keyframe, timestamp, first_seq, packet_count, arrival
-    _FIELDS = struct.Struct("=B?IHId")
-
-    def __init__(self) -> None:
-        self._blobs: list[bytes | bytearray] = []
-        self._fields = bytearray()  # the other fields, packed, one record per frame
-        self.size = 0  # bytes of RTP held
-
-    def __len__(self) -> int:
-        return len(self._blobs)
-
-    def append(self, frame: Frame) -> None:
-        self._blobs.append(frame.blob)
-        self._fields += self._FIELDS.pack(
-            frame.track,
-            frame.keyframe,
-            frame.timestamp,
-            frame.first_seq,
-            frame.packet_count,
-            frame.arrival,
-        )
-        self.size += frame.size
-
-    def clear(self) -> None:
-        self._blobs.clear()
-        self._fields.clear()
-        self.size = 0
-
-    def frame(self, index: int) -> Frame:
-        track, keyframe, timestamp, first_seq, count, arrival = self._FIELDS.unpack_from(
-            self._fields, index * self._FIELDS.size
-        )
-        return Frame(track, keyframe, timestamp, first_seq, self._blobs[index], count, arrival)
-
-    def frames(self) -> list[Frame]:
-        return [self.frame(i) for i in range(len(self._blobs))]
-
-
-@dataclass
-class StreamStats:
-    frames_in: int = 0
-    bytes_in: int = 0
-    frames_out: int = 0
-    bytes_out: int = 0
-    dropped_frames: int = 0  # frames skipped for slow clients
-    malformed_frames: int = 0  # frames from upstream the packetizer refused
-    relayed_frames: int = 0  # native ingest: camera payloads sent on as they came
-    repacketized_frames: int = 0  # native ingest: camera payloads that had to be rebuilt
-    slow_disconnects: int = 0
-    reconnects: int = 0
-    keyframes: int = 0
-    last_keyframe_ts: float = 0.0
-    gop_frames: int = 0  # frames between the last two keyframes
-    gop_seconds: float = 0.0
 
 
 class HubState(StrEnum):
@@ -773,93 +658,3 @@ class StreamHub:
         if not units:
             return None
         return track.params, units[-1]
-
-
-# What a FrameInbox may hold while the loop is behind, in seconds of the stream (at its
-# measured bitrate), within a floor and a ceiling; the default until a rate is measured.
-INBOX_SECONDS = 4.0
-INBOX_MIN_BYTES = 1024 * 1024
-INBOX_MAX_BYTES = 32 * 1024 * 1024
-INBOX_DEFAULT_BYTES = 8 * 1024 * 1024
-
-
-def inbox_budget(bits_per_second: float) -> int:
-    """The bytes a stream's FrameInbox may hold: :data:`INBOX_SECONDS` of its bitrate."""
-    if bits_per_second <= 0:
-        return INBOX_DEFAULT_BYTES
-    wanted = int(bits_per_second / 8 * INBOX_SECONDS)
-    return min(max(wanted, INBOX_MIN_BYTES), INBOX_MAX_BYTES)
-
-
-class FrameInbox:
-    """Thread-to-loop hand-off: one wake-up per burst, no future or coroutine per packet.
-
-    The ingest thread appends items and schedules ``drain`` on the loop only when the
-    inbox was idle; the loop drains everything queued so far in one callback. It holds at
-    most ``max_items`` items and ``max_bytes`` of their payloads (the sizes ``put`` is
-    given): a loop that falls behind costs a few seconds of the stream, not more.
-    """
-
-    __slots__ = (
-        "_bytes_in",
-        "_bytes_out",
-        "_deque",
-        "_handler",
-        "_loop",
-        "_scheduled",
-        "max_bytes",
-        "max_items",
-        "overflows",
-    )
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        handler: Callable[[tuple[object, ...]], None],
-        max_items: int = 2048,
-        max_bytes: int = INBOX_DEFAULT_BYTES,
-    ) -> None:
-        self._loop = loop
-        self._handler = handler
-        self._deque: collections.deque[tuple[tuple[object, ...], int]] = collections.deque()
-        self._scheduled = False
-        self.max_items = max_items
-        self.max_bytes = max_bytes
-        # Payload bytes ever queued (written by the ingest thread only) and ever drained
-        # (by the loop only): each counter has one writer, so no lock is needed.
-        self._bytes_in = 0
-        self._bytes_out = 0
-        self.overflows = 0
-
-    @property
-    def queued_bytes(self) -> int:
-        return self._bytes_in - self._bytes_out
-
-    def put(self, item: tuple[object, ...], size: int = 0) -> bool:
-        """Called from the ingest thread; False if the loop has fallen far behind."""
-        if len(self._deque) >= self.max_items or (
-            size and self._bytes_in + size - self._bytes_out > self.max_bytes
-        ):
-            self.overflows += 1
-            return False
-        self._bytes_in += size
-        self._deque.append((item, size))
-        if not self._scheduled:
-            self._scheduled = True
-            try:
-                self._loop.call_soon_threadsafe(self._drain)
-            except RuntimeError:  # loop closed during shutdown
-                return False
-        return True
-
-    def _drain(self) -> None:
-        self._scheduled = False
-        pop = self._deque.popleft
-        handler = self._handler
-        while self._deque:
-            item, size = pop()
-            self._bytes_out += size
-            try:
-                handler(item)
-            except Exception:
-                log.exception("frame handler failed")

@@ -2,7 +2,7 @@
 
 PyAV's demux releases the GIL while FFmpeg waits on the socket, so a thread per upstream is
 cheap. The thread never touches asyncio objects; it hands tuples to the loop through
-:class:`~gateway.media.hub.FrameInbox` (one wake-up per burst).
+:class:`~gateway.media.inbox.FrameInbox` (one wake-up per burst).
 
 Timeouts: FFmpeg's ``timeout`` RTSP option (microseconds) is the socket I/O timeout in the
 FFmpeg bundled with PyAV >= 12 (FFmpeg >= 5; ``stimeout`` is gone and ``rw_timeout`` does not
@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 from gateway.backoff import Backoff
 from gateway.codecs import SUPPORTED, h264, h265
 from gateway.codecs.base import CodecParams
-from gateway.media.hub import FrameInbox, HubState, StreamHub, inbox_budget
+from gateway.media.hub import HubState, StreamHub
+from gateway.media.inbox import FrameInbox, inbox_budget
 
 if TYPE_CHECKING:
     # PyAV (and FFmpeg's libraries, tens of MiB resident) is imported by the reader thread

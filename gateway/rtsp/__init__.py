@@ -2,7 +2,9 @@
 
 Authentication is :mod:`gateway.digest`.
 
-- :mod:`gateway.rtsp.message`: requests/responses, ``$`` framing, connection parser, helpers
+- :mod:`gateway.rtsp.message`: requests/responses, ``$`` framing, connection parser
+- :mod:`gateway.rtsp.headers`: header values (CSeq, Session, Range, RTP-Info, option tags)
+- :mod:`gateway.rtsp.url`: RTSP URLs (split, strip credentials, resolve ``a=control``)
 - :mod:`gateway.rtsp.transport`: the Transport header
 - :mod:`gateway.rtsp.server`: the asyncio RTSP server (listeners, limits, shared UDP sockets),
   with :mod:`gateway.rtsp.server_connection` (one connection: protocol and request handling)

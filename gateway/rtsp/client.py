@@ -29,17 +29,10 @@ from gateway.codecs.sdp import SessionDescription, parse_sdp
 from gateway.digest import DigestClient
 from gateway.rtp.receiver import FrameCallback, RtpReceiver, SpanCallback, TrackStats, receiver_for
 from gateway.rtsp.client_connection import ClientConnection
-from gateway.rtsp.message import (
-    RtspProtocolError,
-    RtspRequest,
-    RtspResponse,
-    RtspUrl,
-    SessionHeader,
-    parse_rtp_info,
-    parse_token_list,
-    resolve_control,
-)
+from gateway.rtsp.headers import SessionHeader, parse_rtp_info, parse_token_list
+from gateway.rtsp.message import RtspProtocolError, RtspRequest, RtspResponse
 from gateway.rtsp.transport import TransportSpec, parse_transport_header
+from gateway.rtsp.url import RtspUrl, resolve_control
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,7 @@ read waits for the next one (at most one frame is kept).
 from __future__ import annotations
 
 from gateway.rtp.interleaved import FRAME_START, Channels, walk_interleaved
-from gateway.rtsp.message import (
-    InterleavedFrame,
-    RtspConnectionParser,
-    RtspRequest,
-    RtspResponse,
-)
+from gateway.rtsp.message import InterleavedFrame, RtspConnectionParser, RtspRequest, RtspResponse
 
 _NONE: tuple[RtspRequest | RtspResponse, ...] = ()
 

@@ -6,22 +6,20 @@ framing of RTP/RTCP over the RTSP connection). :class:`RtspConnectionParser` tak
 a clock. Protocol violations raise :class:`RtspProtocolError` carrying the status a server
 should answer with before closing the connection.
 
-Small header helpers (Session, Range, RTP-Info, CSeq, option-tag lists) and URL helpers
-(split, strip credentials, resolve SDP ``a=control``) live here too.
+Header values (Session, Range, RTP-Info, CSeq, option-tag lists) are
+:mod:`gateway.rtsp.headers`; URL helpers are :mod:`gateway.rtsp.url`.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Final, Literal
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 from gateway.rtp.interleaved import FRAME_START, frame_end, interleave
+from gateway.rtsp.headers import TOKEN_RE, parse_cseq
 
 RTSP_VERSION: Final = "RTSP/1.0"
-DEFAULT_RTSP_PORT: Final = 554
 
 REASONS: Final[dict[int, str]] = {
     100: "Continue",
@@ -71,7 +69,6 @@ REASONS: Final[dict[int, str]] = {
 }
 
 # RFC 2326 token characters (no separators, no controls).
-_TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _STATUS_LINE_RE = re.compile(r"^(RTSP/\d+\.\d+) ([0-9]{3})(?: (.*))?$")
 _VERSION_RE = re.compile(r"^RTSP/\d+\.\d+$")
 
@@ -108,7 +105,7 @@ class Headers:
 
     def add(self, name: str, value: str | int) -> None:
         text = str(value)
-        if not _TOKEN_RE.match(name):
+        if not TOKEN_RE.match(name):
             raise ValueError(f"invalid header name {name!r}")
         if "\r" in text or "\n" in text:
             raise ValueError(f"header {name} value contains a line break")
@@ -184,7 +181,7 @@ class RtspRequest:
         body: bytes = b"",
         version: str = RTSP_VERSION,
     ) -> None:
-        if not _TOKEN_RE.match(method):
+        if not TOKEN_RE.match(method):
             raise ValueError(f"invalid method {method!r}")
         if not uri or any(c in uri for c in " \r\n"):
             raise ValueError(f"invalid request URI {uri!r}")
@@ -536,7 +533,7 @@ class RtspConnectionParser:
                 continue
             name, sep, value = line.partition(":")
             name = name.strip()
-            if not sep or not _TOKEN_RE.match(name):
+            if not sep or not TOKEN_RE.match(name):
                 raise RtspProtocolError(400, f"malformed header line {line[:80]!r}")
             count += 1
             if count > self.max_headers:
@@ -564,7 +561,7 @@ class RtspConnectionParser:
         if len(parts) != 3 or not all(parts):
             raise RtspProtocolError(400, f"malformed request line {line[:80]!r}")
         method, uri, version = parts
-        if not _TOKEN_RE.match(method):
+        if not TOKEN_RE.match(method):
             raise RtspProtocolError(400, f"invalid method {method[:40]!r}")
         if version != RTSP_VERSION:
             if _VERSION_RE.match(version) or version.startswith("HTTP/"):
@@ -601,231 +598,3 @@ def _parse_single(data: bytes, role: Literal["server", "client"]) -> RtspRequest
     if parser.buffered:
         raise ValueError(f"{parser.buffered} bytes after the message")
     return event
-
-
-# --------------------------------------------------------------------------- header helpers
-
-
-def parse_cseq(value: str) -> int:
-    text = value.strip()
-    if not text.isdigit() or not text.isascii() or len(text) > 10:
-        raise ValueError(f"invalid CSeq {value[:20]!r}")
-    return int(text)
-
-
-@dataclass(frozen=True)
-class SessionHeader:
-    """``Session: id[;timeout=seconds]``."""
-
-    session_id: str
-    timeout: int | None = None
-
-    @classmethod
-    def parse(cls, value: str) -> SessionHeader:
-        parts = [p.strip() for p in value.split(";")]
-        session_id = parts[0]
-        # RFC 2326 allows only [A-Za-z0-9$-_.+]; cameras use more, so accept visible ASCII.
-        if not session_id or not re.fullmatch(r"[!-+\--~]+", session_id):
-            raise ValueError(f"invalid session id {session_id[:40]!r}")
-        timeout = None
-        for param in parts[1:]:
-            name, _, val = param.partition("=")
-            if name.strip().lower() == "timeout":
-                val = val.strip()
-                if not val.isdigit() or not val.isascii() or len(val) > 9:
-                    raise ValueError(f"invalid session timeout {val[:20]!r}")
-                timeout = int(val)
-        return cls(session_id, timeout)
-
-    def __str__(self) -> str:
-        if self.timeout is None:
-            return self.session_id
-        return f"{self.session_id};timeout={self.timeout}"
-
-
-_NPT_TIME_RE = re.compile(r"^(?:(\d+):([0-5]?\d):([0-5]?\d(?:\.\d*)?)|(\d+(?:\.\d*)?))$")
-
-
-def _parse_npt_time(text: str) -> float:
-    match = _NPT_TIME_RE.match(text)
-    if match is None:
-        raise ValueError(f"invalid npt time {text[:30]!r}")
-    hours, minutes, seconds, plain = match.groups()
-    if plain is not None:
-        return float(plain)
-    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-
-
-def _format_npt(value: float) -> str:
-    return f"{value:.3f}".rstrip("0").rstrip(".") or "0"
-
-
-@dataclass(frozen=True)
-class NptRange:
-    """``Range: npt=start-[end]``; ``start is None`` means ``now``, ``end is None`` open."""
-
-    start: float | None
-    end: float | None = None
-
-    @classmethod
-    def parse(cls, value: str) -> NptRange:
-        spec = value.split(";", 1)[0].strip()
-        unit, sep, rng = spec.partition("=")
-        if not sep or unit.strip().lower() != "npt":
-            raise ValueError(f"unsupported range {value[:40]!r} (only npt)")
-        first, dash, last = rng.strip().partition("-")
-        if not dash:
-            raise ValueError(f"range {value[:40]!r} has no '-'")
-        first, last = first.strip(), last.strip()
-        if not first and not last:
-            raise ValueError(f"range {value[:40]!r} has neither start nor end")
-        start = None if first in ("now", "") else _parse_npt_time(first)
-        end = _parse_npt_time(last) if last else None
-        if start is not None and end is not None and end < start:
-            raise ValueError(f"range end {end} before start {start}")
-        return cls(start, end)
-
-    def __str__(self) -> str:
-        first = "now" if self.start is None else _format_npt(self.start)
-        last = "" if self.end is None else _format_npt(self.end)
-        return f"npt={first}-{last}"
-
-
-@dataclass(frozen=True)
-class RtpInfo:
-    """One entry of ``RTP-Info: url=...;seq=...;rtptime=...``."""
-
-    url: str
-    seq: int | None = None
-    rtptime: int | None = None
-
-    def __str__(self) -> str:
-        out = f"url={self.url}"
-        if self.seq is not None:
-            out += f";seq={self.seq}"
-        if self.rtptime is not None:
-            out += f";rtptime={self.rtptime}"
-        return out
-
-
-def parse_rtp_info(value: str) -> list[RtpInfo]:
-    """Entries of an RTP-Info header. URLs may contain commas, so split only before ``url=``."""
-    entries: list[RtpInfo] = []
-    for chunk in re.split(r",\s*(?=url=)", value.strip()):
-        if not chunk:
-            continue
-        url: str | None = None
-        seq: int | None = None
-        rtptime: int | None = None
-        for param in chunk.split(";"):
-            name, _, val = param.strip().partition("=")
-            name = name.lower()
-            if name == "url":
-                url = val.strip().strip('"')
-            elif name in ("seq", "rtptime"):
-                val = val.strip()
-                if not val.isdigit() or not val.isascii() or len(val) > 10:
-                    raise ValueError(f"invalid RTP-Info {name} {val[:20]!r}")
-                number = int(val)
-                limit = 0xFFFF if name == "seq" else 0xFFFFFFFF
-                if number > limit:
-                    raise ValueError(f"RTP-Info {name} {number} out of range")
-                if name == "seq":
-                    seq = number
-                else:
-                    rtptime = number
-        if not url:
-            raise ValueError(f"RTP-Info entry without url: {chunk[:60]!r}")
-        entries.append(RtpInfo(url, seq, rtptime))
-    return entries
-
-
-def format_rtp_info(entries: Iterable[RtpInfo]) -> str:
-    return ",".join(str(e) for e in entries)
-
-
-def parse_token_list(value: str) -> list[str]:
-    """Comma-separated tokens (Public, Require, Proxy-Require, Unsupported, Supported)."""
-    items = [item.strip() for item in value.split(",")]
-    out = [item for item in items if item]
-    for item in out:
-        if not _TOKEN_RE.match(item):
-            raise ValueError(f"invalid token {item[:40]!r} in list")
-    return out
-
-
-# --------------------------------------------------------------------------- URL helpers
-
-
-@dataclass(frozen=True)
-class RtspUrl:
-    """An rtsp:// URL taken apart; ``path`` includes the query (``/cam?channel=1``)."""
-
-    scheme: str
-    host: str
-    port: int
-    path: str
-    username: str | None = None
-    password: str | None = None
-
-    @classmethod
-    def parse(cls, url: str) -> RtspUrl:
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError as exc:
-            raise ValueError(f"invalid RTSP URL: {exc}") from None
-        scheme = parts.scheme.lower()
-        if scheme not in ("rtsp", "rtsps", "rtspu"):
-            raise ValueError(f"not an RTSP URL (scheme {parts.scheme!r})")
-        if not parts.hostname:
-            raise ValueError("RTSP URL has no host")
-        path = parts.path or "/"
-        if parts.query:
-            path += "?" + parts.query
-        username = unquote(parts.username) if parts.username is not None else None
-        password = unquote(parts.password) if parts.password is not None else None
-        default = 322 if scheme == "rtsps" else DEFAULT_RTSP_PORT
-        return cls(scheme, parts.hostname, port or default, path, username, password)
-
-    @property
-    def netloc(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-    def without_credentials(self) -> str:
-        return f"{self.scheme}://{self.netloc}{self.path}"
-
-
-def strip_userinfo(url: str) -> str:
-    """``url`` without ``user:password@`` (what goes on the wire and into logs)."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def request_path(uri: str) -> str:
-    """Path and query of a request URI, whether absolute (``rtsp://h/p``) or already a path."""
-    if "://" in uri:
-        parts = urlsplit(uri)
-        path = parts.path or "/"
-        return f"{path}?{parts.query}" if parts.query else path
-    return uri
-
-
-def resolve_control(base: str, control: str) -> str:
-    """The URL a track's ``a=control`` names, relative to Content-Base (or the request URL).
-
-    Real servers expect plain appending (``base/trackID=1`` even after a query string, as
-    Dahua does), not RFC 3986 merging, so that is what clients such as FFmpeg do and we too.
-    """
-    control = control.strip()
-    if not control or control == "*":
-        return base
-    if "://" in control and control.split("://", 1)[0].lower() in ("rtsp", "rtsps", "rtspu"):
-        return control
-    if base.endswith("/") or control.startswith("/"):
-        return base.rstrip("/") + "/" + control.lstrip("/")
-    return f"{base}/{control}"

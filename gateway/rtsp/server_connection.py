@@ -23,21 +23,19 @@ from gateway.limits import (
     TokenBucket,
 )
 from gateway.rtp.frame import Frame
+from gateway.rtsp.headers import RtpInfo, SessionHeader, format_rtp_info
 from gateway.rtsp.message import (
     NEED_DATA,
     InterleavedFrame,
-    RtpInfo,
     RtspConnectionParser,
     RtspProtocolError,
     RtspRequest,
     RtspResponse,
-    SessionHeader,
-    format_rtp_info,
-    request_path,
 )
 from gateway.rtsp.server_session import ServerSession
 from gateway.rtsp.source import StreamSource
 from gateway.rtsp.transport import TransportSpec, parse_transport_header
+from gateway.rtsp.url import request_path
 
 if TYPE_CHECKING:
     from gateway.rtsp.server import RtspServer
