@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.admin.siblings import READ_TIMEOUT
@@ -22,7 +23,10 @@ from gateway.sim.runner import SimFleet
 from tests.admin_support import OpenApi
 from tests.conftest import require, run_tool
 from tests.test_cli import GATEWAY
+from tests.test_dashboard_browser import browser, post_from_page
 from tests.test_workers import Workers, running_workers
+
+__all__ = ["browser"]  # the Chromium fixture, for the dashboard test
 
 CAMERAS = ["hik1", "dahua1"]  # in the file's order: hik1 is worker 0's, dahua1 worker 1's
 
@@ -217,3 +221,43 @@ async def test_a_worker_that_does_not_answer_is_named(
             assert "worker 1 did not answer" in err and "dahua1" in err
         finally:
             os.kill(worker_1, signal.SIGCONT)
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+async def test_the_dashboard_shows_and_controls_every_worker(
+    fleet: SimFleet, tmp_path: Path, vms_password: str, browser: Any
+) -> None:
+    async with running_workers(fleet, tmp_path, vms_password) as workers:
+        page = await browser.new_page()
+        problems: list[str] = []
+        page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+        # Plain HTTP from loopback: signing in with a password is allowed there.
+        await page.goto(workers.admin_url + "/")
+        await page.fill("#username", "admin")
+        await page.fill("#password", workers.admin_password)
+        await page.click("button[type=submit]")
+        await page.wait_for_url(workers.admin_url + "/")
+        # Both cameras, each with its snapshot: dahua1's comes from worker 1.
+        await page.wait_for_function(
+            """() => {
+                const cards = [...document.querySelectorAll('.card')];
+                return cards.length === 2 && cards.every(c => {
+                    const img = c.querySelector('img');
+                    return img.complete && img.naturalWidth > 0;
+                });
+            }""",
+            timeout=30_000,
+        )
+        # Worker 1's camera plays through worker 0 (its H.264 sub stream: Debian's
+        # Chromium has no H.265 decoder).
+        await page.click(".card[data-camera=dahua1] .watch")
+        await page.locator("#live-message button", has_text="sub stream").click()
+        await page.wait_for_function(
+            "() => document.getElementById('video').currentTime > 1.0", timeout=20_000
+        )
+        await page.click("#live-close")
+        # A cookie session's CSRF token is checked once, on worker 0; the owner reconnects.
+        assert await post_from_page(page, "/api/v1/cameras/dahua1/reconnect") == 202
+        await page.close()
+        assert not problems, problems
