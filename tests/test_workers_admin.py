@@ -23,7 +23,7 @@ from gateway.sim.runner import SimFleet
 from tests.admin_support import OpenApi
 from tests.conftest import require, run_tool
 from tests.test_cli import GATEWAY
-from tests.test_dashboard_browser import browser, post_from_page
+from tests.test_dashboard_browser import TWO_CARDS_WITH_PICTURES, browser, post_from_page
 from tests.test_workers import Workers, running_workers
 
 __all__ = ["browser"]  # the Chromium fixture, for the dashboard test
@@ -131,6 +131,12 @@ async def test_the_admin_port_serves_every_worker(
     assert len(series) == len(set(series)), "a series twice"
     streams = {dict(labels)["camera"] for name, labels in series if name.endswith("_stream_up")}
     assert streams == set(CAMERAS)
+    policy = {
+        dict(labels)["camera"]
+        for name, labels in series
+        if name == "onvif_gateway_policy_compliant"
+    }
+    assert policy == set(CAMERAS)
     by_name = {name: dict(labels) for name, labels in series}
     assert by_name["onvif_gateway_cameras"] == {}
     up = {dict(labels)["worker"] for name, labels in series if name == "onvif_gateway_worker_up"}
@@ -240,13 +246,7 @@ async def test_the_dashboard_shows_and_controls_every_worker(
         await page.wait_for_url(workers.admin_url + "/")
         # Both cameras, each with its snapshot: dahua1's comes from worker 1.
         await page.wait_for_function(
-            """() => {
-                const cards = [...document.querySelectorAll('.card')];
-                return cards.length === 2 && cards.every(c => {
-                    const img = c.querySelector('img');
-                    return img.complete && img.naturalWidth > 0;
-                });
-            }""",
+            TWO_CARDS_WITH_PICTURES,
             timeout=30_000,
         )
         # Worker 1's camera plays through worker 0 (its H.264 sub stream: Debian's

@@ -260,9 +260,11 @@ class AdminContext:
             status = "compliant"
         return status, findings
 
+    # Findings and the egress report are site-wide (the policy loop and the egress services
+    # run on worker 0 of several), read from the state database for every camera.
     def findings_summary(self) -> list[tuple[str, str, dict[str, int]]]:
         out = []
-        for cam in self.gateway.config.cameras:
+        for cam in self.gateway.site_config.cameras:
             status, findings = self.camera_findings(cam.name)
             by_severity: dict[str, int] = {}
             for f in findings:
@@ -274,7 +276,7 @@ class AdminContext:
     def egress(self) -> dict[str, Any]:
         from gateway.egress import egress_report
 
-        return egress_report(self.gateway.config, self.store)
+        return egress_report(self.gateway.site_config, self.store)
 
 
 def ingest_fallback_json(
@@ -457,10 +459,7 @@ async def get_findings(request: web.Request) -> web.Response:
 
 
 async def get_egress(request: web.Request) -> web.Response:
-    from gateway.egress import egress_report
-
-    ctx = ctx_of(request)
-    return json_response(egress_report(ctx.gateway.site_config, ctx.store))
+    return json_response(ctx_of(request).egress())
 
 
 def _limit(request: web.Request) -> int:

@@ -293,16 +293,22 @@ def exposition(registry: CollectorRegistry) -> tuple[bytes, str]:
 
 
 # With several worker processes (gateway.admin.sitewide), worker 0 merges every worker's
-# exposition: per-camera families are concatenated (each camera is one worker's); the
+# exposition: per-stream families are concatenated (each camera is one worker's); the
 # families of one process (CPU, memory, GC; refusals and failed logins, counted by each
 # process's listeners) get a ``worker`` label; the site's own (build, camera count, when
-# the configuration was loaded) are worker 0's alone.
+# the configuration was loaded, and the policy findings and egress counters every worker
+# reads for every camera from the shared state database) are worker 0's alone.
 PROCESS_PREFIXES = ("process_", "python_")
 PROCESS_FAMILIES = (f"{PREFIX}_auth_failures", f"{PREFIX}_refusals")
 SITE_FAMILIES = (
     f"{PREFIX}_build_info",
     f"{PREFIX}_cameras",
     f"{PREFIX}_config_reload_timestamp_seconds",
+    f"{PREFIX}_policy_findings",
+    f"{PREFIX}_policy_compliant",
+    f"{PREFIX}_egress_blocked_packets",
+    f"{PREFIX}_egress_dns_queries",
+    f"{PREFIX}_egress_dns_phone_home",
 )
 
 
