@@ -227,6 +227,14 @@ async def test_a_worker_that_does_not_answer_is_named(
             assert "worker 1 did not answer" in err and "dahua1" in err
         finally:
             os.kill(worker_1, signal.SIGCONT)
+        # Killed, it is restarted by the supervisor and the admin port answers for it again.
+        os.kill(worker_1, signal.SIGKILL)
+        assert workers.proc.stdout is not None
+        ready = json.loads(await asyncio.wait_for(workers.proc.stdout.readline(), 60))
+        assert ready["event"] == "ready"
+        async with aiohttp.ClientSession() as session:
+            status, body = await _get_json(session, workers, "/api/v1/cameras")
+        assert [c["name"] for c in body["cameras"]] == CAMERAS and body["unanswered"] == []
 
 
 @pytest.mark.browser

@@ -97,7 +97,11 @@ class Siblings:
     def _session(self, worker: int) -> aiohttp.ClientSession:
         session = self._sessions.get(worker)
         if session is None or session.closed:
-            connector = aiohttp.UnixConnector(path=self.shard.admin_socket_path(worker))
+            # A connection per request (cheap on a Unix socket): none is left pointing at a
+            # worker the supervisor has since restarted.
+            connector = aiohttp.UnixConnector(
+                path=self.shard.admin_socket_path(worker), force_close=True
+            )
             session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
             self._sessions[worker] = session
         return session
