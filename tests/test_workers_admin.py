@@ -101,6 +101,11 @@ async def test_the_admin_port_serves_every_worker(
             assert [(v["camera"], v["peer"].startswith("127.0.0.1:")) for v in viewers] == [
                 ("dahua1", True)
             ]
+        # The owner checks the browser's Origin against the host the client asked.
+        foreign = {**_basic(workers), "Origin": "http://elsewhere.example"}
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await session.ws_connect(live, headers=foreign)
+        assert refused.value.status == 403
         async with session.post(
             f"{workers.admin_url}/api/v1/cameras/dahua1/reconnect", headers=_basic(workers)
         ) as response:
