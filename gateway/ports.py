@@ -9,7 +9,6 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.onvif.config import camera_ports, nvr_port_of, parse_settings
-from gateway.workers import worker_plan
 
 
 @dataclass(frozen=True)
@@ -39,7 +38,6 @@ def port_list(ports: list[int]) -> str:
 def listeners(config: Config) -> list[Listener]:
     """The sockets a gateway started from ``config`` listens on (a validated config)."""
     server = config.server
-    workers = worker_plan(config).count
     out = [Listener("RTSP", "TCP", server.bind, str(server.rtsp_port), "VMS")]
     cameras_own = config.camera_addresses()  # [[camera]] bind: RTSP listens there too
     for address in cameras_own:
@@ -100,18 +98,15 @@ def listeners(config: Config) -> list[Listener]:
         )
     if config.admin is not None:
         admin = config.admin
-        ports_text = str(admin.port)
-        if workers > 1:
-            ports_text = f"{admin.port}-{admin.port + workers - 1}"
         scheme = "HTTPS" if admin.tls else "HTTP"
         out.append(
             Listener(
                 "admin API",
                 "TCP",
                 admin.bind,
-                ports_text,
+                str(admin.port),
                 "admin",
-                scheme + (", one per worker" if workers > 1 else "") + "; dashboard, /metrics",
+                scheme + "; dashboard, /metrics (every worker's cameras)",
             )
         )
     network = config.camera_network

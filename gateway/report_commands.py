@@ -166,7 +166,7 @@ async def _status(config: cfgmod.Config, args: argparse.Namespace) -> int:
     timeout = aiohttp.ClientTimeout(total=args.timeout)
 
     async def ask(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | int:
-        """The cameras one worker process lists, or the exit code after saying why not."""
+        """The cameras the admin API lists, or the exit code after saying why not."""
         digest = DigestClient(username, password, allow_basic=False)
         try:
             async with session.get(url + path) as response:
@@ -195,15 +195,19 @@ async def _status(config: cfgmod.Config, args: argparse.Namespace) -> int:
         first = await ask(session, base)
         if isinstance(first, int):
             return first
-        # With several worker processes each lists its own cameras on admin port + index.
-        count = int(first.get("worker", {}).get("count", 1))
-        port = config.admin.port
-        body: dict[str, Any] = {"cameras": list(first["cameras"]), "workers": count}
-        for index in range(1, count):
-            other = await ask(session, base.removesuffix(f":{port}") + f":{port + index}")
-            if isinstance(other, int):
-                return other
-            body["cameras"] += other["cameras"]
+    # The admin port answers for every worker process; one that did not answer is named.
+    body: dict[str, Any] = {
+        "cameras": list(first["cameras"]),
+        "workers": int(first.get("worker", {}).get("count", 1)),
+    }
+    for missing in first.get("unanswered", []):
+        print(
+            f"worker {missing['worker']} did not answer ({missing['error']}); not shown: "
+            + ", ".join(missing["cameras"]),
+            file=sys.stderr,
+        )
+    if first.get("unanswered"):
+        return EXIT_RUNTIME
     order = {cam.name: k for k, cam in enumerate(config.cameras)}
     cameras = sorted(body["cameras"], key=lambda cam: order.get(cam["name"], len(order)))
     body["cameras"] = cameras

@@ -19,6 +19,7 @@ from gateway.limits import Refusals
 from gateway.media.hub import StreamHub
 from gateway.rtsp.server import RtspServer
 from gateway.tls import ServerTLS
+from gateway.workers import Shard
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,11 @@ class GatewayView(Protocol):
     def worker(self) -> tuple[int, int]:
         """This process's index among the site's worker processes, and their count
         ((0, 1) for a single process; gateway.workers)."""
+        ...
+
+    @property
+    def shard(self) -> Shard | None:
+        """This process's share of the site's cameras, None for a single process."""
         ...
 
     @property

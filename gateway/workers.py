@@ -12,9 +12,11 @@ it already read to the owner, which carries on as if it had accepted the connect
 clients never notice. All workers share one Digest nonce secret, so a client that
 authenticated against one worker is accepted by another.
 
-Worker 0 also runs the site-wide services (policy loop, egress DNS/NTP, nftables polling);
-each worker serves its own ONVIF devices (on the cameras' usual ports) and its own admin API
-and /metrics on ``admin.port + w``.
+Worker 0 also runs the site-wide services (policy loop, egress DNS/NTP, nftables polling)
+and serves the admin API, dashboard and /metrics of the whole gateway on the configured
+admin port; each other worker serves its admin API only to worker 0, on a Unix socket in
+the workers' private directory (:mod:`gateway.admin.siblings`). Each worker serves its own
+ONVIF devices (on the cameras' usual ports).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from __future__ import annotations
 import array
 import asyncio
 import dataclasses
+import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -93,25 +97,27 @@ class Shard:
     def socket_path(self, worker: int) -> str:
         return os.path.join(self.handoff_dir, f"worker-{worker}.sock")
 
+    def admin_socket_path(self, worker: int) -> str:
+        """Where worker ``worker`` (not 0) serves its admin API to worker 0."""
+        return os.path.join(self.handoff_dir, f"admin-{worker}.sock")
+
 
 def shard_config(config: Config, shard: Shard) -> Config:
     """The site configuration as one worker runs it: its cameras (ONVIF ports pinned to
-    their site-wide values), its admin port, and the site-wide services on worker 0 only."""
+    their site-wide values) and the site-wide services on worker 0 only. ``[admin]`` is
+    kept as configured: worker 0 listens on its port, the others on a Unix socket."""
     cameras = tuple(
         dataclasses.replace(cam, onvif_port=onvif_port_of(config.server, cam, k))
         for k, cam in enumerate(config.cameras)
         if shard.owns(k)
     )
-    admin = config.admin
-    if admin is not None and shard.index:
-        admin = dataclasses.replace(admin, port=admin.port + shard.index)
     sections = dict(config.sections)
     camera_network = config.camera_network
     if shard.index:
         sections.pop("policy", None)
         camera_network = None
     return dataclasses.replace(
-        config, cameras=cameras, admin=admin, sections=sections, camera_network=camera_network
+        config, cameras=cameras, sections=sections, camera_network=camera_network
     )
 
 
@@ -319,6 +325,12 @@ def run_supervisor(config_path: str, count: int, argv_prefix: list[str]) -> int:
         with _suppress_missing():
             os.rmdir(handoff_dir)
     return exit_code
+
+
+def internal_token() -> str:
+    """The token worker 0 shows the other workers' internal admin API: derived from the
+    secret the supervisor gives its workers (so it is per run), never the secret itself."""
+    return hmac.new(nonce_secret(), b"onvif-gateway admin channel", hashlib.sha256).hexdigest()
 
 
 def nonce_secret() -> bytes:

@@ -35,6 +35,16 @@ CHROMIUM_ARGS = [
 ]
 
 
+# True once the grid shows the simulated fleet's two cameras, each with a decoded snapshot.
+TWO_CARDS_WITH_PICTURES = """() => {
+    const cards = [...document.querySelectorAll('.card')];
+    return cards.length === 2 && cards.every(c => {
+        const img = c.querySelector('img');
+        return img.complete && img.naturalWidth > 0;
+    });
+}"""
+
+
 @pytest.fixture
 async def browser(tmp_path: Path) -> Any:
     if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
@@ -79,13 +89,7 @@ async def test_dashboard_grid_live_view_and_h265_message(
 
         # The grid: one card per simulated camera, each with a decoded snapshot.
         await page.wait_for_function(
-            """() => {
-                const cards = [...document.querySelectorAll('.card')];
-                return cards.length === 2 && cards.every(c => {
-                    const img = c.querySelector('img');
-                    return img.complete && img.naturalWidth > 0;
-                });
-            }""",
+            TWO_CARDS_WITH_PICTURES,
             timeout=20_000,
         )
         cards = await page.eval_on_selector_all(

@@ -4,10 +4,13 @@ served whichever worker accepted its connection."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,19 +19,45 @@ from gateway.config import Config, ConfigError, loads
 from gateway.sim.runner import SimFleet
 from gateway.workers import WorkerPlan, usable_cores, worker_plan
 from tests.admin_support import admin_config_text
-from tests.conftest import free_ports, require, run_tool
+from tests.conftest import free_port, require, run_tool
 from tests.test_cli import GATEWAY
 
 
-async def test_two_workers_share_the_rtsp_port(
-    fleet: SimFleet, tmp_path: Path, vms_password: str
-) -> None:
-    require("ffprobe")
+@dataclass
+class Workers:
+    """A gateway run as a supervisor of worker processes, from ``config_path``."""
+
+    proc: asyncio.subprocess.Process
+    config_path: Path
+    rtsp_port: int
+    admin_url: str
+    admin_password: str
+
+    def worker_pids(self) -> dict[int, int]:
+        """Each worker's process id, by worker index (from the supervisor's children)."""
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        pids = {}
+        for pid in map(int, children.split()):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+            pids[int(argv[argv.index("--worker-index") + 1])] = pid
+        return pids
+
+    def handoff_dir(self) -> Path:
+        argv = Path(f"/proc/{self.worker_pids()[0]}/cmdline").read_bytes().decode().split("\0")
+        return Path(argv[argv.index("--handoff-dir") + 1])
+
+
+@contextlib.asynccontextmanager
+async def running_workers(
+    fleet: SimFleet, tmp_path: Path, vms_password: str, count: int = 2
+) -> AsyncIterator[Workers]:
+    """``onvif-gateway run`` with ``workers = count`` in front of ``fleet``, the admin API
+    over plain HTTP on loopback; yields once every worker is ready, stops it after (and
+    checks it stopped cleanly, without a traceback in its log)."""
     admin_password = "adm-" + vms_password[-8:] + "-Secr3t"
-    # The admin API of worker w listens on port + w: two free ports in a row.
-    admin_port = free_ports(2)[0]
+    admin_port = free_port()
     text = admin_config_text(fleet, tmp_path, vms_password, admin_password, admin_port, tls=False)
-    text = text.replace("[server]\n", "[server]\nworkers = 2\n", 1)
+    text = text.replace("[server]\n", f"[server]\nworkers = {count}\n", 1)
     config_path = tmp_path / "gateway.toml"
     config_path.write_text(text)
     port = int(
@@ -51,46 +80,13 @@ async def test_two_workers_share_the_rtsp_port(
         try:
             assert proc.stdout is not None
             events = [
-                json.loads(await asyncio.wait_for(proc.stdout.readline(), 60)) for _ in range(3)
+                json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
+                for _ in range(count + 1)
             ]
-            assert events[0] == {"event": "supervisor", "workers": 2}
-            assert [e["event"] for e in events[1:]] == ["ready", "ready"]
-            # Enough connections that the kernel's SO_REUSEPORT spread sends some of them
-            # to the worker that does not own the camera.
-            for _ in range(6):
-                for camera, codec in (("hik1", "h264"), ("dahua1", "hevc")):
-                    code, out, err = await run_tool(
-                        "ffprobe",
-                        "-v",
-                        "error",
-                        "-rtsp_transport",
-                        "tcp",
-                        "-select_streams",
-                        "v",
-                        "-show_entries",
-                        "stream=codec_name",
-                        "-of",
-                        "csv=p=0",
-                        f"rtsp://vms:{vms_password}@127.0.0.1:{port}/{camera}/main",
-                        timeout=30,
-                    )
-                    assert code == 0, err
-                    assert out.strip() == codec
-            for cam in fleet.cameras:
-                assert cam.rtsp is not None
-                upstreams = [c for c in cam.rtsp.clients() if c.source is cam.hubs["main"]]
-                assert len(upstreams) == 1, f"{cam.device.name}: one upstream per stream"
-            # `status` asks both workers: every camera, each listed once, in the file's order.
-            code, out, err = await run_tool(
-                *GATEWAY, "status", "--config", str(config_path), "--json", timeout=60
-            )
-            assert code == 0, err
-            status = json.loads(out)
-            assert status["workers"] == 2
-            assert [c["name"] for c in status["cameras"]] == ["hik1", "dahua1"]
-            logged = log_path.read_text()
-            assert "handed to the camera's worker" in logged
-            assert "Traceback" not in logged
+            assert events[0] == {"event": "supervisor", "workers": count}
+            assert [e["event"] for e in events[1:]] == ["ready"] * count
+            yield Workers(proc, config_path, port, f"http://127.0.0.1:{admin_port}", admin_password)
+            assert "Traceback" not in log_path.read_text()
         finally:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
@@ -100,6 +96,48 @@ async def test_two_workers_share_the_rtsp_port(
                     if proc.returncode is None:
                         os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0
+
+
+async def test_two_workers_share_the_rtsp_port(
+    fleet: SimFleet, tmp_path: Path, vms_password: str
+) -> None:
+    require("ffprobe")
+    async with running_workers(fleet, tmp_path, vms_password) as workers:
+        # Enough connections that the kernel's SO_REUSEPORT spread sends some of them
+        # to the worker that does not own the camera.
+        for _ in range(6):
+            for camera, codec in (("hik1", "h264"), ("dahua1", "hevc")):
+                code, out, err = await run_tool(
+                    "ffprobe",
+                    "-v",
+                    "error",
+                    "-rtsp_transport",
+                    "tcp",
+                    "-select_streams",
+                    "v",
+                    "-show_entries",
+                    "stream=codec_name",
+                    "-of",
+                    "csv=p=0",
+                    f"rtsp://vms:{vms_password}@127.0.0.1:{workers.rtsp_port}/{camera}/main",
+                    timeout=30,
+                )
+                assert code == 0, err
+                assert out.strip() == codec
+        for cam in fleet.cameras:
+            assert cam.rtsp is not None
+            upstreams = [c for c in cam.rtsp.clients() if c.source is cam.hubs["main"]]
+            assert len(upstreams) == 1, f"{cam.device.name}: one upstream per stream"
+        # `status` asks the admin port, which answers for both workers: every camera, each
+        # listed once, in the file's order.
+        code, out, err = await run_tool(
+            *GATEWAY, "status", "--config", str(workers.config_path), "--json", timeout=60
+        )
+        assert code == 0, err
+        status = json.loads(out)
+        assert status["workers"] == 2
+        assert [c["name"] for c in status["cameras"]] == ["hik1", "dahua1"]
+        assert "handed to the camera's worker" in (tmp_path / "gateway.log").read_text()
 
 
 def _site_text(cameras: int, server: str = "") -> str:

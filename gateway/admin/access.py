@@ -57,9 +57,15 @@ def error(status: int, message: str, **extra: Any) -> web.Response:
 
 
 IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity", Identity)
+# The client's address as worker 0 saw it, on a request it passed to another worker
+# (gateway.admin.siblings): what the audit trail and the clients list name.
+FORWARDED_PEER: web.RequestKey[str] = web.RequestKey("forwarded_peer", str)
 
 
 def peer_of(request: web.Request) -> str:
+    forwarded = request.get(FORWARDED_PEER)
+    if forwarded:
+        return forwarded
     peer = request.transport.get_extra_info("peername") if request.transport else None
     if not peer:
         return "?"

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from gateway import config as cfgmod
 from gateway.admin import metrics
@@ -53,6 +54,7 @@ from gateway.store import Store
 from gateway.view import GatewayView
 
 if TYPE_CHECKING:  # at run time the policy modules are imported where they are used
+    from gateway.admin.siblings import Siblings
     from gateway.policy.audit import AuditReport
     from gateway.policy.db import PolicyStore
     from gateway.policy.inventory import InventoryResult
@@ -79,13 +81,16 @@ class AdminContext:
         self.policy_lock = asyncio.Lock()
         self.reload_lock = asyncio.Lock()
         self.config_loaded_at = time.time()
+        # Worker 0's link to the other workers' admin APIs, when there are several
+        # (gateway.admin.siblings); None otherwise.
+        self.siblings: Siblings | None = None
         self.registry = metrics.build_registry(
             metrics.MetricSources(
                 streams=self.gateway.stream_samples,
                 client_kinds=self.client_kinds,
                 findings=self.findings_summary,
                 egress=self.egress,
-                camera_count=lambda: len(self.gateway.config.cameras),
+                camera_count=lambda: len(self.gateway.site_config.cameras),
                 config_loaded_at=lambda: self.config_loaded_at,
                 refusals=lambda: dict(self.gateway.refusals.totals),
                 auth_failures=self.auth_failures,
@@ -217,6 +222,8 @@ class AdminContext:
         host = url_host(host)
         return {
             "name": cam.name,
+            # The worker process that ingests and serves the camera ([server] workers).
+            "worker": self.gateway.worker[0],
             "vendor": cam.vendor,
             "host": cam.host,
             "enabled": cam.enabled,
@@ -253,9 +260,11 @@ class AdminContext:
             status = "compliant"
         return status, findings
 
+    # Findings and the egress report are site-wide (the policy loop and the egress services
+    # run on worker 0 of several), read from the state database for every camera.
     def findings_summary(self) -> list[tuple[str, str, dict[str, int]]]:
         out = []
-        for cam in self.gateway.config.cameras:
+        for cam in self.gateway.site_config.cameras:
             status, findings = self.camera_findings(cam.name)
             by_severity: dict[str, int] = {}
             for f in findings:
@@ -267,7 +276,7 @@ class AdminContext:
     def egress(self) -> dict[str, Any]:
         from gateway.egress import egress_report
 
-        return egress_report(self.gateway.config, self.store)
+        return egress_report(self.gateway.site_config, self.store)
 
 
 def ingest_fallback_json(
@@ -402,9 +411,11 @@ async def list_cameras(request: web.Request) -> web.Response:
     clients = ctx.clients()
     host = request.url.host or ""
     cameras = [ctx.camera_json(cam, clients, host) for cam in ctx.gateway.config.cameras]
-    # Each worker process lists its own cameras: `status` asks the others (admin port + i).
+    # This process's cameras; worker 0 adds the other workers' (gateway.admin.sitewide).
     index, count = ctx.gateway.worker
-    return json_response({"cameras": cameras, "worker": {"index": index, "count": count}})
+    return json_response(
+        {"cameras": cameras, "worker": {"index": index, "count": count}, "unanswered": []}
+    )
 
 
 def _camera_config(ctx: AdminContext, name: str) -> cfgmod.CameraConfig:
@@ -421,13 +432,13 @@ async def get_camera(request: web.Request) -> web.Response:
 
 
 async def list_clients(request: web.Request) -> web.Response:
-    return json_response({"clients": ctx_of(request).clients()})
+    return json_response({"clients": ctx_of(request).clients(), "unanswered": []})
 
 
 async def get_inventory(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     cameras = []
-    for cam in ctx.gateway.config.cameras:
+    for cam in ctx.gateway.site_config.cameras:
         cameras.append(
             {"camera": cam.name, "vendor": cam.vendor, "inventory": ctx.policy.snapshot(cam.name)}
         )
@@ -438,7 +449,7 @@ async def get_findings(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
     cameras = []
     totals: dict[str, int] = dict.fromkeys(metrics.SEVERITIES, 0)
-    for cam in ctx.gateway.config.cameras:
+    for cam in ctx.gateway.site_config.cameras:
         status, findings = ctx.camera_findings(cam.name)
         for f in findings:
             if f.get("status") == "open" and f.get("severity") in totals:
@@ -496,7 +507,7 @@ def redacted(value: Any, key: str = "") -> Any:
 
 
 async def get_config(request: web.Request) -> web.Response:
-    config = ctx_of(request).gateway.config
+    config = ctx_of(request).gateway.site_config
     return json_response(
         {
             "source": config.source,
@@ -574,7 +585,7 @@ async def _run_options(request: web.Request, action: str) -> tuple[bool, list[st
     cameras = body.get("cameras")
     if cameras is None:
         return dry_run, None
-    known = {c.name for c in ctx_of(request).gateway.config.cameras}
+    known = {c.name for c in ctx_of(request).gateway.site_config.cameras}
     if not isinstance(cameras, list) or not all(isinstance(c, str) for c in cameras):
         raise web.HTTPBadRequest(reason="cameras must be a list of camera names")
     unknown = sorted(set(cameras) - known)
@@ -597,7 +608,8 @@ async def _policy_run(request: web.Request, action: str) -> web.Response:
         audit(request, action, "refused: another run in progress")
         return error(409, "another inventory, audit or enforce run is in progress")
     async with ctx.policy_lock:
-        config = ctx.gateway.config
+        # The site's cameras: policy runs are site-wide (worker 0 of several runs them).
+        config = ctx.gateway.site_config
         identity: Identity = request[IDENTITY]
         started = time.monotonic()
         try:
@@ -664,27 +676,46 @@ async def run_enforce(request: web.Request) -> web.Response:
 
 async def reload_config(request: web.Request) -> web.Response:
     ctx = ctx_of(request)
+    status, body, refusal = await reload_here(ctx)
+    if status == 200 and ctx.siblings is not None:
+        # Every other worker reloads the same file; one entry in the trail for all.
+        changes: dict[str, list[str]] = body["changes"]
+        for answer in await ctx.siblings.reload_all(request):
+            if answer.error is not None:
+                changes["failed"].append(f"worker {answer.worker}: {answer.error}")
+                continue
+            for key, names in answer.body["changes"].items():
+                changes.setdefault(key, []).extend(names)
+    if refusal is not None:
+        audit(request, "reload", refusal)
+    elif status == 200:
+        audit(request, "reload", changes={k: v for k, v in body["changes"].items() if v})
+    return json_response(body, status)
+
+
+async def reload_here(ctx: AdminContext) -> tuple[int, dict[str, Any], str | None]:
+    """Reload this process from its configuration file: the status and body to answer, and
+    why it was refused (for the audit trail), else None."""
     source = ctx.gateway.config.source
     if not Path(source).is_file():
-        return error(409, f"the gateway was not started from a configuration file ({source})")
+        return (
+            409,
+            {"error": f"the gateway was not started from a configuration file ({source})"},
+            None,
+        )
     async with ctx.reload_lock:
         try:
             config = cfgmod.load(source)
             ctx.gateway.validate(config)
         except cfgmod.ConfigError as exc:
-            audit(request, "reload", "refused: configuration invalid")
-            return error(
-                422,
-                "configuration invalid; nothing changed",
-                problems=[{"key": k, "message": m} for k, m in exc.problems],
-            )
+            problems = [{"key": k, "message": m} for k, m in exc.problems]
+            body = {"error": "configuration invalid; nothing changed", "problems": problems}
+            return 422, body, "refused: configuration invalid"
         try:
             changes = await ctx.gateway.reload(config)
         except ValueError as exc:
-            audit(request, "reload", f"refused: {exc}")
-            return error(409, str(exc))
-        audit(request, "reload", changes={k: v for k, v in changes.items() if v})
-        return json_response({"changes": changes})
+            return 409, {"error": str(exc)}, f"refused: {exc}"
+        return 200, {"changes": changes}, None
 
 
 # --------------------------------------------------------------------------- live view
@@ -761,16 +792,28 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
 ]
 
 
-def build_app(ctx: AdminContext, limits: HttpLimits) -> web.Application:
+Route = tuple[str, str, Handler, str]
+
+
+def build_app(
+    ctx: AdminContext,
+    limits: HttpLimits,
+    routes: list[Route] | None = None,
+    door: Middleware | None = None,
+) -> web.Application:
+    """The admin app with ``routes`` (default :data:`ROUTES`), every request through
+    ``door`` (default :func:`~gateway.admin.access.authenticate`; the other workers' internal
+    app has its own, :func:`gateway.admin.siblings.internal_authenticate`)."""
+    routes = ROUTES if routes is None else routes
     app = web.Application(
-        middlewares=[security_headers, limits.body_deadline(), json_errors, authenticate],
+        middlewares=[security_headers, limits.body_deadline(), json_errors, door or authenticate],
         client_max_size=64 * 1024,
     )
     app[CTX] = ctx
     app[AUTH] = ctx.auth
     app[TRAIL] = ctx.trail
-    app[ROLES] = {(method, path): role for method, path, _, role in ROUTES}
-    for method, path, handler, _ in ROUTES:
+    app[ROLES] = {(method, path): role for method, path, _, role in routes}
+    for method, path, handler, _ in routes:
         if method == "GET":
             app.router.add_get(path, handler)  # and HEAD
         else:

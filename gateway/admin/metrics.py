@@ -290,3 +290,65 @@ def exposition(registry: CollectorRegistry) -> tuple[bytes, str]:
     body = generate_latest(registry)
     log.debug("metrics generated", extra={"seconds": round(time.perf_counter() - started, 4)})
     return body, CONTENT_TYPE_LATEST
+
+
+# With several worker processes (gateway.admin.sitewide), worker 0 merges every worker's
+# exposition: per-stream families are concatenated (each camera is one worker's); the
+# families of one process (CPU, memory, GC; refusals and failed logins, counted by each
+# process's listeners) get a ``worker`` label; the site's own (build, camera count, when
+# the configuration was loaded, and the policy findings and egress counters every worker
+# reads for every camera from the shared state database) are worker 0's alone.
+PROCESS_PREFIXES = ("process_", "python_")
+PROCESS_FAMILIES = (f"{PREFIX}_auth_failures", f"{PREFIX}_refusals")
+SITE_FAMILIES = (
+    f"{PREFIX}_build_info",
+    f"{PREFIX}_cameras",
+    f"{PREFIX}_config_reload_timestamp_seconds",
+    f"{PREFIX}_policy_findings",
+    f"{PREFIX}_policy_compliant",
+    f"{PREFIX}_egress_blocked_packets",
+    f"{PREFIX}_egress_dns_queries",
+    f"{PREFIX}_egress_dns_phone_home",
+)
+
+
+def merge_workers(texts: Mapping[int, str | None]) -> bytes:
+    """One exposition from each worker's (None: the worker did not answer), with
+    ``onvif_gateway_worker_up`` per worker."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    merged: dict[str, Any] = {}
+    for worker, text in sorted(texts.items()):
+        if text is None:
+            continue
+        for family in text_string_to_metric_families(text):
+            per_process = family.name.startswith(PROCESS_PREFIXES) or (
+                family.name in PROCESS_FAMILIES
+            )
+            if worker and family.name in SITE_FAMILIES:
+                continue
+            if per_process:
+                family.samples = [
+                    s._replace(labels={**s.labels, "worker": str(worker)}) for s in family.samples
+                ]
+            known = merged.get(family.name)
+            if known is None:
+                merged[family.name] = family
+            else:
+                known.samples.extend(family.samples)
+    up = GaugeMetricFamily(
+        f"{PREFIX}_worker_up",
+        "1 when the worker process answered this scrape in time, 0 when it did not",
+        labels=["worker"],
+    )
+    for worker, text in sorted(texts.items()):
+        up.add_metric([str(worker)], 0.0 if text is None else 1.0)
+    families = [*merged.values(), up]
+
+    class Merged(Collector):
+        def collect(self) -> Iterator[Any]:
+            return iter(families)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Merged())
+    return generate_latest(registry)

@@ -8,6 +8,10 @@ accounts apply at once (and end those accounts' dashboard sessions); a renewed c
 (new files, or new ``tls_cert``/``tls_key`` paths) is loaded on reload and also noticed by a
 check of the files every :data:`CERT_CHECK_INTERVAL` seconds. A new bind address or port,
 or switching TLS on or off, needs a restart.
+
+With several worker processes (``[server] workers``), worker 0 listens on the admin port for
+the whole gateway (:mod:`gateway.admin.sitewide`); every other worker serves its admin app
+only to worker 0, on a Unix socket (:mod:`gateway.admin.siblings`).
 """
 
 from __future__ import annotations
@@ -20,13 +24,15 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway.admin import tls
+from gateway.admin import sitewide, tls
 from gateway.admin.api import AdminContext, build_app
 from gateway.admin.auth import AdminAuth
+from gateway.admin.siblings import INTERNAL_TOKEN, Siblings, internal_authenticate
 from gateway.config import AdminConfig, Config
 from gateway.limits import CappedSite, HttpLimits
 from gateway.store import Store
 from gateway.view import GatewayView
+from gateway.workers import Shard, internal_token
 
 log = logging.getLogger("gateway.admin")
 CERT_CHECK_INTERVAL = 60.0
@@ -48,8 +54,11 @@ class AdminService:
         runner: web.AppRunner,
         port: int,
         server_tls: tls.ServerTLS | None,
+        *,
+        internal: bool = False,
     ) -> None:
         self.ctx = ctx
+        self.internal = internal
         self.runner = runner
         self.port = port
         self.tls = server_tls
@@ -65,6 +74,8 @@ class AdminService:
         self.ctx.config_loaded_at = time.time()
         if self.ctx.auth.set_accounts(admin.accounts()):
             log.info("admin accounts changed; sessions of changed accounts ended")
+        if self.internal:
+            return  # no listener of its own: worker 0's TLS settings apply
         if self.tls is not None and admin.tls:
             try:
                 cert, key = await asyncio.to_thread(_server_files, admin, config.state_dir)
@@ -88,6 +99,8 @@ class AdminService:
                 await self._watch
         for viewer in list(self.ctx.viewers):
             viewer.close_for("gateway shutting down")
+        if self.ctx.siblings is not None:
+            await self.ctx.siblings.close()
         await self.runner.cleanup()
         self.ctx.store.close()
 
@@ -102,6 +115,9 @@ async def start(gateway: GatewayView) -> AdminService | NoAdmin:
     admin = config.admin
     if admin is None:
         return NoAdmin()
+    shard = gateway.shard
+    if shard is not None and shard.index:
+        return await _start_internal(gateway, shard)
     auth = AdminAuth(admin.accounts())
     server_tls = None
     if admin.tls:
@@ -114,9 +130,13 @@ async def start(gateway: GatewayView) -> AdminService | NoAdmin:
         log.warning("admin API over plain HTTP (tls = false): passwords only from loopback")
     store = Store.in_state_dir(config.state_dir)
     ctx = AdminContext(gateway, auth, store)
+    routes = None
+    if shard is not None and shard.count > 1:
+        ctx.siblings = Siblings(shard, internal_token(), lambda: gateway.site_config)
+        routes = sitewide.public_routes()
     limits = HttpLimits.for_listener("admin", config.server, gateway.refusals)
     runner = web.AppRunner(
-        build_app(ctx, limits),
+        build_app(ctx, limits, routes),
         access_log=None,
         handle_signals=False,
         **limits.runner_options(),
@@ -151,4 +171,32 @@ async def start(gateway: GatewayView) -> AdminService | NoAdmin:
             **({"fingerprint": server_tls.fingerprint} if server_tls else {}),
         },
     )
+    return service
+
+
+async def _start_internal(gateway: GatewayView, shard: Shard) -> AdminService:
+    """Serve this worker's admin app to worker 0 only (gateway.admin.siblings)."""
+    config = gateway.config
+    assert config.admin is not None
+    store = Store.in_state_dir(config.state_dir)
+    ctx = AdminContext(gateway, AdminAuth(config.admin.accounts()), store)
+    limits = HttpLimits.for_listener("admin", config.server, gateway.refusals)
+    app = build_app(ctx, limits, sitewide.internal_routes(), internal_authenticate)
+    app[INTERNAL_TOKEN] = internal_token()
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, **limits.runner_options())
+    await runner.setup()
+    path = shard.admin_socket_path(shard.index)
+    with contextlib.suppress(FileNotFoundError):
+        Path(path).unlink()
+    site = web.UnixSite(runner, path)
+    try:
+        await site.start()
+        Path(path).chmod(0o600)
+    except OSError as exc:
+        await runner.cleanup()
+        store.close()
+        raise OSError(exc.errno, f"admin: cannot listen on {path}: {exc.strerror or exc}") from exc
+    service = AdminService(ctx, runner, 0, None, internal=True)
+    gateway.reload_hooks.append(service.reload)
+    log.info("admin API served through worker 0", extra={"worker": shard.index, "path": path})
     return service

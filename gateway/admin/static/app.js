@@ -225,7 +225,9 @@ function renderCamera(camera) {
 
 async function pollCameras() {
   try {
-    const { cameras } = await api("/api/v1/cameras");
+    // With several worker processes, one that does not answer in time is named here and
+    // its cameras are left out until it answers again.
+    const { cameras, unanswered = [] } = await api("/api/v1/cameras");
     state.cameras = cameras;
     cameras.forEach(renderCamera);
     const names = new Set(cameras.map((c) => c.name));
@@ -235,7 +237,12 @@ async function pollCameras() {
     applyView();
     const live = cameras.filter((c) => c.connected).length;
     document.getElementById("summary").textContent = `${live} of ${cameras.length} cameras live`;
-    clearNotice("cameras");
+    if (unanswered.length) {
+      notice(unanswered.map((u) => `Worker process ${u.worker} is not answering (${u.error}); `
+        + `not shown: ${u.cameras.join(", ")}.`).join(" "), "cameras");
+    } else {
+      clearNotice("cameras");
+    }
   } catch (err) {
     notice(`Cannot read the camera list: ${err.message}`, "cameras");
   }
