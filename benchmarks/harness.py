@@ -547,7 +547,10 @@ async def start_py_spy(
     futex waits as busy, which hides where the CPU goes.)
     """
     output.parent.mkdir(parents=True, exist_ok=True)
-    argv = ["py-spy", "record", "--pid", str(pid), "--duration", str(int(duration))]
+    py_spy = relays_mod.which_py_spy()
+    if py_spy is None:
+        raise RuntimeError("py-spy is not installed (pip install -e '.[bench]')")
+    argv = [py_spy, "record", "--pid", str(pid), "--duration", str(int(duration))]
     argv += ["--rate", "100", "--format", "raw", "--subprocesses", "--threads", "--nonblocking"]
     argv += ["-o", str(output)]
     stderr = open(workdir / "py-spy.stderr.log", "wb")  # noqa: SIM115

@@ -393,4 +393,6 @@ def make_relay(name: str) -> Relay:
 
 
 def which_py_spy() -> str | None:
-    return shutil.which("py-spy")
+    """py-spy on PATH, or beside this Python (a venv's bin when the venv is not activated)."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return shutil.which("py-spy") or (str(beside) if os.access(beside, os.X_OK) else None)

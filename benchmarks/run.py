@@ -29,7 +29,7 @@ from benchmarks import report
 from benchmarks.cameras import CODECS, prepare
 from benchmarks.harness import CameraFleet, Options, Step, measure, run_ladder
 from benchmarks.procstat import load_average, machine_description
-from benchmarks.relays import GST_PYTHON, make_relay
+from benchmarks.relays import GST_PYTHON, make_relay, which_py_spy
 
 log = logging.getLogger("benchmarks")
 HERE = Path(__file__).parent
@@ -276,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     for codec in args.codecs.split(","):
         if codec not in CODECS:
             ap.error(f"--codecs: {codec!r} is not one of {', '.join(CODECS)}")
+    if args.py_spy is not None and which_py_spy() is None:
+        # Found out before the measurements, not after twenty minutes of them.
+        ap.error("--py-spy: py-spy is not installed (pip install -e '.[bench]')")
     relays = [make_relay(name) for name in args.relays.split(",")]
     usable = []
     skipped = {}
