@@ -267,16 +267,18 @@ class GatewayRelay(Relay):
         self.port = 0
 
     async def start(self, streams: list[CameraStream], workdir: Path) -> None:
-        self.port = free_port_range(1)
         cameras = sorted({s.camera: s for s in streams}.values(), key=lambda s: s.key)
         subs = {s.camera for s in streams if s.key.endswith("/sub")}
+        # One range for the RTSP port and the ONVIF device ports (one per camera, plus the
+        # NVR-mode device's): two draws could overlap, as neither is bound until the gateway
+        # starts (a 64-camera run once drew its RTSP port inside the ONVIF range).
+        self.port = free_port_range(len(cameras) + 2)
         lines = [
             f"state_dir = {json.dumps(str(workdir / 'state'))}",
             "[server]",
             'bind = "127.0.0.1"',
             f"rtsp_port = {self.port}",
-            # One ONVIF device port per camera, plus the NVR-mode device's.
-            f"onvif_base_port = {free_port_range(len(cameras) + 1)}",
+            f"onvif_base_port = {self.port + 1}",
             *([f"workers = {self.workers}"] if self.workers else []),
             *([f'ingest = "{self.ingest}"'] if self.ingest else []),
             "[vms]",
