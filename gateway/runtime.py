@@ -293,8 +293,7 @@ class Gateway:
         if self.rtsp is not None:
             await self.rtsp.close()
         ingests = [i for cam in self.cameras.values() for i in cam.ingests.values()]
-        # Reader threads notice the stop between packets or at the I/O timeout.
-        await asyncio.gather(*(asyncio.to_thread(i.join, 6.0) for i in ingests))
+        await asyncio.gather(*(i.wait_stopped(6.0) for i in ingests))
         self.stopped.set()
 
     def validate(self, config: Config) -> None:

@@ -4,7 +4,6 @@ reload is logged, not lost."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import gc
 import logging
@@ -85,8 +84,9 @@ async def test_a_removed_camera_frees_its_streams_buffers(
     assert hub.gop_cache_size == 0 and not hub.has_keyframe and hub.upstream is None
     gone = weakref.ref(hub)
     del hub
-    # The reader thread notices the stop between packets and ends; then nothing is left.
-    await asyncio.to_thread(ingest.join, 15)
+    # The ingest's session ends (a PyAV reader thread between packets, a native session
+    # after its TEARDOWN); then nothing is left.
+    await ingest.wait_stopped(15)
     del ingest
     gc.collect()
     assert gone() is None, [type(r).__name__ for r in gc.get_referrers(gone())]

@@ -36,6 +36,7 @@ keyframe).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -277,13 +278,9 @@ class AutoIngest:
                 password,
             )
 
-    def join(self, timeout: float | None = None) -> None:
-        """Wait for PyAV reader threads this stream started (native needs no joining)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for ingest in [*self._retired, self.active]:
-            if isinstance(ingest, PyAVIngest):
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                ingest.join(left)
+    async def wait_stopped(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for every ingest this stream started to end."""
+        await asyncio.gather(*(i.wait_stopped(timeout) for i in [*self._retired, self.active]))
 
     # -- switching
 

@@ -161,9 +161,11 @@ class PyAVIngest:
         self._url = url
         self.restart()
 
-    def join(self, timeout: float | None = None) -> None:
+    async def wait_stopped(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the reader thread to end after stop() (it
+        notices between packets or at the I/O timeout)."""
         if self._thread is not None:
-            self._thread.join(timeout)
+            await asyncio.to_thread(self._thread.join, timeout)
 
     @property
     def running(self) -> bool:

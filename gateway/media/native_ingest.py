@@ -60,6 +60,8 @@ class NativeIngest:
         self.display_url = display_url
         self.options = options or IngestOptions()
         self._task: asyncio.Task[None] | None = None
+        # The run stop() cancelled, until it has ended (its TEARDOWN sent or given up).
+        self._stopping: asyncio.Task[None] | None = None
         self._restart = asyncio.Event()
         self._track_map: dict[int, int] = {}
         self._last_frame = 0.0
@@ -80,6 +82,7 @@ class NativeIngest:
     def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+            self._stopping = self._task
             self._task = None
 
     def restart(self) -> None:
@@ -91,8 +94,14 @@ class NativeIngest:
         self._username, self._password = username, password
         self.restart()
 
-    def join(self, timeout: float | None = None) -> None:
-        """Nothing to join: the reader lives on the loop (API parity with PyAV ingest)."""
+    async def wait_stopped(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the session stop() cancelled to end: it
+        closes its reader (a TEARDOWN, at most 2 s) and only then lets go of the hub."""
+        task = self._stopping
+        if task is not None:
+            await asyncio.wait({task}, timeout=timeout)
+            if task.done() and self._stopping is task:
+                self._stopping = None
 
     # -- session loop
 
