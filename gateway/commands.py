@@ -18,13 +18,17 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import config as cfgmod
 from gateway import files, sections
 from gateway.cli import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, console
+from gateway.loop_watch import LoopWatch
 from gateway.report_commands import _status, _url_host, cmd_check
 from gateway.workers import worker_plan
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
 
 log = logging.getLogger("gateway")
 
@@ -192,6 +196,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     shard = None
     if args.worker_index is not None and args.worker_count and args.handoff_dir:
         shard = Shard(args.worker_index, args.worker_count, args.handoff_dir)
+        gwlog.tag_worker(shard.index)
     else:
         plan = worker_plan(loaded)
         log.info(
@@ -222,8 +227,16 @@ async def _run(config: cfgmod.Config, path: str, shard: Any = None) -> int:
     from gateway.runtime import Gateway
 
     log.info("open file limit", extra={"nofile": raise_fd_limit()})
+    watch = LoopWatch()
+    watch.start()
+    try:
+        return await _serve(Gateway(config, shard=shard), path)
+    finally:
+        watch.stop()
 
-    gateway = Gateway(config, shard=shard)
+
+async def _serve(gateway: Gateway, path: str) -> int:
+    """Start ``gateway``, report ready, serve until SIGINT/SIGTERM (SIGHUP reloads)."""
     try:
         await gateway.start()
     except OSError as exc:

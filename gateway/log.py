@@ -153,5 +153,24 @@ def setup(*, json_lines: bool = False, verbose: bool = False, level: str | None 
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
+class WorkerTag(logging.Filter):
+    """Names the worker process on each of its lines (``[server] workers``: the workers share
+    one log, and a line must say which of them wrote it)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "worker"):
+            record.worker = self.index
+        return True
+
+
+def tag_worker(index: int) -> None:
+    """From now on every line this process logs says ``worker=index``."""
+    logging.getLogger().handlers[0].addFilter(WorkerTag(index))
+
+
 def register_secrets(secrets: Iterable[str]) -> None:
     redactor.add(secrets)

@@ -30,6 +30,7 @@ FOUNDATION = {
     "gateway.safexml",
     "gateway.soap",
     "gateway.log",
+    "gateway.loop_watch",
     "gateway.store",
     "gateway.tls",
 }

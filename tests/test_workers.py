@@ -47,6 +47,20 @@ class Workers:
         return Path(argv[argv.index("--handoff-dir") + 1])
 
 
+async def _event(stdout: asyncio.StreamReader, log_path: Path) -> dict[str, object]:
+    """The gateway's next event line; if none comes within 60 s, the failure shows the end
+    of its log (a blocked worker's loop watch says where it is stuck)."""
+    try:
+        line = await asyncio.wait_for(stdout.readline(), 60)
+    except TimeoutError:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
+        raise AssertionError(
+            f"no event from the gateway within 60 s; its log ends:\n{tail}"
+        ) from None
+    event: dict[str, object] = json.loads(line)
+    return event
+
+
 @contextlib.asynccontextmanager
 async def running_workers(
     fleet: SimFleet, tmp_path: Path, vms_password: str, count: int = 2
@@ -79,10 +93,7 @@ async def running_workers(
         )
         try:
             assert proc.stdout is not None
-            events = [
-                json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
-                for _ in range(count + 1)
-            ]
+            events = [await _event(proc.stdout, log_path) for _ in range(count + 1)]
             assert events[0] == {"event": "supervisor", "workers": count}
             assert [e["event"] for e in events[1:]] == ["ready"] * count
             yield Workers(proc, config_path, port, f"http://127.0.0.1:{admin_port}", admin_password)
@@ -137,7 +148,11 @@ async def test_two_workers_share_the_rtsp_port(
         status = json.loads(out)
         assert status["workers"] == 2
         assert [c["name"] for c in status["cameras"]] == ["hik1", "dahua1"]
-        assert "handed to the camera's worker" in (tmp_path / "gateway.log").read_text()
+        log_text = (tmp_path / "gateway.log").read_text()
+        assert "handed to the camera's worker" in log_text
+        # The workers share the log: each of their lines says which one wrote it.
+        listening = [line for line in log_text.splitlines() if "RTSP server listening" in line]
+        assert sorted(line.split("worker=")[1][0] for line in listening) == ["0", "1"]
 
 
 def _site_text(cameras: int, server: str = "") -> str:
