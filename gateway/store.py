@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from typing import Any
 from gateway.files import state_owner
 
 DB_NAME = "gateway.sqlite3"
+# How long a statement waits for another connection's write lock before it fails.
+BUSY_TIMEOUT = 10.0
 
 
 def _create_private(path: Path) -> None:
@@ -38,6 +41,23 @@ def _create_private(path: Path) -> None:
         os.close(fd)
 
 
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch the file to WAL. The switch needs the file to itself for a moment, and SQLite
+    answers "database is locked" at once rather than waiting when another process is making
+    the same switch (worker processes opening a new state directory together): retried for
+    up to BUSY_TIMEOUT, a few milliseconds apart."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY  # extended codes too
+            if not busy or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
 class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -47,11 +67,11 @@ class Store:
         # One connection guarded by a lock: callers are the event loop and the odd worker
         # thread; statements are short.
         self._conn = sqlite3.connect(
-            str(path), isolation_level=None, check_same_thread=False, timeout=10.0
+            str(path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT
         )
         self._conn.row_factory = sqlite3.Row
         self._lock = threading.RLock()
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        _use_wal(self._conn)
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.execute(
@@ -64,27 +84,34 @@ class Store:
         return cls(Path(state_dir) / DB_NAME)
 
     def migrate(self, component: str, migrations: Sequence[str]) -> int:
-        """Apply ``migrations[v:]`` for ``component``; returns the resulting version."""
+        """Apply ``migrations[v:]`` for ``component``; returns the resulting version.
+
+        Each migration runs in its own write transaction, and the version is read inside it:
+        processes opening the same file at once (worker processes at start-up, a CLI command
+        beside the service) apply each migration exactly once, the others waiting on the
+        lock and then finding it done."""
         with self._lock:
-            row = self._conn.execute(
-                "SELECT version FROM schema_version WHERE component = ?", (component,)
-            ).fetchone()
-            current = row[0] if row else 0
-            for version, script in enumerate(migrations[current:], start=current + 1):
+            while True:
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
-                    for statement in _split(script):
+                    row = self._conn.execute(
+                        "SELECT version FROM schema_version WHERE component = ?", (component,)
+                    ).fetchone()
+                    current = row[0] if row else 0
+                    if current >= len(migrations):
+                        self._conn.execute("COMMIT")
+                        return current
+                    for statement in _split(migrations[current]):
                         self._conn.execute(statement)
                     self._conn.execute(
                         "INSERT INTO schema_version(component, version) VALUES (?, ?)"
                         " ON CONFLICT(component) DO UPDATE SET version = excluded.version",
-                        (component, version),
+                        (component, current + 1),
                     )
                     self._conn.execute("COMMIT")
                 except BaseException:
                     self._conn.execute("ROLLBACK")
                     raise
-            return max(current, len(migrations))
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> int:
         """Run one statement in its own transaction; returns lastrowid."""
