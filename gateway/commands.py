@@ -191,12 +191,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     gwlog.setup(
         json_lines=args.log_json or loaded.log.json, verbose=args.verbose, level=loaded.log.level
     )
-    from gateway.workers import Shard, run_supervisor
+    from gateway.workers import Shard, end_with_supervisor, run_supervisor
 
     shard = None
     if args.worker_index is not None and args.worker_count and args.handoff_dir:
         shard = Shard(args.worker_index, args.worker_count, args.handoff_dir)
         gwlog.tag_worker(shard.index)
+        if not end_with_supervisor():
+            log.error("the worker supervisor is gone: not starting")
+            return EXIT_RUNTIME
     else:
         plan = worker_plan(loaded)
         log.info(
@@ -227,7 +230,9 @@ async def _run(config: cfgmod.Config, path: str, shard: Any = None) -> int:
     from gateway.runtime import Gateway
 
     log.info("open file limit", extra={"nofile": raise_fd_limit()})
-    watch = LoopWatch()
+    # A loop blocked for a minute ends the process, for its supervisor (or systemd) to
+    # start again: every stream it serves is dead meanwhile.
+    watch = LoopWatch(on_give_up=lambda: os._exit(EXIT_RUNTIME))
     watch.start()
     try:
         return await _serve(Gateway(config, shard=shard), path)

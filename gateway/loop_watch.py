@@ -7,6 +7,13 @@ heartbeat is late by more than ``threshold`` seconds it logs a warning naming wh
 loop's thread is at that moment, innermost call first, then one line when the loop runs
 again. That is what an operator (or a developer reading a CI log) needs to find the cause;
 the watch itself costs one timer a second.
+
+A loop blocked for ``give_up`` seconds (a minute) will not come back by itself, and every
+stream of the process is dead meanwhile: the watch then calls ``on_give_up``, which for
+``onvif-gateway run`` ends the process with a runtime failure, so that whatever runs it (the
+worker supervisor, systemd's Restart=on-failure) starts it again. A pause of the whole
+process (SIGSTOP, a suspended VM) is not a blocked loop: the watch's own thread was paused
+too, and it starts counting afresh.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ log = logging.getLogger("gateway")
 
 BEAT = 1.0  # seconds between heartbeats
 THRESHOLD = 5.0  # a heartbeat this late means the loop is blocked
+GIVE_UP = 60.0  # a loop blocked this long is given up on
 FRAMES_SHOWN = 8
 
 
@@ -54,16 +62,24 @@ class LoopWatch:
         *,
         threshold: float = THRESHOLD,
         beat: float = BEAT,
+        give_up: float = GIVE_UP,
+        on_give_up: Callable[[], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
         frames: Callable[[], dict[int, FrameType]] = sys._current_frames,
     ) -> None:
+        """``on_give_up``: called (from the watch's thread) once the loop has been blocked
+        for ``give_up`` seconds; without it the watch only reports."""
         self.threshold = threshold
         self.beat = beat
+        self.give_up = give_up
         self.clock = clock
         self.frames = frames
+        self.on_give_up = on_give_up
+        self.gave_up = False
         self.stalls = 0  # stalls seen since start
         self.longest = 0.0  # seconds, the longest stall seen
         self._last = clock()
+        self._checked: float | None = None
         self._stalled_since: float | None = None
         self._loop_thread = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -103,7 +119,26 @@ class LoopWatch:
     def check(self) -> None:
         """One look at the heartbeat (the watch thread calls this every ``beat``)."""
         now = self.clock()
+        paused = self._checked is not None and now - self._checked > self.beat + self.threshold
+        self._checked = now
+        if paused:
+            # This thread did not run either: the whole process was paused, not its loop.
+            self._last = now
+            return
         late = now - self._last - self.beat
+        if self.on_give_up is not None and late > self.give_up and not self.gave_up:
+            self.gave_up = True
+            log.error(
+                "event loop blocked for too long: giving up on this process",
+                extra={
+                    "seconds": round(late, 1),
+                    "at": where(self.frames().get(self._loop_thread)),
+                },
+            )
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            self.on_give_up()
+            return
         if late > self.threshold:
             if self._stalled_since is None:
                 self._stalled_since = self._last + self.beat

@@ -45,6 +45,9 @@ from gateway.config import WORKERS_AUTO, Config, onvif_port_of
 log = logging.getLogger("gateway.workers")
 
 NONCE_SECRET_ENV = "ONVIF_GATEWAY_NONCE_SECRET"
+# The supervisor's process id, as its workers see it (to notice that it is gone).
+SUPERVISOR_ENV = "ONVIF_GATEWAY_SUPERVISOR"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 MAX_HANDOFF_BYTES = 65536
 _LENGTH = struct.Struct("!I")
 
@@ -253,6 +256,7 @@ def run_supervisor(config_path: str, count: int, argv_prefix: list[str]) -> int:
     os.chmod(handoff_dir, 0o700)
     env = dict(os.environ)
     env[NONCE_SECRET_ENV] = secrets.token_hex(32)
+    env[SUPERVISOR_ENV] = str(os.getpid())
     stopping = False
 
     def spawn(index: int) -> subprocess.Popen[bytes]:
@@ -325,6 +329,23 @@ def run_supervisor(config_path: str, count: int, argv_prefix: list[str]) -> int:
         with _suppress_missing():
             os.rmdir(handoff_dir)
     return exit_code
+
+
+def end_with_supervisor() -> bool:
+    """Have the kernel send this worker SIGTERM when its supervisor dies, however it dies
+    (SIGKILL, OOM killer): a worker left behind would keep the RTSP port, its cameras'
+    sessions and the state database, and the next gateway started would share them with it.
+    False if the supervisor is gone already (the worker should not start)."""
+    import ctypes
+
+    expected = os.environ.get(SUPERVISOR_ENV)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning(
+            "cannot follow the supervisor (prctl failed)", extra={"errno": ctypes.get_errno()}
+        )
+    # The supervisor may have died before prctl: then this process has a new parent.
+    return expected is None or str(os.getppid()) == expected
 
 
 def internal_token() -> str:

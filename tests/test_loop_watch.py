@@ -25,6 +25,13 @@ def _stuck_here() -> FrameType:
     return sys._getframe()
 
 
+def _watch_for(watch: LoopWatch, clock: Clock, seconds: int) -> None:
+    """What the watch thread does meanwhile: one check a second."""
+    for _ in range(seconds):
+        clock.now += 1.0
+        watch.check()
+
+
 def test_a_late_heartbeat_is_reported_once_with_the_loops_place_then_its_recovery(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -33,23 +40,61 @@ def test_a_late_heartbeat_is_reported_once_with_the_loops_place_then_its_recover
     watch = LoopWatch(threshold=5.0, beat=1.0, clock=clock, frames=lambda: {0: frame})
     watch.heartbeat()
     caplog.set_level(logging.INFO, logger="gateway")
-    clock.now += 5.9  # late by 4.9 s: not yet
-    watch.check()
+    _watch_for(watch, clock, 6)  # the heartbeat is 5 s late: not yet
     assert not caplog.records
-    clock.now += 0.2
-    watch.check()
-    clock.now += 3.0
-    watch.check()  # still the same stall: no second line
+    _watch_for(watch, clock, 4)  # late by 6 s, then more: one line for this stall
     [blocked] = caplog.records
     assert blocked.getMessage().startswith("event loop blocked")
-    assert blocked.seconds == 5.1  # type: ignore[attr-defined]
+    assert blocked.seconds == 6.0  # type: ignore[attr-defined]
     innermost = blocked.at.split(" <- ")[0]  # type: ignore[attr-defined]
     assert "test_loop_watch.py:" in innermost and innermost.endswith(" _stuck_here")
-    watch.heartbeat()  # the loop runs again, 9.1 s after its last heartbeat
+    watch.heartbeat()  # the loop runs again; its heartbeat was due 9 s ago
     watch.check()
     assert [r.getMessage() for r in caplog.records][1] == "event loop running again"
-    assert caplog.records[1].blocked_seconds == 8.1  # type: ignore[attr-defined]
-    assert watch.stalls == 1 and watch.longest == pytest.approx(8.1)
+    assert caplog.records[1].blocked_seconds == 9.0  # type: ignore[attr-defined]
+    assert watch.stalls == 1 and watch.longest == 9.0
+
+
+def test_a_paused_process_is_not_a_blocked_loop(caplog: pytest.LogCaptureFixture) -> None:
+    # SIGSTOP, a suspended VM: the watch's thread did not run either.
+    clock = Clock()
+    ended: list[float] = []
+    watch = LoopWatch(
+        threshold=5.0, beat=1.0, give_up=60.0, clock=clock, on_give_up=lambda: ended.append(clock())
+    )
+    watch.heartbeat()
+    _watch_for(watch, clock, 2)
+    clock.now += 120.0
+    watch.check()
+    _watch_for(watch, clock, 3)
+    assert not caplog.records and not ended
+    # ... but a loop still blocked after the pause is reported, counted from the pause.
+    _watch_for(watch, clock, 4)
+    assert [r.getMessage() for r in caplog.records] == [
+        "event loop blocked: every stream and request of this process waits"
+    ]
+
+
+def test_a_loop_blocked_for_a_minute_ends_the_process_to_be_restarted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    ended: list[float] = []
+    watch = LoopWatch(
+        threshold=5.0, beat=1.0, give_up=60.0, clock=clock, on_give_up=lambda: ended.append(clock())
+    )
+    watch.heartbeat()
+    _watch_for(watch, clock, 61)
+    assert not ended
+    _watch_for(watch, clock, 10)
+    assert ended == [162.0]  # once
+    assert caplog.records[-1].levelno == logging.ERROR
+    assert caplog.records[-1].getMessage().startswith("event loop blocked for too long")
+    # Without on_give_up the watch only reports.
+    quiet = LoopWatch(threshold=5.0, beat=1.0, clock=clock)
+    quiet.heartbeat()
+    _watch_for(quiet, clock, 300)
+    assert quiet.stalls == 1 and not quiet.gave_up
 
 
 def test_where_names_the_innermost_call_first_on_one_line() -> None:

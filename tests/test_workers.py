@@ -32,6 +32,7 @@ class Workers:
     rtsp_port: int
     admin_url: str
     admin_password: str
+    killed: bool = False  # the test killed the supervisor: no clean exit to check
 
     def worker_pids(self) -> dict[int, int]:
         """Each worker's process id, by worker index (from the supervisor's children)."""
@@ -96,7 +97,10 @@ async def running_workers(
             events = [await _event(proc.stdout, log_path) for _ in range(count + 1)]
             assert events[0] == {"event": "supervisor", "workers": count}
             assert [e["event"] for e in events[1:]] == ["ready"] * count
-            yield Workers(proc, config_path, port, f"http://127.0.0.1:{admin_port}", admin_password)
+            workers = Workers(
+                proc, config_path, port, f"http://127.0.0.1:{admin_port}", admin_password
+            )
+            yield workers
             assert "Traceback" not in log_path.read_text()
         finally:
             if proc.returncode is None:
@@ -106,7 +110,39 @@ async def running_workers(
                 finally:
                     if proc.returncode is None:
                         os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0
+    assert proc.returncode == 0 or workers.killed
+
+
+async def _exited(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` (not a child of ours) ends within ``timeout`` seconds."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    loop = asyncio.get_running_loop()
+    ended = loop.create_future()
+    loop.add_reader(fd, lambda: ended.done() or ended.set_result(True))
+    try:
+        return await asyncio.wait_for(ended, timeout)
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+async def test_workers_end_with_their_supervisor_however_it_dies(
+    fleet: SimFleet, tmp_path: Path, vms_password: str
+) -> None:
+    # SIGKILL leaves the supervisor no chance to stop them: the kernel tells them instead,
+    # and the port, the cameras' sessions and the state database are free again.
+    async with running_workers(fleet, tmp_path, vms_password) as workers:
+        pids = workers.worker_pids()
+        workers.killed = True
+        workers.proc.kill()
+        for pid in pids.values():
+            assert await _exited(pid, 30), f"worker {pid} outlived its supervisor"
+    assert "shutting down" in (tmp_path / "gateway.log").read_text()
 
 
 async def test_two_workers_share_the_rtsp_port(
