@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import inspect
 import os
 import secrets
 import shutil
@@ -19,6 +20,47 @@ from gateway import config as cfgmod
 from gateway.runtime import Gateway
 from gateway.sim.runner import SimFleet, default_stream_specs
 from tests.onvif_matrix import pytest_terminal_summary  # noqa: F401  (ONVIF matrix report)
+
+# How long a test's leftover tasks get to end once cancelled, before the test fails.
+TASK_END_TIMEOUT = 15.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every coroutine test checks, last of all, that it left no task behind that refuses
+    to end (see ``tasks_end_with_the_test``)."""
+    for item in items:
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
+            item.fixturenames.insert(0, "tasks_end_with_the_test")
+
+
+@pytest.fixture
+def tasks_end_with_the_test(_function_scoped_runner: asyncio.Runner) -> Iterator[None]:
+    """After the test and its other fixtures, on its loop: cancel the tasks still running and
+    fail, naming them and where they wait, if any does not end. Without this such a task
+    hangs the loop's closing (asyncio waits for every cancelled task), and with it the
+    whole run, with nothing said about which test or task. A plain fixture on purpose:
+    pytest-asyncio skips an async fixture's teardown code when the test failed."""
+    yield
+    loop = _function_scoped_runner.get_loop()
+    left = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    if not left:
+        return
+    for task in left:
+        task.cancel()
+    _, stuck = loop.run_until_complete(asyncio.wait(left, timeout=TASK_END_TIMEOUT))
+    if stuck:
+        report = []
+        for task in stuck:
+            where = " <- ".join(
+                f"{Path(f.f_code.co_filename).name}:{f.f_lineno} {f.f_code.co_name}"
+                for f in reversed(task.get_stack())
+            )
+            report.append(f"{task.get_coro()!r} at {where or '?'}")
+        # Closing the loop would wait for these tasks for ever: they are taken off asyncio's
+        # list of tasks (test harness only), so that this test fails and the run goes on.
+        for task in stuck:
+            asyncio.tasks._unregister_task(task)  # type: ignore[attr-defined]
+        pytest.fail("tasks that ignore cancellation:\n" + "\n".join(report))
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
