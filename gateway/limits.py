@@ -23,6 +23,7 @@ from typing import Any, cast
 
 from aiohttp import web
 
+from gateway.cancellation import wait_for
 from gateway.config import ServerConfig
 
 log = logging.getLogger("gateway.limits")
@@ -394,7 +395,7 @@ def body_deadline(seconds: float, listener: str, refusals: Refusals) -> Any:
         too_large = (request.content_length or 0) > request.client_max_size
         if request.can_read_body and not too_large:  # too large: the handler says so at once
             try:
-                await asyncio.wait_for(request.read(), seconds)
+                await wait_for(request.read(), seconds)
             except TimeoutError:
                 refusals.log(listener, "request_timeout", request.remote or "", path=request.path)
                 response = web.Response(status=408, text="request body too slow\n")

@@ -32,6 +32,7 @@ FOUNDATION = {
     "gateway.log",
     "gateway.loop_watch",
     "gateway.store",
+    "gateway.cancellation",
     "gateway.tls",
 }
 # Higher layers may import lower ones, never the other way round. Within a layer, packages

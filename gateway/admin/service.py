@@ -28,6 +28,7 @@ from gateway.admin import sitewide, tls
 from gateway.admin.api import AdminContext, build_app
 from gateway.admin.auth import AdminAuth
 from gateway.admin.siblings import INTERNAL_TOKEN, Siblings, internal_authenticate
+from gateway.cancellation import cancel_and_wait
 from gateway.config import AdminConfig, Config
 from gateway.limits import CappedSite, HttpLimits
 from gateway.store import Store
@@ -94,9 +95,7 @@ class AdminService:
 
     async def close(self) -> None:
         if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+            await cancel_and_wait(self._watch)
         for viewer in list(self.ctx.viewers):
             viewer.close_for("gateway shutting down")
         if self.ctx.siblings is not None:

@@ -18,7 +18,6 @@ relays a live view's WebSocket. :func:`internal_authenticate` is the other worke
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import json
 import logging
@@ -32,6 +31,7 @@ from aiohttp import web
 
 from gateway.admin.access import FORWARDED_PEER, IDENTITY, PUBLIC, error, peer_of, route_role
 from gateway.admin.auth import Identity, role_allows
+from gateway.cancellation import cancel_and_wait
 from gateway.config import ADMIN_ROLES, Config
 from gateway.workers import Shard, owner_of
 
@@ -229,11 +229,7 @@ async def _relay(upstream: aiohttp.ClientWebSocketResponse, ws: web.WebSocketRes
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError, OSError):
-                await task
+        await cancel_and_wait(*tasks)
         await ws.close()
 
 

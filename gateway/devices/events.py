@@ -42,6 +42,7 @@ from lxml import etree
 from yarl import URL
 
 from gateway.backoff import Backoff
+from gateway.cancellation import cancel_and_wait, wait_for
 from gateway.config import CameraConfig
 from gateway.devices.errors import DeviceError
 from gateway.devices.http import CameraHttp
@@ -339,8 +340,7 @@ class CameraMotion:
     async def close(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await cancel_and_wait(task)
         await self._cleanup()
         if self._http is not None:
             await self._http.close()
@@ -549,7 +549,7 @@ class OnvifMotion(CameraMotion):
         if subscription is None or self._http is None:
             return
         with contextlib.suppress(*SESSION_ERRORS):
-            await asyncio.wait_for(
+            await wait_for(
                 self._call(
                     subscription,
                     "UnsubscribeRequest",

@@ -25,6 +25,7 @@ import aiohttp
 from lxml import etree
 from yarl import URL
 
+from gateway.cancellation import wait_for
 from gateway.devices.errors import DeviceError
 from gateway.devices.http import CameraHttp
 from gateway.devices.onvif_requests import reencode
@@ -162,7 +163,7 @@ class CameraServiceForwarder:
         async with self._lock:
             if self._url is None:
                 try:
-                    await asyncio.wait_for(self._connect(), self.timeout * 3)
+                    await wait_for(self._connect(), self.timeout * 3)
                 except SoapFault:
                     await self._reset()
                     raise
@@ -181,7 +182,7 @@ class CameraServiceForwarder:
         """Send one operation, signed; returns the camera's response element."""
         assert self._url is not None and self._soap is not None
         try:
-            reply = await asyncio.wait_for(
+            reply = await wait_for(
                 self._soap.call(self._url, name, self.namespace, body, read_timeout=self.timeout),
                 self.timeout,
             )

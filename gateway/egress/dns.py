@@ -21,6 +21,7 @@ from typing import cast
 
 from dnslib import AAAA, CLASS, QTYPE, RCODE, RR, A, DNSError, DNSHeader, DNSQuestion, DNSRecord
 
+from gateway.cancellation import wait_for
 from gateway.egress.domains import UNCLASSIFIED, DomainList, shipped
 
 log = logging.getLogger("gateway.egress.dns")
@@ -246,18 +247,18 @@ class DnsSinkholeServer:
         client = normalize_ip(str(peer[0]))
         try:
             while True:
-                prefix = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_TIMEOUT)
+                prefix = await wait_for(reader.readexactly(2), TCP_IDLE_TIMEOUT)
                 (length,) = struct.unpack("!H", prefix)
                 if length > MAX_QUERY_SIZE:
                     # Answer from the header alone, then drop the connection: reading the
                     # rest would let a client make us buffer up to 64 KiB per connection.
-                    head = await asyncio.wait_for(reader.readexactly(HEADER.size), 2.0)
+                    head = await wait_for(reader.readexactly(HEADER.size), 2.0)
                     if not head[2] & 0x80:
                         refusal = _error_header(head, RCODE.FORMERR)
                         writer.write(struct.pack("!H", len(refusal)) + refusal)
                         await writer.drain()
                     break
-                query = await asyncio.wait_for(reader.readexactly(length), TCP_IDLE_TIMEOUT)
+                query = await wait_for(reader.readexactly(length), TCP_IDLE_TIMEOUT)
                 reply = self.resolver.handle(query, client, self.clock())
                 if reply is None:
                     break

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
+from gateway.cancellation import wait_for
 from gateway.rtp.packet import ntp_from_unix, unix_from_ntp
 
 log = logging.getLogger("gateway.egress.ntp")
@@ -380,7 +381,7 @@ async def query(server: str, port: int = NTP_PORT, *, timeout: float = 2.0) -> N
     try:
         request = client_request(time.time())
         transport.sendto(request)
-        data, arrived = await asyncio.wait_for(reply_future, timeout)
+        data, arrived = await wait_for(reply_future, timeout)
         return parse_server_reply(data, request, arrived)
     finally:
         transport.close()

@@ -4,12 +4,12 @@ address, and a poller that folds the nftables counters into the store."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from gateway.cancellation import cancel_and_wait
 from gateway.config import Config
 from gateway.egress import nft as nftables
 from gateway.egress.dns import DnsSinkholeServer, SinkholeResolver
@@ -91,11 +91,7 @@ class EgressServices:
             self._poll_failed = True
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         self._tasks.clear()
         if self.dns is not None:
             await self.dns.close()

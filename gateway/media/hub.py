@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from gateway.cancellation import wait_for
 from gateway.codecs import depacketizer_for, packetizer_for
 from gateway.codecs.base import RELAY_MAX_PAYLOAD, CodecParams, Packetizer
 from gateway.media.gop_cache import GopCache
@@ -559,7 +560,7 @@ class StreamHub:
         self._cancel_linger()
         self._start_upstream()
         try:
-            await asyncio.wait_for(event.wait(), timeout)
+            await wait_for(event.wait(), timeout)
         except TimeoutError:
             pass
         finally:

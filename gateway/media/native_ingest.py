@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from gateway.cancellation import wait_for
 from gateway.codecs import SUPPORTED
 from gateway.codecs.base import CodecParams
 from gateway.media.hub import HubState, StreamHub
@@ -110,6 +111,8 @@ class NativeIngest:
         while True:
             started = time.monotonic()
             error = await self._session()
+            if self._stopping is asyncio.current_task():
+                return  # stopped, even if the cancellation went astray on the way
             if self._fallback is not None and self.on_fallback is not None:
                 self._task = None
                 self.on_fallback(*self._fallback)
@@ -181,7 +184,7 @@ class NativeIngest:
         finally:
             self._track_map = {}
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(reader.close(), 2.0)
+                await wait_for(reader.close(), 2.0)
             # The hub is left as found: frames held for a batch go out, and whatever feeds
             # it next (a PyAV ingest after a fallback) delivers frame by frame.
             self.hub.flush()

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from gateway.cancellation import wait_for
 from gateway.devices.events import MotionEvent
 from gateway.onvif.core import SERVICE_PATHS, Call, CameraSlot, Handler, VirtualDevice, iso_time
 from gateway.onvif.push import ConsumerRefused, Delivery, resolve_consumer
@@ -454,7 +455,7 @@ async def pull_messages(call: Call) -> Xml:
     if not sub.queue:
         sub.wakeup.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(sub.wakeup.wait(), timeout)
+            await wait_for(sub.wakeup.wait(), timeout)
     messages = [sub.queue.popleft() for _ in range(min(limit, len(sub.queue)))]
     if not sub.queue:
         sub.wakeup.clear()

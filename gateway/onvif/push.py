@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from gateway.cancellation import wait_for
 from gateway.onvif import netinfo
 from gateway.onvif.xml import Xml, el, envelope
 
@@ -126,9 +127,7 @@ async def resolve_consumer(
     except ValueError:
         loop = asyncio.get_running_loop()
         try:
-            infos = await asyncio.wait_for(
-                loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), TIMEOUT
-            )
+            infos = await wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), TIMEOUT)
         except (OSError, TimeoutError):
             raise ConsumerRefused(f"consumer host {host!r} does not resolve") from None
         addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))

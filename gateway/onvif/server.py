@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from lxml import etree
 
+from gateway.cancellation import wait_for
 from gateway.config import Config
 from gateway.digest import DigestAuthenticator
 from gateway.limits import CappedSite, FailureThrottle, HttpLimits, TokenBucket
@@ -348,7 +349,7 @@ def install(app: web.Application, device: VirtualDevice) -> None:
             while not stop.is_set():
                 broker.prune(device.clock())
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 5.0)
+                    await wait_for(stop.wait(), 5.0)
 
         task = asyncio.create_task(expire())
         yield

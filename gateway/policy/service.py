@@ -11,10 +11,10 @@ round and a failed round is logged: nothing here can stop the streams.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 
+from gateway.cancellation import cancel_and_wait, wait_for
 from gateway.config import Config, ConfigError
 from gateway.policy.audit import policy_loop
 from gateway.policy.config import parse_policy
@@ -81,11 +81,9 @@ class PolicyService:
         try:
             # A round in progress finishes (its writes are verified and logged) unless it
             # takes far longer than one camera request may.
-            await asyncio.wait_for(asyncio.shield(task), 30.0)
+            await wait_for(asyncio.shield(task), 30.0)
         except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     async def reload(self, config: Config) -> None:
         await self._halt()

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
+from gateway.cancellation import cancel_and_wait, wait_for
 from gateway.codecs.sdp import SessionDescription, parse_sdp
 from gateway.digest import DigestClient
 from gateway.rtp.receiver import FrameCallback, RtpReceiver, SpanCallback, TrackStats, receiver_for
@@ -353,7 +354,7 @@ class RtspReader:
         entry = (n, media, future)
         self._waiters.append(entry)
         try:
-            await asyncio.wait_for(future, timeout)
+            await wait_for(future, timeout)
         finally:
             if entry in self._waiters:
                 self._waiters.remove(entry)
@@ -362,8 +363,8 @@ class RtspReader:
         """Keep playing for ``seconds``; raises the session's error if it fails sooner."""
         if self._error is not None:
             raise self._error
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._failed), seconds)
+        # asyncio.wait neither cancels the session's future nor loses our cancellation.
+        await asyncio.wait((self._failed,), timeout=seconds)
         if self._error is not None:
             raise self._error
 
@@ -423,7 +424,7 @@ class RtspReader:
     async def _connect(self) -> None:
         host, port = self._address.host, self._address.port
         try:
-            _, protocol = await asyncio.wait_for(
+            _, protocol = await wait_for(
                 self._loop.create_connection(lambda: _ControlProtocol(self), host, port),
                 self.request_timeout,
             )
@@ -551,7 +552,7 @@ class RtspReader:
         self._pending[self._cseq] = future
         protocol.transport.write(bytes(request))
         try:
-            return await asyncio.wait_for(future, self.request_timeout)
+            return await wait_for(future, self.request_timeout)
         except TimeoutError:
             raise RtspClientError(
                 0, f"{method} timed out after {self.request_timeout}s", network=True
@@ -608,13 +609,11 @@ class RtspReader:
         if self._closed:
             return
         if self._keepalive is not None:
-            self._keepalive.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._keepalive
+            await cancel_and_wait(self._keepalive)
         if teardown and self._session is not None and self._error is None:
             # A server too busy to answer TEARDOWN in time must not make closing fail.
             with contextlib.suppress(RtspClientError, TimeoutError):
-                await asyncio.wait_for(self._send("TEARDOWN", self._session_url, None), 2.0)
+                await wait_for(self._send("TEARDOWN", self._session_url, None), 2.0)
         self._closed = True
         for transport in self._udp:
             transport.close()

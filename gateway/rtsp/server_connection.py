@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, cast
 
+from gateway.cancellation import wait_for
 from gateway.codecs.sdp import SdpTrack, session_sdp
 from gateway.digest import parse_auth_params, split_scheme
 from gateway.limits import (
@@ -289,7 +290,7 @@ class RtspConnection(asyncio.Protocol):
                     # The client does not read its responses: read nothing more from it
                     # until it does, and give up on it after write_timeout.
                     try:
-                        await asyncio.wait_for(self._writable.wait(), limits.write_timeout)
+                        await wait_for(self._writable.wait(), limits.write_timeout)
                     except TimeoutError:
                         self.server.refuse("write_timeout", self.peer[0])
                         if self.transport is not None:

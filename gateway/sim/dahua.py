@@ -9,7 +9,6 @@ and only JSON-RPC works.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
 import json
@@ -18,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.cancellation import wait_for
 from gateway.devices.dahua import (
     INVALID_SESSION,
     LOGIN_CHALLENGE,
@@ -448,7 +448,7 @@ async def _attach(request: web.Request, device: SimDevice) -> web.StreamResponse
         motion = device.motion_interval > 0 and ("VideoMotion" in wanted or "All" in wanted)
         interval = device.motion_interval if motion else HEARTBEAT_SECONDS
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(release.wait(), interval)
+            await wait_for(release.wait(), interval)
         if release.is_set():
             break
         if motion:

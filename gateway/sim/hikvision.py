@@ -18,7 +18,6 @@ here changes process-wide state (no namespace registration, no patching).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
 import ipaddress
@@ -28,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from lxml import etree
 
+from gateway.cancellation import wait_for
 from gateway.devices.xmlsafe import Element, local_name, namespace, parse_xml
 from gateway.sim import httpauth
 from gateway.sim.device import SimDevice
@@ -473,7 +473,7 @@ async def _alert_stream(request: web.Request, device: SimDevice) -> web.StreamRe
     while not release.is_set():
         interval = device.motion_interval if device.motion_interval > 0 else HEARTBEAT_SECONDS
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(release.wait(), interval)
+            await wait_for(release.wait(), interval)
         if release.is_set():
             break
         parts = []

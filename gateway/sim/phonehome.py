@@ -37,6 +37,7 @@ from typing import Any, cast
 
 from dnslib import RCODE, DNSRecord
 
+from gateway.cancellation import cancel_and_wait, wait_for
 from gateway.egress import ntp
 from gateway.egress.domains import shipped
 from gateway.sim.device import SimDevice
@@ -119,7 +120,7 @@ async def _udp_exchange(
     )
     try:
         transport.sendto(payload)
-        return await asyncio.wait_for(reply, timeout)
+        return await wait_for(reply, timeout)
     finally:
         transport.close()
 
@@ -158,7 +159,7 @@ async def resolve(
 async def tcp_probe(target: Target, *, timeout: float, source: str | None) -> ProbeResult:
     assert target.port is not None
     try:
-        _, writer = await asyncio.wait_for(
+        _, writer = await wait_for(
             asyncio.open_connection(
                 target.host, target.port, local_addr=(source, 0) if source else None
             ),
@@ -230,7 +231,7 @@ async def icmp_probe(target: Target, *, timeout: float, source: str | None) -> P
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return ProbeResult("icmp", str(target), "timeout")
-            data, addr = await asyncio.wait_for(loop.sock_recvfrom(sock, 2048), remaining)
+            data, addr = await wait_for(loop.sock_recvfrom(sock, 2048), remaining)
             if not v6:
                 data = data[(data[0] & 0x0F) * 4 :]  # raw IPv4 sockets include the IP header
             if len(data) < 8 or ipaddress.ip_address(addr[0]) != ipaddress.ip_address(target.host):
@@ -482,10 +483,7 @@ def install(
             tasks.append(asyncio.create_task(periodic()))
 
     async def stop_loop(app: Any) -> None:
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*tasks)
         tasks.clear()
 
     app.router.add_post("/sim/phonehome", trigger)
