@@ -21,10 +21,11 @@ import selectors
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -159,13 +160,17 @@ class Lab:
         return self.run(role, sys.executable, *args, check=check)
 
     def start(self, role: str, *args: str) -> subprocess.Popen[bytes]:
+        # Its log goes to a file: a pipe nobody reads fills after 64 KiB, and the process's
+        # next log line then blocks its event loop (every request unanswered from then on).
+        log_file = tempfile.TemporaryFile()  # noqa: SIM115  (closed by close())
         process = subprocess.Popen(
             ["ip", "netns", "exec", self.ns[role], sys.executable, *args],
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=log_file,
             cwd=REPO,
             env=os.environ | {"PYTHONPATH": str(REPO)},
         )
+        _logs[process.pid] = log_file
         self.processes.append(process)
         return process
 
@@ -178,14 +183,26 @@ class Lab:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
-            for stream in (process.stdout, process.stderr):
-                if stream is not None:
-                    stream.close()
+            if process.stdout is not None:
+                process.stdout.close()
+            log_file = _logs.pop(process.pid, None)
+            if log_file is not None:
+                log_file.close()
         for name in self.ns.values():
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
 _buffers: dict[int, bytes] = {}
+_logs: dict[int, IO[bytes]] = {}  # each started process's log file, by pid
+
+
+def process_log(process: subprocess.Popen[bytes]) -> str:
+    """What a process started by Lab.start has logged so far."""
+    log_file = _logs.get(process.pid)
+    if log_file is None:
+        return ""
+    log_file.seek(0)
+    return log_file.read().decode(errors="replace")
 
 
 def read_line(process: subprocess.Popen[bytes], timeout: float) -> str:
@@ -206,8 +223,9 @@ def read_line(process: subprocess.Popen[bytes], timeout: float) -> str:
             chunk = os.read(fd, 65536)
             if not chunk:
                 process.wait(5)
-                stderr = process.stderr.read().decode() if process.stderr else ""
-                raise AssertionError(f"{process.args} exited ({process.returncode}): {stderr}")
+                raise AssertionError(
+                    f"{process.args} exited ({process.returncode}): {process_log(process)}"
+                )
             buffer += chunk
     line, _, rest = buffer.partition(b"\n")
     _buffers[process.pid] = rest
