@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.onvif_matrix import record
-from tests.test_egress_netns import Lab, read_line, sh
+from tests.test_egress_netns import Lab, process_log, read_line, sh
 
 pytestmark = pytest.mark.netns
 
@@ -192,7 +192,7 @@ def test_onvif_util_discovers_lists_profiles_and_rtsp(pair: Pair, tmp_path: Path
         )
         if "NotAuthorized" in session or "Token 1:" not in session:
             refused.append(session)
-    assert not refused, refused[0]
+    assert not refused, f"{refused[0]}\n--- the gateway's log ends:\n{process_log(gateway)[-4000:]}"
 
     # The URI onvif-util printed plays from the VMS namespace.
     probed = json.loads(
